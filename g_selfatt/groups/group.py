@@ -1,0 +1,196 @@
+"""Finite groups acting on the plane, as used by group self-attention.
+
+A group ``G`` here is a finite subgroup of O(2): every element ``h`` acts on a
+planar offset ``d = (row, col)`` by an orthogonal 2x2 matrix ``M_h``. Feature
+maps on the group are tensors of shape ``(B, C, G, H, W)``. Group self-attention
+evaluates its positional encoding at ``M_g (j - i)`` for the output element ``g``
+(as the original implementation does), so its feature maps transform under the
+right-regular representation
+
+    [u . f](g, x) = f(g u, M_u^-1 x),
+
+where ``x`` is the pixel position relative to the image centre. It is a
+representation: ``u1 . (u2 . f) = (u1 u2) . f``. Only elements
+whose matrix maps the pixel grid onto itself (rotations by multiples of 90
+degrees and mirrors) act exactly on sampled images; :meth:`Group.grid_exact`
+says which.
+
+The public attributes and methods (``elements``, ``identity``, ``num_elements``,
+``relative_positions``, ``left_action_on_Rd``, ``left_action_on_H``,
+``left_action_on_G``, ``matrix_form``, ``absolute_determinant``) and the
+buffers (``_identity``, ``_elements``, ``_relative_positions``) follow the
+original implementation, so its checkpoints load unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+_TOLERANCE = 1e-9
+
+
+def rotation_matrix(angle: float) -> Tensor:
+    """Returns the float64 matrix of a rotation by ``angle`` radians.
+
+    Entries within 1e-12 of 0 or +-1 are snapped to those values, so that the
+    rotations by multiples of 90 degrees are exact.
+    """
+    matrix = torch.tensor(
+        [[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
+        dtype=torch.float64,
+    )
+    snapped = matrix.round()
+    return torch.where((matrix - snapped).abs() < 1e-12, snapped, matrix)
+
+
+class Group(nn.Module):
+    """Base class of the finite planar groups.
+
+    Subclasses fill the buffers ``_identity``, ``_elements`` and
+    ``_relative_positions`` and implement :meth:`element_matrix`,
+    :meth:`left_action_on_H` and :meth:`discretize_group`. Everything else
+    (Cayley table, inverses, the action on feature maps) is derived here from
+    the element matrices.
+    """
+
+    # ----------------------------------------------------------------- basics
+    @property
+    def elements(self) -> Tensor:
+        """The element parameters, one row per element (float64)."""
+        return self._elements
+
+    @property
+    def num_elements(self) -> int:
+        return len(self._elements)
+
+    @property
+    def relative_positions(self) -> Tensor:
+        """The original's table of relative group indices, ``(G, G)``."""
+        return self._relative_positions
+
+    @property
+    def identity(self) -> Tensor:
+        return self._identity
+
+    def absolute_determinant(self, h: Tensor) -> float:
+        """|det| of the Jacobian of ``h``'s action: 1 for rotations and mirrors."""
+        return 1.0
+
+    def discretize_group(self, num_elements: int) -> Tensor:
+        raise NotImplementedError
+
+    def element_matrix(self, h: Tensor) -> Tensor:
+        """Returns the float64 orthogonal matrix ``M_h`` acting on ``(row, col)``."""
+        raise NotImplementedError
+
+    def left_action_on_H(self, h: Tensor, pp_h: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def is_identity(self, h: Tensor) -> bool:
+        return bool(torch.all(h.to(self._identity.dtype) == self._identity))
+
+    def left_action_on_Rd(self, h: Tensor, pp: Tensor) -> Tensor:
+        """Acts with ``h`` on a tensor of planar coordinates.
+
+        Args:
+            h: a group element (a row of :attr:`elements`).
+            pp: coordinates of shape ``(2, ...)``; ``pp[0]`` are rows, ``pp[1]`` columns.
+
+        Returns:
+            float32 tensor ``M_h pp`` of the same shape.
+        """
+        if self.is_identity(h):
+            return pp
+        matrix = self.element_matrix(h)
+        return torch.einsum("oi,i...->o...", matrix, pp.to(torch.float64)).to(torch.float32)
+
+    def left_action_on_G(self, h: Tensor, pp: Tensor, pp_h: Tensor) -> Tuple[Tensor, Tensor]:
+        """Acts with ``h`` on planar coordinates and on group indices at once."""
+        return self.left_action_on_Rd(h, pp), self.left_action_on_H(h, pp_h)
+
+    # ------------------------------------------------------- derived structure
+    def matrices(self) -> Tensor:
+        """The matrices of all elements, ``(G, 2, 2)`` float64, in element order."""
+        return torch.stack([self.element_matrix(h) for h in self._elements.cpu()])
+
+    def index_of_matrix(self, matrix: Tensor) -> int:
+        """Returns the index of the element whose matrix is ``matrix``."""
+        distances = (self.matrices() - matrix.to(torch.float64)).abs().flatten(1).amax(1)
+        index = int(distances.argmin())
+        if distances[index] > 1e-6:
+            raise ValueError("The matrix is not an element of this group.")
+        return index
+
+    def cayley_table(self) -> Tensor:
+        """``table[a, b]`` is the index of the product ``a b``, ``(G, G)`` long."""
+        mats = self.matrices()
+        products = torch.einsum("aij,bjk->abik", mats, mats)
+        # (A, B, G): distance of every product to every element.
+        distances = (products.unsqueeze(2) - mats.view(1, 1, -1, 2, 2)).abs().flatten(3).amax(3)
+        return distances.argmin(dim=2)
+
+    def inverse_indices(self) -> Tensor:
+        """``inv[a]`` is the index of ``a^-1``, ``(G,)`` long."""
+        identity = self.index_of_matrix(torch.eye(2, dtype=torch.float64))
+        return (self.cayley_table() == identity).to(torch.int64).argmax(dim=1)
+
+    def relative_index_table(self) -> Tensor:
+        """``table[g, m]`` is the index of ``m g^-1``, ``(G, G)`` long.
+
+        It is invariant under joint right multiplication, ``(m u) (g u)^-1 = m g^-1``,
+        which is what makes group self-attention equivariant under the action of
+        :meth:`transform_feature_map`. For rotations it is ``(m - g) mod n``.
+        """
+        return self.cayley_table()[:, self.inverse_indices()].t()
+
+    def rotation_steps(self, index: int) -> int:
+        """Number of 90-degree steps of element ``index``; raises if not a multiple."""
+        matrix = self.matrices()[index]
+        rotation = matrix @ torch.diag(torch.tensor([1.0, float(torch.det(matrix).sign())], dtype=torch.float64))
+        angle = math.atan2(float(rotation[1, 0]), float(rotation[0, 0]))
+        steps = angle / (math.pi / 2)
+        if abs(steps - round(steps)) > _TOLERANCE:
+            raise ValueError(
+                f"Element {index} rotates by {math.degrees(angle):.1f} degrees, which does not map "
+                "the pixel grid onto itself; only multiples of 90 degrees act exactly."
+            )
+        return round(steps) % 4
+
+    def is_mirror(self, index: int) -> bool:
+        return bool(torch.det(self.matrices()[index]) < 0)
+
+    def grid_exact(self) -> list:
+        """Indices of the elements that act exactly on the pixel grid."""
+        exact = []
+        for index in range(self.num_elements):
+            try:
+                self.rotation_steps(index)
+            except ValueError:
+                continue
+            exact.append(index)
+        return exact
+
+    # ------------------------------------------------------ action on signals
+    def transform_image(self, x: Tensor, index: int) -> Tensor:
+        """Returns ``x(M_u^-1 .)`` for an image ``(..., H, W)`` and a grid-exact element ``u``.
+
+        A mirrored element ``M_u = R F`` first flips the columns (``F``), then rotates.
+        """
+        steps = self.rotation_steps(index)
+        if self.is_mirror(index):
+            x = torch.flip(x, dims=[-1])
+        return torch.rot90(x, steps, dims=(-2, -1))
+
+    def transform_feature_map(self, x: Tensor, index: int, group_dim: int = -3) -> Tensor:
+        """Acts with a grid-exact element ``u`` on a group feature map ``(..., G, H, W)``.
+
+        ``[u . f](g, x) = f(g u, M_u^-1 x)``: the image part is transformed as in
+        :meth:`transform_image` and the group axis is permuted.
+        """
+        permutation = self.cayley_table()[:, index]  # g -> g u
+        x = torch.index_select(x, group_dim, permutation.to(x.device))
+        return self.transform_image(x, index)

@@ -1,0 +1,35 @@
+"""Layers of group equivariant self-attention networks."""
+
+from g_selfatt.nn import activations
+from g_selfatt.nn.activations import Swish, get_activation
+from g_selfatt.nn.attention import (
+    GROUP_AXIS_INDICES,
+    GroupLocalSelfAttention,
+    GroupSelfAttention,
+    LiftLocalSelfAttention,
+    LiftSelfAttention,
+    SelfAttentionCore,
+)
+from g_selfatt.nn.cropping import Crop
+from g_selfatt.nn.layers import Conv2d1x1, Conv3d1x1, LayerNorm, get_norm
+from g_selfatt.nn.positional_encoding import PositionalMLP
+from g_selfatt.nn.transformer_block import TransformerBlock
+
+__all__ = [
+    "GROUP_AXIS_INDICES",
+    "Conv2d1x1",
+    "Conv3d1x1",
+    "Crop",
+    "GroupLocalSelfAttention",
+    "GroupSelfAttention",
+    "LayerNorm",
+    "LiftLocalSelfAttention",
+    "LiftSelfAttention",
+    "PositionalMLP",
+    "SelfAttentionCore",
+    "Swish",
+    "TransformerBlock",
+    "activations",
+    "get_activation",
+    "get_norm",
+]

@@ -1,0 +1,405 @@
+"""Lifting and group self-attention, global and local, on one shared core.
+
+Letters used in shapes and einsum subscripts throughout this module:
+
+====  ==========================================================
+B     batch
+C     channels per head (``mid_channels``), or input channels
+N     attention heads
+V     output group element (the element that acts on the encoding)
+G     query group element (1 for lifting layers)
+M     key group element (1 for lifting layers)
+H, W  image height and width; ``i, j`` index the query pixel
+K     key positions: all ``H * W`` pixels (global) or the ``P * P``
+      neighbourhood of the query (local)
+S     side of the offset table (``2 r + 1``)
+D     channels of the positional encoding
+====  ==========================================================
+
+For the output element ``v`` a query ``(g, i)`` attends to the keys ``(m, j)``
+with logits
+
+    < q(g, i), k(m, j) > + < q_pos(g, i), E(M_v (j - i) / r) > + < q_grp(g, i), E_G(m g^-1) >
+
+divided by ``sqrt(in_channels)``; the softmax runs over ``(m, j)`` and the
+result is summed over ``g``. Because the spatial encoding is acted on by
+``M_v`` and the group encoding depends on ``m g^-1`` only, every layer
+satisfies
+
+    SA(u . f) = u . SA(f),    [u . f](g, x) = f(g u, M_u^-1 x),
+
+for every element ``u`` whose matrix maps the pixel grid onto itself (see
+:class:`g_selfatt.groups.Group`); lifting layers map an image ``f(x)`` to a
+group feature map with the same law, ``[u . f](x) = f(M_u^-1 x)``.
+
+The original implementation indexes the group encoding by ``(m + v - g) mod n``
+instead, which breaks equivariance; ``group_axis_index="original"`` reproduces
+it (for loading its checkpoints and for comparison).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from g_selfatt.groups import Group
+from g_selfatt.nn.positional_encoding import (
+    PositionalMLP,
+    acted_offset_table,
+    global_offset_table,
+    relative_index_grids,
+)
+
+GROUP_AXIS_INDICES = ("relative", "original")
+
+# Buffers that are functions of the constructor arguments. They are part of the
+# state_dict for compatibility with the original checkpoints, but loading never
+# replaces them (a checkpoint of the original would otherwise bring back its
+# non-equivariant group index).
+_DERIVED_BUFFERS = ("row_indices", "col_indices", "g_indices")
+
+
+def original_group_indices(group: Group) -> Tensor:
+    """The original's group-axis index ``(m + v - g) mod n`` (for rotations), ``(V, G, M)``."""
+    table = group.relative_positions
+    return torch.stack([group.left_action_on_H(h, table) for h in group.elements])
+
+
+def relative_group_indices(group: Group) -> Tensor:
+    """The equivariant group-axis index ``m g^-1`` for every ``v``, ``(V, G, M)``."""
+    table = group.relative_index_table()
+    return table.unsqueeze(0).expand(group.num_elements, -1, -1).contiguous()
+
+
+class SelfAttentionCore(nn.Module):
+    """The shared implementation of the four self-attention layers.
+
+    Subclasses choose ``lifting`` (input ``(B, C, H, W)``, no group encoding)
+    versus group input ``(B, C, G, H, W)``; the constructor argument
+    ``patch_size`` (local) versus ``max_pos_embedding`` (global) chooses the
+    neighbourhood. Nothing else differs.
+
+    Args:
+        group: the group ``G``.
+        in_channels: input channels.
+        mid_channels: channels per head of queries, keys and values.
+        out_channels: output channels.
+        num_heads: number of heads.
+        attention_dropout_rate: dropout on the attention probabilities.
+        patch_size: odd side of the local neighbourhood (local layers).
+        max_pos_embedding: largest image side (global layers).
+        group_axis_index: ``"relative"`` (equivariant, default) or ``"original"``.
+    """
+
+    lifting: bool = False
+
+    def __init__(
+        self,
+        group: Group,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        num_heads: int,
+        attention_dropout_rate: float,
+        *,
+        patch_size: Optional[int] = None,
+        max_pos_embedding: Optional[int] = None,
+        group_axis_index: str = "relative",
+    ):
+        super().__init__()
+        _check_arguments(self.lifting, in_channels, mid_channels, out_channels, num_heads,
+                         patch_size, max_pos_embedding, group_axis_index)
+        self.group = group
+        self.num_heads = num_heads
+        self.in_channels = in_channels
+        self.mid_channels = mid_channels
+        self.out_channels = out_channels
+        self.patch_size = patch_size
+        self.max_pos_embedding = max_pos_embedding
+        self.group_axis_index = group_axis_index
+        self.local = patch_size is not None
+
+        if self.lifting:
+            self.dim_pos_encoding = mid_channels // 2
+            self.dim_group_encoding = 0
+        else:
+            self.dim_pos_encoding = mid_channels // 3
+            self.dim_group_encoding = mid_channels - 2 * self.dim_pos_encoding
+        self.row_embedding = PositionalMLP(self.dim_pos_encoding)
+        self.col_embedding = PositionalMLP(self.dim_pos_encoding)
+        if not self.lifting:
+            self.group_embedding = nn.Embedding(group.num_elements, self.dim_group_encoding)
+        self._register_indices()
+
+        projection = nn.Conv2d if self.lifting else nn.Conv3d
+        self.query = projection(in_channels, mid_channels * num_heads, kernel_size=1)
+        self.key = projection(in_channels, mid_channels * num_heads, kernel_size=1)
+        self.value = projection(in_channels, mid_channels * num_heads, kernel_size=1)
+        self.wout = nn.Conv3d(mid_channels * num_heads, out_channels, kernel_size=1)
+        self.dropout_attention = nn.Dropout(attention_dropout_rate)
+
+    # ------------------------------------------------------------ buffers
+    @property
+    def radius(self) -> int:
+        """Largest relative offset along an axis."""
+        return self.patch_size // 2 if self.local else self.max_pos_embedding - 1
+
+    def _register_indices(self) -> None:
+        table = acted_offset_table(self.group, self.radius)  # (V, 2, S, S) float64
+        self.register_buffer("offset_table", table.to(torch.float32), persistent=False)
+        if self.local:
+            full = table.to(torch.float32)  # (V, 2, P, P)
+        else:
+            full = global_offset_table(self.group, self.max_pos_embedding)  # (V, 2, M, M, M, M)
+        self.register_buffer("row_indices", full[:, 0].contiguous())
+        self.register_buffer("col_indices", full[:, 1].contiguous())
+        if not self.lifting:
+            make = relative_group_indices if self.group_axis_index == "relative" else original_group_indices
+            self.register_buffer("g_indices", make(self.group))
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        for name in _DERIVED_BUFFERS:
+            key = prefix + name
+            own = getattr(self, name, None)
+            if key in state_dict and own is not None and state_dict[key].shape == own.shape:
+                state_dict[key] = own
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    # ------------------------------------------------------------ forward
+    def forward(self, x: Tensor) -> Tensor:
+        """Applies self-attention.
+
+        Args:
+            x: ``(B, C_in, H, W)`` for lifting layers, ``(B, C_in, G, H, W)`` otherwise.
+
+        Returns:
+            ``(B, C_out, G, H, W)``.
+        """
+        height, width = self._check_input(x)
+        q = self._project(self.query, x)  # (B, C, N, G, H, W)
+        k = self._project(self.key, x)
+        v = self._project(self.value, x)
+        logits = self.attention_logits(q, k, x.shape[1])  # (B, N, V, G, H, W, M, K)
+        probs = logits.flatten(-2).softmax(dim=-1).view_as(logits)
+        probs = self.dropout_attention(probs)
+        keys = self._key_subscripts()
+        out = torch.einsum(f"bnvgijmk,bcnmk{keys}->bcnvij", probs, self._neighbourhood(v))
+        batch = x.shape[0]
+        out = out.reshape(batch, self.mid_channels * self.num_heads, self.group.num_elements, height, width)
+        return self.wout(out)  # (B, C_out, V, H, W)
+
+    def attention_logits(self, q: Tensor, k: Tensor, in_channels: int) -> Tensor:
+        """Unnormalised attention logits.
+
+        Args:
+            q, k: projections ``(B, C, N, G, H, W)``.
+            in_channels: number of input channels (the logits are divided by its root).
+
+        Returns:
+            ``(B, N, V, G, H, W, M, K)``; keys outside the image are ``-inf``.
+        """
+        height, width = q.shape[-2:]
+        keys = self._key_subscripts()
+        content = torch.einsum(f"bcngij,bcnmk{keys}->bngijmk", q, self._neighbourhood(k))
+        d = 2 * self.dim_pos_encoding
+        pos_subscripts = "" if self.local else "ij"
+        positional = torch.einsum(
+            f"bcngij,v{pos_subscripts}kc->bnvgijk", q[:, :d], self.positional_embeddings(height, width)
+        )
+        logits = content.unsqueeze(2) + positional.unsqueeze(-2)
+        if not self.lifting:
+            group_embeddings = self.group_embedding(self.g_indices)  # (V, G, M, D_g)
+            logits = logits + torch.einsum("bcngij,vgmc->bnvgijm", q[:, d:], group_embeddings).unsqueeze(-1)
+        logits = logits / math.sqrt(in_channels)
+        if self.local:
+            inside = self._inside_image(height, width, q.device)  # (H, W, K)
+            logits = logits.masked_fill(~inside[:, :, None, :], float("-inf"))
+        return logits
+
+    def positional_embeddings(self, height: int, width: int) -> Tensor:
+        """Row and column encodings of the acted offsets, concatenated along ``D``.
+
+        Returns:
+            ``(V, K, 2 D)`` for local layers (the same for every query) and
+            ``(V, H, W, K, 2 D)`` for global layers.
+        """
+        table = self.offset_table  # (V, 2, S, S)
+        embeddings = torch.cat(
+            [self.row_embedding.embed(table[:, 0]), self.col_embedding.embed(table[:, 1])], dim=-1
+        )  # (V, S, S, 2D)
+        if self.local:
+            return embeddings.flatten(1, 2)  # (V, K, 2D)
+        rows, cols = relative_index_grids(height, width, self.radius)
+        rows, cols = rows.to(table.device), cols.to(table.device)
+        gathered = embeddings[:, rows[:, None, :, None], cols[None, :, None, :]]  # (V, H, W, H, W, 2D)
+        return gathered.flatten(3, 4)  # (V, H, W, K, 2D)
+
+    # ------------------------------------------------------------ helpers
+    def _key_subscripts(self) -> str:
+        """Einsum subscripts after ``k`` of the neighbourhood tensor: local keys depend on the query."""
+        return "ij" if self.local else ""
+
+    def _project(self, layer: nn.Module, x: Tensor) -> Tensor:
+        """A 1x1 projection split into channels and heads, ``(B, C, N, G, H, W)``.
+
+        Channel ``c * num_heads + n`` of the projection belongs to head ``n``.
+        """
+        out = layer(x)  # (B, C*N, [G,] H, W)
+        batch, _, *rest = out.shape
+        if self.lifting:
+            rest = [1] + rest
+        return out.view(batch, self.mid_channels, self.num_heads, *rest)
+
+    def _neighbourhood(self, t: Tensor) -> Tensor:
+        """The key positions each query sees.
+
+        Args:
+            t: ``(B, C, N, M, H, W)``.
+
+        Returns:
+            ``(B, C, N, M, K)`` for global layers, ``(B, C, N, M, K, H, W)`` for local
+            layers (zero outside the image; those logits are masked).
+        """
+        batch, channels, heads, elements, height, width = t.shape
+        if not self.local:
+            return t.flatten(-2)
+        patches = F.unfold(
+            t.reshape(batch, channels * heads * elements, height, width),
+            kernel_size=self.patch_size,
+            padding=self.patch_size // 2,
+        )  # (B, C*N*M*P*P, H*W)
+        return patches.view(batch, channels, heads, elements, self.patch_size ** 2, height, width)
+
+    def _inside_image(self, height: int, width: int, device: torch.device) -> Tensor:
+        """Which neighbourhood positions of each pixel lie inside the image, ``(H, W, K)`` bool."""
+        ones = torch.ones(1, 1, height, width, device=device)
+        inside = F.unfold(ones, kernel_size=self.patch_size, padding=self.patch_size // 2)  # (1, K, H*W)
+        return inside.view(-1, height, width).permute(1, 2, 0) > 0.5
+
+    def _check_input(self, x: Tensor) -> Tuple[int, int]:
+        expected = "(B, C, H, W)" if self.lifting else "(B, C, G, H, W)"
+        if x.dim() != (4 if self.lifting else 5):
+            raise ValueError(f"{type(self).__name__} expects an input of shape {expected}, got {tuple(x.shape)}.")
+        if x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} was built for {self.in_channels} input channels, "
+                f"but the input has {x.shape[1]} (shape {tuple(x.shape)})."
+            )
+        if not self.lifting and x.shape[2] != self.group.num_elements:
+            raise ValueError(
+                f"{type(self).__name__} expects a group axis of size {self.group.num_elements}, "
+                f"got {x.shape[2]} (shape {tuple(x.shape)})."
+            )
+        height, width = x.shape[-2:]
+        if self.local and self.patch_size > min(height, width):
+            raise ValueError(
+                f"patch_size={self.patch_size} is larger than the {height}x{width} input; "
+                "use a smaller patch or a larger image."
+            )
+        if not self.local and max(height, width) > self.max_pos_embedding:
+            raise ValueError(
+                f"The {height}x{width} input is larger than max_pos_embedding={self.max_pos_embedding}; "
+                "build the layer with max_pos_embedding >= the image side."
+            )
+        return height, width
+
+    def extra_repr(self) -> str:
+        extent = f"patch_size={self.patch_size}" if self.local else f"max_pos_embedding={self.max_pos_embedding}"
+        text = (f"in_channels={self.in_channels}, mid_channels={self.mid_channels}, "
+                f"out_channels={self.out_channels}, num_heads={self.num_heads}, {extent}")
+        if not self.lifting:
+            text += f", group_axis_index={self.group_axis_index!r}"
+        return text
+
+
+def _check_arguments(lifting, in_channels, mid_channels, out_channels, num_heads, patch_size,
+                     max_pos_embedding, group_axis_index) -> None:
+    for name, value in (("in_channels", in_channels), ("mid_channels", mid_channels),
+                        ("out_channels", out_channels), ("num_heads", num_heads)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    if lifting and mid_channels % 2:
+        raise ValueError(
+            f"Lifting self-attention splits mid_channels into a row and a column half; "
+            f"mid_channels must be even, got {mid_channels}."
+        )
+    if not lifting and mid_channels < 3:
+        raise ValueError(
+            f"Group self-attention splits mid_channels into row, column and group parts; "
+            f"mid_channels must be at least 3, got {mid_channels}."
+        )
+    if (patch_size is None) == (max_pos_embedding is None):
+        raise ValueError("Give exactly one of patch_size (local attention) and max_pos_embedding (global).")
+    if patch_size is not None and (not isinstance(patch_size, int) or patch_size < 3 or patch_size % 2 == 0):
+        raise ValueError(
+            f"patch_size must be an odd integer >= 3 so that the neighbourhood is centred "
+            f"on the query, got {patch_size!r}."
+        )
+    if max_pos_embedding is not None and (not isinstance(max_pos_embedding, int) or max_pos_embedding < 2):
+        raise ValueError(f"max_pos_embedding must be an integer >= 2, got {max_pos_embedding!r}.")
+    if group_axis_index not in GROUP_AXIS_INDICES:
+        raise ValueError(f"Unknown group_axis_index {group_axis_index!r}; expected one of {GROUP_AXIS_INDICES}.")
+
+
+class LiftSelfAttention(SelfAttentionCore):
+    """Global lifting self-attention: ``(B, C_in, H, W) -> (B, C_out, G, H, W)``.
+
+    Equivariance: ``SA(f(M_u^-1 .))(g, x) = SA(f)(g u, M_u^-1 x)`` for every grid-exact ``u``.
+    Inputs may be at most ``max_pos_embedding`` pixels on each side.
+    """
+
+    lifting = True
+
+    def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
+                 num_heads: int, max_pos_embedding: int, attention_dropout_rate: float):
+        super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
+                         attention_dropout_rate, max_pos_embedding=max_pos_embedding)
+
+
+class LiftLocalSelfAttention(SelfAttentionCore):
+    """Lifting self-attention over a ``patch_size x patch_size`` neighbourhood.
+
+    Same shapes and equivariance law as :class:`LiftSelfAttention`.
+    """
+
+    lifting = True
+
+    def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
+                 num_heads: int, patch_size: int, attention_dropout_rate: float):
+        super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
+                         attention_dropout_rate, patch_size=patch_size)
+
+
+class GroupSelfAttention(SelfAttentionCore):
+    """Global group self-attention: ``(B, C_in, G, H, W) -> (B, C_out, G, H, W)``.
+
+    Equivariance (default ``group_axis_index="relative"``):
+    ``SA(u . f) = u . SA(f)`` with ``[u . f](g, x) = f(g u, M_u^-1 x)``.
+    """
+
+    def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
+                 num_heads: int, max_pos_embedding: int, attention_dropout_rate: float,
+                 group_axis_index: str = "relative"):
+        super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
+                         attention_dropout_rate, max_pos_embedding=max_pos_embedding,
+                         group_axis_index=group_axis_index)
+
+
+class GroupLocalSelfAttention(SelfAttentionCore):
+    """Group self-attention over a ``patch_size x patch_size`` neighbourhood.
+
+    Same shapes and equivariance law as :class:`GroupSelfAttention`.
+    """
+
+    def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
+                 num_heads: int, patch_size: int, attention_dropout_rate: float,
+                 group_axis_index: str = "relative"):
+        super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
+                         attention_dropout_rate, patch_size=patch_size,
+                         group_axis_index=group_axis_index)

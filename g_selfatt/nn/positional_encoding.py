@@ -1,0 +1,86 @@
+"""Relative positional encodings acted on by the group.
+
+A relative offset ``d = (row, col)`` between a query and a key pixel, divided by
+the radius ``r`` of the neighbourhood so that it lies in [-1, 1], is acted on by
+every group element: ``M_g d / r``. One small MLP per axis maps the row and the
+column coordinate of the acted offset to an embedding vector.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from g_selfatt.groups import Group
+from g_selfatt.nn.activations import Swish
+from g_selfatt.nn.layers import LayerNorm
+
+HIDDEN_CHANNELS = 16
+
+
+class PositionalMLP(nn.Sequential):
+    """``1 -> 16 -> LayerNorm -> Swish -> out_channels``, applied to each coordinate.
+
+    Built from 1x1 convolutions so that its parameter names match the original
+    (``0.weight``, ``1.layer_norm.weight``, ``3.weight``, ...).
+    """
+
+    def __init__(self, out_channels: int):
+        super().__init__(
+            nn.Conv2d(1, HIDDEN_CHANNELS, kernel_size=1),
+            LayerNorm(HIDDEN_CHANNELS),
+            Swish(),
+            nn.Conv2d(HIDDEN_CHANNELS, out_channels, kernel_size=1),
+        )
+
+    def embed(self, coordinates: Tensor) -> Tensor:
+        """Maps coordinates of any shape ``S`` to embeddings of shape ``S + (out_channels,)``."""
+        out = self(coordinates.reshape(-1, 1, 1, 1))  # (N, D, 1, 1)
+        return out.view(coordinates.shape + (-1,))
+
+
+def acted_offset_table(group: Group, radius: int) -> Tensor:
+    """The normalised offsets of a ``(2r+1) x (2r+1)`` neighbourhood acted on by every element.
+
+    Args:
+        group: the group whose elements act.
+        radius: ``r``, the largest offset along each axis.
+
+    Returns:
+        float64 tensor ``(G, 2, S, S)`` with ``S = 2 r + 1``;
+        ``table[g, :, a, b] = M_g (a - r, b - r) / r``. The offsets are exact
+        integers before the division, so the table is exactly symmetric and the
+        rotations by 90 degrees map it exactly onto itself.
+    """
+    if radius < 1:
+        raise ValueError(f"The neighbourhood radius must be at least 1, got {radius}.")
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"))  # (2, S, S)
+    acted = torch.einsum("goi,iab->goab", group.matrices(), offsets)  # (G, 2, S, S)
+    return acted / radius
+
+
+def global_offset_table(group: Group, max_pos_embedding: int) -> Tensor:
+    """The original's layout of global relative positions.
+
+    Returns:
+        float32 tensor ``(G, 2, M, M, M, M)`` with ``M = max_pos_embedding``:
+        ``[g, :, i, j, k, l]`` is the acted offset from query ``(i, j)`` to key ``(k, l)``.
+    """
+    table = acted_offset_table(group, max_pos_embedding - 1).to(torch.float32)
+    rows, cols = relative_index_grids(max_pos_embedding, max_pos_embedding, max_pos_embedding - 1)
+    # (G, 2, M, M, M, M): rows index (i, k), cols index (j, l).
+    gathered = table[:, :, rows[:, None, :, None], cols[None, :, None, :]]
+    return gathered
+
+
+def relative_index_grids(height: int, width: int, radius: int) -> tuple:
+    """Indices into an offset table for every (query, key) pair of an ``H x W`` image.
+
+    Returns:
+        ``(rows, cols)`` with ``rows[i, k] = k - i + r`` of shape ``(H, H)`` and
+        ``cols[j, l] = l - j + r`` of shape ``(W, W)``.
+    """
+    rows = torch.arange(height).view(1, -1) - torch.arange(height).view(-1, 1) + radius
+    cols = torch.arange(width).view(1, -1) - torch.arange(width).view(-1, 1) + radius
+    return rows, cols
