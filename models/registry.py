@@ -56,6 +56,9 @@ class ModelSpec:
             (``{"rotMNIST": {"lr": 1e-3, ...}}``); the runner applies them where the user
             did not set a value.
         datasets: architectures the model is defined for (empty = all).
+        convert_checkpoint: maps a state_dict saved by the original implementation
+            (its key names, ``module.`` prefix already stripped) to this model's key
+            names; ``None`` when the names already agree.
     """
 
     name: str
@@ -64,6 +67,7 @@ class ModelSpec:
     description: str = ""
     defaults: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     datasets: Tuple[str, ...] = ()
+    convert_checkpoint: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -71,13 +75,16 @@ _REGISTRY: Dict[str, ModelSpec] = {}
 
 def register_model(name: str, *, family: str, description: str = "",
                    defaults: Optional[Mapping[str, Mapping[str, Any]]] = None,
-                   datasets: Tuple[str, ...] = ()) -> Callable[[Builder], Builder]:
+                   datasets: Tuple[str, ...] = (),
+                   convert_checkpoint: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None,
+                   ) -> Callable[[Builder], Builder]:
     """Registers ``builder`` under ``name``; raises if the name is taken."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = ModelSpec(name, builder, family, description, dict(defaults or {}), tuple(datasets))
+        _REGISTRY[name] = ModelSpec(name, builder, family, description, dict(defaults or {}),
+                                    tuple(datasets), convert_checkpoint)
         return builder
 
     return decorator
