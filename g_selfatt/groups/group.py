@@ -57,6 +57,11 @@ class Group(nn.Module):
     the element matrices.
     """
 
+    def __init__(self):
+        super().__init__()
+        # Matrices and Cayley table, derived once from the integer structure.
+        self._structure_cache: dict = {}
+
     # ----------------------------------------------------------------- basics
     @property
     def elements(self) -> Tensor:
@@ -113,9 +118,21 @@ class Group(nn.Module):
         return self.left_action_on_Rd(h, pp), self.left_action_on_H(h, pp_h)
 
     # ------------------------------------------------------- derived structure
+    def exact_element_matrix(self, index: int) -> Tensor:
+        """The float64 matrix of element ``index``, computed from integers.
+
+        Unlike :meth:`element_matrix`, it does not read the ``_elements`` buffer, which
+        ``module.to(dtype)`` may have cast to a lower precision.
+        """
+        raise NotImplementedError
+
     def matrices(self) -> Tensor:
         """The matrices of all elements, ``(G, 2, 2)`` float64, in element order."""
-        return torch.stack([self.element_matrix(h) for h in self._elements.cpu()])
+        if "matrices" not in self._structure_cache:
+            self._structure_cache["matrices"] = torch.stack(
+                [self.exact_element_matrix(index) for index in range(self.num_elements)]
+            )
+        return self._structure_cache["matrices"]
 
     def index_of_matrix(self, matrix: Tensor) -> int:
         """Returns the index of the element whose matrix is ``matrix``."""
@@ -127,11 +144,13 @@ class Group(nn.Module):
 
     def cayley_table(self) -> Tensor:
         """``table[a, b]`` is the index of the product ``a b``, ``(G, G)`` long."""
-        mats = self.matrices()
-        products = torch.einsum("aij,bjk->abik", mats, mats)
-        # (A, B, G): distance of every product to every element.
-        distances = (products.unsqueeze(2) - mats.view(1, 1, -1, 2, 2)).abs().flatten(3).amax(3)
-        return distances.argmin(dim=2)
+        if "cayley" not in self._structure_cache:
+            mats = self.matrices()
+            products = torch.einsum("aij,bjk->abik", mats, mats)
+            # (A, B, G): distance of every product to every element.
+            distances = (products.unsqueeze(2) - mats.view(1, 1, -1, 2, 2)).abs().flatten(3).amax(3)
+            self._structure_cache["cayley"] = distances.argmin(dim=2)
+        return self._structure_cache["cayley"]
 
     def inverse_indices(self) -> Tensor:
         """``inv[a]`` is the index of ``a^-1``, ``(G,)`` long."""

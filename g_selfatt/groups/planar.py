@@ -57,6 +57,9 @@ class SE2(Group):
     def element_matrix(self, h: Tensor) -> Tensor:
         return rotation_matrix(float(h.reshape(-1)[0]))
 
+    def exact_element_matrix(self, index: int) -> Tensor:
+        return rotation_matrix(2 * math.pi * index / self.num_elements)
+
     def left_action_on_H(self, h: Tensor, pp_h: Tensor) -> Tensor:
         """The original's action on group indices: a cyclic shift of the last axis by ``-h``."""
         if self.is_identity(h):
@@ -108,6 +111,11 @@ class E2(Group):
     def element_matrix(self, h: Tensor) -> Tensor:
         mirror = torch.diag(torch.tensor([1.0, float(h[1])], dtype=torch.float64))
         return rotation_matrix(float(h[0])) @ mirror
+
+    def exact_element_matrix(self, index: int) -> Tensor:
+        rotation, mirrored = index % self.num_rotations, index >= self.num_rotations
+        mirror = torch.diag(torch.tensor([1.0, -1.0 if mirrored else 1.0], dtype=torch.float64))
+        return rotation_matrix(2 * math.pi * rotation / self.num_rotations) @ mirror
 
     def left_action_on_Rd(self, h: Tensor, pp: Tensor) -> Tensor:
         """Rotates the coordinate values, then (for a mirror) flips the last axis of ``pp``.

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from g_selfatt.groups import Group
+from g_selfatt.nn.efficient_attention import efficient_attention
 from g_selfatt.nn.positional_encoding import (
     PositionalMLP,
     acted_offset_table,
@@ -55,6 +56,7 @@ from g_selfatt.nn.positional_encoding import (
 )
 
 GROUP_AXIS_INDICES = ("relative", "original")
+ATTENTION_IMPLS = ("efficient", "reference")
 
 # Buffers that are functions of the constructor arguments. They are part of the
 # state_dict for compatibility with the original checkpoints, but loading never
@@ -93,6 +95,8 @@ class SelfAttentionCore(nn.Module):
         patch_size: odd side of the local neighbourhood (local layers).
         max_pos_embedding: largest image side (global layers).
         group_axis_index: ``"relative"`` (equivariant, default) or ``"original"``.
+        attention_impl: ``"efficient"`` (default; chunked, see
+            :mod:`g_selfatt.nn.efficient_attention`) or ``"reference"`` (full score tensors).
     """
 
     lifting: bool = False
@@ -109,8 +113,12 @@ class SelfAttentionCore(nn.Module):
         patch_size: Optional[int] = None,
         max_pos_embedding: Optional[int] = None,
         group_axis_index: str = "relative",
+        attention_impl: str = "efficient",
     ):
         super().__init__()
+        if attention_impl not in ATTENTION_IMPLS:
+            raise ValueError(f"Unknown attention_impl {attention_impl!r}; expected one of {ATTENTION_IMPLS}.")
+        self.attention_impl = attention_impl
         _check_arguments(self.lifting, in_channels, mid_channels, out_channels, num_heads,
                          patch_size, max_pos_embedding, group_axis_index)
         self.group = group
@@ -185,6 +193,10 @@ class SelfAttentionCore(nn.Module):
         q = self._project(self.query, x)  # (B, C, N, G, H, W)
         k = self._project(self.key, x)
         v = self._project(self.value, x)
+        if self.attention_impl == "efficient":
+            out = efficient_attention(self, q, k, v, x.shape[1])  # (B, C, N, V, H, W)
+            out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
+            return self.wout(out)  # (B, C_out, V, H, W)
         logits = self.attention_logits(q, k, x.shape[1])  # (B, N, V, G, H, W, M, K)
         probs = logits.flatten(-2).softmax(dim=-1).view_as(logits)
         probs = self.dropout_attention(probs)
@@ -297,11 +309,6 @@ class SelfAttentionCore(nn.Module):
                 f"got {x.shape[2]} (shape {tuple(x.shape)})."
             )
         height, width = x.shape[-2:]
-        if self.local and self.patch_size > min(height, width):
-            raise ValueError(
-                f"patch_size={self.patch_size} is larger than the {height}x{width} input; "
-                "use a smaller patch or a larger image."
-            )
         if not self.local and max(height, width) > self.max_pos_embedding:
             raise ValueError(
                 f"The {height}x{width} input is larger than max_pos_embedding={self.max_pos_embedding}; "
@@ -357,9 +364,11 @@ class LiftSelfAttention(SelfAttentionCore):
     lifting = True
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
-                 num_heads: int, max_pos_embedding: int, attention_dropout_rate: float):
+                 num_heads: int, max_pos_embedding: int, attention_dropout_rate: float,
+                 attention_impl: str = "efficient"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
-                         attention_dropout_rate, max_pos_embedding=max_pos_embedding)
+                         attention_dropout_rate, max_pos_embedding=max_pos_embedding,
+                         attention_impl=attention_impl)
 
 
 class LiftLocalSelfAttention(SelfAttentionCore):
@@ -371,9 +380,10 @@ class LiftLocalSelfAttention(SelfAttentionCore):
     lifting = True
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
-                 num_heads: int, patch_size: int, attention_dropout_rate: float):
+                 num_heads: int, patch_size: int, attention_dropout_rate: float,
+                 attention_impl: str = "efficient"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
-                         attention_dropout_rate, patch_size=patch_size)
+                         attention_dropout_rate, patch_size=patch_size, attention_impl=attention_impl)
 
 
 class GroupSelfAttention(SelfAttentionCore):
@@ -385,10 +395,10 @@ class GroupSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, max_pos_embedding: int, attention_dropout_rate: float,
-                 group_axis_index: str = "relative"):
+                 group_axis_index: str = "relative", attention_impl: str = "efficient"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, max_pos_embedding=max_pos_embedding,
-                         group_axis_index=group_axis_index)
+                         group_axis_index=group_axis_index, attention_impl=attention_impl)
 
 
 class GroupLocalSelfAttention(SelfAttentionCore):
@@ -399,7 +409,7 @@ class GroupLocalSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, patch_size: int, attention_dropout_rate: float,
-                 group_axis_index: str = "relative"):
+                 group_axis_index: str = "relative", attention_impl: str = "efficient"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, patch_size=patch_size,
-                         group_axis_index=group_axis_index)
+                         group_axis_index=group_axis_index, attention_impl=attention_impl)

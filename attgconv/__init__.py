@@ -1,0 +1,61 @@
+"""Attentive group equivariant convolutions (Romero et al., ICML 2020) on p4 and p4m.
+
+* :mod:`attgconv.groups` - the element order of the group axis (:class:`PlanarGrid`).
+* :mod:`attgconv.conv` - the kernel core, lifting and group convolutions.
+* :mod:`attgconv.attention` - channel and spatial attention (response and feature-map).
+* :mod:`attgconv.attentive` - full attentive and feature-map attentive convolutions.
+* :mod:`attgconv.compat` - rebuilding modules of the original implementation.
+
+Feature maps are ``(B, C, G, H, W)``; every layer is equivariant under
+``[u . f](g, x) = f(u^-1 g, M_u^-1 x)``. Spatial pooling of such maps and pooling
+over the group come from :mod:`g_selfatt.functional` (re-exported here).
+"""
+
+from g_selfatt.functional import average_pooling_rd_on_G, max_pooling_group, max_pooling_rd_on_G
+
+from attgconv.attention import (
+    ChannelAttention,
+    FeatureChannelAttention,
+    FeatureGroupChannelAttention,
+    FeatureGroupSpatialAttention,
+    FeatureSpatialAttention,
+    GroupChannelAttention,
+    GroupSpatialAttention,
+    SpatialAttention,
+)
+from attgconv.attentive import (
+    FORMULATIONS,
+    AttentiveGroupConv,
+    AttentiveLiftingConv,
+    FeatureAttentiveGroupConv,
+    FeatureAttentiveLiftingConv,
+    attenuate,
+)
+from attgconv.conv import GroupConv, GroupKernel, LiftingConv, transform_kernels
+from attgconv.groups import PlanarGrid, get_grid
+
+__all__ = [
+    "FORMULATIONS",
+    "AttentiveGroupConv",
+    "AttentiveLiftingConv",
+    "ChannelAttention",
+    "FeatureAttentiveGroupConv",
+    "FeatureAttentiveLiftingConv",
+    "FeatureChannelAttention",
+    "FeatureGroupChannelAttention",
+    "FeatureGroupSpatialAttention",
+    "FeatureSpatialAttention",
+    "GroupChannelAttention",
+    "GroupConv",
+    "GroupKernel",
+    "GroupSpatialAttention",
+    "LiftingConv",
+    "PlanarGrid",
+    "SpatialAttention",
+    "attenuate",
+    "average_pooling_rd_on_G",
+    "get_grid",
+    "max_pooling_group",
+    "max_pooling_rd_on_G",
+    "transform_kernels",
+]

@@ -1,0 +1,326 @@
+"""Rebuilding modules of the original attentive G-CNN code (``att_gconvs``).
+
+A *record* describes one original module: its class name (``record["module"]``)
+and constructor arguments (``record["kwargs"]``), with the conventions of the
+parity data: ``group`` is ``"SE2"`` (p4) or ``"E2"`` (p4m), ``h_grid`` /
+``input_h_grid`` the number of group elements, nested attention modules are
+``{"module": name, "kwargs": {...}}`` dicts (or ``None``), and the 1x1 attention
+of Romero & Hoogendoorn (2020) is named ``attgconv.RomHog_attention.<class>``.
+
+:func:`build_from_record` returns the equivalent module of this project and
+:func:`convert_state_dict` maps an original ``state_dict`` onto it (parameter
+names agree except for the ``Z2CNN`` baseline, a ``module.`` prefix is dropped).
+
+Behaviours of the original reproduced here on purpose:
+
+* ``ChannelAttentionGG`` shifts its input-group axis cyclically, which is the group
+  action for p4 but not for p4m (``permutations="cyclic"``).
+* ``AttConvGG`` weighs its sum with ``2 pi / |H|``, the other group convolutions
+  with the ``haar_meas`` of the group (see :class:`attgconv.conv.GroupConv`).
+* ``A_P4AllCNNC`` downsamples with stride-2 convolutions (its equivariant max-pool
+  branch is unreachable as shipped); All-CNN-C nets ``squeeze()`` their output;
+  ``fA_P4MResNet`` mirrors its input along the width first.
+
+Model records need the model zoo (:mod:`models.attgconv_zoo`) and, for ``Z2CNN``,
+:class:`models.cnn.CNN`; both are imported on use.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from attgconv.attention import (
+    ChannelAttention,
+    FeatureChannelAttention,
+    FeatureGroupChannelAttention,
+    FeatureGroupSpatialAttention,
+    FeatureSpatialAttention,
+    GroupChannelAttention,
+    GroupSpatialAttention,
+    SpatialAttention,
+)
+from attgconv.attentive import (
+    AttentiveGroupConv,
+    AttentiveLiftingConv,
+    FeatureAttentiveGroupConv,
+    FeatureAttentiveLiftingConv,
+)
+from attgconv.conv import GroupConv, LiftingConv
+from attgconv.groups import PlanarGrid, get_grid
+
+ROMHOG = "attgconv.RomHog_attention."
+
+# The original group modules and grid sizes, by grid name.
+_GROUPS = {("SE2", 4): "p4", ("E2", 8): "p4m"}
+# Grid sizes of the original's attention modules that are given no group.
+_GRID_BY_SIZE = {4: "p4", 8: "p4m"}
+
+
+# ------------------------------------------------------------------- helpers
+
+
+def _grid(kwargs: Mapping[str, Any], size_key: str = "h_grid") -> PlanarGrid:
+    group, size = kwargs.get("group"), kwargs.get(size_key)
+    if (group, size) not in _GROUPS:
+        raise ValueError(
+            f"Unsupported group {group!r} with {size_key}={size!r}; the original layers act exactly only for "
+            f"{sorted(_GROUPS)} (p4 and p4m)."
+        )
+    return get_grid(_GROUPS[(group, size)])
+
+
+def _grid_of_size(size: int) -> PlanarGrid:
+    if size not in _GRID_BY_SIZE:
+        raise ValueError(f"Unsupported group size {size!r}; expected 4 (p4) or 8 (p4m).")
+    return get_grid(_GRID_BY_SIZE[size])
+
+
+def _check_same_grid(kwargs: Mapping[str, Any]) -> None:
+    if kwargs.get("input_h_grid", kwargs.get("h_grid")) != kwargs.get("h_grid"):
+        raise ValueError("Input and output grids of a group layer must agree (h_grid == input_h_grid).")
+
+
+def _check_conv_groups(kwargs: Mapping[str, Any], key: str = "conv_groups") -> None:
+    if kwargs.get(key, 1) != 1:
+        raise ValueError(f"{key}={kwargs[key]!r} is not supported; only 1 (a dense convolution) is.")
+
+
+def _conv_args(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
+    return dict(stride=kwargs.get("stride", 1), padding=kwargs.get("padding", 1),
+                dilation=kwargs.get("dilation", 1), wscale=kwargs.get("wscale", 1.0))
+
+
+def _attention(spec: Optional[Mapping[str, Any]]) -> Optional[nn.Module]:
+    return None if spec is None else build_from_record(spec)
+
+
+# ------------------------------------------------------------ layer builders
+
+
+def _conv_rn_rn(kw: Mapping[str, Any]) -> nn.Module:
+    return nn.Conv2d(kw["N_in"], kw["N_out"], kw["kernel_size"], stride=kw.get("stride", 1),
+                     padding=kw.get("padding", 1), dilation=kw.get("dilation", 1),
+                     groups=kw.get("conv_groups", 1), bias=False)
+
+
+def _conv_rn_g(kw: Mapping[str, Any]) -> nn.Module:
+    _check_conv_groups(kw)
+    return LiftingConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
+
+
+def _conv_g_g(kw: Mapping[str, Any]) -> nn.Module:
+    _check_conv_groups(kw)
+    _check_same_grid(kw)
+    return GroupConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
+
+
+def _att_conv(cls: type, kw: Mapping[str, Any]) -> nn.Module:
+    _check_same_grid(kw)
+    return cls(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"],
+               channel_attention=_attention(kw.get("channel_attention")),
+               spatial_attention=_attention(kw.get("spatial_attention")), **_conv_args(kw))
+
+
+def _f_att_conv(cls: type, kw: Mapping[str, Any]) -> nn.Module:
+    _check_same_grid(kw)
+    args = _conv_args(kw)
+    args.pop("dilation")  # the original fAtt layers always use dilation 1
+    return cls(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"],
+               channel_attention=_attention(kw.get("channel_attention")),
+               spatial_attention=_attention(kw.get("spatial_attention")), **args)
+
+
+def _channel_attention_gg(kw: Mapping[str, Any]) -> nn.Module:
+    if kw["N_h"] != kw["N_h_in"]:
+        raise ValueError("ChannelAttentionGG needs N_h == N_h_in.")
+    return GroupChannelAttention(_grid_of_size(kw["N_h"]), kw["N_out"], kw["N_in"], kw.get("ratio", 1),
+                                 permutations="cyclic")
+
+
+def _f_channel_attention_gg(kw: Mapping[str, Any]) -> nn.Module:
+    grid = _grid({"group": kw.get("group", "SE2"), "h_grid": kw["N_h_in"]})
+    return FeatureGroupChannelAttention(grid, kw["N_in"], kw.get("ratio", 1))
+
+
+def _spatial_attention(cls: type, kw: Mapping[str, Any], size_key: str) -> nn.Module:
+    _check_same_grid(kw)
+    return cls(_grid(kw, size_key), kw["N_out"], kw["kernel_size"], stride=kw.get("stride", 1),
+               dilation=kw.get("dilation", 1), wscale=kw.get("wscale", 1.0))
+
+
+def _f_spatial_attention(cls: type, kw: Mapping[str, Any], size_key: str, romhog: bool) -> nn.Module:
+    _check_conv_groups(kw, "groups")
+    return cls(_grid(kw, size_key), 1 if romhog else kw["kernel_size"], stride=kw.get("stride", 1),
+               dilation=kw.get("dilation", 1), in_channels=kw["N_in"] if romhog else None,
+               wscale=kw.get("wscale", 1.0))
+
+
+# ------------------------------------------------------------ model builders
+
+
+def _factory(grid_name: Optional[str], attention: str = "none", wscale: float = 1.0,
+             attention_wscale: float = 1.0, bias: bool = False):
+    from models.attgconv_zoo.layers import LayerFactory
+
+    return LayerFactory(None if grid_name is None else get_grid(grid_name), attention, wscale, attention_wscale,
+                        bias=bias)
+
+
+def _z2cnn(kw: Mapping[str, Any]) -> nn.Module:
+    from models.cnn import CNN
+
+    return CNN(in_channels=1, num_channels=20, bn_epsilon=2e-5, dropout_rate=0.3,
+               use_bias=kw.get("use_bias", False))
+
+
+def _rotmnist(grid_name: str, attention: str, lifting_dilation: int = 1) -> Callable[[Mapping[str, Any]], nn.Module]:
+    def build(kw: Mapping[str, Any]) -> nn.Module:
+        from models.attgconv_zoo.networks import RotMNISTCNN
+
+        return RotMNISTCNN(_factory(grid_name, attention), lifting_spatial_dilation=lifting_dilation)
+
+    return build
+
+
+def _squeeze_output(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
+    """Forward hook: the original All-CNN-C nets end with ``.squeeze()``."""
+    return output.squeeze()
+
+
+def _mirror_input(module: nn.Module, inputs: Any) -> Any:
+    """Forward pre-hook: the original ``fA_P4MResNet`` mirrors its input along the width first."""
+    return (torch.flip(inputs[0], dims=[-1]),) + tuple(inputs[1:])
+
+
+def _allcnnc(grid_name: Optional[str], attention: str = "none", downsampling: str = "pool"):
+    def build(kw: Mapping[str, Any]) -> nn.Module:
+        from models.attgconv_zoo.networks import AllCNNC
+
+        channels = {None: 96, "p4": 48, "p4m": 32}[grid_name]
+        # Only the plain AllCNNC uses its use_bias argument; the group versions ignore it.
+        bias = grid_name is None and kw.get("use_bias", False)
+        model = AllCNNC(_factory(grid_name, attention, 0.035, 0.035, bias), channels=channels,
+                        downsampling=downsampling)
+        model.register_forward_hook(_squeeze_output)
+        return model
+
+    return build
+
+
+def _resnet(grid_name: Optional[str], attention: str = "none", widths=(32, 64, 128), mirror_input: bool = False):
+    def build(kw: Mapping[str, Any]) -> nn.Module:
+        from models.attgconv_zoo.networks import ResNet
+
+        stage_widths = tuple(kw.get(key, default) for key, default in zip(("nc32", "nc16", "nc8"), widths))
+        model = ResNet(_factory(grid_name, attention, math.sqrt(2), math.sqrt(2)),
+                       num_blocks=kw.get("num_blocks", 7), widths=stage_widths)
+        if mirror_input:
+            model.register_forward_pre_hook(_mirror_input)
+        return model
+
+    return build
+
+
+def _densenet(grid_name: Optional[str], attention: str = "none"):
+    def build(kw: Mapping[str, Any]) -> nn.Module:
+        from models.attgconv_zoo.networks import DenseNet
+
+        return DenseNet(_factory(grid_name, attention, math.sqrt(2), math.sqrt(2)),
+                        num_blocks=kw.get("num_blocks", 5), n_channels=kw.get("n_channels", 24))
+
+    return build
+
+
+BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
+    # layers
+    "ConvRnRnLayer": _conv_rn_rn,
+    "ConvRnGLayer": _conv_rn_g,
+    "ConvGGLayer": _conv_g_g,
+    "AttConvRnGLayer": lambda kw: _att_conv(AttentiveLiftingConv, kw),
+    "AttConvGGLayer": lambda kw: _att_conv(AttentiveGroupConv, kw),
+    "fAttConvRnGLayer": lambda kw: _f_att_conv(FeatureAttentiveLiftingConv, kw),
+    "fAttConvGGLayer": lambda kw: _f_att_conv(FeatureAttentiveGroupConv, kw),
+    # attention
+    "ChannelAttention": lambda kw: ChannelAttention(kw["N_out"], kw["N_in"], kw.get("ratio", 1)),
+    "ChannelAttentionGG": _channel_attention_gg,
+    "SpatialAttention": lambda kw: _spatial_attention(SpatialAttention, kw, "h_grid"),
+    "SpatialAttentionGG": lambda kw: _spatial_attention(GroupSpatialAttention, kw, "h_grid"),
+    "fChannelAttention": lambda kw: FeatureChannelAttention(kw["N_in"], kw.get("ratio", 1)),
+    "fChannelAttentionGG": _f_channel_attention_gg,
+    "fSpatialAttention": lambda kw: _f_spatial_attention(FeatureSpatialAttention, kw, "h_grid", False),
+    "fSpatialAttentionGG": lambda kw: _f_spatial_attention(FeatureGroupSpatialAttention, kw, "input_h_grid", False),
+    ROMHOG + "fSpatialAttention": lambda kw: _f_spatial_attention(FeatureSpatialAttention, kw, "h_grid", True),
+    ROMHOG + "fSpatialAttentionGG": lambda kw: _f_spatial_attention(FeatureGroupSpatialAttention, kw,
+                                                                    "input_h_grid", True),
+    # rotMNIST
+    "Z2CNN": _z2cnn,
+    "P4CNN": _rotmnist("p4", "none"),
+    "A_P4CNN": _rotmnist("p4", "full"),
+    "A_Ch_P4CNN": _rotmnist("p4", "channel"),
+    "A_Sp_P4CNN": _rotmnist("p4", "spatial"),
+    "fA_P4CNN": _rotmnist("p4", "feature", lifting_dilation=4),
+    "RomHog_fA_P4CNN": _rotmnist("p4", "romhog"),
+    # CIFAR-10
+    "AllCNNC": _allcnnc(None),
+    "P4AllCNNC": _allcnnc("p4"),
+    "fA_P4AllCNNC": _allcnnc("p4", "feature"),
+    "P4MAllCNNC": _allcnnc("p4m"),
+    "fA_P4MAllCNNC": _allcnnc("p4m", "feature"),
+    "A_P4AllCNNC": _allcnnc("p4", "full", downsampling="stride"),
+    "ResNet": _resnet(None),
+    "P4MResNet": _resnet("p4m", widths=(11, 23, 45)),
+    "fA_P4MResNet": _resnet("p4m", "feature", widths=(11, 23, 45), mirror_input=True),
+    # PCam
+    "DenseNet": _densenet(None),
+    "P4DenseNet": _densenet("p4"),
+    "P4MDenseNet": _densenet("p4m"),
+    "fA_P4DenseNet": _densenet("p4", "feature"),
+    "fA_P4MDenseNet": _densenet("p4m", "feature"),
+}
+
+
+def build_from_record(record: Mapping[str, Any]) -> nn.Module:
+    """The module of this project equivalent to the original module of ``record``.
+
+    Args:
+        record: a dict with ``module`` (the original class name) and ``kwargs``.
+
+    Raises:
+        ValueError: for an unknown class or unsupported arguments.
+    """
+    name = record["module"]
+    if name not in BUILDERS:
+        raise ValueError(f"Unknown original module {name!r}; expected one of {sorted(BUILDERS)}.")
+    return BUILDERS[name](dict(record.get("kwargs") or {}))
+
+
+def _convert_z2cnn(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    from models.cnn import convert_z2cnn_checkpoint
+
+    return convert_z2cnn_checkpoint(state_dict)
+
+
+# Key converters of the modules whose parameter names differ from the original's.
+CONVERTERS: Dict[str, Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]] = {"Z2CNN": _convert_z2cnn}
+
+
+def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "module.") -> Dict[str, Tensor]:
+    """Drops ``prefix`` (``nn.DataParallel``'s ``module.``) from the keys that have it."""
+    return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in state_dict.items()}
+
+
+def convert_state_dict(record_or_module_name: Union[str, Mapping[str, Any]],
+                       state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+    """Maps an original ``state_dict`` onto the module :func:`build_from_record` builds.
+
+    Args:
+        record_or_module_name: the record, or the original class name.
+        state_dict: the original state_dict (a ``module.`` prefix is removed).
+    """
+    name = record_or_module_name if isinstance(record_or_module_name, str) else record_or_module_name["module"]
+    state_dict = strip_prefix(state_dict)
+    return CONVERTERS[name](state_dict) if name in CONVERTERS else dict(state_dict)

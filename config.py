@@ -1,0 +1,134 @@
+"""Experiment configuration shared by every model and dataset of the project.
+
+``main.py`` loads this file with ``config_flags.DEFINE_config_file``; every field can be
+overridden on the command line as ``--config.<field>=<value>``. The dictionary is locked, so a
+mistyped field (``--config.lrr``) is an error.
+
+Fields created with ``placeholder`` are left unset here. The runner fills each unset one from
+the chosen model's per-dataset defaults (the paper's hyper-parameters, ``ModelSpec.defaults``)
+and then from ``runner.defaults.FALLBACKS``; a value given on the command line always wins.
+"""
+
+from ml_collections import config_dict
+
+placeholder = config_dict.placeholder
+
+
+def get_config() -> config_dict.ConfigDict:
+    """Returns the locked default configuration (the quick start: p4sa on rotDigits)."""
+    config = config_dict.ConfigDict()
+
+    # ----- What to run ---------------------------------------------------------------------
+    # Dataset name: rotMNIST, CIFAR10, PCam, MNIST or rotDigits (small, embedded, no download).
+    config.dataset = "rotDigits"
+    # Model name as registered in models/ (see models.list_models()), e.g. p4sa, z2cnn.
+    config.model = "p4sa"
+    # Free text appended to the checkpoint file name to tell runs apart.
+    config.comment = ""
+    # Seed of parameters, data order and dropout.
+    config.seed = 0
+
+    # ----- Optimisation (unset values come from the model's defaults) ------------------------
+    # Optimizer: "SGD" or "Adam".
+    config.optimizer = placeholder(str)
+    # Momentum of SGD (ignored by Adam).
+    config.optimizer_momentum = placeholder(float)
+    # Learning rate at the start (after warm-up for linear_warmup_cosine).
+    config.lr = placeholder(float)
+    # L2 penalty passed to the optimizer as weight_decay.
+    config.weight_decay = placeholder(float)
+    # Examples per optimizer step (per process under torchrun).
+    config.batch_size = placeholder(int)
+    # Number of passes over the training split.
+    config.epochs = placeholder(int)
+    # Learning-rate schedule: "constant", "multistep", "linear_warmup_cosine" or "plateau".
+    config.scheduler = placeholder(str)
+    # multistep: epochs after which the learning rate is divided by sched_decay_factor.
+    config.sched_decay_steps = placeholder(tuple)
+    # multistep and plateau: the learning rate is divided by this factor at each decay.
+    config.sched_decay_factor = placeholder(float)
+    # plateau: epochs without a better validation accuracy before the learning rate decays.
+    config.sched_patience = placeholder(int)
+    # linear_warmup_cosine: epochs of linear warm-up from 0 before the cosine decay.
+    config.warmup_epochs = placeholder(float)
+    # Clip the gradient norm to this value before each step (0 = no clipping).
+    config.grad_clip = placeholder(float)
+    # Mixed precision: "none", "fp16" (with loss scaling) or "bf16".
+    config.amp = placeholder(str)
+    # Random crop and horizontal flip of training batches (datasets that define them).
+    config.augment = placeholder(bool)
+
+    # ----- Self-attention architecture (GSA-Nets; unset values come from the model) ----------
+    # Normalisation between layers: "LayerNorm" or "BatchNorm".
+    config.norm_type = placeholder(str)
+    # "Local" (attention within a patch) or "Global" (attention over the whole image).
+    config.attention_type = placeholder(str)
+    # Activation function: "Swish" or "ReLU".
+    config.activation_function = placeholder(str)
+    # Local attention: side of the square neighbourhood each pixel attends to.
+    config.patch_size = placeholder(int)
+    # Dropout rate on the attention coefficients of every self-attention layer.
+    config.dropout_att = placeholder(float)
+    # Dropout rate on the output values of every self-attention layer.
+    config.dropout_values = placeholder(float)
+    # Scale of the initial weights, N(0, (whitening_scale / sqrt(fan_in))^2).
+    config.whitening_scale = placeholder(float)
+    # Group-axis positional index: "relative" (exactly equivariant) or "original" (as the
+    # original code, which is not equivariant; for loading its checkpoints faithfully).
+    config.group_axis_index = "relative"
+    # Attention implementation: "reference" or "efficient" (same result, less memory).
+    config.attention_impl = "reference"
+
+    # ----- Attentive G-CNN architecture ----------------------------------------------------
+    # Computation of the full attentive convolutions: "chunked" (memory-lean) or "full" (as
+    # the original code; same result, much more memory).
+    config.attention_formulation = "chunked"
+
+    # ----- Data --------------------------------------------------------------------------
+    # Folder holding (or receiving) the dataset files.
+    config.data_root = "./data"
+    # Download missing dataset files (rotMNIST, CIFAR10, MNIST) into data_root.
+    config.download = False
+    # Split used for model selection: "held_out" (part of the training data, or the official
+    # validation split) or "test" (the original code's choice: selection on the test set).
+    config.validation = "held_out"
+    # Size of the held-out validation split (unset = the dataset's usual size).
+    config.valid_size = placeholder(int)
+    # Use only the first N examples of every split (0 = all); for smoke tests.
+    config.max_examples = 0
+    # Worker processes per data loader (0 = load in the main process).
+    config.num_workers = 0
+    # CPU threads of torch in this process (0 = torch's default, one per core).
+    config.num_threads = 0
+
+    # ----- Run control ---------------------------------------------------------------------
+    # Device: "auto" (CUDA when available), "cpu" or "cuda".
+    config.device = "auto"
+    # Train the model; False only tests (usually with pretrained=True).
+    config.train = True
+    # Load weights before training/testing, from `checkpoint` or else from `path`.
+    config.pretrained = False
+    # Explicit checkpoint file for pretrained=True, e.g. one of the original implementation.
+    config.checkpoint = ""
+    # Continue training from the `last` checkpoint of this configuration.
+    config.resume = False
+    # Stop after this many optimizer steps in total (0 = no limit); the run then validates,
+    # saves its `last` checkpoint (resumable mid-epoch) and tests. For smoke tests.
+    config.max_steps = 0
+    # Folder of the checkpoints whose names are derived from the configuration.
+    config.save_dir = "./saved"
+    # Checkpoint of the selected (best) model; when empty, the runner derives it from the other
+    # fields (see saved/README.md) and stores it here.
+    config.path = ""
+    # Number of evenly spaced angles in [0, 360) for the test accuracy-vs-rotation curve
+    # (0 = no curve).
+    config.rotation_angles = 8
+    # Log training metrics every this many optimizer steps.
+    config.log_every = 50
+    # Send metrics to Weights & Biases (needs the wandb package and a login).
+    config.wandb = False
+    # Weights & Biases project name (the entity comes from the WANDB_ENTITY variable).
+    config.wandb_project = "g-selfatt"
+
+    config.lock()
+    return config

@@ -1,0 +1,175 @@
+"""Datasets of the GSA-Nets and attentive G-CNN experiments.
+
+``load_splits(name, root)`` returns the train, validation and test datasets of one of
+:data:`DATASET_NAMES` together with its :class:`~models.registry.DataSpec` and the batch
+transforms the training loop applies::
+
+    splits = load_splits("CIFAR10", "./data", download=True)
+    for images, labels in DataLoader(splits.train, batch_size=128, shuffle=True):
+        images = images.to(device)
+        if augment and splits.train_augment is not None:
+            images = splits.train_augment(images, generator)
+        logits = model(splits.batch_transform(images))
+
+Datasets yield ``(image, label)`` with ``image`` a (C, H, W) tensor, ``uint8`` in [0, 255] or
+float in [0, 1], and ``label`` an ``int``; normalisation happens batch-wise in
+``batch_transform``. Files live in ``<root>/<name>/`` (see each module for the layout).
+
+Validation (``validation=``):
+
+* ``"held_out"`` (default): rotMNIST = the last ``valid_size`` (2,000) train+valid rows;
+  CIFAR10 = ``valid_size`` (5,000) training images chosen with ``seed``; PCam = its valid
+  split; MNIST = the last ``valid_size`` (10,000) training images; rotDigits = its own
+  ``valid_size`` (297) images.
+* ``"test"``: the valid split is the test set (model selection on the test set, as in the
+  original code); the training split is then as in the original code too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Callable, Dict, Optional, Tuple, Union
+
+from torch.utils.data import Dataset
+
+from datasets import cifar10, mnist, pcam, rot_digits, rot_mnist
+from datasets.errors import (
+    ChecksumError,
+    CorruptFileError,
+    DatasetNotFoundError,
+    DownloadError,
+)
+from datasets.transforms import BatchTransform, Normalize, RandomCropFlip, rotate_images
+from models.registry import DataSpec
+
+VALIDATION_MODES = ("held_out", "test")
+
+SplitBuilder = Callable[..., Tuple[Dataset, Dataset, Dataset]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Entry:
+    """A registered dataset: its spec, normalisation, augmentation and split builder."""
+
+    spec: DataSpec
+    mean: Tuple[float, ...]
+    std: Tuple[float, ...]
+    augment: bool
+    build: SplitBuilder
+
+
+_MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)
+
+_DATASETS: Dict[str, _Entry] = {
+    "rotMNIST": _Entry(DataSpec("rotMNIST", 1, 10, 28, "rotMNIST"), _MNIST_MEAN, _MNIST_STD,
+                       False, rot_mnist.build_splits),
+    "CIFAR10": _Entry(DataSpec("CIFAR10", 3, 10, 32, "CIFAR10"), (0.4914, 0.4822, 0.4465),
+                      (0.2023, 0.1994, 0.2010), True, cifar10.build_splits),
+    "PCam": _Entry(DataSpec("PCam", 3, 2, 96, "PCam"), (0.701, 0.538, 0.692),
+                   (0.235, 0.277, 0.213), False, pcam.build_splits),
+    "MNIST": _Entry(DataSpec("MNIST", 1, 10, 28, "rotMNIST"), _MNIST_MEAN, _MNIST_STD, False,
+                    mnist.build_splits),
+    "rotDigits": _Entry(DataSpec("rotDigits", 1, 10, 16, "rotDigits"), (rot_digits.MEAN,),
+                        (rot_digits.STD,), False, rot_digits.build_splits),
+}
+
+DATASET_NAMES: Tuple[str, ...] = tuple(_DATASETS)
+
+
+@dataclasses.dataclass
+class Splits:
+    """The three splits of a dataset and what the training loop needs to use them.
+
+    Attributes:
+        train: training split.
+        valid: validation split (the test set when ``validation="test"``).
+        test: test split.
+        spec: channels, classes, image size and architecture for the models.
+        batch_transform: raw batch -> normalised float batch (always applied).
+        train_augment: random augmentation of raw training batches, applied before
+            ``batch_transform`` when augmentation is on; ``None`` if the dataset has none.
+    """
+
+    train: Dataset
+    valid: Dataset
+    test: Dataset
+    spec: DataSpec
+    batch_transform: BatchTransform
+    train_augment: Optional[BatchTransform]
+
+
+def _entry(name: str) -> _Entry:
+    """The registered dataset ``name`` (case-insensitive); unknown names raise ``ValueError``."""
+    for known, entry in _DATASETS.items():
+        if known.lower() == name.lower():
+            return entry
+    raise ValueError(f"Unknown dataset {name!r}; expected one of {list(DATASET_NAMES)}.")
+
+
+def get_data_spec(name: str) -> DataSpec:
+    """The :class:`DataSpec` of dataset ``name``, without touching any file."""
+    return _entry(name).spec
+
+
+def get_batch_transform(name: str) -> BatchTransform:
+    """The normalisation of dataset ``name`` (what ``Splits.batch_transform`` holds)."""
+    entry = _entry(name)
+    return Normalize(entry.mean, entry.std)
+
+
+def load_splits(name: str, root: Union[str, Path], *, validation: str = "held_out",
+                download: bool = False, seed: int = 0,
+                valid_size: Optional[int] = None) -> Splits:
+    """Loads the train, validation and test splits of a dataset.
+
+    Args:
+        name: one of :data:`DATASET_NAMES` (case-insensitive).
+        root: data folder; the files of dataset ``X`` live in ``root/X/``.
+        validation: ``"held_out"`` or ``"test"`` (see the module docstring).
+        download: fetch missing raw files (rotMNIST, CIFAR10, MNIST) and verify the MD5 of
+            the downloaded or already present archives.
+        seed: seed of the CIFAR10 validation split; the other datasets' splits are fixed.
+        valid_size: size of the held-out validation split; ``None`` for the dataset's
+            default (rotMNIST 2,000, CIFAR10 5,000, MNIST 10,000, rotDigits 297). For
+            rotMNIST it also fixes the unused rows when ``validation="test"``. Must be
+            ``None`` for PCam, whose splits are fixed. Tiny test data needs a small value.
+
+    Returns:
+        The :class:`Splits`.
+
+    Raises:
+        ValueError: unknown ``name`` or ``validation``, or a ``valid_size`` that does not fit.
+        DatasetNotFoundError: the files are missing (the message says where and how to get
+            them).
+        ChecksumError: an archive's MD5 differs from the published one.
+        CorruptFileError: a raw file or archive is damaged.
+        DownloadError: a download failed.
+    """
+    entry = _entry(name)
+    if validation not in VALIDATION_MODES:
+        raise ValueError(
+            f"Unknown validation {validation!r}; expected one of {list(VALIDATION_MODES)}."
+        )
+    train, valid, test = entry.build(Path(root), validation=validation, download=download,
+                                     seed=seed, valid_size=valid_size)
+    return Splits(train, valid, test, entry.spec, Normalize(entry.mean, entry.std),
+                  RandomCropFlip(padding=4) if entry.augment else None)
+
+
+__all__ = [
+    "DATASET_NAMES",
+    "VALIDATION_MODES",
+    "BatchTransform",
+    "ChecksumError",
+    "CorruptFileError",
+    "DatasetNotFoundError",
+    "DownloadError",
+    "Normalize",
+    "RandomCropFlip",
+    "Splits",
+    "get_batch_transform",
+    "get_data_spec",
+    "load_splits",
+    "rotate_images",
+]

@@ -1,0 +1,120 @@
+"""Rotated MNIST (``mnist_rotation_new.zip`` of the "variations on MNIST" benchmark).
+
+Raw data: two ``.amat`` text files, one image per line: 784 floats in [0, 1] followed by the
+label. ``..._train_valid.amat`` has 12,000 lines, ``..._test.amat`` 50,000. As in both
+original implementations, each row is reshaped row-major to 28 x 28 without transposing.
+
+Pixels are stored as ``uint8`` (``round(255 * x)``); the parsed tensors are cached in
+``<root>/rotMNIST/rotMNIST.pt``. Delete that file to parse the raw data again.
+
+Splits (``validation="held_out"``): valid = the last ``valid_size`` (default 2,000)
+train+valid rows, train = the rows before them (10,000 by default), test = the 50,000 test
+rows. With
+``validation="test"`` the valid split is the test set and the last ``valid_size`` rows stay
+unused, as in the original GSA-Nets code.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import torch
+
+from datasets.archives import read_zip_members
+from datasets.base import TensorImageDataset, resolve_valid_size, split_tail
+from datasets.download import Resource, fetch_resource, load_cache, save_cache
+from datasets.errors import CorruptFileError, missing_files_error
+
+FOLDER = "rotMNIST"
+ARCHIVE = Resource(
+    "mnist_rotation_new.zip",
+    ("http://www.iro.umontreal.ca/~lisa/icml2007data/mnist_rotation_new.zip",),
+    "0f9a947ff3d30e95cd685462cbf3b847",
+)
+TRAIN_VALID_FILE = "mnist_all_rotation_normalized_float_train_valid.amat"
+TEST_FILE = "mnist_all_rotation_normalized_float_test.amat"
+CACHE_FILE = "rotMNIST.pt"
+DEFAULT_VALID_SIZE = 2000
+IMAGE_SIZE = 28
+_CACHE_KEYS = ("train_valid_images", "train_valid_labels", "test_images", "test_labels")
+
+
+def parse_amat(text: bytes, source: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Parses an ``.amat`` file of 28 x 28 images.
+
+    Args:
+        text: the file's content.
+        source: the file's name for error messages.
+
+    Returns:
+        ``uint8`` images (N, 1, 28, 28) and ``int64`` labels (N,).
+
+    Raises:
+        CorruptFileError: a row does not hold 785 numbers or a label is not in 0..9.
+    """
+    columns = IMAGE_SIZE * IMAGE_SIZE + 1
+    try:
+        rows = np.loadtxt(io.BytesIO(text), dtype=np.float32, ndmin=2)
+    except ValueError as error:
+        raise CorruptFileError(Path(source), f"unparsable .amat rows: {error}") from error
+    if rows.shape[1] != columns or len(rows) == 0:
+        raise CorruptFileError(Path(source),
+                               f"expected rows of {columns} numbers, got shape {rows.shape}")
+    pixels = np.rint(np.clip(rows[:, :-1], 0.0, 1.0) * 255.0).astype(np.uint8)
+    labels = np.rint(rows[:, -1]).astype(np.int64)
+    if labels.min() < 0 or labels.max() > 9:
+        raise CorruptFileError(Path(source), f"labels outside 0..9: {np.unique(labels)}")
+    images = pixels.reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)  # (N, 1, H, W), row-major
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def _raw_texts(folder: Path, download: bool) -> Tuple[Dict[str, bytes], Path]:
+    """The two ``.amat`` files' contents, from loose files or from the zip archive.
+
+    Returns:
+        The contents by file name, and the folder or archive they were read from.
+    """
+    loose = [folder / TRAIN_VALID_FILE, folder / TEST_FILE]
+    if all(path.exists() for path in loose):
+        return {path.name: path.read_bytes() for path in loose}, folder
+    archive = folder / ARCHIVE.filename
+    if download:
+        fetch_resource(ARCHIVE, folder)
+    elif not archive.exists():
+        raise missing_files_error(
+            "rotMNIST", folder,
+            f"  {ARCHIVE.filename}\nor both extracted files\n  {TRAIN_VALID_FILE}\n  {TEST_FILE}",
+            f"Run with --config.download=True to download it from {ARCHIVE.urls[0]}.",
+        )
+    return read_zip_members(archive, [TRAIN_VALID_FILE, TEST_FILE]), archive
+
+
+def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImageDataset]:
+    """The 12,000 train+valid and 50,000 test images, parsed once and then cached.
+
+    Returns:
+        (train+valid, test) datasets of ``uint8`` images (N, 1, 28, 28).
+    """
+    folder = Path(root) / FOLDER
+    cache = load_cache(folder / CACHE_FILE, _CACHE_KEYS)
+    if cache is None:
+        texts, origin = _raw_texts(folder, download)
+        train_images, train_labels = parse_amat(texts[TRAIN_VALID_FILE],
+                                                f"{origin / TRAIN_VALID_FILE}")
+        test_images, test_labels = parse_amat(texts[TEST_FILE], f"{origin / TEST_FILE}")
+        cache = dict(zip(_CACHE_KEYS, (train_images, train_labels, test_images, test_labels)))
+        save_cache(cache, folder / CACHE_FILE)
+    return (TensorImageDataset(cache["train_valid_images"], cache["train_valid_labels"]),
+            TensorImageDataset(cache["test_images"], cache["test_labels"]))
+
+
+def build_splits(root: Path, *, validation: str, download: bool, seed: int,
+                 valid_size: Optional[int]) -> Tuple[TensorImageDataset, ...]:
+    """(train, valid, test) as described in the module docstring; ``seed`` is unused."""
+    train_valid, test = load_raw(root, download)
+    train, held_out = split_tail(train_valid, resolve_valid_size(valid_size, DEFAULT_VALID_SIZE),
+                                 "rotMNIST")
+    return train, (test if validation == "test" else held_out), test

@@ -1,0 +1,173 @@
+"""Batch-wise image transforms that run on the images' device.
+
+Datasets yield raw images: ``uint8`` in [0, 255] or floating point in [0, 1]. The training
+loop turns a batch into network input with, in this order,
+
+1. ``train_augment(images, generator)`` (optional, training batches only), then
+2. ``batch_transform(images)``: conversion to float, scaling to [0, 1] and per-channel
+   normalisation.
+
+Shapes: images are (B, C, H, W) throughout.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Optional, Sequence, Union
+
+import torch
+import torch.nn.functional as F
+
+Angles = Union[float, Sequence[float], torch.Tensor]
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """Integer images divided by 255; floating images returned unchanged (assumed in [0, 1])."""
+    if images.is_floating_point():
+        return images
+    return images.float().div_(255.0)
+
+
+class BatchTransform(abc.ABC):
+    """A callable applied to a whole batch of images on its device."""
+
+    @abc.abstractmethod
+    def __call__(self, images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Transforms ``images`` of shape (B, C, H, W).
+
+        Args:
+            images: the batch, on any device.
+            generator: source of randomness for random transforms; deterministic transforms
+                ignore it.
+        """
+
+
+class Normalize(BatchTransform):
+    """Converts to float in [0, 1] (see :func:`to_unit_float`) and normalises each channel.
+
+    Args:
+        mean: per-channel mean of the [0, 1] images.
+        std: per-channel standard deviation of the [0, 1] images.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]) -> None:
+        if len(mean) != len(std):
+            raise ValueError(f"mean {tuple(mean)} and std {tuple(std)} differ in length.")
+        self.mean = tuple(float(m) for m in mean)
+        self.std = tuple(float(s) for s in std)
+
+    def __call__(self, images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != len(self.mean):
+            raise ValueError(
+                f"Expected images of shape (B, {len(self.mean)}, H, W), got {tuple(images.shape)}."
+            )
+        images = to_unit_float(images)
+        dtype = images.dtype
+        mean = torch.tensor(self.mean, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+        return (images - mean) / std
+
+    def __repr__(self) -> str:
+        return f"Normalize(mean={self.mean}, std={self.std})"
+
+
+class RandomCropFlip(BatchTransform):
+    """Random crop after zero padding, then a random horizontal flip, independently per image.
+
+    The batch-wise equivalent of padding each image with ``padding`` zeros, cropping a window
+    of the original size at a uniformly random offset and flipping left-right with
+    probability 1/2. Apply it to the raw images (before :class:`Normalize`), so that the
+    padding is black as in the papers' CIFAR10 pipeline.
+
+    Args:
+        padding: zeros added on every side; crop offsets are uniform in
+            [-padding, padding] along each axis.
+    """
+
+    def __init__(self, padding: int = 4) -> None:
+        if padding < 0:
+            raise ValueError(f"padding must be non-negative, got {padding}.")
+        self.padding = padding
+
+    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draws per-image parameters.
+
+        Returns:
+            int64 tensor (batch, 3) on the generator's device (CPU without one): row and
+            column offsets in [0, 2 * padding] into the padded image and a flip flag (0 or 1).
+        """
+        device = generator.device if generator is not None else torch.device("cpu")
+        offsets = torch.randint(0, 2 * self.padding + 1, (batch, 2), generator=generator,
+                                device=device)
+        flips = torch.randint(0, 2, (batch, 1), generator=generator, device=device)
+        return torch.cat([offsets, flips], dim=1)
+
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Crops and flips ``images`` with the parameters returned by :meth:`sample`."""
+        batch, _, height, width = images.shape
+        params = params.to(images.device)
+        pad = self.padding
+        padded = F.pad(images, (pad, pad, pad, pad))  # (B, C, H + 2p, W + 2p)
+        rows = params[:, 0:1] + torch.arange(height, device=images.device)  # (B, H)
+        cols = params[:, 1:2] + torch.arange(width, device=images.device)  # (B, W)
+        index = torch.arange(batch, device=images.device).view(batch, 1, 1)
+        channels_last = padded.permute(0, 2, 3, 1)  # (B, H + 2p, W + 2p, C)
+        crops = channels_last[index, rows[:, :, None], cols[:, None, :]]  # (B, H, W, C)
+        crops = crops.permute(0, 3, 1, 2)  # (B, C, H, W)
+        flip = params[:, 2].bool().view(batch, 1, 1, 1)
+        return torch.where(flip, crops.flip(-1), crops).contiguous()
+
+    def __call__(self, images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.apply(images, self.sample(images.shape[0], generator))
+
+    def __repr__(self) -> str:
+        return f"RandomCropFlip(padding={self.padding})"
+
+
+def _angles_tensor(angles_deg: Angles, batch: int, device: torch.device) -> torch.Tensor:
+    """``angles_deg`` as a float64 tensor of shape (batch,)."""
+    angles = torch.as_tensor(angles_deg, dtype=torch.float64).flatten().to(device)
+    if angles.numel() == 1:
+        return angles.expand(batch)
+    if angles.numel() != batch:
+        raise ValueError(f"Got {angles.numel()} angles for a batch of {batch} images.")
+    return angles
+
+
+def rotate_images(images: torch.Tensor, angles_deg: Angles) -> torch.Tensor:
+    """Rotates images about their centre with bilinear interpolation and zero fill.
+
+    Positive angles turn the image counter-clockwise as displayed (row 0 at the top), the
+    same direction as ``torch.rot90(images, 1, dims=(-2, -1))``. Multiples of 90 degrees
+    agree with ``torch.rot90`` up to float rounding (about 1e-6), not bit for bit; pixels
+    that the rotation brings in from outside the image are 0.
+
+    Args:
+        images: (B, C, H, W) or (C, H, W), on any device. Integer images are converted to
+            float in [0, 1] first, so rotate before normalising (zero fill = black).
+        angles_deg: one angle for all images or one per image, in degrees.
+
+    Returns:
+        Floating tensor of the input's shape.
+    """
+    single = images.dim() == 3
+    batch_images = to_unit_float(images[None] if single else images)
+    batch, _, height, width = batch_images.shape
+    angles = torch.deg2rad(_angles_tensor(angles_deg, batch, batch_images.device))
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    # Output pixel p samples the input at R(-angle) p; in normalised coordinates the axes are
+    # scaled by W / 2 and H / 2, hence the aspect-ratio factors.
+    theta = torch.stack([
+        torch.stack([cos, -sin * height / width, torch.zeros_like(cos)], dim=1),
+        torch.stack([sin * width / height, cos, torch.zeros_like(cos)], dim=1),
+    ], dim=1).to(batch_images.dtype)  # (B, 2, 3)
+    grid = F.affine_grid(theta, list(batch_images.shape), align_corners=False)
+    rotated = F.grid_sample(batch_images, grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+    return rotated[0] if single else rotated
+
+
+__all__ = ["BatchTransform", "Normalize", "RandomCropFlip", "rotate_images", "to_unit_float"]

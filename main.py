@@ -1,0 +1,226 @@
+"""Trains and tests one model on one dataset.
+
+Usage::
+
+    python main.py                                   # quick start: p4sa on rotDigits
+    python main.py --config.dataset=rotMNIST --config.model=p4sa --config.patch_size=9
+    torchrun --nproc_per_node=2 main.py --config.dataset=CIFAR10 --config.model=mz2sa ...
+
+Every field of ``config.py`` can be set with ``--config.<field>=<value>``; unset
+hyper-parameters come from the model's defaults for the dataset (see ``runner/defaults.py``).
+The commands of the papers' experiments are listed in ``runs/README.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import random
+import sys
+from typing import Any, Dict
+
+import numpy as np
+import torch
+from absl import app, logging
+from ml_collections import config_dict, config_flags
+
+import datasets
+import models
+import tester
+import trainer
+from runner import checkpoint, distributed, paths
+from runner.data import Loaders, build_loaders
+from runner.defaults import resolve_config
+from runner.errors import CheckpointError, ConfigError, RunnerError
+from runner.reporting import MetricLogger
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", default=str(pathlib.Path(__file__).with_name("config.py")), lock_config=True)
+
+# Errors caused by the user's input: reported in one paragraph, without a traceback.
+USER_ERRORS = (RunnerError, datasets.DatasetNotFoundError, datasets.ChecksumError,
+               datasets.CorruptFileError, datasets.DownloadError)
+
+
+def model_spec(config: config_dict.ConfigDict, architecture: str) -> models.ModelSpec:
+    """The registered model named in ``config``, checked against the dataset's architecture.
+
+    Raises:
+        ConfigError: unknown model, or a model not defined for this dataset.
+    """
+    if config.model not in models.list_models():
+        raise ConfigError(
+            f"Unknown model {config.model!r}; expected one of {models.list_models()}."
+        )
+    spec = models.get_model_spec(config.model)
+    if spec.datasets and architecture not in spec.datasets:
+        raise ConfigError(
+            f"Model {config.model!r} is defined for the {list(spec.datasets)} architectures, "
+            f"not for {config.dataset!r} ({architecture})."
+        )
+    return spec
+
+
+def data_spec(config: config_dict.ConfigDict) -> models.DataSpec:
+    """The DataSpec of the dataset named in ``config``.
+
+    Raises:
+        ConfigError: unknown dataset.
+    """
+    if config.dataset not in datasets.DATASET_NAMES:
+        raise ConfigError(
+            f"Unknown dataset {config.dataset!r}; expected one of {list(datasets.DATASET_NAMES)}."
+        )
+    return datasets.get_data_spec(config.dataset)
+
+
+def build_model(config: config_dict.ConfigDict, data: models.DataSpec) -> torch.nn.Module:
+    """Builds the model; a configuration value the builder rejects is a ConfigError."""
+    try:
+        return models.create_model(config.model, config, data)
+    except ValueError as error:
+        raise ConfigError(f"Cannot build model {config.model!r}: {error}") from error
+
+
+def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
+                    spec: models.ModelSpec, data: models.DataSpec,
+                    best_path: pathlib.Path) -> None:
+    """Loads ``config.checkpoint`` (or the run's own best checkpoint) strictly into ``model``.
+
+    Raises:
+        CheckpointError: no file, unreadable file, or weights that do not fit the model.
+    """
+    source = config.checkpoint or str(best_path)
+    if not pathlib.Path(source).is_file():
+        raise CheckpointError(
+            f"--config.pretrained=True but there is no checkpoint at {source}. Train this "
+            "configuration first (without --config.pretrained), or give the file with "
+            "--config.checkpoint=PATH."
+        )
+    saved = checkpoint.read(source)
+    try:
+        weights = checkpoint.weights_from(saved, model_name=config.model,
+                                          architecture=data.architecture,
+                                          convert=spec.convert_checkpoint, source=source)
+    except ValueError as error:
+        raise CheckpointError(f"Cannot use {source} for {config.model!r}: {error}") from error
+    checkpoint.load_strict(model, weights, source)
+    logging.info("Loaded pretrained weights from %s.", source)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run produced.
+
+    Attributes:
+        model: the bare model; on the main process it holds the selected (best) weights.
+        metrics: the test metrics (main process only; empty on the others).
+        checkpoint: the file of the selected model.
+    """
+
+    model: torch.nn.Module
+    metrics: Dict[str, Any]
+    checkpoint: pathlib.Path
+
+
+def run(config: config_dict.ConfigDict) -> RunResult:
+    """Resolves ``config``, trains (unless ``config.train=False``) and tests.
+
+    Under torchrun every process calls this; only the main process writes files and tests.
+    """
+    data = data_spec(config)
+    spec = model_spec(config, data.architecture)
+    origins = resolve_config(config, spec.defaults.get(data.architecture, {}))
+    context = distributed.setup(config.device)
+    try:
+        return _run(config, context, spec, data, origins)
+    finally:
+        distributed.teardown(context)
+
+
+def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: models.ModelSpec,
+         data: models.DataSpec, origins: Dict[str, str]) -> RunResult:
+    """The body of :func:`run` once the process group is set up."""
+    best_path = paths.best_checkpoint_path(config, spec.family)
+    config.path = str(best_path)
+    if context.is_main:
+        logging.info("Configuration (unset values filled from: %s):\n%s", origins, config)
+        logging.info("Device %s, %d process(es); checkpoint %s", context.device,
+                     context.world_size, best_path)
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    seed_everything(config.seed)
+    model = build_model(config, data).to(context.device)
+    if context.is_main:
+        logging.info("Model %s: %d parameters.", config.model,
+                     sum(p.numel() for p in model.parameters()))
+    if config.pretrained:
+        load_pretrained(model, config, spec, data, best_path)
+    loaders = build_loaders(config, context)
+    logger = MetricLogger(config, enabled=context.is_main)
+    try:
+        if config.train:
+            train(model, loaders, config, context, best_path, logger)
+        if not context.is_main:
+            return RunResult(model, {}, best_path)
+        if not (config.train or config.pretrained):
+            logging.warning("Testing an untrained model (config.train=False without "
+                            "config.pretrained=True).")
+        results = tester.test(model, loaders.test, loaders.batch_transform, context.device,
+                              amp=config.amp, num_classes=data.num_classes,
+                              num_angles=config.rotation_angles,
+                              prefix=paths.output_prefix(best_path),
+                              title=f"{config.model} on {config.dataset}")
+        logger.summary({f"test_{k}": v for k, v in results.items()
+                        if isinstance(v, float)})
+        return RunResult(model, results, best_path)
+    finally:
+        logger.close()
+
+
+def train(model: torch.nn.Module, loaders: Loaders, config: config_dict.ConfigDict,
+          context: distributed.Context, best_path: pathlib.Path, logger: MetricLogger) -> None:
+    """Trains ``model`` and leaves the selected (best) weights in it on the main process."""
+    if context.is_main and best_path.exists() and not config.resume:
+        logging.warning("%s exists and will be overwritten.", best_path)
+    run_trainer = trainer.Trainer(model, loaders, config, context, best_path, logger)
+    if config.resume:
+        run_trainer.resume()
+    run_trainer.fit()
+    if context.is_main:
+        run_trainer.restore_best()
+
+
+def report_user_error(error: BaseException) -> None:
+    """Prints ``error`` as one paragraph on stderr."""
+    print(f"Error ({type(error).__name__}): {error}", file=sys.stderr)
+
+
+def run_cli(config: config_dict.ConfigDict) -> int:
+    """Runs ``config``; returns the exit status (2 after reporting a user error)."""
+    try:
+        run(config)
+    except USER_ERRORS as error:
+        report_user_error(error)
+        return 2
+    return 0
+
+
+def main(argv) -> None:
+    """absl entry point: runs the configuration given by the ``--config`` flags."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --config.<field>=<value>.")
+    logging.set_verbosity(logging.INFO)
+    logging.set_stderrthreshold(logging.INFO)
+    sys.exit(run_cli(_CONFIG.value))
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,19 @@
+"""Models and the registry of their command-line names."""
+
+from models import attgconv_zoo, gsa_zoo
+from models.cnn import CNN
+from models.group_transformer import GroupTransformer
+from models.registry import DataSpec, ModelSpec, create_model, get_model_spec, list_models, register_model
+
+__all__ = [
+    "CNN",
+    "attgconv_zoo",
+    "DataSpec",
+    "GroupTransformer",
+    "ModelSpec",
+    "create_model",
+    "get_model_spec",
+    "gsa_zoo",
+    "list_models",
+    "register_model",
+]

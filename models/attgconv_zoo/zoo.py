@@ -1,0 +1,167 @@
+"""Attentive G-CNN models registered under the command-line names of the original experiments.
+
+rotMNIST (the original's own names): ``p4cnn``, ``att_p4cnn`` (full attention),
+``ch_att_p4cnn`` (channel only), ``sp_att_p4cnn`` (spatial only), ``f_att_p4cnn``
+(feature-map attention). The plain ``z2cnn`` baseline is registered with the GSA
+models (:mod:`models.gsa_zoo`).
+
+CIFAR-10 and PCam follow one pattern, that of the original ``--model`` choices::
+
+    [<attention>_][<group>_]<architecture>
+
+    attention     ""  plain | att  full (channel + spatial) | ch_att  channel only
+                  | sp_att  spatial only | f_att  feature-map attention ("fA")
+    group         ""  no symmetry (plain CNN) | p4 | p4m
+    architecture  allcnnc (CIFAR-10) | resnet44 (CIFAR-10) | densenet (PCam)
+
+Registered: ``allcnnc``, ``p4_allcnnc``, ``p4m_allcnnc``, ``att_p4_allcnnc``,
+``ch_att_p4_allcnnc``, ``sp_att_p4_allcnnc``, ``f_att_p4_allcnnc``,
+``f_att_p4m_allcnnc``; ``resnet44``, ``p4m_resnet44``, ``f_att_p4m_resnet44``;
+``densenet``, ``p4_densenet``, ``p4m_densenet``, ``f_att_p4_densenet``,
+``f_att_p4m_densenet``.
+
+Every model accepts any number of input channels and classes
+(``data.in_channels``, ``data.num_classes``) and raises a ValueError naming the
+minimum image side where an architecture cannot shrink that far (rotMNIST CNN:
+28, DenseNet: 80). The full attentive All-CNN-C here downsamples with max-pools
+like the other All-CNN-C models (the original's stride-2 version is rebuilt by
+:mod:`attgconv.compat` only) and uses the memory-lean ``"chunked"`` formulation;
+``config.attention_formulation = "full"`` selects the original one.
+
+``defaults`` are the hyper-parameters of the paper and the original scripts, per
+architecture (``sched_decay_factor`` divides the learning rate; the plateau
+scheduler of PCam watches the validation accuracy with ``sched_patience`` epochs).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from torch import Tensor, nn
+
+from attgconv import get_grid
+from models.attgconv_zoo.layers import LayerFactory
+from models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
+from models.registry import DataSpec, register_model
+
+_COMMON = dict(optimizer_momentum=0.0, scheduler="constant", sched_decay_steps=(), sched_decay_factor=1.0)
+
+DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "rotMNIST": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=100),
+    "allcnnc": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=1e-3,
+                    batch_size=128, epochs=350, scheduler="multistep", sched_decay_steps=(200, 250, 300),
+                    sched_decay_factor=10.0),
+    "resnet44": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=0.0,
+                     batch_size=128, epochs=300, scheduler="multistep", sched_decay_steps=(50, 100, 150),
+                     sched_decay_factor=10.0),
+    "densenet": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=64, epochs=100,
+                     scheduler="plateau", sched_decay_factor=2.0, sched_patience=20),
+}
+
+ATTENTION_PREFIXES = {"": "none", "att_": "full", "ch_att_": "channel", "sp_att_": "spatial", "f_att_": "feature"}
+
+
+def _factory(config: Any, group: Optional[str], attention: str, wscale: float) -> LayerFactory:
+    formulation = getattr(config, "attention_formulation", "chunked")
+    return LayerFactory(None if group is None else get_grid(group), attention, wscale, wscale, formulation)
+
+
+def _refuse_plain_checkpoint(plain_name: str) -> Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]:
+    """A checkpoint converter for attentive models that rejects checkpoints without attention weights."""
+
+    def convert(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        if not any("attention" in key for key in state_dict):
+            raise ValueError(
+                f"This checkpoint has no attention weights, so it belongs to the plain model {plain_name!r}; "
+                f"load it with that model (the original PCam script, for one, trained a plain P4MDenseNet "
+                f"under the name f_att_p4m_densenet)."
+            )
+        return dict(state_dict)
+
+    return convert
+
+
+def _register(name: str, build: Callable[[Any, DataSpec], nn.Module], architecture: str, defaults_key: str,
+              attention: str, plain_name: str, description: str) -> None:
+    register_model(
+        name, family="attgconv", description=description, defaults={architecture: DEFAULTS[defaults_key]},
+        convert_checkpoint=None if attention == "none" else _refuse_plain_checkpoint(plain_name),
+    )(build)
+
+
+# --------------------------------------------------------------------- rotMNIST
+
+
+def _rotmnist(attention: str) -> Callable[[Any, DataSpec], nn.Module]:
+    def build(config: Any, data: DataSpec) -> nn.Module:
+        _check_image_size(data, RotMNISTCNN.min_size, "The rotMNIST G-CNN")
+        return RotMNISTCNN(_factory(config, "p4", attention, 1.0), data.in_channels, data.num_classes,
+                           lifting_spatial_dilation=4 if attention == "feature" else 1)
+
+    return build
+
+
+def _check_image_size(data: DataSpec, minimum: int, name: str) -> None:
+    if data.image_size < minimum:
+        raise ValueError(f"{name} needs images of at least {minimum}x{minimum} pixels; "
+                         f"{data.name} has {data.image_size}x{data.image_size}.")
+
+
+for _prefix, _attention in ATTENTION_PREFIXES.items():
+    _register(f"{_prefix}p4cnn", _rotmnist(_attention), "rotMNIST", "rotMNIST", _attention, "p4cnn",
+              f"rotMNIST P4CNN, attention: {_attention}")
+
+
+# -------------------------------------------------------------------- CIFAR-10
+
+_ALLCNNC_WIDTHS = {None: 96, "p4": 48, "p4m": 32}
+_RESNET_WIDTHS = {None: (32, 64, 128), "p4m": (11, 23, 45)}
+
+
+def _allcnnc(group: Optional[str], attention: str) -> Callable[[Any, DataSpec], nn.Module]:
+    def build(config: Any, data: DataSpec) -> nn.Module:
+        _check_image_size(data, AllCNNC.min_size, "All-CNN-C")
+        return AllCNNC(_factory(config, group, attention, 0.035), data.in_channels, data.num_classes,
+                       channels=_ALLCNNC_WIDTHS[group])
+
+    return build
+
+
+def _resnet44(group: Optional[str], attention: str) -> Callable[[Any, DataSpec], nn.Module]:
+    def build(config: Any, data: DataSpec) -> nn.Module:
+        _check_image_size(data, ResNet.min_size, "ResNet44")
+        return ResNet(_factory(config, group, attention, math.sqrt(2)), data.in_channels, data.num_classes,
+                      num_blocks=7, widths=_RESNET_WIDTHS[group])
+
+    return build
+
+
+# ------------------------------------------------------------------------ PCam
+
+_DENSENET_CHANNELS = {None: 26, "p4": 13, "p4m": 9}
+
+
+def _densenet(group: Optional[str], attention: str) -> Callable[[Any, DataSpec], nn.Module]:
+    def build(config: Any, data: DataSpec) -> nn.Module:
+        _check_image_size(data, DenseNet.minimum_input_size(5), "DenseNet")
+        return DenseNet(_factory(config, group, attention, math.sqrt(2)), data.in_channels, data.num_classes,
+                        n_channels=_DENSENET_CHANNELS[group])
+
+    return build
+
+
+# (attention prefix, group) pairs of the original experiments.
+_VARIANTS = {
+    ("allcnnc", _allcnnc, "CIFAR10"): [("", None), ("", "p4"), ("", "p4m"), ("att_", "p4"), ("ch_att_", "p4"),
+                                       ("sp_att_", "p4"), ("f_att_", "p4"), ("f_att_", "p4m")],
+    ("resnet44", _resnet44, "CIFAR10"): [("", None), ("", "p4m"), ("f_att_", "p4m")],
+    ("densenet", _densenet, "PCam"): [("", None), ("", "p4"), ("", "p4m"), ("f_att_", "p4"), ("f_att_", "p4m")],
+}
+
+for (_arch, _builder, _dataset), _pairs in _VARIANTS.items():
+    for _prefix, _group in _pairs:
+        _attention = ATTENTION_PREFIXES[_prefix]
+        _group_part = f"{_group}_" if _group else ""
+        _register(f"{_prefix}{_group_part}{_arch}", _builder(_group, _attention), _dataset, _arch, _attention,
+                  f"{_group_part}{_arch}", f"{_dataset} {_arch} on {_group or 'Z2'}, attention: {_attention}")

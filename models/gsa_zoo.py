@@ -1,0 +1,116 @@
+"""GSA-Net models registered under their command-line names.
+
+``<group>sa`` is a :class:`~models.group_transformer.GroupTransformer` on the
+group of that CLI name (``z2sa``, ``mz2sa``, ``p4sa``, ``p8sa``, ``p12sa``,
+``p16sa``, ``p4msa``, ``p8msa``; see :mod:`g_selfatt.groups`), and ``z2cnn``
+is the CNN baseline. The architecture of each dataset is data, in
+:data:`ARCHITECTURES`; the paper's hyper-parameters are the per-model defaults
+in :data:`GSA_DEFAULTS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict
+
+from torch import nn
+
+from g_selfatt.groups import GROUPS, get_group
+from models.cnn import CNN, convert_z2cnn_checkpoint
+from models.group_transformer import GroupTransformer
+from models.registry import DataSpec, register_model
+
+# The layout of GroupTransformer per dataset (original model.py; rotDigits is
+# this project's small quick-start layout for 16x16 images).
+ARCHITECTURES: Dict[str, Dict[str, Any]] = {
+    "rotMNIST": dict(
+        num_channels=20, num_heads=9, block_sizes=[2, 3], expansion_per_block=1,
+        crop_per_layer=[2, 0, 2, 1, 1], normalize_between_layers=False,
+        maxpool_after_last_block=False, dropout_rate_after_maxpooling=0.0, input_dropout_rate=0.0,
+    ),
+    "CIFAR10": dict(
+        num_channels=96, num_heads=9, block_sizes=[2, 2, 2], expansion_per_block=[1, 2, 1],
+        crop_per_layer=0, normalize_between_layers=True, maxpool_after_last_block=False,
+        dropout_rate_after_maxpooling=0.3, input_dropout_rate=0.2,
+    ),
+    "PCam": dict(
+        num_channels=12, num_heads=9, block_sizes=[0, 1, 2, 1], expansion_per_block=[1, 2, 2, 2],
+        crop_per_layer=[0, 2, 1, 1], normalize_between_layers=True, maxpool_after_last_block=True,
+        dropout_rate_after_maxpooling=0.0, input_dropout_rate=0.0,
+    ),
+    "rotDigits": dict(
+        num_channels=16, num_heads=2, block_sizes=[0, 1, 1], expansion_per_block=[1, 1, 2],
+        crop_per_layer=0, normalize_between_layers=True, maxpool_after_last_block=False,
+        dropout_rate_after_maxpooling=0.0, input_dropout_rate=0.0,
+    ),
+}
+
+_COMMON = dict(norm_type="LayerNorm", activation_function="Swish", whitening_scale=1.41421356,
+               weight_decay=1e-4, attention_type="Local")
+
+# The paper's command lines (shared/docs: "Command lines used for the paper").
+GSA_DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "rotMNIST": dict(_COMMON, optimizer="Adam", lr=1e-3, scheduler="constant", batch_size=8,
+                     epochs=300, patch_size=9, dropout_att=0.1, dropout_values=0.1),
+    "CIFAR10": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.01,
+                    scheduler="linear_warmup_cosine", batch_size=24, epochs=350, patch_size=5,
+                    dropout_att=0.1, dropout_values=0.0),
+    "PCam": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.01,
+                 scheduler="linear_warmup_cosine", batch_size=16, epochs=100, patch_size=5,
+                 dropout_att=0.1, dropout_values=0.1),
+    "rotDigits": dict(_COMMON, optimizer="Adam", lr=2e-3, scheduler="constant", batch_size=16,
+                      epochs=3, patch_size=5, dropout_att=0.0, dropout_values=0.0, whitening_scale=1.0),
+}
+
+ATTENTION_TYPES = ("Local", "Global")
+
+
+def _patch_size(config: Any) -> Any:
+    """The patch size of local attention, ``None`` for global attention."""
+    if config.attention_type not in ATTENTION_TYPES:
+        raise ValueError(f"Unknown attention_type {config.attention_type!r}; expected one of {ATTENTION_TYPES}.")
+    return config.patch_size if config.attention_type == "Local" else None
+
+
+def build_group_transformer(group_name: str, config: Any, data: DataSpec) -> GroupTransformer:
+    """The GroupTransformer of ``data.architecture`` on the group ``group_name``."""
+    if data.architecture not in ARCHITECTURES:
+        raise ValueError(f"No GSA-Net architecture for {data.architecture!r}; expected one of {sorted(ARCHITECTURES)}.")
+    return GroupTransformer(
+        group=get_group(group_name),
+        in_channels=data.in_channels,
+        num_classes=data.num_classes,
+        image_size=data.image_size,
+        patch_size=_patch_size(config),
+        norm_type=config.norm_type,
+        activation_function=config.activation_function,
+        attention_dropout_rate=config.dropout_att,
+        value_dropout_rate=config.dropout_values,
+        whitening_scale=config.whitening_scale,
+        group_axis_index=getattr(config, "group_axis_index", "relative"),
+        attention_impl=getattr(config, "attention_impl", "efficient"),
+        **ARCHITECTURES[data.architecture],
+    )
+
+
+def _register_gsa(group_name: str) -> None:
+    def builder(config: Any, data: DataSpec) -> nn.Module:
+        return build_group_transformer(group_name, config, data)
+
+    register_model(f"{group_name}sa", family="gsa", defaults=GSA_DEFAULTS,
+                   description=f"GSA-Net (GroupTransformer) on {group_name}")(builder)
+
+
+for _name in GROUPS:
+    _register_gsa(_name)
+
+
+@register_model(
+    "z2cnn", family="cnn", datasets=("rotMNIST",), convert_checkpoint=convert_z2cnn_checkpoint,
+    description="Z2 CNN baseline (Cohen & Welling 2016), 28x28 inputs",
+    defaults={"rotMNIST": dict(optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128,
+                               epochs=300, scheduler="constant")},
+)
+def z2cnn(config: Any, data: DataSpec) -> nn.Module:
+    """The CNN baseline: 20 channels, batch-norm eps 2e-5, dropout 0.3, no biases."""
+    return CNN(in_channels=data.in_channels, num_channels=20, bn_epsilon=2e-5, dropout_rate=0.3,
+               use_bias=False, num_classes=data.num_classes)

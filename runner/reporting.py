@@ -1,0 +1,74 @@
+"""Metric logging: absl logging always, Weights & Biases only when asked for.
+
+wandb is imported only when ``config.wandb=True``; the login and the entity come from the
+user's environment (``wandb login``, ``WANDB_ENTITY``), never from the code.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Mapping, Optional
+
+from absl import logging
+from ml_collections import config_dict
+
+from runner.errors import ConfigError
+
+
+class MetricLogger:
+    """Writes metrics to the log and, when enabled, to a wandb run.
+
+    Args:
+        config: the resolved configuration (sent to wandb as the run's config).
+        enabled: False on processes other than the main one: nothing is logged there.
+    """
+
+    def __init__(self, config: config_dict.ConfigDict, enabled: bool = True):
+        self.enabled = enabled
+        self._run = _start_wandb(config) if enabled and config.wandb else None
+
+    def log(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Logs ``metrics`` at optimizer step ``step``."""
+        if not self.enabled:
+            return
+        logging.info("step %d: %s", step, _format(metrics))
+        if self._run is not None:
+            self._run.log(dict(metrics), step=step)
+
+    def summary(self, metrics: Mapping[str, Any]) -> None:
+        """Records final results (best validation accuracy, test accuracy, ...)."""
+        if not self.enabled:
+            return
+        logging.info("summary: %s", _format(metrics))
+        if self._run is not None:
+            self._run.summary.update(dict(metrics))
+
+    def close(self) -> None:
+        """Finishes the wandb run, if any."""
+        if self._run is not None:
+            self._run.finish()
+            self._run = None
+
+
+def _format(metrics: Mapping[str, Any]) -> str:
+    """``name=value`` pairs with floats to 4 significant digits."""
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                     for k, v in metrics.items())
+
+
+def _start_wandb(config: config_dict.ConfigDict) -> Optional[Any]:
+    """Starts a wandb run for ``config``.
+
+    Raises:
+        ConfigError: wandb is not installed.
+    """
+    try:
+        wandb = importlib.import_module("wandb")
+    except ImportError as error:
+        raise ConfigError(
+            "--config.wandb=True needs the wandb package, which is not installed. Install it "
+            "with `pip install wandb` and log in with `wandb login`, or leave --config.wandb "
+            "at False."
+        ) from error
+    return wandb.init(project=config.wandb_project, group=config.dataset,
+                      config=config.to_dict())

@@ -1,0 +1,192 @@
+"""Test metrics and reports.
+
+:func:`test` computes the accuracy, the per-class accuracy, the confusion matrix, the ROC-AUC
+for two-class problems (PCam) and the accuracy as a function of a rotation applied to the test
+images, and writes them next to the checkpoint:
+
+* ``<stem>.test.json``: all metrics;
+* ``<stem>.rotation.csv`` and ``<stem>.rotation.png``: accuracy per rotation angle.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import pathlib
+from typing import Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from absl import logging
+from sklearn import metrics as sk_metrics
+from torch import nn
+from torch.utils.data import DataLoader
+
+import datasets
+
+# torch dtype of each config.amp value ("none" runs in float32).
+AMP_DTYPES = {"none": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclasses.dataclass
+class Predictions:
+    """Float32 logits (N, K) and integer labels (N,) on the CPU."""
+
+    logits: torch.Tensor
+    labels: torch.Tensor
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader,
+            batch_transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device,
+            amp: str = "none", angle_deg: Optional[float] = None) -> Predictions:
+    """Runs ``model`` in evaluation mode over ``loader``.
+
+    Args:
+        model: the bare (unwrapped) model.
+        loader: batches of raw images and labels.
+        batch_transform: turns a raw batch on the device into the model's inputs.
+        device: where the model lives.
+        amp: the config's mixed-precision setting.
+        angle_deg: rotate every raw image by this angle (degrees, counter-clockwise) first.
+    """
+    was_training = model.training
+    model.eval()
+    logits, labels = [], []
+    for images, targets in loader:
+        images = images.to(device, non_blocking=True)
+        if angle_deg is not None:
+            images = datasets.rotate_images(images, torch.full((len(images),), float(angle_deg)))
+        with torch.autocast(device.type, dtype=AMP_DTYPES[amp], enabled=amp != "none"):
+            outputs = model(batch_transform(images))
+        logits.append(outputs.float().cpu())
+        labels.append(targets.cpu())
+    model.train(was_training)
+    if not logits:
+        return Predictions(torch.zeros(0, 0), torch.zeros(0, dtype=torch.long))
+    return Predictions(torch.cat(logits), torch.cat(labels).long())
+
+
+def classification_metrics(predictions: Predictions, num_classes: int) -> Dict[str, object]:
+    """Accuracy, per-class accuracy, confusion matrix and (two classes) ROC-AUC.
+
+    The confusion matrix has true classes as rows and predicted classes as columns.
+    """
+    labels = predictions.labels.numpy()
+    predicted = predictions.logits.argmax(dim=1).numpy()
+    confusion = sk_metrics.confusion_matrix(labels, predicted, labels=range(num_classes))
+    support = confusion.sum(axis=1)
+    per_class = np.divide(np.diag(confusion), support, out=np.full(num_classes, np.nan),
+                          where=support > 0)
+    result = {
+        "num_examples": int(len(labels)),
+        "accuracy": float((predicted == labels).mean()) if len(labels) else float("nan"),
+        "per_class_accuracy": [None if np.isnan(v) else float(v) for v in per_class],
+        "confusion_matrix": confusion.tolist(),
+    }
+    if num_classes == 2:
+        result["roc_auc"] = binary_roc_auc(predictions)
+    return result
+
+
+def binary_roc_auc(predictions: Predictions) -> Optional[float]:
+    """ROC-AUC of the class-1 probability; None when the labels hold a single class."""
+    labels = predictions.labels.numpy()
+    if len(np.unique(labels)) < 2:
+        return None
+    scores = predictions.logits.softmax(dim=1)[:, 1].numpy()
+    return float(sk_metrics.roc_auc_score(labels, scores))
+
+
+def rotation_angles(count: int) -> List[float]:
+    """``count`` evenly spaced angles in [0, 360) degrees."""
+    return [360.0 * i / count for i in range(count)]
+
+
+def rotation_curve(model: nn.Module, loader: DataLoader,
+                   batch_transform: Callable[[torch.Tensor], torch.Tensor],
+                   device: torch.device, amp: str,
+                   angles: Sequence[float]) -> List[Dict[str, float]]:
+    """Test accuracy after rotating every test image by each angle."""
+    curve = []
+    for angle in angles:
+        predictions = predict(model, loader, batch_transform, device, amp, angle_deg=angle)
+        accuracy = float((predictions.logits.argmax(dim=1) == predictions.labels).float().mean())
+        curve.append({"angle_deg": angle, "accuracy": accuracy})
+    return curve
+
+
+def write_rotation_curve(curve: List[Dict[str, float]], prefix: pathlib.Path,
+                         title: str) -> List[pathlib.Path]:
+    """Writes ``<prefix>.rotation.csv`` and ``<prefix>.rotation.png``; returns both paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    csv_path = pathlib.Path(f"{prefix}.rotation.csv")
+    png_path = pathlib.Path(f"{prefix}.rotation.png")
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["angle_deg", "accuracy"])
+        writer.writeheader()
+        writer.writerows(curve)
+    figure, axes = plt.subplots(figsize=(5, 3.5))
+    axes.plot([p["angle_deg"] for p in curve], [p["accuracy"] for p in curve], marker="o")
+    axes.set(xlabel="rotation of the test images (degrees)", ylabel="test accuracy",
+             title=title, xlim=(0, 360), ylim=(0, 1.02))
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=120)
+    plt.close(figure)
+    return [csv_path, png_path]
+
+
+def test(model: nn.Module, loader: DataLoader,
+         batch_transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device, *,
+         amp: str, num_classes: int, num_angles: int, prefix: Optional[pathlib.Path],
+         title: str = "") -> Dict[str, object]:
+    """Computes the test metrics and, when ``prefix`` is given, writes the reports.
+
+    Args:
+        model: the bare model to test.
+        loader: the test split.
+        batch_transform: the dataset's normalisation.
+        device: where the model lives.
+        amp: the config's mixed-precision setting.
+        num_classes: number of classes of the dataset.
+        num_angles: angles of the rotation curve (0 = no curve).
+        prefix: path prefix of the report files, or None to write nothing.
+        title: title of the rotation plot.
+
+    Returns:
+        The metrics (see :func:`classification_metrics`), plus ``rotation_curve`` when
+        ``num_angles`` > 0.
+    """
+    results = classification_metrics(predict(model, loader, batch_transform, device, amp),
+                                      num_classes)
+    logging.info("Test accuracy on %d images: %.4f", results["num_examples"], results["accuracy"])
+    if results.get("roc_auc") is not None:
+        logging.info("Test ROC-AUC: %.4f", results["roc_auc"])
+    if num_angles > 0:
+        results["rotation_curve"] = rotation_curve(model, loader, batch_transform, device, amp,
+                                                   rotation_angles(num_angles))
+        logging.info("Test accuracy per rotation: %s", ", ".join(
+            f"{p['angle_deg']:g}deg {p['accuracy']:.4f}" for p in results["rotation_curve"]))
+    if prefix is not None:
+        written = write_reports(results, prefix, title)
+        logging.info("Test reports: %s", ", ".join(str(p) for p in written))
+    return results
+
+
+def write_reports(results: Dict[str, object], prefix: pathlib.Path,
+                  title: str) -> List[pathlib.Path]:
+    """Writes ``<prefix>.test.json`` and the rotation curve files; returns their paths."""
+    json_path = pathlib.Path(f"{prefix}.test.json")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=2))
+    written = [json_path]
+    if "rotation_curve" in results:
+        written += write_rotation_curve(results["rotation_curve"], prefix, title)
+    return written

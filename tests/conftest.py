@@ -1,0 +1,33 @@
+"""Shared test configuration."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# One thread per test process: the suite runs one process per core (pytest -n), and
+# several OpenMP threads per process oversubscribe the cores and spin.
+torch.set_num_threads(1)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    """Seeds every test and keeps the default dtype float32."""
+    torch.manual_seed(0)
+    yield
+    torch.set_default_dtype(torch.float32)
+
+
+def reference_files(prefix: str):
+    """The reference records with ``prefix`` (``gsa_`` or ``att_``), sorted."""
+    files = sorted(REFERENCE_DIR.glob(f"{prefix}*.pt"))
+    if not files:
+        raise FileNotFoundError(
+            f"No {prefix}*.pt records in {REFERENCE_DIR}; the shared reference data must sit beside the repository."
+        )
+    return files

@@ -1,0 +1,233 @@
+"""``attention_impl="efficient"`` against ``attention_impl="reference"``.
+
+Both implementations compute the same function in a different order, so they
+agree to round-off:
+
+* float64: every output and gradient entry within ``1e-12 * scale``.
+* float32: outputs within ``1e-5 |ref| + 1e-6 * scale``. Gradients are compared
+  with the exact (float64) gradient of the same weights: the efficient float32
+  gradient must lie within ``1e-5 * scale`` of it, or at most twice as far from
+  it as the reference float32 gradient. (The gradients of the positional MLPs
+  sum ~1e5 cancelling terms; the reference's own float32 error there reaches
+  ~1e-5 of their scale, so comparing the two float32 results at 1e-6 would test
+  the reference's round-off, not the efficient path.)
+
+The scale of an output is its largest entry. The scale of a gradient is the
+largest gradient entry of the top-level submodule that owns the parameter
+(``row_embedding``, ``key``, ...): some gradients vanish exactly (a key bias or
+the last bias of a positional MLP shifts all logits of a query equally, which
+the softmax ignores), so only their round-off is compared, and that is the
+round-off of the sums that make the sibling weight's gradient. A submodule
+whose whole gradient vanishes (the group encoding of ``z2``, a single element)
+is compared at the scale of the largest gradient of the layer.
+
+The efficient path is run with a tiny chunk budget, so that every layer goes
+through several chunks and a shorter last chunk.
+"""
+
+import itertools
+import types
+
+import pytest
+import torch
+
+import g_selfatt.nn.efficient_attention as efficient_attention
+from g_selfatt.groups import get_group
+from g_selfatt.nn import (
+    GroupLocalSelfAttention,
+    GroupSelfAttention,
+    LiftLocalSelfAttention,
+    LiftSelfAttention,
+)
+from g_selfatt.nn.attention import ATTENTION_IMPLS
+from g_selfatt.testing import assert_equivariant
+from models import DataSpec, create_model
+from models.gsa_zoo import GSA_DEFAULTS
+
+GROUPS = ["z2", "p4", "mz2", "p4m", "p8"]
+# (layer class, lifting, local); the extent is patch_size or max_pos_embedding.
+KINDS = {
+    "lift": (LiftSelfAttention, True, False),
+    "lift_local": (LiftLocalSelfAttention, True, True),
+    "group": (GroupSelfAttention, False, False),
+    "group_local": (GroupLocalSelfAttention, False, True),
+}
+# (image side, patch size) for local layers; global layers use the side only.
+LOCAL_SHAPES = [(7, 3), (8, 3), (7, 5), (8, 5), (4, 5)]  # the last: a patch larger than the image
+GLOBAL_SIDES = [7, 8]
+SMALL_CHUNK = 700  # score entries per chunk: a few queries per chunk at these sizes
+DEFAULT_CHUNK = efficient_attention.CHUNK_ELEMENTS
+
+
+@pytest.fixture(autouse=True)
+def _small_chunks(monkeypatch):
+    monkeypatch.setattr(efficient_attention, "CHUNK_ELEMENTS", SMALL_CHUNK)
+
+
+def _cases():
+    for name, (_, _, local) in KINDS.items():
+        shapes = LOCAL_SHAPES if local else [(side, None) for side in GLOBAL_SIDES]
+        for group, (side, patch) in itertools.product(GROUPS, shapes):
+            yield pytest.param(name, group, side, patch, id=f"{name}-{group}-{side}" + (f"-p{patch}" if patch else ""))
+
+
+def _pair(kind, group_name, side, patch, dtype, dropout=0.0, in_channels=3, mid_channels=6, heads=2):
+    """A reference and an efficient layer with the same weights, and a random input."""
+    cls, lifting, local = KINDS[kind]
+    group = get_group(group_name)
+    extent = patch if local else side + 1
+    layers = [cls(group, in_channels, mid_channels, 5, heads, extent, dropout, attention_impl=impl).to(dtype)
+              for impl in ("reference", "efficient")]
+    layers[1].load_state_dict(layers[0].state_dict())
+    shape = (2, in_channels, side, side) if lifting else (2, in_channels, group.num_elements, side, side)
+    return layers[0], layers[1], torch.randn(shape, dtype=dtype)
+
+
+def _gradients(layer, x, grad_out):
+    x = x.clone().requires_grad_(True)
+    names, params = zip(*layer.named_parameters())
+    out = layer(x)
+    grads = torch.autograd.grad(out, (x,) + params, grad_out)
+    return out, dict(zip(("input",) + names, grads))
+
+
+def _gradient_scales(grads):
+    """The scale of every gradient (see the module docstring)."""
+    owners = {}
+    for name, grad in grads.items():
+        owner = name.split(".")[0]
+        owners[owner] = max(owners.get(owner, 0.0), grad.abs().max().item())
+    layer_scale = max(owners.values())
+    owners = {owner: scale if scale > 1e-8 * layer_scale else layer_scale for owner, scale in owners.items()}
+    return {name: owners[name.split(".")[0]] for name in grads}
+
+
+def _assert_close(actual, expected, scale, rtol, atol, what):
+    error = (actual - expected).abs()
+    assert torch.all(error <= rtol * expected.abs() + atol * scale), (
+        f"{what}: max error {error.max().item():.3e}, scale {float(scale):.3e} "
+        f"(worst error/scale {(error / scale).max().item():.3e})"
+    )
+
+
+def _run(layer, dtype, x, grad_out):
+    layer = layer.to(dtype)
+    return _gradients(layer, x.to(dtype), grad_out.to(dtype))
+
+
+@pytest.mark.parametrize("kind,group_name,side,patch", list(_cases()))
+def test_efficient_matches_reference(kind, group_name, side, patch):
+    reference, efficient, x = _pair(kind, group_name, side, patch, torch.float64)
+    grad_out = torch.randn_like(reference(x))
+    expected, expected_grads = _run(reference, torch.float64, x, grad_out)
+    actual, actual_grads = _run(efficient, torch.float64, x, grad_out)
+    scales = _gradient_scales(expected_grads)
+
+    _assert_close(actual, expected, expected.abs().max(), 0.0, 1e-12, "float64 output")
+    for name, grad in expected_grads.items():
+        _assert_close(actual_grads[name], grad, scales[name], 0.0, 1e-12, f"float64 gradient of {name}")
+
+    reference_32, reference_grads_32 = _run(reference, torch.float32, x, grad_out)
+    actual_32, actual_grads_32 = _run(efficient, torch.float32, x, grad_out)
+    _assert_close(actual_32, reference_32, reference_32.abs().max(), 1e-5, 1e-6, "float32 output")
+    for name, exact in expected_grads.items():
+        reference_error = (reference_grads_32[name].double() - exact).abs().max().item()
+        error = (actual_grads_32[name].double() - exact).abs().max().item()
+        assert error <= max(2 * reference_error, 1e-5 * scales[name]), (
+            f"float32 gradient of {name}: error {error:.3e} vs the reference's {reference_error:.3e} "
+            f"(scale {scales[name]:.3e})"
+        )
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_default_chunking_matches_reference(kind, monkeypatch):
+    monkeypatch.setattr(efficient_attention, "CHUNK_ELEMENTS", DEFAULT_CHUNK)
+    patch = 3 if KINDS[kind][2] else None
+    reference, efficient, x = _pair(kind, "p4", 8, patch, torch.float64)
+    torch.testing.assert_close(efficient(x), reference(x), rtol=0.0, atol=1e-12 * reference(x).abs().max().item())
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("group_name", GROUPS)
+def test_efficient_is_equivariant(kind, group_name):
+    cls, lifting, local = KINDS[kind]
+    group = get_group(group_name)
+    layer = cls(group, 3, 6, 5, 2, 3 if local else 8, 0.0, attention_impl="efficient").double().eval()
+    shape = (2, 3, 8, 8) if lifting else (2, 3, group.num_elements, 8, 8)
+    x = torch.randn(shape, dtype=torch.float64)
+    assert_equivariant(layer, x, group, input_kind="image" if lifting else "group", output_kind="group")
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_dropout_runs_and_is_finite(kind):
+    patch = 3 if KINDS[kind][2] else None
+    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32, dropout=0.5)
+    for layer in (reference, efficient):
+        layer.train()
+        x_grad = x.clone().requires_grad_(True)
+        out = layer(x_grad)
+        out.square().sum().backward()
+        assert torch.isfinite(out).all() and torch.isfinite(x_grad.grad).all()
+        assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
+        layer.eval()
+        assert not torch.allclose(out, layer(x)), "dropout had no effect in train mode"
+
+
+@pytest.mark.parametrize("kind", ["lift_local", "group"])
+def test_dropout_gradient_is_exact(kind):
+    """With the RNG reset before each call the masks repeat, so gradcheck applies."""
+    patch = 3 if KINDS[kind][2] else None
+    _, layer, x = _pair(kind, "p4", 4, patch, torch.float64, dropout=0.3, in_channels=2, heads=1)
+    layer.train()
+
+    def seeded(inp):
+        torch.manual_seed(1)
+        return layer(inp)
+
+    assert not torch.allclose(seeded(x), layer.eval()(x))
+    layer.train()
+    assert torch.autograd.gradcheck(seeded, (x.requires_grad_(True),), eps=1e-6, atol=1e-7, fast_mode=True)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_autocast_bfloat16(kind):
+    patch = 3 if KINDS[kind][2] else None
+    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32)
+    outputs = []
+    for layer in (reference, efficient):
+        x_grad = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x_grad)
+        out.float().square().sum().backward()
+        assert out.dtype == torch.bfloat16
+        assert torch.isfinite(x_grad.grad).all()
+        outputs.append(out.float())
+    scale = outputs[0].abs().max()
+    assert (outputs[1] - outputs[0]).abs().max() <= 5e-2 * scale  # bfloat16 keeps 8 bits
+
+
+def test_unknown_attention_impl_is_rejected():
+    with pytest.raises(ValueError, match="efficient.*reference"):
+        GroupSelfAttention(get_group("p4"), 3, 6, 5, 2, 8, 0.0, attention_impl="fast")
+    assert set(ATTENTION_IMPLS) == {"efficient", "reference"}
+
+
+@pytest.mark.parametrize("impl", ATTENTION_IMPLS)
+def test_model_config_selects_impl(impl):
+    config = types.SimpleNamespace(**GSA_DEFAULTS["rotDigits"], attention_impl=impl)
+    model = create_model("p4sa", config, DataSpec("rotDigits", 1, 10, 16, "rotDigits"))
+    impls = {m.attention_impl for m in model.modules() if hasattr(m, "attention_impl") and hasattr(m, "wout")}
+    assert impls == {impl}
+
+
+def test_model_default_is_efficient_and_matches_reference():
+    data = DataSpec("rotDigits", 1, 10, 16, "rotDigits")
+    config = types.SimpleNamespace(**GSA_DEFAULTS["rotDigits"])
+    torch.manual_seed(3)
+    efficient = create_model("p4sa", config, data).double().eval()
+    reference = create_model("p4sa", types.SimpleNamespace(**vars(config), attention_impl="reference"), data)
+    reference.double().eval().load_state_dict(efficient.state_dict())
+    assert efficient.lifting_self_attention.attention_impl == "efficient"
+    x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
+    expected = reference(x)
+    torch.testing.assert_close(efficient(x), expected, rtol=0.0, atol=1e-12 * expected.abs().max().item())

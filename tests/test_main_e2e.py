@@ -1,0 +1,117 @@
+"""End-to-end runs of main.py on tiny fixture data: every dataset format, resume, pretrained."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pytest
+import torch
+
+import config as config_file
+import fixture_data
+import main
+import models.attgconv_zoo  # noqa: F401  (registers allcnnc and densenet)
+from runner import checkpoint, paths
+from runner.errors import CheckpointError
+
+# dataset -> (fixture writer, its keyword arguments, model, config overrides). Small, fast
+# models: the point is the data path, not the architecture.
+FORMATS = {
+    "rotMNIST-zip": ("rotMNIST", fixture_data.make_rotmnist, {}, "z2cnn", {"valid_size": 4}),
+    "rotMNIST-amat": ("rotMNIST", fixture_data.make_rotmnist, {"archive": False}, "z2cnn",
+                      {"valid_size": 4}),
+    "CIFAR10": ("CIFAR10", fixture_data.make_cifar10, {"n_per_batch": 2}, "allcnnc",
+                {"valid_size": 4, "augment": True}),
+    "PCam-hdf5": ("PCam", fixture_data.make_pcam_hdf5, {}, "densenet", {}),
+    "PCam-imagefolder": ("PCam", fixture_data.make_pcam_imagefolder, {}, "densenet", {}),
+    "MNIST": ("MNIST", fixture_data.make_mnist, {}, "z2cnn", {"valid_size": 4}),
+    "rotDigits": ("rotDigits", None, {}, "z2sa", {}),
+}
+
+
+def make_config(tmp_path, **overrides):
+    """A small CPU run writing into ``tmp_path``."""
+    config = config_file.get_config()
+    config.data_root = str(tmp_path / "data")
+    config.save_dir = str(tmp_path / "saved")
+    config.device = "cpu"
+    config.batch_size = 2
+    config.epochs = 1
+    config.rotation_angles = 2
+    config.num_threads = 1
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_one_epoch_on_every_dataset_format(tmp_path, fmt):
+    dataset, writer, writer_args, model, overrides = FORMATS[fmt]
+    if writer is not None:
+        writer(tmp_path / "data", **writer_args)
+    config = make_config(tmp_path, dataset=dataset, model=model, max_examples=4, **overrides)
+    result = main.run(config)
+    saved = checkpoint.read(result.checkpoint)
+    assert saved["model"] == model and saved["epoch"] == 1 and saved["step"] == 2
+    prefix = paths.output_prefix(result.checkpoint)
+    report = json.loads(pathlib.Path(f"{prefix}.test.json").read_text())
+    assert report["num_examples"] == result.metrics["num_examples"] > 0
+    assert len(report["rotation_curve"]) == 2
+    assert pathlib.Path(f"{prefix}.rotation.png").is_file()
+    assert ("roc_auc" in report) == (dataset == "PCam")
+
+
+def _final_weights(result):
+    return {k: v.clone() for k, v in result.model.state_dict().items()}
+
+
+def test_resume_after_interruption_continues_exactly(tmp_path):
+    common = dict(dataset="rotDigits", model="z2sa", max_examples=16, batch_size=4, epochs=2,
+                  rotation_angles=0)
+    straight = main.run(make_config(tmp_path / "straight", **common))
+
+    interrupted = main.run(make_config(tmp_path / "cut", max_steps=3, **common))
+    last = checkpoint.read(paths.last_checkpoint_path(interrupted.checkpoint))
+    assert (last["epoch"], last["train_state"]["batch_in_epoch"], last["step"]) == (0, 3, 3)
+
+    resumed = main.run(make_config(tmp_path / "cut", resume=True, **common))
+    last = checkpoint.read(paths.last_checkpoint_path(resumed.checkpoint))
+    assert (last["epoch"], last["step"]) == (2, 8)
+    adam_steps = {float(s["step"]) for s in last["optimizer"]["state"].values()}
+    assert adam_steps == {8.0}
+    assert len(last["train_state"]["history"]) == 3  # interrupted + two complete epochs
+    straight_last = checkpoint.read(paths.last_checkpoint_path(straight.checkpoint))
+    for key, value in straight_last["state_dict"].items():
+        torch.testing.assert_close(last["state_dict"][key], value)
+
+
+def _trained_model(tmp_path, **overrides):
+    config = make_config(tmp_path, dataset="rotDigits", model="z2sa", train=False,
+                         rotation_angles=0, max_examples=8, **overrides)
+    return main.run(config).model
+
+
+def test_pretrained_loads_an_original_style_module_prefixed_state_dict(tmp_path):
+    source = _trained_model(tmp_path / "a", seed=1)
+    original = {f"module.{k}": v for k, v in source.state_dict().items()}
+    path = tmp_path / "original.pth"
+    torch.save(original, path)
+    config = make_config(tmp_path / "b", dataset="rotDigits", model="z2sa", train=False,
+                         pretrained=True, checkpoint=str(path), rotation_angles=0,
+                         max_examples=8, seed=2)
+    loaded = main.run(config).model
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_pretrained_state_dict_of_another_model_reports_the_keys(tmp_path):
+    other = _trained_model(tmp_path / "a")
+    path = tmp_path / "other.pth"
+    torch.save({f"module.{k}": v for k, v in other.state_dict().items()}, path)
+    config = make_config(tmp_path / "b", dataset="rotDigits", model="p4sa", train=False,
+                         pretrained=True, checkpoint=str(path), rotation_angles=0,
+                         max_examples=8)
+    with pytest.raises(CheckpointError, match="Missing keys|Shape mismatches") as error:
+        main.run(config)
+    assert "does not fit the model" in str(error.value)

@@ -1,0 +1,154 @@
+"""User errors end the run with a one-paragraph message, a non-zero status and no traceback."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import config as config_file
+import fixture_data
+import main
+from datasets import rot_mnist
+
+from conftest import REPO_ROOT
+
+
+def make_config(tmp_path, **overrides):
+    """A small CPU configuration writing into ``tmp_path``."""
+    config = config_file.get_config()
+    config.data_root = str(tmp_path / "data")
+    config.save_dir = str(tmp_path / "saved")
+    config.device = "cpu"
+    config.num_threads = 1
+    config.rotation_angles = 0
+    config.max_examples = 4
+    config.batch_size = 2
+    config.epochs = 1
+    for key, value in overrides.items():
+        config[key] = value
+    return config
+
+
+def assert_user_error(config, capsys, *fragments):
+    """``main.run_cli`` reports the error (status 2) and every fragment is in the message."""
+    assert main.run_cli(config) == 2
+    message = capsys.readouterr().err
+    assert "Traceback" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def run_main(*flags):
+    """``python main.py <flags>`` in a subprocess."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, "main.py", *flags], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+# ----- through the command line --------------------------------------------------------------
+def test_cli_unknown_model_lists_the_registered_ones():
+    result = run_main("--config.model=p5sa", "--config.device=cpu")
+    assert result.returncode == 2
+    assert "Unknown model 'p5sa'" in result.stderr and "'p4sa'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_missing_dataset_files_says_where_and_how(tmp_path):
+    result = run_main("--config.dataset=rotMNIST", f"--config.data_root={tmp_path}",
+                      "--config.device=cpu", f"--config.save_dir={tmp_path}")
+    assert result.returncode == 2
+    assert "not found" in result.stderr and "--config.download=True" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_absent_names_the_fix():
+    result = run_main("--config.device=cuda")
+    assert result.returncode == 2
+    assert "--config.device=cpu" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_mistyped_field_fails():
+    result = run_main("--config.lrr=0.1")
+    assert result.returncode != 0 and "lrr" in result.stderr
+
+
+# ----- in process ----------------------------------------------------------------------------
+def test_unknown_dataset_lists_the_valid_ones(tmp_path, capsys):
+    assert_user_error(make_config(tmp_path, dataset="ImageNet"), capsys,
+                      "Unknown dataset 'ImageNet'", "'rotMNIST'", "'rotDigits'")
+
+
+def test_bad_choice_value(tmp_path, capsys):
+    assert_user_error(make_config(tmp_path, optimizer="Adamw"), capsys,
+                      "Unknown optimizer 'Adamw'", "'SGD'")
+
+
+def test_augmentation_where_the_dataset_has_none(tmp_path, capsys):
+    assert_user_error(make_config(tmp_path, model="z2sa", augment=True), capsys,
+                      "defines no training augmentation")
+
+
+def test_checksum_mismatch(tmp_path, capsys):
+    fixture_data.make_rotmnist(tmp_path / "data")
+    assert_user_error(make_config(tmp_path, dataset="rotMNIST", download=True, valid_size=4),
+                      capsys, "Checksum mismatch")
+
+
+def test_corrupt_archive(tmp_path, capsys):
+    folder = tmp_path / "data" / rot_mnist.FOLDER
+    folder.mkdir(parents=True)
+    (folder / rot_mnist.ARCHIVE.filename).write_bytes(b"PK\x03\x04 truncated")
+    assert_user_error(make_config(tmp_path, dataset="rotMNIST", valid_size=4), capsys,
+                      "corrupt")
+
+
+def test_failed_download(tmp_path, capsys, monkeypatch):
+    unreachable = (tmp_path / "nowhere" / "archive.zip").as_uri()
+    monkeypatch.setattr(rot_mnist, "ARCHIVE",
+                        dataclasses.replace(rot_mnist.ARCHIVE, urls=(unreachable,)))
+    assert_user_error(make_config(tmp_path, dataset="rotMNIST", download=True, valid_size=4),
+                      capsys, "download")
+
+
+def _train_tiny(tmp_path):
+    """Trains z2sa on rotDigits for one step; returns its best checkpoint."""
+    config = make_config(tmp_path, dataset="rotDigits", model="z2sa", max_steps=1)
+    return main.run(config).checkpoint
+
+
+def test_checkpoint_of_another_model_or_architecture(tmp_path, capsys):
+    saved = _train_tiny(tmp_path / "a")
+    assert_user_error(make_config(tmp_path, model="p4sa", train=False, pretrained=True,
+                                  checkpoint=str(saved)),
+                      capsys, "holds model 'z2sa'", "this run builds 'p4sa'")
+    fixture_data.make_rotmnist(tmp_path / "data")
+    assert_user_error(make_config(tmp_path, dataset="rotMNIST", model="z2sa", train=False,
+                                  pretrained=True, checkpoint=str(saved), valid_size=4),
+                      capsys, "rotDigits architecture")
+
+
+def test_pretrained_without_checkpoint_names_the_path(tmp_path, capsys):
+    config = make_config(tmp_path, model="z2sa", train=False, pretrained=True)
+    assert_user_error(config, capsys, f"no checkpoint at {tmp_path / 'saved'}/rotDigits_model_z2sa",
+                      "--config.checkpoint=PATH")
+    missing = tmp_path / "missing.pt"
+    assert_user_error(make_config(tmp_path, train=False, pretrained=True,
+                                  checkpoint=str(missing)), capsys, str(missing))
+
+
+def test_resume_without_checkpoint(tmp_path, capsys):
+    assert_user_error(make_config(tmp_path, model="z2sa", resume=True), capsys,
+                      "no checkpoint to resume from", ".last.pt")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
+def test_wandb_missing(tmp_path, capsys):
+    assert_user_error(make_config(tmp_path, model="z2sa", wandb=True), capsys,
+                      "pip install wandb")

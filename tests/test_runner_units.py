@@ -1,0 +1,310 @@
+"""Unit tests of the runner: configuration, checkpoints, schedules, sampler, trainer, tester."""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+import sys
+
+import pytest
+import torch
+from ml_collections import config_dict
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+import config as config_file
+import models
+import models.attgconv_zoo  # noqa: F401  (registers the attentive G-CNNs)
+import tester
+import trainer
+from models.registry import DataSpec
+from runner import checkpoint, distributed, paths
+from runner.data import Loaders, ShardSampler
+from runner.defaults import FALLBACKS, placeholder_fields, resolve_config
+from runner.errors import CheckpointError, ConfigError
+from runner.reporting import MetricLogger
+from runner.schedulers import build_schedule, warmup_cosine_factor
+
+ORIGINAL_KEYS = (
+    "dataset model optimizer optimizer_momentum device scheduler sched_decay_steps "
+    "sched_decay_factor lr norm_type attention_type activation_function patch_size dropout_att "
+    "dropout_values whitening_scale weight_decay batch_size epochs seed comment pretrained train "
+    "augment path"
+).split()
+
+
+def resolved(**overrides) -> config_dict.ConfigDict:
+    """The default config with ``overrides``, unset fields from the fallbacks only."""
+    config = config_file.get_config()
+    for key, value in overrides.items():
+        config[key] = value
+    resolve_config(config, {})
+    return config
+
+
+# ----- configuration ---------------------------------------------------------------------
+def test_config_has_every_key_of_the_original_runner():
+    config = config_file.get_config()
+    missing = [key for key in ORIGINAL_KEYS if key not in config]
+    assert not missing
+
+
+def test_config_is_locked_against_typos():
+    config = config_file.get_config()
+    with pytest.raises(AttributeError, match="lrr"):
+        config.lrr = 0.1
+
+
+def test_every_placeholder_has_a_fallback():
+    assert placeholder_fields() == set(FALLBACKS)
+
+
+def test_flag_beats_model_default_beats_fallback():
+    config = config_file.get_config()
+    config.lr = 0.5
+    origins = resolve_config(config, {"lr": 0.1, "batch_size": 7})
+    assert (config.lr, config.batch_size, config.epochs) == (0.5, 7, FALLBACKS["epochs"])
+    assert origins["batch_size"] == "model" and origins["epochs"] == "fallback"
+    assert "lr" not in origins
+
+
+def test_model_defaults_may_only_set_placeholders():
+    with pytest.raises(ValueError, match="seed"):
+        resolve_config(config_file.get_config(), {"seed": 3})
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_registered_defaults_resolve(name):
+    for architecture, defaults in models.get_model_spec(name).defaults.items():
+        config = config_file.get_config()
+        resolve_config(config, defaults)
+        assert config.batch_size >= 1, architecture
+
+
+@pytest.mark.parametrize("field,value", [("optimizer", "Adamw"), ("scheduler", "cosine"),
+                                         ("amp", "fp8"), ("validation", "train")])
+def test_bad_choice_is_a_config_error_naming_the_valid_ones(field, value):
+    config = config_file.get_config()
+    config[field] = value
+    with pytest.raises(ConfigError, match=value) as error:
+        resolve_config(config, {})
+    assert f"--config.{field}" in str(error.value)
+
+
+def test_checkpoint_name_follows_the_original_scheme():
+    config = resolved(dataset="rotMNIST", model="p4sa", patch_size=9, dropout_att=0.1,
+                      dropout_values=0.1, lr=0.001, batch_size=8, epochs=300)
+    assert paths.checkpoint_stem(config, "gsa") == (
+        "rotMNIST_model_p4sa_type_Local_patch_9_dpatt_0.1_dpval_0.1_activ_Swish_norm_LayerNorm"
+        "_white_1.41421356_optim_Adam_lr_0.001_bs_8_ep_300_wd_0.0001_seed_0_sched_constant")
+    config.validation = "test"
+    config.scheduler = "multistep"
+    config.sched_decay_steps = (10, 20)
+    assert paths.checkpoint_stem(config, "cnn").endswith(
+        "_sched_multistep_schdec_2.0_schsteps_(10, 20)_select_test")
+
+
+# ----- checkpoints -----------------------------------------------------------------------
+def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
+    target = tmp_path / "run.pt"
+    checkpoint.save_atomic({"a": torch.ones(2)}, target)
+
+    def broken_save(obj, handle):
+        handle.write(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_atomic({"a": torch.zeros(2)}, target)
+    monkeypatch.undo()
+    assert torch.equal(checkpoint.read(target)["a"], torch.ones(2))
+    assert os.listdir(tmp_path) == ["run.pt"]
+
+
+def test_wrapper_prefixes_are_stripped():
+    stripped = checkpoint.strip_wrapper_prefixes({"module.a.b": 1, "module._orig_mod.c": 2, "d": 3})
+    assert stripped == {"a.b": 1, "c": 2, "d": 3}
+
+
+def test_strict_load_lists_missing_unexpected_and_shape_mismatches():
+    model = nn.Linear(3, 2)
+    bad = {"weight": torch.zeros(2, 4), "extra": torch.zeros(1)}
+    with pytest.raises(CheckpointError) as error:
+        checkpoint.load_strict(model, bad, pathlib.Path("x.pt"))
+    message = str(error.value)
+    assert "Missing keys (1): bias" in message and "Unexpected keys (1): extra" in message
+    assert "weight: checkpoint (2, 4) vs model (2, 3)" in message
+
+
+def test_original_state_dict_goes_through_the_converter():
+    raw = {"module.old_weight": torch.ones(1)}
+    weights = checkpoint.weights_from(
+        raw, model_name="m", architecture="a", source=pathlib.Path("x"),
+        convert=lambda sd: {k.replace("old_", ""): v for k, v in sd.items()})
+    assert list(weights) == ["weight"]
+
+
+def test_project_checkpoint_of_another_model_is_refused():
+    saved = checkpoint.make_checkpoint(model_name="z2sa", architecture="rotDigits", config={},
+                                       state_dict={})
+    with pytest.raises(CheckpointError, match="'z2sa' for the rotDigits"):
+        checkpoint.weights_from(saved, model_name="p4sa", architecture="rotDigits", convert=None,
+                                source=pathlib.Path("x"))
+
+
+def test_unreadable_checkpoint_is_a_checkpoint_error(tmp_path):
+    path = tmp_path / "junk.pt"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="Cannot read"):
+        checkpoint.read(path)
+
+
+# ----- schedules -------------------------------------------------------------------------
+def _lrs(config, steps_per_epoch, epochs, metrics=None):
+    optimizer = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=config.lr)
+    schedule = build_schedule(optimizer, config, steps_per_epoch)
+    history = []
+    for epoch in range(epochs):
+        for _ in range(steps_per_epoch):
+            optimizer.step()
+            schedule.after_step()
+        schedule.after_epoch(metrics[epoch] if metrics else 0.5)
+        history.append(optimizer.param_groups[0]["lr"])
+    return history
+
+
+def test_warmup_cosine_factor():
+    factor = warmup_cosine_factor(warmup_steps=10, total_steps=30)
+    assert factor(0) == 0 and factor(5) == 0.5 and factor(10) == 1.0
+    assert factor(20) == pytest.approx(0.5) and factor(30) == pytest.approx(0.0)
+
+
+def test_multistep_divides_by_the_decay_factor():
+    config = resolved(scheduler="multistep", sched_decay_steps=(2, 3), sched_decay_factor=10.0,
+                      lr=1.0)
+    assert _lrs(config, 2, 4) == pytest.approx([1.0, 0.1, 0.01, 0.01])
+
+
+def test_plateau_halves_after_patience():
+    config = resolved(scheduler="plateau", sched_patience=1, lr=1.0)
+    assert _lrs(config, 1, 4, metrics=[0.5, 0.5, 0.5, 0.9]) == pytest.approx([1, 1, 0.5, 0.5])
+
+
+def test_linear_warmup_cosine_is_per_step():
+    config = resolved(scheduler="linear_warmup_cosine", warmup_epochs=1.0, epochs=3, lr=1.0)
+    assert _lrs(config, 2, 3) == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
+
+
+# ----- sampler ---------------------------------------------------------------------------
+def test_shards_cover_the_data_and_resume_mid_epoch():
+    shards = [ShardSampler(10, shuffle=True, seed=3, rank=r, world_size=3) for r in range(3)]
+    for sampler in shards:
+        sampler.set_epoch(1)
+    indices = [list(sampler) for sampler in shards]
+    assert {len(i) for i in indices} == {4}
+    assert set(sum(indices, [])) == set(range(10))
+    resumed = ShardSampler(10, shuffle=True, seed=3, rank=0, world_size=3)
+    resumed.set_epoch(1, start=2)
+    assert list(resumed) == indices[0][2:] and len(resumed) == 2
+    shards[0].set_epoch(2)
+    assert list(shards[0]) != indices[0]
+
+
+# ----- trainer ---------------------------------------------------------------------------
+class Tiny(nn.Module):
+    """A linear classifier whose output can be made NaN."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.poison = False
+
+    def forward(self, x):
+        out = self.linear(x.flatten(1))
+        return out * math.nan if self.poison else out
+
+
+def _trainer(tmp_path, **overrides) -> trainer.Trainer:
+    config = resolved(batch_size=2, epochs=1, rotation_angles=0, **overrides)
+    data = TensorDataset(torch.randn(4, 1, 2, 2), torch.tensor([0, 1, 0, 1]))
+    loader = DataLoader(data, batch_size=2, sampler=ShardSampler(4, shuffle=True))
+    loaders = Loaders(loader, loader, loader, DataSpec("toy", 1, 2, 2, "toy"),
+                      lambda x: x.float(), None)
+    context = distributed.Context(torch.device("cpu"))
+    return trainer.Trainer(Tiny(), loaders, config, context, tmp_path / "toy.pt",
+                           MetricLogger(config))
+
+
+def test_non_finite_gradients_skip_the_step(tmp_path):
+    run = _trainer(tmp_path)
+    run.model.poison = True
+    before = [p.clone() for p in run.model.parameters()]
+    run.fit()
+    assert run.state.skipped_steps == 2 and run.state.step == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+
+
+@pytest.mark.parametrize("amp", ["none", "fp16", "bf16"])
+@pytest.mark.parametrize("scheduler", ["constant", "linear_warmup_cosine", "multistep", "plateau"])
+def test_every_precision_with_every_schedule_trains(tmp_path, amp, scheduler):
+    run = _trainer(tmp_path, amp=amp, scheduler=scheduler)
+    before = [p.clone() for p in run.model.parameters()]
+    state = run.fit()
+    assert state.epoch == 1 and state.skipped_steps == 0
+    assert not all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+    saved = checkpoint.read(tmp_path / "toy.last.pt")
+    assert saved["config"]["amp"] == amp and saved["epoch"] == 1 and saved["optimizer"]["state"]
+
+
+# ----- tester ----------------------------------------------------------------------------
+def test_classification_metrics():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1, 1, 1])
+    result = tester.classification_metrics(tester.Predictions(logits, labels), 2)
+    assert result["accuracy"] == 0.5
+    assert result["per_class_accuracy"] == [1.0, pytest.approx(1 / 3)]
+    assert result["confusion_matrix"] == [[1, 0], [2, 1]]
+    assert result["roc_auc"] == pytest.approx(2 / 3)
+
+
+def test_rotation_reports_are_written(tmp_path):
+    curve = [{"angle_deg": a, "accuracy": 0.5} for a in tester.rotation_angles(4)]
+    written = tester.write_reports({"accuracy": 0.5, "rotation_curve": curve}, tmp_path / "r", "t")
+    assert [p.name for p in written] == ["r.test.json", "r.rotation.csv", "r.rotation.png"]
+    assert (tmp_path / "r.rotation.csv").read_text().splitlines()[1:3] == ["0.0,0.5", "90.0,0.5"]
+    assert (tmp_path / "r.rotation.png").stat().st_size > 1000
+
+
+# ----- wandb -----------------------------------------------------------------------------
+class FakeWandbRun:
+    """Records what the logger sends."""
+
+    def __init__(self):
+        self.logged, self.summary, self.finished = [], {}, False
+
+    def log(self, metrics, step):
+        self.logged.append((step, metrics))
+
+    def finish(self):
+        self.finished = True
+
+
+def test_wandb_is_used_only_when_asked_and_gets_no_credentials(monkeypatch):
+    calls = []
+
+    class FakeWandb:
+        @staticmethod
+        def init(**kwargs):
+            calls.append(kwargs)
+            return FakeWandbRun()
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    MetricLogger(resolved()).log({"loss": 1.0}, step=1)
+    assert not calls
+    logger = MetricLogger(resolved(wandb=True))
+    logger.log({"loss": 1.0}, step=3)
+    run = logger._run
+    logger.close()
+    assert set(calls[0]) == {"project", "group", "config"}
+    assert run.logged == [(3, {"loss": 1.0})] and run.finished

@@ -1,0 +1,84 @@
+"""Every ``python main.py ...`` line of runs/README.md trains for one step on fixture data.
+
+The test appends flags that point the run at tiny fixture files, limit it to one optimizer
+step on two images and keep it on the CPU; everything else (model, optimizer, scheduler,
+attention, precision, ...) is exactly the command of the README.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+import fixture_data
+from runner import checkpoint
+
+from conftest import REPO_ROOT
+
+README = REPO_ROOT / "runs" / "README.md"
+PREFIX = ("python", "main.py")
+
+# dataset -> (fixture writer or None, flags its tiny files need)
+FIXTURES = {
+    "rotMNIST": (fixture_data.make_rotmnist, ["--config.valid_size=2"]),
+    "CIFAR10": (fixture_data.make_cifar10, ["--config.valid_size=2"]),
+    "PCam": (fixture_data.make_pcam_hdf5, []),
+    "MNIST": (fixture_data.make_mnist, ["--config.valid_size=2"]),
+    "rotDigits": (None, []),
+}
+
+
+def readme_commands():
+    """(line number, arguments after ``python main.py``) of every command in the README."""
+    commands = []
+    for number, line in enumerate(README.read_text().splitlines(), start=1):
+        if line.strip().startswith(" ".join(PREFIX) + " "):
+            commands.append((number, shlex.split(line.strip())[len(PREFIX):]))
+    return commands
+
+
+def flag_value(arguments, field, default):
+    """The value of ``--config.<field>`` in ``arguments`` (the last one wins)."""
+    values = [a.split("=", 1)[1] for a in arguments if a.startswith(f"--config.{field}=")]
+    return values[-1] if values else default
+
+
+def test_readme_lists_the_gsa_commands():
+    datasets = [flag_value(arguments, "dataset", "rotDigits") for _, arguments in readme_commands()]
+    assert {"rotMNIST", "CIFAR10", "PCam"} <= set(datasets)
+
+
+@pytest.mark.parametrize("number,arguments", readme_commands(),
+                         ids=[f"line{n}" for n, _ in readme_commands()])
+def test_readme_command_trains_one_step(tmp_path, number, arguments):
+    assert all(a.startswith("--config.") for a in arguments), arguments
+    dataset = flag_value(arguments, "dataset", "rotDigits")
+    writer, dataset_flags = FIXTURES[dataset]
+    if writer is not None:
+        writer(tmp_path / "data")
+    smoke = [f"--config.data_root={tmp_path / 'data'}", f"--config.save_dir={tmp_path / 'saved'}",
+             "--config.max_steps=1", "--config.epochs=1", "--config.max_examples=2",
+             "--config.batch_size=2", "--config.rotation_angles=0", "--config.device=cpu",
+             "--config.num_workers=0", "--config.num_threads=1", *dataset_flags]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "main.py", *arguments, *smoke], cwd=REPO_ROOT,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"runs/README.md line {number}:\n{result.stderr[-4000:]}"
+    (last,) = (tmp_path / "saved").glob("*.last.pt")
+    saved = checkpoint.read(last)
+    assert saved["step"] == 1
+    for argument in arguments:
+        field, value = argument[len("--config."):].split("=", 1)
+        if field not in ("epochs", "batch_size"):
+            assert same_value(saved["config"][field], value), (field, value)
+
+
+def same_value(saved, text: str) -> bool:
+    """Whether the saved config value is the command-line text ``text``."""
+    if isinstance(saved, (bool, str)):
+        return str(saved) == text
+    return float(saved) == float(text)

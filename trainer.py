@@ -1,0 +1,284 @@
+"""Training loop: optimizer, schedule, mixed precision, model selection and checkpoints.
+
+One code path serves full precision and both mixed precisions: ``torch.autocast`` and
+``torch.amp.GradScaler`` are always called and are simply disabled when ``config.amp="none"``
+(the scaler is enabled only for fp16). Steps whose gradients are not finite are skipped and
+counted. After every epoch the model is validated; the best validation accuracy (ties broken
+by the lower loss) selects the model that is saved as the ``best`` checkpoint, and the whole
+training state is saved as the ``last`` checkpoint, from which ``config.resume=True`` goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+from typing import Any, Dict, List
+
+import torch
+from absl import logging
+from ml_collections import config_dict
+from torch import nn
+from tqdm import tqdm
+
+import tester
+from runner import checkpoint, distributed
+from runner.data import Loaders
+from runner.errors import CheckpointError
+from runner.paths import last_checkpoint_path
+from runner.reporting import MetricLogger
+from runner.schedulers import LRSchedule, build_schedule
+
+@dataclasses.dataclass
+class TrainState:
+    """Progress of a run, saved in every checkpoint.
+
+    Attributes:
+        epoch: complete epochs.
+        batch_in_epoch: batches already trained in the current (incomplete) epoch.
+        step: optimizer steps taken (skipped steps included).
+        skipped_steps: steps skipped because the gradients were not finite.
+        best_metric: best validation accuracy so far (-inf before the first validation).
+        best_loss: validation loss of the best model.
+        best_epoch: epoch of the best model (fractional for an interrupted epoch).
+        history: one dict of metrics per validation.
+    """
+
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    step: int = 0
+    skipped_steps: int = 0
+    best_metric: float = -math.inf
+    best_loss: float = math.inf
+    best_epoch: float = -1.0
+    history: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+
+
+def build_optimizer(model: nn.Module, config: config_dict.ConfigDict) -> torch.optim.Optimizer:
+    """SGD (with ``optimizer_momentum``) or Adam, with ``weight_decay``."""
+    if config.optimizer == "SGD":
+        return torch.optim.SGD(model.parameters(), lr=config.lr,
+                               momentum=config.optimizer_momentum,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def is_better(accuracy: float, loss: float, state: TrainState) -> bool:
+    """The first validation, a higher accuracy, or the same accuracy with a loss no higher."""
+    return state.best_epoch < 0 or accuracy > state.best_metric or (accuracy == state.best_metric
+                                            and loss <= state.best_loss)
+
+
+class Trainer:
+    """Trains one model on one dataset as described by the configuration.
+
+    Args:
+        model: the bare model, already on ``context.device``.
+        loaders: the run's data.
+        config: the resolved configuration.
+        context: device and process group of this process.
+        best_path: file of the ``best`` checkpoint; ``last`` goes next to it.
+        logger: the metric logger of this process.
+    """
+
+    def __init__(self, model: nn.Module, loaders: Loaders, config: config_dict.ConfigDict,
+                 context: distributed.Context, best_path: pathlib.Path, logger: MetricLogger):
+        self.model = model
+        self.loaders = loaders
+        self.config = config
+        self.context = context
+        self.best_path = pathlib.Path(best_path)
+        self.last_path = last_checkpoint_path(self.best_path)
+        self.logger = logger
+        self.steps_per_epoch = len(loaders.train)
+        self.optimizer = build_optimizer(model, config)
+        self.schedule: LRSchedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
+        self.amp_dtype = tester.AMP_DTYPES[config.amp]
+        self.scaler = torch.amp.GradScaler(context.device.type, enabled=config.amp == "fp16")
+        self.criterion = nn.CrossEntropyLoss()
+        self.augment_generator = torch.Generator(device=context.device)
+        self.state = TrainState()
+
+    # ----- checkpoints -----------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restores the weights and training state of the ``last`` checkpoint.
+
+        Raises:
+            CheckpointError: there is no ``last`` checkpoint, or it is for another model.
+        """
+        if not self.last_path.is_file():
+            raise CheckpointError(
+                f"--config.resume=True but there is no checkpoint to resume from at "
+                f"{self.last_path}. Start the run without --config.resume, or give the "
+                "--config.path of the interrupted run's best checkpoint."
+            )
+        saved = checkpoint.read(self.last_path)
+        weights = checkpoint.weights_from(saved, model_name=self.config.model,
+                                          architecture=self.loaders.spec.architecture,
+                                          convert=None, source=self.last_path)
+        checkpoint.load_strict(self.model, weights, self.last_path)
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.schedule.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        self.state = TrainState(**saved["train_state"])
+        logging.info("Resumed from %s at epoch %d, batch %d, step %d.", self.last_path,
+                     self.state.epoch, self.state.batch_in_epoch, self.state.step)
+
+    def restore_best(self) -> None:
+        """Loads the weights of the ``best`` checkpoint (the selected model) into the model."""
+        saved = checkpoint.read(self.best_path)
+        weights = checkpoint.weights_from(saved, model_name=self.config.model,
+                                          architecture=self.loaders.spec.architecture,
+                                          convert=None, source=self.best_path)
+        checkpoint.load_strict(self.model, weights, self.best_path)
+        logging.info("Selected the model of epoch %.2f (validation accuracy %.4f).",
+                     saved["train_state"]["best_epoch"], saved["train_state"]["best_metric"])
+
+    def _payload(self) -> Dict[str, Any]:
+        """The checkpoint of the current model and training state."""
+        return checkpoint.make_checkpoint(
+            model_name=self.config.model, architecture=self.loaders.spec.architecture,
+            config=self.config.to_dict(),
+            state_dict=distributed.unwrap(self.model).state_dict(),
+            train_state=dataclasses.asdict(self.state),
+            optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
+            scaler=self.scaler.state_dict(), epoch=self.state.epoch, step=self.state.step,
+            best_metric=self.state.best_metric)
+
+    def _save(self, improved: bool) -> None:
+        """Writes ``last`` (and ``best`` when the model improved); main process only."""
+        if not self.context.is_main:
+            return
+        payload = self._payload()
+        checkpoint.save_atomic(payload, self.last_path)
+        if improved:
+            checkpoint.save_atomic(payload, self.best_path)
+
+    # ----- training ----------------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        """Trains until ``config.epochs`` epochs or ``config.max_steps`` steps are done."""
+        train_model = distributed.wrap(self.model, self.context)
+        while self.state.epoch < self.config.epochs and not self._step_limit_reached():
+            train_metrics = self._train_epoch(train_model)
+            epoch_complete = self.state.batch_in_epoch >= self.steps_per_epoch
+            if epoch_complete:
+                self.state.epoch += 1
+                self.state.batch_in_epoch = 0
+            self._end_of_training_period(train_metrics, epoch_complete)
+        self._log_replica_agreement()
+        if self.context.is_main:
+            self.logger.summary({"best_val_accuracy": self.state.best_metric,
+                                 "best_epoch": self.state.best_epoch,
+                                 "skipped_steps": self.state.skipped_steps})
+        return self.state
+
+    def _step_limit_reached(self) -> bool:
+        return 0 < self.config.max_steps <= self.state.step
+
+    def _end_of_training_period(self, train_metrics: Dict[str, float],
+                                epoch_complete: bool) -> None:
+        """Validates, steps epoch-wise schedules, selects the best model and saves."""
+        val_loss, val_accuracy = self.validate()
+        if epoch_complete:
+            self.schedule.after_epoch(val_accuracy)
+        epoch = self.state.epoch + self.state.batch_in_epoch / max(1, self.steps_per_epoch)
+        improved = is_better(val_accuracy, val_loss, self.state)
+        if improved:
+            self.state.best_metric, self.state.best_loss = val_accuracy, val_loss
+            self.state.best_epoch = epoch
+        metrics = {"epoch": epoch, **train_metrics, "val_loss": val_loss,
+                   "val_accuracy": val_accuracy, "best_val_accuracy": self.state.best_metric,
+                   "lr": self.optimizer.param_groups[0]["lr"]}
+        self.state.history.append(metrics)
+        self.logger.log(metrics, step=self.state.step)
+        self._save(improved)
+
+    def _train_epoch(self, train_model: nn.Module) -> Dict[str, float]:
+        """Trains the rest of the current epoch (or up to ``max_steps``)."""
+        train_model.train()
+        sampler = self.loaders.train_sampler
+        sampler.set_epoch(self.state.epoch,
+                          start=self.state.batch_in_epoch * self.config.batch_size)
+        self.augment_generator.manual_seed(
+            (self.config.seed * 100_003 + self.state.epoch) * self.context.world_size
+            + self.context.rank)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples
+        progress = tqdm(self.loaders.train, disable=not self.context.is_main, leave=False,
+                        desc=f"epoch {self.state.epoch + 1}/{self.config.epochs}")
+        for inputs, labels in progress:
+            loss, correct = self._train_step(train_model, inputs, labels)
+            totals += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
+            progress.set_postfix(loss=f"{loss:.4f}")
+            if self.config.log_every and self.state.step % self.config.log_every == 0:
+                self.logger.log({"train_loss_step": loss,
+                                 "lr": self.optimizer.param_groups[0]["lr"]}, self.state.step)
+            if self._step_limit_reached():
+                break
+        progress.close()
+        loss_sum, correct, count = distributed.sum_over_processes(totals, self.context).tolist()
+        return {"train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1)}
+
+    def _train_step(self, train_model: nn.Module, inputs: torch.Tensor,
+                    labels: torch.Tensor) -> tuple:
+        """One optimizer step; returns the batch's loss and number of correct predictions."""
+        device = self.context.device
+        inputs = inputs.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        if self.loaders.train_augment is not None:
+            inputs = self.loaders.train_augment(inputs, self.augment_generator)
+        inputs = self.loaders.batch_transform(inputs)
+        with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.config.amp != "none"):
+            logits = train_model(inputs)
+        loss = self.criterion(logits.float(), labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
+        grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
+        if torch.isfinite(grad_norm):
+            self.scaler.step(self.optimizer)
+        else:
+            self._skip_step(grad_norm)
+        self.scaler.update()
+        self.schedule.after_step()
+        self.state.step += 1
+        self.state.batch_in_epoch += 1
+        correct = (logits.detach().argmax(dim=1) == labels).sum().item()
+        return loss.item(), correct
+
+    def _skip_step(self, grad_norm: torch.Tensor) -> None:
+        """Counts and reports a step skipped for non-finite gradients.
+
+        With fp16 this is how the loss scale adapts: the first steps overflow until the scale
+        has come down, and the scaler lowers it after each skipped step.
+        """
+        self.state.skipped_steps += 1
+        if self.context.is_main:
+            scale = (f", fp16 loss scale {self.scaler.get_scale():g}"
+                     if self.scaler.is_enabled() else "")
+            logging.warning("Step %d skipped: gradient norm is %s%s (%d skipped so far).",
+                            self.state.step + 1, grad_norm.item(), scale,
+                            self.state.skipped_steps)
+
+    # ----- evaluation --------------------------------------------------------------------------
+    def validate(self) -> tuple:
+        """Loss and accuracy on the validation split, over all processes."""
+        outputs = tester.predict(self.model, self.loaders.valid, self.loaders.batch_transform,
+                                 self.context.device, self.config.amp)
+        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples
+        if len(outputs.labels):  # a process's shard of a tiny split can be empty
+            loss_sum = nn.functional.cross_entropy(outputs.logits, outputs.labels,
+                                                   reduction="sum")
+            correct = (outputs.logits.argmax(dim=1) == outputs.labels).sum()
+            totals += torch.tensor([loss_sum.item(), correct.item(), len(outputs.labels)],
+                                   dtype=torch.float64)
+        loss_sum, correct, count = distributed.sum_over_processes(totals, self.context).tolist()
+        return loss_sum / max(count, 1), correct / max(count, 1)
+
+    def _log_replica_agreement(self) -> None:
+        """Logs one parameter fingerprint per process (all equal when replicas agree)."""
+        if self.context.distributed:
+            fingerprints = distributed.parameter_fingerprints(self.model, self.context)
+            if self.context.is_main:
+                logging.info("Parameter fingerprints per process: %s", fingerprints)
+
