@@ -7,6 +7,7 @@ attention, precision, ...) is exactly the command of the README.
 
 from __future__ import annotations
 
+import ast
 import os
 import shlex
 import subprocess
@@ -81,4 +82,6 @@ def same_value(saved, text: str) -> bool:
     """Whether the saved config value is the command-line text ``text``."""
     if isinstance(saved, (bool, str)):
         return str(saved) == text
+    if isinstance(saved, (tuple, list)):
+        return tuple(saved) == tuple(ast.literal_eval(text))
     return float(saved) == float(text)
