@@ -58,7 +58,7 @@ GSA_DEFAULTS: Dict[str, Dict[str, Any]] = {
                  scheduler="linear_warmup_cosine", batch_size=16, epochs=100, patch_size=5,
                  dropout_att=0.1, dropout_values=0.1),
     "rotDigits": dict(_COMMON, optimizer="Adam", lr=2e-3, scheduler="constant", batch_size=16,
-                      epochs=3, patch_size=5, dropout_att=0.0, dropout_values=0.0, whitening_scale=1.0),
+                      epochs=6, patch_size=5, dropout_att=0.0, dropout_values=0.0, whitening_scale=1.0),
 }
 
 ATTENTION_TYPES = ("Local", "Global")
