@@ -32,8 +32,8 @@ Local layers gather the ``P x P`` neighbourhood of each query of a chunk from
 zero-padded keys and values (keys outside the image get ``-inf`` logits, as in
 the reference); global layers see all ``H W`` keys.
 
-On CPU the chunk loop runs on :data:`CHUNK_THREADS` intra-op threads (one by
-default; torch's setting is restored afterwards), see there.
+On CPU the chunk loop can be given its own number of intra-op threads,
+:data:`CHUNK_THREADS` (default: torch's setting), see there.
 
 Under autocast the core runs in float32 (the reference runs its softmax in
 float32 as well); the output then re-enters the autocast region at ``wout``.
@@ -67,11 +67,13 @@ from torch.autograd.function import once_differentiable
 CHUNK_ELEMENTS = 2 ** 21
 
 # Intra-op threads for the chunk loop on CPU (``None``: leave torch's setting).
-# Each chunk is a few dozen operations on a few MiB; with several threads each
-# one ends in a barrier, and on cores shared with other processes those
-# barriers wait for descheduled threads (measured: 3-5x slower with 2 threads
-# than with 1 on a loaded 2-core machine). The setting is restored afterwards.
-CHUNK_THREADS: Optional[int] = 1
+# Each chunk is a few dozen operations on a few MiB, and each one ends in a
+# barrier of the intra-op threads. On idle cores all threads pay off (2 threads
+# against 1 on a 2-core machine: global p4 layer 1.9x vs 1.2x faster than the
+# reference); on cores shared with other processes the barriers wait for
+# descheduled threads (measured 3-5x slower with 2 threads than with 1 under a
+# load of 7), where 1 is the better choice. The setting is restored afterwards.
+CHUNK_THREADS: Optional[int] = None
 
 
 @dataclasses.dataclass
