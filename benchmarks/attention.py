@@ -5,9 +5,10 @@ Usage::
 
     python benchmarks/attention.py [--device cpu|cuda] [--repeats N] [--cases a,b,c,d,e] [--threads T]
 
-Prints one JSON line per (case, implementation) and then one line per case with
-the reference/efficient ratios of this run. Each (case, implementation) runs in a
-fresh subprocess: after building the model, the input and the optimizer, one
+Prints one JSON line per (case, implementation), each with the case's
+reference/efficient ratios of this run (``memory_ratio_ref_over_eff``,
+``time_ratio_ref_over_eff``). Each (case, implementation) runs in a fresh
+subprocess: after building the model, the input and the optimizer, one
 warm-up step is run and then ``N`` timed steps (forward + backward, plus an Adam
 step for the training cases); ``time_s`` is the median. Peak memory is, on CPU,
 ``ru_maxrss`` after the steps minus ``ru_maxrss`` after building (the growth of
@@ -35,7 +36,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -155,10 +156,9 @@ def _run_subprocess(case: str, impl: str, device: str, repeats: int, threads=Non
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _ratios(records: Dict[Tuple[str, str], Dict[str, object]], case: str) -> Dict[str, object]:
-    reference, efficient = records[(case, "reference")], records[(case, "efficient")]
+def ratios(reference: Dict[str, object], efficient: Dict[str, object]) -> Dict[str, float]:
+    """Reference/efficient ratios of peak memory and median time of one case."""
     return {
-        "case": case, "device": reference["device"],
         "memory_ratio_ref_over_eff": round(reference["peak_memory_mb"] / max(efficient["peak_memory_mb"], 1e-9), 2),
         "time_ratio_ref_over_eff": round(reference["time_s"] / efficient["time_s"], 2),
     }
@@ -177,13 +177,11 @@ def main(argv=None) -> None:
     if args.worker:
         print(json.dumps(measure(cases[0], args.impl, args.device, args.repeats, args.threads)), flush=True)
         return
-    records = {}
     for case in cases:
+        records = {impl: _run_subprocess(case, impl, args.device, args.repeats, args.threads) for impl in IMPLS}
+        case_ratios = ratios(records["reference"], records["efficient"])
         for impl in IMPLS:
-            records[(case, impl)] = _run_subprocess(case, impl, args.device, args.repeats, args.threads)
-            print(json.dumps(records[(case, impl)]), flush=True)
-    for case in cases:
-        print(json.dumps(_ratios(records, case)), flush=True)
+            print(json.dumps(dict(records[impl], **case_ratios)), flush=True)
 
 
 if __name__ == "__main__":

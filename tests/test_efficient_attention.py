@@ -6,8 +6,9 @@ agree to round-off:
 * float64: every output and gradient entry within ``1e-12 * scale``.
 * float32: outputs within ``1e-5 |ref| + 1e-6 * scale``. Gradients are compared
   with the exact (float64) gradient of the same weights: the efficient float32
-  gradient must lie within ``1e-5 * scale`` of it, or at most twice as far from
-  it as the reference float32 gradient. (The gradients of the positional MLPs
+  gradient must lie within ``1e-5 * scale`` of it (``2e-5`` for p12, p16 and p8m,
+  whose sums are longer), or at most twice as far from it as the reference
+  float32 gradient. (The gradients of the positional MLPs
   sum ~1e5 cancelling terms; the reference's own float32 error there reaches
   ~1e-5 of their scale, so comparing the two float32 results at 1e-6 would test
   the reference's round-off, not the efficient path.)
@@ -25,7 +26,10 @@ The efficient path is run with a tiny chunk budget, so that every layer goes
 through several chunks and a shorter last chunk.
 """
 
+import importlib.util
 import itertools
+import json
+import statistics
 import types
 
 import pytest
@@ -43,6 +47,7 @@ from g_selfatt.nn.attention import ATTENTION_IMPLS
 from g_selfatt.testing import assert_equivariant
 from models import DataSpec, create_model
 from models.gsa_zoo import GSA_DEFAULTS
+from tests.conftest import REPO_ROOT
 
 GROUPS = ["z2", "p4", "mz2", "p4m", "p8"]
 # (layer class, lifting, local); the extent is patch_size or max_pos_embedding.
@@ -55,6 +60,11 @@ KINDS = {
 # (image side, patch size) for local layers; global layers use the side only.
 LOCAL_SHAPES = [(7, 3), (8, 3), (7, 5), (8, 5), (4, 5)]  # the last: a patch larger than the image
 GLOBAL_SIDES = [7, 8]
+# The groups of order 12 and 16, at smaller sizes (global attention costs (group order)^3);
+# see test_efficient_matches_reference_on_large_groups.
+LARGE_GROUPS = ["p12", "p16", "p8m"]
+LARGE_LOCAL_SHAPES = [(5, 3), (4, 3)]
+LARGE_GLOBAL_SIDES = [5, 4]
 SMALL_CHUNK = 700  # score entries per chunk: a few queries per chunk at these sizes
 DEFAULT_CHUNK = efficient_attention.CHUNK_ELEMENTS
 
@@ -64,10 +74,10 @@ def _small_chunks(monkeypatch):
     monkeypatch.setattr(efficient_attention, "CHUNK_ELEMENTS", SMALL_CHUNK)
 
 
-def _cases():
+def _cases(groups=GROUPS, local_shapes=LOCAL_SHAPES, global_sides=GLOBAL_SIDES):
     for name, (_, _, local) in KINDS.items():
-        shapes = LOCAL_SHAPES if local else [(side, None) for side in GLOBAL_SIDES]
-        for group, (side, patch) in itertools.product(GROUPS, shapes):
+        shapes = local_shapes if local else [(side, None) for side in global_sides]
+        for group, (side, patch) in itertools.product(groups, shapes):
             yield pytest.param(name, group, side, patch, id=f"{name}-{group}-{side}" + (f"-p{patch}" if patch else ""))
 
 
@@ -115,8 +125,8 @@ def _run(layer, dtype, x, grad_out):
     return _gradients(layer, x.to(dtype), grad_out.to(dtype))
 
 
-@pytest.mark.parametrize("kind,group_name,side,patch", list(_cases()))
-def test_efficient_matches_reference(kind, group_name, side, patch):
+def _check_float64_and_float32_outputs(kind, group_name, side, patch):
+    """Float64 outputs and gradients within 1e-12 of scale, float32 outputs; returns what the float32 gradients need."""
     reference, efficient, x = _pair(kind, group_name, side, patch, torch.float64)
     grad_out = torch.randn_like(reference(x))
     expected, expected_grads = _run(reference, torch.float64, x, grad_out)
@@ -130,13 +140,37 @@ def test_efficient_matches_reference(kind, group_name, side, patch):
     reference_32, reference_grads_32 = _run(reference, torch.float32, x, grad_out)
     actual_32, actual_grads_32 = _run(efficient, torch.float32, x, grad_out)
     _assert_close(actual_32, reference_32, reference_32.abs().max(), 1e-5, 1e-6, "float32 output")
+    return expected_grads, scales, reference_grads_32, actual_grads_32
+
+
+def _check_float32_gradients(expected_grads, scales, reference_grads_32, actual_grads_32, atol: float) -> None:
+    """Each efficient float32 gradient within ``atol * scale`` of the exact one, or at most twice the reference's error."""
     for name, exact in expected_grads.items():
         reference_error = (reference_grads_32[name].double() - exact).abs().max().item()
         error = (actual_grads_32[name].double() - exact).abs().max().item()
-        assert error <= max(2 * reference_error, 1e-5 * scales[name]), (
+        assert error <= max(2 * reference_error, atol * scales[name]), (
             f"float32 gradient of {name}: error {error:.3e} vs the reference's {reference_error:.3e} "
             f"(scale {scales[name]:.3e})"
         )
+
+
+@pytest.mark.parametrize("kind,group_name,side,patch", list(_cases()))
+def test_efficient_matches_reference(kind, group_name, side, patch):
+    _check_float32_gradients(*_check_float64_and_float32_outputs(kind, group_name, side, patch), atol=1e-5)
+
+
+@pytest.mark.parametrize("kind,group_name,side,patch", list(_cases(LARGE_GROUPS, LARGE_LOCAL_SHAPES,
+                                                                    LARGE_GLOBAL_SIDES)))
+def test_efficient_matches_reference_on_large_groups(kind, group_name, side, patch):
+    """p12, p16 and p8m: as test_efficient_matches_reference, float32 gradients within 2e-5 of scale.
+
+    The gradient of a positional MLP's last weight sums V G M times more cancelling terms
+    than for p4 (27 to 64 times), so float32 round-off grows by about the square root of
+    that: both implementations miss the exact value by up to ~1.2e-5 of its scale
+    (measured: efficient up to 1.2e-5, reference up to 8e-6, varying with the seed). A
+    mistake in the gradient is of the order of the gradient itself.
+    """
+    _check_float32_gradients(*_check_float64_and_float32_outputs(kind, group_name, side, patch), atol=2e-5)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -231,3 +265,41 @@ def test_model_default_is_efficient_and_matches_reference():
     x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
     expected = reference(x)
     torch.testing.assert_close(efficient(x), expected, rtol=0.0, atol=1e-12 * expected.abs().max().item())
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("attention_benchmark", REPO_ROOT / "benchmarks" / "attention.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_prints_one_line_per_case_and_impl(monkeypatch, capsys):
+    """The output format of benchmarks/attention.py, on a tiny layer in place of the real cases."""
+    benchmark = _load_benchmark()
+
+    def tiny(case, impl, device):
+        return benchmark._layer_case("local", "p4", 3, 6, 3, 6, 1, impl, device)
+
+    def in_process(case, impl, device, repeats, threads=None):
+        return benchmark.measure(case, impl, device, repeats)
+
+    monkeypatch.setattr(benchmark, "build", tiny)
+    monkeypatch.setattr(benchmark, "_run_subprocess", in_process)
+    benchmark.main(["--cases", "a,d", "--repeats", "3"])
+    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(r["case"], r["impl"]) for r in records] == [
+        ("a", "reference"), ("a", "efficient"), ("d", "reference"), ("d", "efficient")]
+    for record in records:
+        assert record["device"] == "cpu" and record["repeats"] == 3 and len(record["times_s"]) == 3
+        assert record["time_s"] == pytest.approx(statistics.median(record["times_s"]), abs=1e-4)
+        assert record["peak_memory_mb"] >= 0
+    for reference, efficient in (records[0:2], records[2:4]):
+        expected = benchmark.ratios(reference, efficient)
+        assert expected["time_ratio_ref_over_eff"] == round(reference["time_s"] / efficient["time_s"], 2)
+        for record in (reference, efficient):
+            assert {key: record[key] for key in expected} == expected
+
+    benchmark.main(["--worker", "--cases", "b", "--impl", "efficient", "--repeats", "1"])
+    (line,) = capsys.readouterr().out.splitlines()
+    assert json.loads(line)["impl"] == "efficient" and "memory_ratio_ref_over_eff" not in json.loads(line)

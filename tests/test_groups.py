@@ -1,11 +1,12 @@
 """The planar groups: structure, the original's tables, the action on signals."""
 
 import itertools
+import math
 
 import pytest
 import torch
 
-from g_selfatt.groups import E2, GROUPS, SE2, cyclic_group, dihedral_group, get_group
+from g_selfatt.groups import E2, GROUPS, SE2, cyclic_group, dihedral_group, fractional_rotation_matrix, get_group
 from tests.conftest import REFERENCE_DIR
 
 ALL_GROUPS = sorted(GROUPS)
@@ -118,3 +119,80 @@ def test_casting_a_model_keeps_the_group_structure(name, dtype):
     assert wrapper.group.grid_exact() == exact
     assert torch.equal(wrapper.group.cayley_table(), table)
     assert len(exact) == (4 if "m" not in name else 8)
+
+
+@pytest.mark.parametrize("name", ALL_GROUPS)
+def test_grid_exact_elements_permute_the_matrices_bitwise(name):
+    """M_{v u} = M_v M_u and M_{u v} = M_u M_v exactly (not to round-off) for every v and grid-exact u.
+
+    The products with a signed permutation matrix are exact, so this holds only if the
+    matrices of angles that differ by quarter turns share their rounded entries.
+    """
+    group = get_group(name)
+    mats, table = group.matrices(), group.cayley_table()
+    for v, u in itertools.product(range(group.num_elements), group.grid_exact()):
+        assert torch.equal(mats[table[v, u]], mats[v] @ mats[u]), (v, u)
+        assert torch.equal(mats[table[u, v]], mats[u] @ mats[v]), (u, v)
+
+
+@pytest.mark.parametrize("num_rotations", [1, 2, 3, 4, 5, 6, 8, 12, 16, 24])
+def test_fractional_rotation_matrix_is_the_rotation(num_rotations):
+    for steps in range(-num_rotations, 2 * num_rotations):
+        angle = 2 * math.pi * steps / num_rotations
+        expected = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]],
+                                dtype=torch.float64)
+        # math.cos of an unreduced angle up to 4 pi is itself off by a few 1e-16.
+        torch.testing.assert_close(fractional_rotation_matrix(steps, num_rotations), expected, rtol=0, atol=1e-14)
+
+
+def test_eighth_turns_have_equal_cosine_and_sine():
+    """Offsets on the diagonals map to exact zeros under rotations by 45 degrees."""
+    for steps in (1, 3, 5, 7):
+        entries = fractional_rotation_matrix(steps, 8).abs().unique()
+        assert entries.tolist() == [math.sqrt(0.5)]
+
+
+def _offset_grid(radius):
+    steps = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    return torch.stack(torch.meshgrid(steps, steps, indexing="ij"))  # (2, S, S)
+
+
+def _original_shift(steps, n, index):
+    """The original's action on group indices: element ``steps`` maps index ``i`` to ``i + steps`` (mod n)."""
+    return (index + steps) % n
+
+
+@pytest.mark.parametrize("name", ALL_GROUPS)
+def test_original_public_methods(name):
+    """elements, identity, left_action_on_Rd/H/G, matrix_form, absolute_determinant as the original defines them."""
+    group = get_group(name)
+    n = group.num_elements
+    mirrored = isinstance(group, E2)
+    rotations = n // 2 if mirrored else n
+    assert torch.equal(group.identity, torch.tensor([0.0, 1.0] if mirrored else [0.0]))
+    pp = _offset_grid(2)
+    indices = torch.arange(n)
+    for index, h in enumerate(group.elements):
+        angle = float(h[0])
+        assert angle == pytest.approx(2 * math.pi * (index % rotations) / rotations, abs=1e-12)
+        assert group.absolute_determinant(h) == 1.0
+        rotation = torch.tensor([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+        torch.testing.assert_close(group.matrix_form(h[0] if mirrored else h), rotation, rtol=0, atol=1e-7)
+        # Rd: rotate the coordinates, then (mirrors) flip the last axis of the grid.
+        expected = torch.einsum("oi,iab->oab", rotation.double(), pp.double())
+        if mirrored and index >= rotations:
+            expected = torch.flip(expected, dims=[-1])
+        acted = group.left_action_on_Rd(h, pp)
+        assert acted.dtype == torch.float32
+        torch.testing.assert_close(acted, expected.float(), rtol=0, atol=1e-6)
+        # H: rotations shift the rotation half up and the mirror half down; mirrors swap the halves.
+        steps = index % rotations
+        if mirrored:
+            halves = [_original_shift(steps, rotations, indices[:rotations]),
+                      rotations + _original_shift(-steps, rotations, indices[:rotations])]
+            expected_h = torch.cat(halves[::-1] if index >= rotations else halves)
+        else:
+            expected_h = _original_shift(steps, n, indices)
+        assert torch.equal(group.left_action_on_H(h, indices), expected_h)
+        on_rd, on_h = group.left_action_on_G(h, pp, indices)
+        assert torch.equal(on_rd, acted) and torch.equal(on_h, expected_h)

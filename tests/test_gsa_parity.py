@@ -48,20 +48,60 @@ def test_parity_tool_fails_on_a_wrong_reference(tmp_path):
     assert "FAIL" in lines[2] and "NoSuchLayer" in lines[2]
 
 
-def test_parity_tool_handles_new_shapes(tmp_path):
-    """The tool rebuilds any record of the format, not just the shipped ones."""
+# Records of every module kind with groups, sizes and options that ../shared does not use.
+NEW_RECORDS = {
+    "group_local_e2_4": ("GroupLocalSelfAttention", (1, 5, 4, 6, 7), {
+        "group": "E2", "num_elements": 4, "in_channels": 5, "mid_channels": 9, "out_channels": 3,
+        "num_heads": 3, "patch_size": 5, "attention_dropout_rate": 0.1}),
+    "lift_se2_12": ("LiftSelfAttention", (1, 2, 5, 4), {
+        "group": "SE2", "num_elements": 12, "in_channels": 2, "mid_channels": 4, "out_channels": 3,
+        "num_heads": 1, "max_pos_embedding": 5, "attention_dropout_rate": 0.0}),
+    "block_global_e2_2": ("TransformerBlock", (2, 6, 2, 5, 5), {
+        "attention_layer": {"module": "GroupSelfAttention", "kwargs": {
+            "group": "E2", "num_elements": 2, "in_channels": 6, "mid_channels": 3, "out_channels": 6,
+            "num_heads": 2, "max_pos_embedding": 5, "attention_dropout_rate": 0.0}},
+        "in_channels": 6, "out_channels": 6, "norm_type": "BatchNorm", "activation_function": "Swish",
+        "crop_size": 0, "value_dropout_rate": 0.0, "dim_mlp_conv": 3}),
+    "gt_global_e2_16": ("GroupTransformer", (1, 2, 6, 6), {
+        "group": "E2", "num_elements": 16, "in_channels": 2, "num_channels": 8, "num_heads": 1,
+        "norm_type": "BatchNorm", "block_sizes": [1], "expansion_per_block": [2], "crop_per_layer": [1],
+        "normalize_between_layers": True, "maxpool_after_last_block": True,
+        "dropout_rate_after_maxpooling": 0.2, "image_size": 6, "patch_size": None,
+        "activation_function": "ReLU", "attention_dropout_rate": 0.1, "value_dropout_rate": 0.1,
+        "input_dropout_rate": 0.1, "num_classes": 3, "whitening_scale": 1.0}),
+    "cnn_bias": ("CNN", (2, 2, 28, 28), {
+        "in_channels": 2, "num_channels": 4, "bn_epsilon": 1e-3, "dropout_rate": 0.0, "use_bias": True}),
+}
+
+
+def _write_record(directory, case, module_name, input_shape, kwargs):
+    """A record in the format of ../shared/reference, made with this project's modules."""
     from g_selfatt.compat import build_from_record
 
-    record = {"case": "new", "origin": "g_selfatt", "module": "GroupLocalSelfAttention",
-              "kwargs": {"group": "E2", "num_elements": 4, "in_channels": 5, "mid_channels": 9,
-                         "out_channels": 3, "num_heads": 3, "patch_size": 5, "attention_dropout_rate": 0.0}}
-    module = build_from_record(record).eval()
+    record = {"case": case, "origin": "g_selfatt", "module": module_name, "kwargs": kwargs}
+    module = build_from_record(record)
+    with torch.no_grad():
+        for param in module.parameters():  # constant initial values (norm weights, zero biases) made generic
+            param.add_(0.1 * torch.randn_like(param))
+    module.eval()
     record["state_dict"] = module.state_dict()
-    record["input"] = torch.randn(1, 5, 4, 6, 7)
+    record["input"] = torch.randn(input_shape)
     with torch.no_grad():
         record["output"] = module(record["input"])
-    torch.save(record, tmp_path / "new.pt")
-    assert _run_tool(tmp_path / "new.pt").returncode == 0
+        record["output_float64"] = module.double()(record["input"].double())
+    path = directory / f"{case}.pt"
+    torch.save(record, path)
+    return path
+
+
+def test_parity_tool_handles_new_records(tmp_path):
+    """The tool rebuilds any record of the format (every module kind), not just the shipped ones."""
+    paths = [_write_record(tmp_path, case, *spec) for case, spec in NEW_RECORDS.items()]
+    for flags in ([], ["--float64"]):
+        result = _run_tool(*flags, *paths)
+        lines = result.stdout.strip().splitlines()
+        assert result.returncode == 0 and len(lines) == len(paths), result.stdout + result.stderr
+        assert all(line.startswith(str(path)) and line.endswith("PASS") for line, path in zip(lines, paths))
 
 
 def test_loading_an_original_checkpoint_keeps_the_equivariant_group_index():

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
 
-from g_selfatt.groups.group import Group, rotation_matrix
+from g_selfatt.groups.group import Group, fractional_rotation_matrix, rotation_matrix
 from g_selfatt.groups.planar import E2, SE2
 
 GROUPS: Dict[str, Tuple[Callable[[int], Group], int]] = {
@@ -62,6 +62,7 @@ __all__ = [
     "SE2",
     "cyclic_group",
     "dihedral_group",
+    "fractional_rotation_matrix",
     "get_group",
     "rotation_matrix",
 ]

@@ -47,6 +47,37 @@ def rotation_matrix(angle: float) -> Tensor:
     return torch.where((matrix - snapped).abs() < 1e-12, snapped, matrix)
 
 
+def fractional_rotation_matrix(steps: int, num_rotations: int) -> Tensor:
+    """Returns the float64 matrix of a rotation by ``2 pi steps / num_rotations``.
+
+    The angle is split into whole quarter turns and a rest ``phi`` in [0, 90) degrees;
+    only ``cos(phi)`` and ``sin(phi)`` are rounded, and the quarter turns permute and
+    negate them exactly. So the matrices of two angles that differ by a multiple of
+    90 degrees have the same entries up to order and sign, ``R(a + 90k) = R(90k) R(a)``
+    holds bitwise, and the grid-exact rotations act identically on every coset of
+    the group. At ``phi = 45`` degrees ``cos`` and ``sin`` are the same number, so
+    offsets on the diagonals map to exact zeros.
+
+    Args:
+        steps: the number ``k`` of ``2 pi / n`` steps (any integer).
+        num_rotations: ``n``.
+    """
+    quarters, rest = divmod((4 * steps) % (4 * num_rotations), num_rotations)  # angle = (quarters + rest/n) 90deg
+    if 2 * rest == num_rotations:
+        cos = sin = math.sqrt(0.5)
+    else:
+        phi = 0.5 * math.pi * rest / num_rotations
+        cos, sin = math.cos(phi), math.sin(phi)
+    # Rows of R(90 quarters) R(phi), written out so that no rounding happens.
+    rows = {
+        0: [[cos, -sin], [sin, cos]],
+        1: [[-sin, -cos], [cos, -sin]],
+        2: [[-cos, sin], [-sin, -cos]],
+        3: [[sin, cos], [-cos, sin]],
+    }[quarters]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
 class Group(nn.Module):
     """Base class of the finite planar groups.
 

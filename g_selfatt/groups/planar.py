@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from g_selfatt.groups.group import Group, rotation_matrix
+from g_selfatt.groups.group import Group, fractional_rotation_matrix, rotation_matrix
 
 
 def _check_num_elements(num_elements: int, multiple: int, name: str) -> None:
@@ -58,7 +58,7 @@ class SE2(Group):
         return rotation_matrix(float(h.reshape(-1)[0]))
 
     def exact_element_matrix(self, index: int) -> Tensor:
-        return rotation_matrix(2 * math.pi * index / self.num_elements)
+        return fractional_rotation_matrix(index, self.num_elements)
 
     def left_action_on_H(self, h: Tensor, pp_h: Tensor) -> Tensor:
         """The original's action on group indices: a cyclic shift of the last axis by ``-h``."""
@@ -115,7 +115,7 @@ class E2(Group):
     def exact_element_matrix(self, index: int) -> Tensor:
         rotation, mirrored = index % self.num_rotations, index >= self.num_rotations
         mirror = torch.diag(torch.tensor([1.0, -1.0 if mirrored else 1.0], dtype=torch.float64))
-        return rotation_matrix(2 * math.pi * rotation / self.num_rotations) @ mirror
+        return fractional_rotation_matrix(rotation, self.num_rotations) @ mirror
 
     def left_action_on_Rd(self, h: Tensor, pp: Tensor) -> Tensor:
         """Rotates the coordinate values, then (for a mirror) flips the last axis of ``pp``.

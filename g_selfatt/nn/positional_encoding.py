@@ -51,12 +51,19 @@ def acted_offset_table(group: Group, radius: int) -> Tensor:
         ``table[g, :, a, b] = M_g (a - r, b - r) / r``. The offsets are exact
         integers before the division, so the table is exactly symmetric and the
         rotations by 90 degrees map it exactly onto itself.
+
+        Each entry is ``M[o, 0] row + M[o, 1] col`` with two separate roundings (no
+        fused multiply-add, whose rounding depends on the order of the terms): the
+        matrices of ``v`` and ``v u`` for a grid-exact ``u`` have the same entries up
+        to order and sign, so ``table[v u](d) = table[v](M_u d)`` holds bitwise for
+        every element ``v``, also for those that are off the pixel grid.
     """
     if radius < 1:
         raise ValueError(f"The neighbourhood radius must be at least 1, got {radius}.")
     steps = torch.arange(-radius, radius + 1, dtype=torch.float64)
     offsets = torch.stack(torch.meshgrid(steps, steps, indexing="ij"))  # (2, S, S)
-    acted = torch.einsum("goi,iab->goab", group.matrices(), offsets)  # (G, 2, S, S)
+    matrices = group.matrices()[:, :, :, None, None]  # (G, 2, 2, 1, 1)
+    acted = matrices[:, :, 0] * offsets[0] + matrices[:, :, 1] * offsets[1]  # (G, 2, S, S)
     return acted / radius
 
 
