@@ -8,6 +8,9 @@ input and to transformed copies of it and compares with the transformed output,
 The transforms come from :class:`g_selfatt.groups.Group` (or any callables with
 the same signature), so the same helper checks lifting layers (image in, group
 feature map out), group layers, and invariant models (``T'_u`` = identity).
+
+:func:`rotation_errors` measures the same law for rotations by arbitrary angles,
+which only interpolation can apply to a pixel grid, so it is never exact there.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Callable, Dict, Iterable, Optional
 import torch
 from torch import Tensor
 
+from g_selfatt.functional.rotation import disc_mask, rotate_images
 from g_selfatt.groups import Group
 
 Transform = Callable[[Tensor, int], Tensor]
@@ -104,4 +108,64 @@ def assert_equivariant(
             f"Not equivariant: relative errors above {tolerance:.1e} "
             f"(per element: { {k: f'{v:.2e}' for k, v in errors.items()} })."
         )
+    return errors
+
+
+def _as_image(t: Tensor, kind: str) -> Tensor:
+    """An output as ``(B, C, H, W)`` images: group feature maps averaged over the group axis."""
+    if kind == "group":
+        return t.mean(dim=-3)  # (B, C, H, W)
+    if kind == "image":
+        return t
+    raise ValueError(f"Unknown output kind {kind!r}; expected 'image', 'group' or 'invariant'.")
+
+
+@torch.no_grad()
+def rotation_errors(
+    fn: Callable[[Tensor], Tensor],
+    x: Tensor,
+    angles_deg: Iterable[float],
+    *,
+    output_kind: str,
+    margin: float = 1.0,
+) -> Dict[float, float]:
+    """Relative equivariance error of ``fn`` under rotations by arbitrary angles.
+
+    The input image is rotated with :func:`~g_selfatt.functional.rotation.rotate_images`
+    (bilinear; exact for multiples of 90 degrees). Outputs are compared as
+
+    * ``"invariant"``: ``fn(R x)`` against ``fn(x)``;
+    * ``"image"``: ``fn(R x)`` against ``R fn(x)``, on the pixels of the inscribed disc
+      shrunk by ``margin`` (the corners have no rotated counterpart);
+    * ``"group"``: the same after averaging over the group axis. Any group element acts on
+      that axis by a permutation, which the average removes, so the comparison is defined
+      for every angle, whether or not the rotation is an element of the group.
+
+    The error is the root-mean-square difference divided by the root-mean-square of the
+    expected output (over the compared entries), ``||a - b|| / ||b||``, which interpolation
+    noise affects less than a maximum would. Use an input that interpolates well, e.g.
+    :func:`~g_selfatt.functional.rotation.smooth_disc_images`.
+
+    Args:
+        fn: the map, from images ``(B, C, H, W)``.
+        x: the input images.
+        angles_deg: the angles to measure.
+        output_kind: ``"invariant"``, ``"image"`` or ``"group"``.
+        margin: pixels removed from the disc's radius.
+
+    Returns:
+        The error for every angle.
+    """
+    reference = fn(x)
+    errors = {}
+    for angle in angles_deg:
+        out = fn(rotate_images(x, angle))
+        if output_kind == "invariant":
+            actual, expected = out, reference
+        else:
+            actual = _as_image(out, output_kind)
+            expected = rotate_images(_as_image(reference, output_kind), angle)
+            inside = disc_mask(*actual.shape[-2:], margin=margin, device=actual.device)
+            actual, expected = actual[..., inside], expected[..., inside]
+        errors[float(angle)] = float((actual - expected).norm() / expected.norm().clamp_min(1e-30))
     return errors

@@ -18,6 +18,7 @@ from g_selfatt.nn import (
     TransformerBlock,
     get_activation,
     get_norm,
+    whitening_init_,
 )
 
 
@@ -165,12 +166,7 @@ class GroupTransformer(nn.Module):
 
     def initialize_network(self, whitening_scale: float) -> None:
         """Draws convolution weights from N(0, (whitening_scale / sqrt(fan_in))^2), zero biases."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.Conv3d)):
-                fan_in = module.weight[0].numel()
-                nn.init.normal_(module.weight, 0.0, whitening_scale * fan_in ** -0.5)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+        whitening_init_(self, whitening_scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""

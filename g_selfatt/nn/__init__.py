@@ -11,6 +11,7 @@ from g_selfatt.nn.attention import (
     SelfAttentionCore,
 )
 from g_selfatt.nn.cropping import Crop
+from g_selfatt.nn.init import whitening_init_
 from g_selfatt.nn.layers import Conv2d1x1, Conv3d1x1, LayerNorm, get_norm
 from g_selfatt.nn.positional_encoding import PositionalMLP
 from g_selfatt.nn.transformer_block import TransformerBlock
@@ -32,4 +33,5 @@ __all__ = [
     "activations",
     "get_activation",
     "get_norm",
+    "whitening_init_",
 ]

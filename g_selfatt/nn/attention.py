@@ -197,14 +197,40 @@ class SelfAttentionCore(nn.Module):
             out = efficient_attention(self, q, k, v, x.shape[1])  # (B, C, N, V, H, W)
             out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
             return self.wout(out)  # (B, C_out, V, H, W)
-        logits = self.attention_logits(q, k, x.shape[1])  # (B, N, V, G, H, W, M, K)
-        probs = logits.flatten(-2).softmax(dim=-1).view_as(logits)
-        probs = self.dropout_attention(probs)
+        probs = self.dropout_attention(self._probabilities(q, k, x.shape[1]))  # (B, N, V, G, H, W, M, K)
         keys = self._key_subscripts()
         out = torch.einsum(f"bnvgijmk,bcnmk{keys}->bcnvij", probs, self._neighbourhood(v))
         batch = x.shape[0]
         out = out.reshape(batch, self.mid_channels * self.num_heads, self.group.num_elements, height, width)
         return self.wout(out)  # (B, C_out, V, H, W)
+
+    def attention_probabilities(self, x: Tensor) -> Tensor:
+        """The attention probabilities of every query over its keys (before attention dropout).
+
+        Computed as the reference formulation does, with all score tensors in memory:
+        meant for inspecting and plotting attention, not for training.
+
+        Equivariance: for ``u . f`` the probabilities of output element ``v``, query
+        ``(g, i)`` over key ``(m, j)`` are those of ``f`` at ``(v u, g u, M_u^-1 i)`` over
+        ``(m u, M_u^-1 j)``.
+
+        Args:
+            x: ``(B, C_in, H, W)`` for lifting layers, ``(B, C_in, G, H, W)`` otherwise.
+
+        Returns:
+            ``(B, N, V, G, H, W, M, K)``: ``K`` runs over all ``H W`` pixels (global layers,
+            row-major) or over the ``P x P`` neighbourhood of the query (local layers,
+            row-major offsets from ``(-r, -r)`` to ``(r, r)``; zero outside the image).
+        """
+        self._check_input(x)
+        q = self._project(self.query, x)  # (B, C, N, G, H, W)
+        k = self._project(self.key, x)
+        return self._probabilities(q, k, x.shape[1])
+
+    def _probabilities(self, q: Tensor, k: Tensor, in_channels: int) -> Tensor:
+        """Softmax over ``(M, K)`` of :meth:`attention_logits`, ``(B, N, V, G, H, W, M, K)``."""
+        logits = self.attention_logits(q, k, in_channels)
+        return logits.flatten(-2).softmax(dim=-1).view_as(logits)
 
     def attention_logits(self, q: Tensor, k: Tensor, in_channels: int) -> Tensor:
         """Unnormalised attention logits.
