@@ -95,6 +95,10 @@ def get_config() -> config_dict.ConfigDict:
     config.validation = "held_out"
     # Size of the held-out validation split (unset = the dataset's usual size).
     config.valid_size = placeholder(int)
+    # Side the images are resized to (bilinear) before they enter the model. 0 = the dataset's
+    # own size, enlarged to the smallest side the model accepts where it is smaller (e.g. the
+    # 16x16 rotDigits to 28x28 for the rotMNIST G-CNNs, to 80x80 for DenseNet).
+    config.image_size = 0
     # Use only the first N examples of every split (0 = all); for smoke tests.
     config.max_examples = 0
     # Worker processes per data loader (0 = load in the main process).

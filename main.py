@@ -24,6 +24,7 @@ import torch
 from absl import app, logging
 from ml_collections import config_dict, config_flags
 
+import config as config_file
 import datasets
 import models
 import tester
@@ -74,6 +75,31 @@ def data_spec(config: config_dict.ConfigDict) -> models.DataSpec:
     return datasets.get_data_spec(config.dataset)
 
 
+def input_spec(config: config_dict.ConfigDict, data: models.DataSpec,
+               spec: models.ModelSpec) -> models.DataSpec:
+    """The DataSpec of the images as the model sees them, after resizing.
+
+    ``config.image_size`` (0: the dataset's side, enlarged to ``spec.min_image_size`` where
+    that is larger) sets their side.
+
+    Raises:
+        ConfigError: an image size below the model's minimum.
+    """
+    requested = config.get("image_size", 0)  # absent from checkpoints written before the option
+    if requested < 0:
+        raise ConfigError(f"--config.image_size must be a positive side or 0, got {requested}.")
+    size = requested or max(data.image_size, spec.min_image_size)
+    if size < spec.min_image_size:
+        raise ConfigError(
+            f"Model {config.model!r} needs images of at least {spec.min_image_size}x{spec.min_image_size} "
+            f"pixels; use --config.image_size={spec.min_image_size} or larger (or 0)."
+        )
+    if size != data.image_size:
+        logging.info("Resizing the %dx%d images of %s to %dx%d for %s.", data.image_size, data.image_size,
+                     data.name, size, size, config.model)
+    return dataclasses.replace(data, image_size=size)
+
+
 def build_model(config: config_dict.ConfigDict, data: models.DataSpec) -> torch.nn.Module:
     """Builds the model; a configuration value the builder rejects is a ConfigError."""
     try:
@@ -97,15 +123,67 @@ def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
             "configuration first (without --config.pretrained), or give the file with "
             "--config.checkpoint=PATH."
         )
-    saved = checkpoint.read(source)
+    load_weights(model, checkpoint.read(source), config.model, spec, data, source)
+    logging.info("Loaded pretrained weights from %s.", source)
+
+
+def load_weights(model: torch.nn.Module, saved: Any, model_name: str, spec: models.ModelSpec,
+                 data: models.DataSpec, source: str | pathlib.Path) -> None:
+    """Loads what :func:`runner.checkpoint.read` returned strictly into ``model``.
+
+    Raises:
+        CheckpointError: a checkpoint of another model, or weights that do not fit.
+    """
     try:
-        weights = checkpoint.weights_from(saved, model_name=config.model,
-                                          architecture=data.architecture,
+        weights = checkpoint.weights_from(saved, model_name=model_name, architecture=data.architecture,
                                           convert=spec.convert_checkpoint, source=source)
     except ValueError as error:
-        raise CheckpointError(f"Cannot use {source} for {config.model!r}: {error}") from error
+        raise CheckpointError(f"Cannot use {source} for {model_name!r}: {error}") from error
     checkpoint.load_strict(model, weights, source)
-    logging.info("Loaded pretrained weights from %s.", source)
+
+
+def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "") -> torch.nn.Module:
+    """Builds a model and loads a checkpoint into it strictly.
+
+    A checkpoint written by this project's runner names its model, dataset and
+    configuration, so the path is enough::
+
+        model = load_model("saved/rotDigits_model_p4sa_....pt").eval()
+
+    A state_dict of the original implementations (the authors' released ``model.pth``
+    files, with or without the ``module.`` prefix) needs the model and dataset names; its
+    keys are converted by the model's registered converter::
+
+        model = load_model("model.pth", model="att_p4cnn", dataset="rotMNIST").eval()
+
+    Args:
+        path: the checkpoint file.
+        model: registered model name (for files of the original implementations).
+        dataset: dataset name, which selects the architecture (likewise).
+
+    Raises:
+        CheckpointError: no such file, a file of the original implementations without
+            ``model`` and ``dataset``, or weights that do not fit.
+        ConfigError: an unknown model or dataset name.
+    """
+    saved = checkpoint.read(path)
+    if checkpoint.is_project_checkpoint(saved):
+        config = config_dict.ConfigDict(saved["config"])
+    elif not (model and dataset):
+        raise CheckpointError(
+            f"{path} is not a checkpoint written by this project's runner, so it does not say which "
+            "model it holds; give it with load_model(path, model=..., dataset=...)."
+        )
+    else:
+        config = config_file.get_config()
+        config.model, config.dataset = model, dataset
+    data = data_spec(config)
+    spec = model_spec(config, data.architecture)
+    if not checkpoint.is_project_checkpoint(saved):
+        resolve_config(config, spec.defaults.get(data.architecture, {}))
+    network = build_model(config, input_spec(config, data, spec))
+    load_weights(network, saved, config.model, spec, data, path)
+    return network
 
 
 def seed_everything(seed: int) -> None:
@@ -138,6 +216,7 @@ def run(config: config_dict.ConfigDict) -> RunResult:
     data = data_spec(config)
     spec = model_spec(config, data.architecture)
     origins = resolve_config(config, spec.defaults.get(data.architecture, {}))
+    data = input_spec(config, data, spec)
     context = distributed.setup(config.device)
     try:
         return _run(config, context, spec, data, origins)
@@ -151,6 +230,7 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
     best_path = paths.best_checkpoint_path(config, spec.family)
     config.path = str(best_path)
     if context.is_main:
+        paths.prepare_folder(best_path)
         logging.info("Configuration (unset values filled from: %s):\n%s", origins, config)
         logging.info("Device %s, %d process(es); checkpoint %s", context.device,
                      context.world_size, best_path)
@@ -163,7 +243,7 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
                      sum(p.numel() for p in model.parameters()))
     if config.pretrained:
         load_pretrained(model, config, spec, data, best_path)
-    loaders = build_loaders(config, context)
+    loaders = build_loaders(config, context, data.image_size)
     logger = MetricLogger(config, enabled=context.is_main)
     try:
         if config.train:

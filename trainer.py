@@ -29,6 +29,7 @@ from runner.paths import last_checkpoint_path
 from runner.reporting import MetricLogger
 from runner.schedulers import LRSchedule, build_schedule
 
+
 @dataclasses.dataclass
 class TrainState:
     """Progress of a run, saved in every checkpoint.
@@ -65,8 +66,9 @@ def build_optimizer(model: nn.Module, config: config_dict.ConfigDict) -> torch.o
 
 def is_better(accuracy: float, loss: float, state: TrainState) -> bool:
     """The first validation, a higher accuracy, or the same accuracy with a loss no higher."""
-    return state.best_epoch < 0 or accuracy > state.best_metric or (accuracy == state.best_metric
-                                            and loss <= state.best_loss)
+    if state.best_epoch < 0 or accuracy > state.best_metric:
+        return True
+    return accuracy == state.best_metric and loss <= state.best_loss
 
 
 class Trainer:
@@ -146,13 +148,17 @@ class Trainer:
             best_metric=self.state.best_metric)
 
     def _save(self, improved: bool) -> None:
-        """Writes ``last`` (and ``best`` when the model improved); main process only."""
+        """Writes ``best`` (when the model improved), then ``last``; main process only.
+
+        In this order a run killed between the two writes resumes from the previous ``last``
+        and repeats the period, instead of believing in a best model that was never saved.
+        """
         if not self.context.is_main:
             return
         payload = self._payload()
-        checkpoint.save_atomic(payload, self.last_path)
         if improved:
             checkpoint.save_atomic(payload, self.best_path)
+        checkpoint.save_atomic(payload, self.last_path)
 
     # ----- training ----------------------------------------------------------------------------
     def fit(self) -> TrainState:
@@ -281,4 +287,3 @@ class Trainer:
             fingerprints = distributed.parameter_fingerprints(self.model, self.context)
             if self.context.is_main:
                 logging.info("Parameter fingerprints per process: %s", fingerprints)
-

@@ -40,7 +40,7 @@ from datasets.errors import (
     DatasetNotFoundError,
     DownloadError,
 )
-from datasets.transforms import BatchTransform, Normalize, RandomCropFlip, rotate_images
+from datasets.transforms import BatchTransform, Compose, Normalize, RandomCropFlip, Resize, rotate_images
 from models.registry import DataSpec
 
 VALIDATION_MODES = ("held_out", "test")
@@ -162,11 +162,13 @@ __all__ = [
     "VALIDATION_MODES",
     "BatchTransform",
     "ChecksumError",
+    "Compose",
     "CorruptFileError",
     "DatasetNotFoundError",
     "DownloadError",
     "Normalize",
     "RandomCropFlip",
+    "Resize",
     "Splits",
     "get_batch_transform",
     "get_data_spec",

@@ -44,7 +44,8 @@ def check_valid_size(valid_size: int, available: int, name: str) -> None:
     if not 0 < valid_size < available:
         raise ValueError(
             f"{name}: valid_size={valid_size} must be positive and smaller than the {available} "
-            "training images (tiny test data needs a small valid_size, e.g. 2)."
+            "training images (tiny test data needs a small valid_size, e.g. 2; on the command "
+            "line --config.valid_size=2)."
         )
 
 

@@ -165,7 +165,8 @@ def build_splits(root: Path, *, validation: str, download: bool, seed: int,
     """
     if valid_size is not None:
         raise ValueError(
-            f"PCam has a fixed validation split; valid_size must be None, got {valid_size}."
+            f"PCam has a fixed validation split; valid_size must be None (leave "
+            f"--config.valid_size unset), got {valid_size}."
         )
     splits = load_raw(root)
     valid = splits["test"] if validation == "test" else splits["valid"]

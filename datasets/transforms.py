@@ -13,12 +13,13 @@ Shapes: images are (B, C, H, W) throughout.
 from __future__ import annotations
 
 import abc
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
-Angles = Union[float, Sequence[float], torch.Tensor]
+from g_selfatt import functional
+from g_selfatt.functional.rotation import Angles
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:
@@ -127,47 +128,66 @@ class RandomCropFlip(BatchTransform):
         return f"RandomCropFlip(padding={self.padding})"
 
 
-def _angles_tensor(angles_deg: Angles, batch: int, device: torch.device) -> torch.Tensor:
-    """``angles_deg`` as a float64 tensor of shape (batch,)."""
-    angles = torch.as_tensor(angles_deg, dtype=torch.float64).flatten().to(device)
-    if angles.numel() == 1:
-        return angles.expand(batch)
-    if angles.numel() != batch:
-        raise ValueError(f"Got {angles.numel()} angles for a batch of {batch} images.")
-    return angles
+class Resize(BatchTransform):
+    """Converts to float in [0, 1] (see :func:`to_unit_float`) and resizes to ``size x size``.
+
+    Bilinear interpolation; shrinking is antialiased. Apply it before :class:`Normalize`
+    (or use :class:`Compose`), so that the interpolation sees the raw intensities.
+
+    Args:
+        size: the side of the output images.
+    """
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}.")
+        self.size = size
+
+    def __call__(self, images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        images = to_unit_float(images)
+        if images.shape[-2:] == (self.size, self.size):
+            return images
+        shrink = min(images.shape[-2:]) > self.size
+        return F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                             antialias=shrink)
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size})"
+
+
+class Compose(BatchTransform):
+    """Applies transforms one after the other (the generator is passed to each)."""
+
+    def __init__(self, *transforms: BatchTransform) -> None:
+        self.transforms = transforms
+
+    def __call__(self, images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        for transform in self.transforms:
+            images = transform(images, generator)
+        return images
+
+    def __repr__(self) -> str:
+        return f"Compose({', '.join(map(repr, self.transforms))})"
 
 
 def rotate_images(images: torch.Tensor, angles_deg: Angles) -> torch.Tensor:
     """Rotates images about their centre with bilinear interpolation and zero fill.
 
-    Positive angles turn the image counter-clockwise as displayed (row 0 at the top), the
-    same direction as ``torch.rot90(images, 1, dims=(-2, -1))``. Multiples of 90 degrees
-    agree with ``torch.rot90`` up to float rounding (about 1e-6), not bit for bit; pixels
-    that the rotation brings in from outside the image are 0.
+    Integer images are converted to float in [0, 1] first, so rotate before normalising
+    (zero fill = black); the rotation itself is :func:`g_selfatt.functional.rotate_images`:
+    positive angles turn counter-clockwise as displayed, like ``torch.rot90``, and a single
+    angle that is a multiple of 90 degrees is exact.
 
     Args:
-        images: (B, C, H, W) or (C, H, W), on any device. Integer images are converted to
-            float in [0, 1] first, so rotate before normalising (zero fill = black).
+        images: (B, C, H, W) or (C, H, W), on any device.
         angles_deg: one angle for all images or one per image, in degrees.
 
     Returns:
         Floating tensor of the input's shape.
     """
-    single = images.dim() == 3
-    batch_images = to_unit_float(images[None] if single else images)
-    batch, _, height, width = batch_images.shape
-    angles = torch.deg2rad(_angles_tensor(angles_deg, batch, batch_images.device))
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    # Output pixel p samples the input at R(-angle) p; in normalised coordinates the axes are
-    # scaled by W / 2 and H / 2, hence the aspect-ratio factors.
-    theta = torch.stack([
-        torch.stack([cos, -sin * height / width, torch.zeros_like(cos)], dim=1),
-        torch.stack([sin * width / height, cos, torch.zeros_like(cos)], dim=1),
-    ], dim=1).to(batch_images.dtype)  # (B, 2, 3)
-    grid = F.affine_grid(theta, list(batch_images.shape), align_corners=False)
-    rotated = F.grid_sample(batch_images, grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-    return rotated[0] if single else rotated
+    return functional.rotate_images(to_unit_float(images), angles_deg)
 
 
-__all__ = ["BatchTransform", "Normalize", "RandomCropFlip", "rotate_images", "to_unit_float"]
+__all__ = ["BatchTransform", "Compose", "Normalize", "RandomCropFlip", "Resize", "rotate_images", "to_unit_float"]

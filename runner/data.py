@@ -98,21 +98,35 @@ def _limit(dataset: Dataset, max_examples: int) -> Dataset:
     return Subset(dataset, range(max_examples))
 
 
-def build_loaders(config: config_dict.ConfigDict, context: Context) -> Loaders:
+def _resized(batch_transform: datasets.BatchTransform, native_size: int,
+             image_size: int) -> datasets.BatchTransform:
+    """``batch_transform`` preceded by a resize to ``image_size`` (0 or the native size: unchanged)."""
+    if image_size in (0, native_size):
+        return batch_transform
+    return datasets.Compose(datasets.Resize(image_size), batch_transform)
+
+
+def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: int = 0) -> Loaders:
     """Loads the dataset named in ``config`` and wraps its splits in data loaders.
 
+    With ``image_size`` different from the dataset's own side, the batch transform resizes the
+    images to it before normalising them.
+
     Raises:
-        ConfigError: unknown dataset name, augmentation asked for where the dataset has
-            none, or an empty training split.
+        ConfigError: unknown dataset name, a valid_size that does not fit the data,
+            augmentation asked for where the dataset has none, or an empty training split.
         datasets.DatasetNotFoundError, datasets.ChecksumError: missing or damaged files.
     """
     if config.dataset not in datasets.DATASET_NAMES:
         raise ConfigError(
             f"Unknown dataset {config.dataset!r}; expected one of {list(datasets.DATASET_NAMES)}."
         )
-    splits = datasets.load_splits(config.dataset, config.data_root, validation=config.validation,
-                                  download=config.download, seed=config.seed,
-                                  valid_size=config.valid_size)
+    try:
+        splits = datasets.load_splits(config.dataset, config.data_root,
+                                      validation=config.validation, download=config.download,
+                                      seed=config.seed, valid_size=config.valid_size)
+    except ValueError as error:  # a valid_size that does not fit the data found
+        raise ConfigError(f"Cannot use {config.dataset}: {error}") from error
     train, valid, test = (_limit(split, config.max_examples)
                           for split in (splits.train, splits.valid, splits.test))
     if config.augment and splits.train_augment is None:
@@ -135,6 +149,6 @@ def build_loaders(config: config_dict.ConfigDict, context: Context) -> Loaders:
         valid=loader(valid, ShardSampler(len(valid), shuffle=False, pad=False, **shard)),
         test=loader(test, ShardSampler(len(test), shuffle=False, pad=False)),
         spec=splits.spec,
-        batch_transform=splits.batch_transform,
+        batch_transform=_resized(splits.batch_transform, splits.spec.image_size, image_size),
         train_augment=splits.train_augment if config.augment else None,
     )

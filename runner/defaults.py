@@ -57,6 +57,11 @@ CHOICES: Dict[str, tuple] = {
     "attention_formulation": ("chunked", "full"),
 }
 
+# Numeric fields that may not be negative (0 means "off" or "all" for most of them).
+NON_NEGATIVE = ("optimizer_momentum", "weight_decay", "grad_clip", "warmup_epochs",
+                "sched_patience", "max_examples", "max_steps", "num_workers", "num_threads",
+                "rotation_angles", "log_every")
+
 
 def placeholder_fields() -> set:
     """Names of the fields that ``config.py`` leaves unset (created with ``placeholder``)."""
@@ -118,6 +123,12 @@ def check_config(config: config_dict.ConfigDict) -> None:
     for name in ("batch_size", "epochs"):
         if config[name] < 1:
             raise ConfigError(f"config.{name} must be at least 1, got {config[name]}.")
+    for name in NON_NEGATIVE:
+        if config[name] < 0:
+            raise ConfigError(
+                f"config.{name} must be 0 or more, got {config[name]} "
+                f"(set it with --config.{name}=...)."
+            )
     if config.lr <= 0:
         raise ConfigError(f"config.lr must be positive, got {config.lr}.")
     if config.scheduler in ("multistep", "plateau") and config.sched_decay_factor <= 1:

@@ -9,9 +9,12 @@ original's settings keep the original's names.
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 from ml_collections import config_dict
+
+from runner.errors import ConfigError
 
 # Schedulers whose file names carry no decay settings (as in the original code).
 _SCHEDULERS_WITHOUT_DECAY = ("constant", "linear_warmup_cosine")
@@ -29,6 +32,8 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
     if config.augment or config.dataset == "CIFAR10":
         parts.append(f"augm_{config.augment}")
     parts.append(f"model_{config.model}")
+    if config.get("image_size", 0):
+        parts.append(f"img_{config.image_size}")
     if family == "gsa":
         parts.append(f"type_{config.attention_type}")
         if config.attention_type == "Local":
@@ -73,3 +78,24 @@ def last_checkpoint_path(best_path: pathlib.Path) -> pathlib.Path:
 def output_prefix(best_path: pathlib.Path) -> pathlib.Path:
     """Prefix of the test reports (CSV, PNG) written next to the checkpoint."""
     return best_path.with_suffix("")
+
+
+def prepare_folder(best_path: pathlib.Path) -> None:
+    """Creates the folder of ``best_path`` so that a run fails before training, not after.
+
+    Raises:
+        ConfigError: the folder cannot be created or is not writable.
+    """
+    folder = pathlib.Path(best_path).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(
+            f"Cannot create the checkpoint folder {folder} ({error.strerror}). Choose another "
+            "one with --config.save_dir=PATH (or --config.path=FILE)."
+        ) from error
+    if not os.access(folder, os.W_OK):
+        raise ConfigError(
+            f"The checkpoint folder {folder} is not writable. Choose another one with "
+            "--config.save_dir=PATH (or --config.path=FILE)."
+        )

@@ -152,3 +152,26 @@ def test_resume_without_checkpoint(tmp_path, capsys):
 def test_wandb_missing(tmp_path, capsys):
     assert_user_error(make_config(tmp_path, model="z2sa", wandb=True), capsys,
                       "pip install wandb")
+
+
+def test_valid_size_that_does_not_fit_the_data(tmp_path, capsys):
+    fixture_data.make_rotmnist(tmp_path / "data")
+    assert_user_error(make_config(tmp_path, dataset="rotMNIST", model="z2cnn"), capsys,
+                      "valid_size=2000", "--config.valid_size=")
+    fixture_data.make_pcam_hdf5(tmp_path / "data")
+    assert_user_error(make_config(tmp_path, dataset="PCam", model="z2sa", valid_size=3), capsys,
+                      "fixed validation split", "--config.valid_size unset")
+
+
+@pytest.mark.parametrize("field", ["num_workers", "max_steps", "rotation_angles", "weight_decay"])
+def test_negative_counts_and_rates(tmp_path, capsys, field):
+    assert_user_error(make_config(tmp_path, model="z2sa", **{field: -1}), capsys,
+                      f"config.{field} must be 0 or more, got -1")
+
+
+def test_checkpoint_folder_that_cannot_be_created_fails_before_training(tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    config = make_config(tmp_path, model="z2sa", save_dir=str(blocker / "saved"))
+    assert_user_error(config, capsys, f"Cannot create the checkpoint folder {blocker / 'saved'}",
+                      "--config.save_dir=PATH")

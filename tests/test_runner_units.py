@@ -50,6 +50,17 @@ def test_config_has_every_key_of_the_original_runner():
     assert not missing
 
 
+def test_every_config_field_has_a_comment():
+    lines = pathlib.Path(config_file.__file__).read_text().splitlines()
+    assigned = [(number, line.split("=", 1)[0].strip()[len("config."):])
+                for number, line in enumerate(lines)
+                if line.strip().startswith("config.") and "=" in line.split("(", 1)[0]]
+    assert {name for _, name in assigned} == set(config_file.get_config().keys())
+    uncommented = [name for number, name in assigned
+                   if not lines[number - 1].strip().startswith("#")]
+    assert not uncommented
+
+
 def test_config_is_locked_against_typos():
     config = config_file.get_config()
     with pytest.raises(AttributeError, match="lrr"):
@@ -255,6 +266,46 @@ def test_every_precision_with_every_schedule_trains(tmp_path, amp, scheduler):
     assert not all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
     saved = checkpoint.read(tmp_path / "toy.last.pt")
     assert saved["config"]["amp"] == amp and saved["epoch"] == 1 and saved["optimizer"]["state"]
+
+
+def _interrupt_at_write(tmp_path, monkeypatch, failing_write):
+    """Trains two epochs, killing the run (KeyboardInterrupt) at checkpoint write ``failing_write``.
+
+    Returns:
+        The number of writes of the run.
+    """
+    writes = []
+
+    def save_or_die(payload, path):
+        writes.append(path)
+        if len(writes) == failing_write:
+            raise KeyboardInterrupt
+        save_atomic(payload, path)
+
+    save_atomic = checkpoint.save_atomic
+    monkeypatch.setattr(checkpoint, "save_atomic", save_or_die)
+    run = _trainer(tmp_path, lr=0.5)
+    run.config.epochs = 2
+    try:
+        run.fit()
+    except KeyboardInterrupt:
+        pass
+    monkeypatch.setattr(checkpoint, "save_atomic", save_atomic)
+    return len(writes)
+
+
+def test_a_run_killed_between_two_writes_never_trusts_an_unsaved_best_model(tmp_path,
+                                                                            monkeypatch):
+    total = _interrupt_at_write(tmp_path / "complete", monkeypatch, failing_write=0)
+    assert total >= 3  # the first epoch always writes best and last
+    for failing_write in range(1, total + 1):
+        folder = tmp_path / f"killed_at_{failing_write}"
+        _interrupt_at_write(folder, monkeypatch, failing_write)
+        if not (folder / "toy.last.pt").exists():
+            continue
+        last = checkpoint.read(folder / "toy.last.pt")
+        best = checkpoint.read(folder / "toy.pt")  # resume ends by loading it
+        assert best["best_metric"] >= last["best_metric"], failing_write
 
 
 # ----- tester ----------------------------------------------------------------------------

@@ -48,9 +48,40 @@ def flag_value(arguments, field, default):
     return values[-1] if values else default
 
 
-def test_readme_lists_the_gsa_commands():
-    datasets = [flag_value(arguments, "dataset", "rotDigits") for _, arguments in readme_commands()]
-    assert {"rotMNIST", "CIFAR10", "PCam"} <= set(datasets)
+# The GSA-Net command lines of the paper (shared/docs/papers.md), flag by flag.
+PAPER_GSA_COMMON = {"norm_type": "LayerNorm", "activation_function": "Swish",
+                    "whitening_scale": "1.41421356", "weight_decay": "1e-4", "augment": "False"}
+PAPER_GSA_RUNS = {
+    "rotMNIST": {"model": "p4sa", "attention_type": "Local", "patch_size": "9",
+                 "dropout_att": "0.1", "dropout_values": "0.1", "optimizer": "Adam", "lr": "1e-3",
+                 "scheduler": "constant", "batch_size": "8", "epochs": "300"},
+    "CIFAR10": {"model": "mz2sa", "attention_type": "Local", "patch_size": "5",
+                "dropout_att": "0.1", "dropout_values": "0.0", "optimizer": "SGD",
+                "optimizer_momentum": "0.9", "lr": "0.01", "scheduler": "linear_warmup_cosine",
+                "warmup_epochs": "10", "batch_size": "24", "epochs": "350"},
+    "PCam": {"model": "p4sa", "attention_type": "Local", "patch_size": "5", "dropout_att": "0.1",
+             "dropout_values": "0.1", "optimizer": "SGD", "optimizer_momentum": "0.9",
+             "lr": "0.01", "scheduler": "linear_warmup_cosine", "warmup_epochs": "10",
+             "batch_size": "16", "epochs": "100"},
+}
+
+
+def same_text(text: str, expected: str) -> bool:
+    """Whether two flag values are equal, as numbers when both are numbers."""
+    try:
+        return float(text) == float(expected)
+    except ValueError:
+        return text == expected
+
+
+@pytest.mark.parametrize("dataset", sorted(PAPER_GSA_RUNS))
+def test_readme_has_the_papers_gsa_command(dataset):
+    expected = {**PAPER_GSA_COMMON, **PAPER_GSA_RUNS[dataset]}
+    matching = [number for number, arguments in readme_commands()
+                if flag_value(arguments, "dataset", "rotDigits") == dataset
+                and all(same_text(flag_value(arguments, field, ""), value)
+                        for field, value in expected.items())]
+    assert matching, f"no {dataset} command of runs/README.md sets all of {expected}"
 
 
 @pytest.mark.parametrize("number,arguments", readme_commands(),

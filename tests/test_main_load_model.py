@@ -1,0 +1,45 @@
+"""main.load_model: the runner's checkpoints and the original implementations' state_dicts."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import main
+from conftest import REFERENCE_DIR, REPO_ROOT
+from models import GroupTransformer
+from runner.errors import CheckpointError, ConfigError
+
+RELEASED = REFERENCE_DIR / "att_gconvs_pretrained"
+
+
+def test_loads_a_shipped_checkpoint_from_its_path_alone():
+    path = next((REPO_ROOT / "saved").glob("rotDigits_model_p4sa_*.pt"))
+    model = main.load_model(path)
+    assert isinstance(model, GroupTransformer) and model.group.num_elements == 4
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved["state_dict"][key]), key
+
+
+@pytest.mark.parametrize("name, folder", [("att_p4cnn", "model_att_p4cnn_optim_adam_lr_0.001_wd_0.0001_seed_0"),
+                                          ("z2cnn", "model_z2cnn_optim_adam_lr_0.001_wd_0.0001_seed_0")])
+def test_loads_a_released_original_checkpoint_with_model_and_dataset(name, folder):
+    model = main.load_model(RELEASED / folder / "model.pth", model=name, dataset="rotMNIST").eval()
+    record = torch.load(REFERENCE_DIR / f"att_rotmnist_pretrained_{name}.pt", weights_only=True)
+    with torch.no_grad():
+        out = model(record["input"])
+    ref = record["output"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=5e-5 * max(1.0, ref.abs().max().item()))
+
+
+def test_bad_requests_name_the_problem():
+    released = RELEASED / "model_att_p4cnn_optim_adam_lr_0.001_wd_0.0001_seed_0" / "model.pth"
+    with pytest.raises(CheckpointError, match="model=..., dataset=..."):
+        main.load_model(released)
+    with pytest.raises(CheckpointError, match="Unexpected keys"):
+        main.load_model(released, model="p4cnn", dataset="rotMNIST")
+    with pytest.raises(ConfigError, match="Unknown model 'p5cnn'"):
+        main.load_model(released, model="p5cnn", dataset="rotMNIST")
+    with pytest.raises(CheckpointError, match="No checkpoint"):
+        main.load_model(REPO_ROOT / "saved" / "missing.pt")
