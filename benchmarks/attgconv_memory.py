@@ -4,10 +4,21 @@ Each formulation runs in a fresh Python process (so that one run's allocations
 cannot hide the other's) and measures, with ``resource.getrusage``, the growth of
 the peak resident set size during one SGD step (forward, backward, update) on
 random CIFAR-10-sized data, relative to the process just before the step (model,
-optimiser and batch already built). One JSON line is printed per formulation::
+optimiser and batch already built). One JSON line is printed per formulation and
+allocator setting::
 
     python benchmarks/attgconv_memory.py                    # batch 8, 3x32x32
     python benchmarks/attgconv_memory.py --batch-size 2 --image-size 16
+
+The resident set depends on the C allocator as well as on the tensors alive at once.
+glibc's ``malloc`` raises its mmap threshold (up to 32 MiB) each time it frees a
+large block, so later blocks of that size come from the heap and stay resident
+after they are freed; the chunked formulation, which allocates and frees the same
+blocks over and over, can look larger than it is (three times as large at batch 2
+on 16x16 inputs, a tenth larger at batch 8 on 32x32). Each formulation is therefore run
+twice: with the ``default`` allocator (what ``top`` shows for a plain run) and with
+the allocator ``returning`` every block of 1 MiB or more to the system when it is
+freed (``MALLOC_MMAP_THRESHOLD_``), whose peak is that of the tensors alive at once.
 
 Each run's address space is capped at a fraction of the memory available on the
 machine (``--memory-fraction``); a formulation that needs more is reported as
@@ -18,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,6 +38,8 @@ from typing import Dict, List
 
 FORMULATIONS = ("chunked", "full")
 BYTES_PER_MIB = 2 ** 20
+# Environment of the child process per allocator setting (glibc reads it at start-up).
+ALLOCATORS = {"default": {}, "returning": {"MALLOC_MMAP_THRESHOLD_": str(BYTES_PER_MIB)}}
 
 
 def _peak_rss_mib() -> float:
@@ -78,15 +92,16 @@ def measure(formulation: str, batch_size: int, image_size: int, chunk_size: int,
                 step_seconds=round(time.perf_counter() - start, 2), loss=round(float(loss), 4))
 
 
-def _run_in_subprocess(formulation: str, args: argparse.Namespace) -> Dict:
+def _run_in_subprocess(formulation: str, allocator: str, args: argparse.Namespace) -> Dict:
     limit_mib = args.memory_fraction * _available_mib()
     command = [sys.executable, __file__, "--child", formulation, "--batch-size", str(args.batch_size),
                "--image-size", str(args.image_size), "--chunk-size", str(args.chunk_size),
                "--threads", str(args.threads), "--limit-mib", str(limit_mib)]
-    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    environment = dict(os.environ, **ALLOCATORS[allocator])
+    result = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if result.returncode != 0:
-        return dict(formulation=formulation, error=result.stderr.strip().splitlines()[-1:])
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        return dict(formulation=formulation, allocator=allocator, error=result.stderr.strip().splitlines()[-1:])
+    return dict(json.loads(result.stdout.strip().splitlines()[-1]), allocator=allocator)
 
 
 def main(argv: List[str]) -> None:
@@ -96,6 +111,8 @@ def main(argv: List[str]) -> None:
     parser.add_argument("--chunk-size", type=int, default=16, help="output channels per block (chunked)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--formulations", nargs="+", default=list(FORMULATIONS), choices=FORMULATIONS)
+    parser.add_argument("--allocators", nargs="+", default=list(ALLOCATORS), choices=list(ALLOCATORS),
+                        help="C allocator settings to measure under (see the module docstring)")
     parser.add_argument("--memory-fraction", type=float, default=0.7,
                         help="cap each run's address space at this fraction of the available memory")
     parser.add_argument("--child", choices=FORMULATIONS, help=argparse.SUPPRESS)
@@ -105,8 +122,9 @@ def main(argv: List[str]) -> None:
         print(json.dumps(measure(args.child, args.batch_size, args.image_size, args.chunk_size, args.threads,
                                  args.limit_mib)))
         return
-    for formulation in args.formulations:
-        print(json.dumps(_run_in_subprocess(formulation, args)), flush=True)
+    for allocator in args.allocators:
+        for formulation in args.formulations:
+            print(json.dumps(_run_in_subprocess(formulation, allocator, args)), flush=True)
 
 
 if __name__ == "__main__":

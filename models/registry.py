@@ -59,6 +59,8 @@ class ModelSpec:
         convert_checkpoint: maps a state_dict saved by the original implementation
             (its key names, ``module.`` prefix already stripped) to this model's key
             names; ``None`` when the names already agree.
+        min_image_size: the smallest image side the model accepts; the runner enlarges
+            smaller images of a dataset to it.
     """
 
     name: str
@@ -68,6 +70,7 @@ class ModelSpec:
     defaults: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     datasets: Tuple[str, ...] = ()
     convert_checkpoint: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
+    min_image_size: int = 1
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -77,14 +80,14 @@ def register_model(name: str, *, family: str, description: str = "",
                    defaults: Optional[Mapping[str, Mapping[str, Any]]] = None,
                    datasets: Tuple[str, ...] = (),
                    convert_checkpoint: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None,
-                   ) -> Callable[[Builder], Builder]:
+                   min_image_size: int = 1) -> Callable[[Builder], Builder]:
     """Registers ``builder`` under ``name``; raises if the name is taken."""
 
     def decorator(builder: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"A model named {name!r} is already registered.")
         _REGISTRY[name] = ModelSpec(name, builder, family, description, dict(defaults or {}),
-                                    tuple(datasets), convert_checkpoint)
+                                    tuple(datasets), convert_checkpoint, min_image_size)
         return builder
 
     return decorator

@@ -1,10 +1,13 @@
 """Equivariance of attgconv layers and invariance of the registered attentive G-CNNs.
 
 All checks go through :func:`g_selfatt.testing.assert_equivariant` with exact
-transforms (rotations by 90 degrees; mirrors for p4m). attgconv feature maps
-transform under the left-regular action ``[u . f](g, x) = f(u^-1 g, M_u^-1 x)``
+transforms (rotations by 90 degrees; mirrors for p4m), in float32 and float64.
+attgconv feature maps transform under the left-regular action
+``[u . f](g, x) = f(u^-1 g, M_u^-1 x)``
 (:meth:`attgconv.groups.PlanarGrid.transform_feature_map`), which is passed as
-``transform_in`` / ``transform_out``.
+``transform_in`` / ``transform_out``. Every layer kind is checked (plain, full,
+channel-only, spatial-only and feature-map attentive lifting and group layers, the
+1x1 spatial attention, the poolings), and the logits of every registered group model.
 """
 
 from __future__ import annotations
@@ -62,19 +65,66 @@ def _feature_group(grid):
                                         spatial_attention=ag.FeatureGroupSpatialAttention(grid, 5))
 
 
+def _romhog_lifting(grid):
+    return ag.FeatureAttentiveLiftingConv(grid, 3, 4, 3, padding=1,
+                                          spatial_attention=ag.FeatureSpatialAttention(grid, 1, in_channels=3))
+
+
 def _romhog_group(grid):
     return ag.FeatureAttentiveGroupConv(grid, 4, 5, 3, padding=1,
                                         spatial_attention=ag.FeatureGroupSpatialAttention(grid, 1, in_channels=4))
 
 
+def _channel_attentive_lifting(grid):
+    return ag.AttentiveLiftingConv(grid, 3, 5, 3, padding=1, chunk_size=2,
+                                   channel_attention=ag.ChannelAttention(5, 3, 1))
+
+
+def _spatial_attentive_lifting(grid):
+    return ag.AttentiveLiftingConv(grid, 3, 5, 3, padding=1, chunk_size=2,
+                                   spatial_attention=ag.SpatialAttention(grid, 5, 5))
+
+
+def _channel_attentive_group(grid):
+    return ag.AttentiveGroupConv(grid, 4, 3, 3, padding=1, chunk_size=2,
+                                 channel_attention=ag.GroupChannelAttention(grid, 3, 4, 2))
+
+
+def _spatial_attentive_group(grid):
+    return ag.AttentiveGroupConv(grid, 4, 3, 3, padding=1, chunk_size=2,
+                                 spatial_attention=ag.GroupSpatialAttention(grid, 3, 5, dilation=2))
+
+
+def _spatial_max_pool(grid):
+    return functools.partial(ag.max_pooling_rd_on_G, kernel_size=2, stride=2, padding=0)
+
+
+def _spatial_average_pool(grid):
+    return functools.partial(ag.average_pooling_rd_on_G, kernel_size=2, stride=2, padding=0)
+
+
+def _group_max_pool(grid):
+    return ag.max_pooling_group
+
+
+# Layer kinds: name -> (builder(grid), input on the group?, output kind, input side).
+# Pooling with stride 2 commutes with quarter turns and mirrors only on even sides.
 LAYERS = {
-    "lifting": (_lifting, False),
-    "group": (_group, True),
-    "attentive_lifting": (_attentive_lifting, False),
-    "attentive_group": (_attentive_group, True),
-    "feature_attentive_lifting": (_feature_lifting, False),
-    "feature_attentive_group": (_feature_group, True),
-    "romhog_group": (_romhog_group, True),
+    "lifting": (_lifting, False, "group", 7),
+    "group": (_group, True, "group", 7),
+    "attentive_lifting": (_attentive_lifting, False, "group", 7),
+    "attentive_group": (_attentive_group, True, "group", 7),
+    "channel_attentive_lifting": (_channel_attentive_lifting, False, "group", 7),
+    "spatial_attentive_lifting": (_spatial_attentive_lifting, False, "group", 7),
+    "channel_attentive_group": (_channel_attentive_group, True, "group", 7),
+    "spatial_attentive_group": (_spatial_attentive_group, True, "group", 7),
+    "feature_attentive_lifting": (_feature_lifting, False, "group", 7),
+    "feature_attentive_group": (_feature_group, True, "group", 7),
+    "romhog_lifting": (_romhog_lifting, False, "group", 7),
+    "romhog_group": (_romhog_group, True, "group", 7),
+    "spatial_max_pool": (_spatial_max_pool, True, "group", 8),
+    "spatial_average_pool": (_spatial_average_pool, True, "group", 8),
+    "group_max_pool": (_group_max_pool, True, "image", 8),
 }
 
 
@@ -88,14 +138,15 @@ def _input(grid: ag.PlanarGrid, on_group: bool, channels: int, dtype: torch.dtyp
 @pytest.mark.parametrize("kind", sorted(LAYERS))
 def test_layer_is_equivariant(kind, group, dtype):
     grid = ag.get_grid(group)
-    build, on_group = LAYERS[kind]
+    build, on_group, output_kind, size = LAYERS[kind]
     torch.manual_seed(0)
-    layer = build(grid).to(dtype).eval()
-    channels = layer.in_channels
-    x = _input(grid, on_group, channels, dtype)
-    assert_equivariant(layer, x, grid.group, input_kind="group" if on_group else "image", output_kind="group",
+    layer = build(grid)
+    if isinstance(layer, nn.Module):
+        layer = layer.to(dtype).eval()
+    x = _input(grid, on_group, getattr(layer, "in_channels", 3), dtype, size)
+    assert_equivariant(layer, x, grid.group, input_kind="group" if on_group else "image", output_kind=output_kind,
                        transform_in=_feature_transform(grid) if on_group else None,
-                       transform_out=_feature_transform(grid))
+                       transform_out=_feature_transform(grid) if output_kind == "group" else None)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -158,17 +209,17 @@ def test_feature_map_action_is_a_representation(group):
 
 
 @pytest.mark.parametrize("group", GROUPS)
-@pytest.mark.parametrize("kind", ["attentive_lifting", "attentive_group"])
+@pytest.mark.parametrize("kind", [kind for kind in sorted(LAYERS) if "attentive" in kind and "feature" not in kind])
 def test_chunked_and_full_formulations_agree(kind, group):
     grid = ag.get_grid(group)
-    build, on_group = LAYERS[kind]
+    build, on_group, _, size = LAYERS[kind]
     torch.manual_seed(0)
     chunked = build(grid).double()
     full = build(grid).double()
     full.load_state_dict(chunked.state_dict())
     full.formulation = "full"
     assert chunked.formulation == "chunked" and chunked.out_channels > chunked.chunk_size
-    x = _input(grid, on_group, chunked.in_channels, torch.float64).requires_grad_()
+    x = _input(grid, on_group, chunked.in_channels, torch.float64, size).requires_grad_()
     results = []
     for layer in (chunked, full):
         out = layer(x)
@@ -212,10 +263,29 @@ def _generators(grid: ag.PlanarGrid) -> list:
     return [grid.elements[1]] + mirrors[:1]
 
 
+def _with_batch_statistics(model: nn.Module, x: torch.Tensor) -> nn.Module:
+    """``model`` in eval mode with batch-norm statistics of a random batch shaped like ``x``.
+
+    Freshly built nets have running statistics (0, 1) that let activations explode or
+    vanish through tens of layers (logits up to 1e27); estimated statistics keep the
+    logits of order one, as in a trained net, so that relative errors measure round-off.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # cumulative average over the calibration batch
+    model.train()
+    batch = torch.randn(2, *x.shape[1:], generator=torch.Generator().manual_seed(2), dtype=x.dtype)
+    with torch.no_grad():
+        model(batch)
+    return model.eval()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", GROUP_MODELS)
-def test_model_logits_are_invariant(name):
-    model, x = _model_and_input(name, 1, torch.float64)
-    model.eval()
+def test_model_logits_are_invariant(name, dtype):
+    model, x = _model_and_input(name, 1, dtype)
+    model = _with_batch_statistics(model, x)
     grid = _grid_of(name)
     assert_equivariant(model, x, grid.group, input_kind="image", output_kind="invariant",
                        elements=_generators(grid))

@@ -1,24 +1,34 @@
 """Parity of attgconv with the original attentive G-CNN code on the shared reference data.
 
-Every ``att_*.pt`` record is rebuilt with :mod:`attgconv.compat`, loaded strictly and
-run in float32 (README tolerance) and float64 (against ``output_float64``). The
-authors' released checkpoints are loaded into the registered models and must
-reproduce the recorded outputs.
+Every ``att_*.pt`` record is rebuilt by ``tools/check_parity.py`` (through
+:mod:`attgconv.compat`), loaded strictly and run in float32 (README tolerance) and
+float64 (against ``output_float64``). The authors' released checkpoints, read from
+``../shared/reference/att_gconvs_pretrained/``, are loaded into the registered models,
+directly and through ``main.py`` (``--config.pretrained=True --config.checkpoint=PATH``),
+and must reproduce the recorded outputs.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pathlib
 from typing import Dict
 
 import pytest
 import torch
 
+import config as config_file
+import fixture_data
+import main
 from attgconv.compat import build_from_record, convert_state_dict, strip_prefix
 from models.registry import DataSpec, create_model, get_model_spec
+from runner.errors import CheckpointError
+from tests.conftest import REFERENCE_DIR, REPO_ROOT, reference_files
+from tools import check_parity
 
-REFERENCE = pathlib.Path("/work/shared/reference")
-RECORDS = sorted(REFERENCE.glob("att_*.pt"))
+REFERENCE = REFERENCE_DIR
+RECORDS = reference_files("att_")
 
 # Extra (input, output) pairs stored in some records.
 EXTRA_PAIRS = [("input_rot90", "output_rot90"), ("input_flip", "output_flip"),
@@ -26,8 +36,6 @@ EXTRA_PAIRS = [("input_rot90", "output_rot90"), ("input_flip", "output_flip"),
 # Samples of the extra inputs that are checked (the modules are in eval mode, so
 # every sample is computed independently of the others).
 EXTRA_SAMPLES = 4
-
-pytestmark = pytest.mark.skipif(not RECORDS, reason="reference data not available")
 
 
 def _load(path: pathlib.Path) -> Dict:
@@ -52,9 +60,10 @@ def _rebuilt(record: Dict) -> torch.nn.Module:
 def test_record_float32(path):
     record = _load(path)
     assert record["origin"] == "att_gconvs"
+    result = check_parity.check_file(str(path))
+    assert result.passed, result.line()
     module = _rebuilt(record)
     with torch.no_grad():
-        assert_matches_float32(module(record["input"]), record["output"])
         for inputs, outputs in EXTRA_PAIRS:
             if inputs in record:
                 samples = slice(EXTRA_SAMPLES)
@@ -71,6 +80,14 @@ def test_record_float64(path):
             samples = slice(EXTRA_SAMPLES)
             assert_matches_float64(module(record["input_rot90"][samples].double()),
                                    record["output_rot90_float64"][samples])
+
+
+def test_parity_tool_fails_on_a_wrong_att_reference(tmp_path):
+    record = _load(REFERENCE / "att_layer_attconvgg_se2_p4.pt")
+    record["output"] = record["output"] * 1.01  # a 1% error must be caught
+    bad = tmp_path / "bad.pt"
+    torch.save(record, bad)
+    assert not check_parity.check_file(str(bad)).passed
 
 
 def test_unknown_module_is_named():
@@ -127,3 +144,59 @@ def test_plain_pcam_checkpoint_is_refused_by_the_attentive_model():
     convert = get_model_spec("f_att_p4m_densenet").convert_checkpoint
     with pytest.raises(ValueError, match="p4m_densenet"):
         convert(_checkpoint(record))
+
+
+# ------------------------------------------- released checkpoints through main.py
+
+# Fixture data (writer, config overrides) of the datasets of the released checkpoints.
+FIXTURES = {"rotMNIST": (fixture_data.make_rotmnist, {"valid_size": 2}), "PCam": (fixture_data.make_pcam_hdf5, {})}
+
+
+def _pretrained_config(tmp_path: pathlib.Path, name: str, dataset: str, checkpoint_file: pathlib.Path):
+    """A test-only run of ``name`` on fixture data with ``checkpoint_file`` as its pretrained weights."""
+    writer, overrides = FIXTURES[dataset]
+    writer(tmp_path / "data")
+    config = config_file.get_config()
+    config.update(dict(dataset=dataset, model=name, data_root=str(tmp_path / "data"),
+                       save_dir=str(tmp_path / "saved"), device="cpu", batch_size=2, max_examples=2,
+                       rotation_angles=0, num_threads=1, train=False, pretrained=True,
+                       checkpoint=str(checkpoint_file), **overrides))
+    return config
+
+
+@pytest.mark.parametrize("case", sorted(PRETRAINED))
+def test_released_checkpoint_reproduces_outputs_through_main(tmp_path, case):
+    record = _load(REFERENCE / f"{case}.pt")
+    name, data = PRETRAINED[case]
+    result = main.run(_pretrained_config(tmp_path, name, data.name, REFERENCE / record["pretrained_file"]))
+    assert 0.0 <= result.metrics["accuracy"] <= 1.0
+    model = result.model.eval()
+    samples = slice(EXTRA_SAMPLES)
+    with torch.no_grad():
+        assert_matches_float32(model(record["input"][samples]), record["output"][samples])
+
+
+def test_plain_pcam_checkpoint_is_refused_through_main(tmp_path):
+    record = _load(REFERENCE / "att_pcam_pretrained_p4mdensenet.pt")
+    config = _pretrained_config(tmp_path, "f_att_p4m_densenet", "PCam", REFERENCE / record["pretrained_file"])
+    with pytest.raises(CheckpointError, match="'p4m_densenet'"):
+        main.run(config)
+
+
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_released_checkpoints_are_not_copied_into_the_repository():
+    released = [path for path in (REFERENCE / "att_gconvs_pretrained").rglob("*") if path.is_file()]
+    assert any(path.name == "model.pth" for path in released)
+    sizes = {path.stat().st_size for path in released}
+    hashes = {_sha256(path) for path in released}
+    copies = []
+    for folder, subfolders, files in os.walk(REPO_ROOT):
+        subfolders[:] = [name for name in subfolders if not name.startswith(".")]  # .venv, .git, caches
+        for file_name in files:
+            path = pathlib.Path(folder, file_name)
+            if path.stat().st_size in sizes and _sha256(path) in hashes:
+                copies.append(path)
+    assert not copies, f"released checkpoint files copied into the repository: {copies}"

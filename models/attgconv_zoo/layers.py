@@ -23,7 +23,7 @@ plain CNN baselines), and only ``attention="none"`` is allowed.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Callable, Optional
 
 from torch import nn
 
@@ -47,7 +47,45 @@ from attgconv import (
 
 ATTENTION_KINDS = ("none", "full", "channel", "spatial", "feature", "romhog")
 _RESPONSE_KINDS = ("full", "channel", "spatial")
-_FEATURE_KINDS = ("feature", "romhog")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    """The classes that fill one slot (lifting or group layer), per kind of attention.
+
+    Attributes:
+        conv: the plain convolution.
+        attentive: the full attentive convolution.
+        feature_attentive: the feature-map attentive convolution.
+        channel: ``channel(grid, out_channels, in_channels, ratio)``, response channel attention.
+        spatial: response spatial attention (its constructor takes ``grid, out_channels, kernel_size``).
+        feature_channel: ``feature_channel(grid, in_channels, ratio)``, feature-map channel attention.
+        feature_spatial: feature-map spatial attention (``grid, kernel_size``).
+    """
+
+    conv: type
+    attentive: type
+    feature_attentive: type
+    channel: Callable[[PlanarGrid, int, int, int], nn.Module]
+    spatial: type
+    feature_channel: Callable[[PlanarGrid, int, int], nn.Module]
+    feature_spatial: type
+
+
+_LIFTING = _Slot(
+    LiftingConv, AttentiveLiftingConv, FeatureAttentiveLiftingConv,
+    channel=lambda grid, out_channels, in_channels, ratio: ChannelAttention(out_channels, in_channels, ratio),
+    spatial=SpatialAttention,
+    feature_channel=lambda grid, in_channels, ratio: FeatureChannelAttention(in_channels, ratio),
+    feature_spatial=FeatureSpatialAttention,
+)
+_GROUP = _Slot(
+    GroupConv, AttentiveGroupConv, FeatureAttentiveGroupConv,
+    channel=GroupChannelAttention,
+    spatial=GroupSpatialAttention,
+    feature_channel=FeatureGroupChannelAttention,
+    feature_spatial=FeatureGroupSpatialAttention,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,67 +114,52 @@ class LayerFactory:
         if self.grid is None and self.attention != "none":
             raise ValueError("Attention needs a group (p4 or p4m); plain CNNs have attention='none'.")
 
-    @property
-    def group_dims(self) -> int:
-        """Spatial-plus-group dimensions of the feature maps (2 for plain CNNs, 3 otherwise)."""
-        return 2 if self.grid is None else 3
-
     def norm(self, channels: int, eps: float = 2e-5) -> nn.Module:
         """Batch norm over ``(B, C, H, W)`` or ``(B, C, G, H, W)``."""
         return nn.BatchNorm2d(channels, eps=eps) if self.grid is None else nn.BatchNorm3d(channels, eps=eps)
 
-    def lifting(self, in_channels: int, out_channels: int, kernel_size: int, *, padding: int = 0,
-                stride: int = 1, ratio: int = 1, spatial_kernel: int = 7, spatial_dilation: int = 1) -> nn.Module:
-        """The first layer: image ``(B, C, H, W)`` -> group feature map ``(B, O, G, H', W')``."""
+    def lifting(self, in_channels: int, out_channels: int, kernel_size: int, **options: Any) -> nn.Module:
+        """The first layer: image ``(B, C, H, W)`` -> group feature map ``(B, O, G, H', W')``.
+
+        Args: those of :meth:`_layer`.
+        """
+        return self._layer(_LIFTING, in_channels, out_channels, kernel_size, **options)
+
+    def group(self, in_channels: int, out_channels: int, kernel_size: int, **options: Any) -> nn.Module:
+        """A hidden layer: ``(B, C, G, H, W) -> (B, O, G, H', W')``.
+
+        Args: those of :meth:`_layer`.
+        """
+        return self._layer(_GROUP, in_channels, out_channels, kernel_size, **options)
+
+    def _layer(self, slot: _Slot, in_channels: int, out_channels: int, kernel_size: int, *, padding: int = 0,
+               stride: int = 1, ratio: int = 1, spatial_kernel: int = 7, spatial_dilation: int = 1) -> nn.Module:
+        """A layer of ``slot`` with this factory's group and attention.
+
+        Args:
+            slot: :data:`_LIFTING` or :data:`_GROUP`.
+            in_channels, out_channels, kernel_size, padding, stride: of the convolution.
+            ratio: hidden size ``in_channels // ratio`` of the channel attention.
+            spatial_kernel: kernel side of the spatial attention (1 for ``"romhog"``).
+            spatial_dilation: dilation of the spatial attention.
+        """
         if self.grid is None:
             return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=self.bias)
         conv = dict(stride=stride, padding=padding, wscale=self.wscale)
         grid, attention = self.grid, self.attention
         if attention == "none":
-            return LiftingConv(grid, in_channels, out_channels, kernel_size, **conv)
+            return slot.conv(grid, in_channels, out_channels, kernel_size, **conv)
         if attention in _RESPONSE_KINDS:
-            return AttentiveLiftingConv(
-                grid, in_channels, out_channels, kernel_size, formulation=self.formulation,
-                channel_attention=(ChannelAttention(out_channels, in_channels, ratio)
-                                   if attention != "spatial" else None),
-                spatial_attention=(SpatialAttention(grid, out_channels, spatial_kernel, dilation=spatial_dilation,
-                                                    wscale=self.attention_wscale)
-                                   if attention != "channel" else None),
-                **conv)
-        return FeatureAttentiveLiftingConv(
-            grid, in_channels, out_channels, kernel_size,
-            channel_attention=FeatureChannelAttention(in_channels, ratio) if attention == "feature" else None,
-            spatial_attention=self._feature_spatial(FeatureSpatialAttention, in_channels, spatial_kernel,
-                                                    spatial_dilation),
-            **conv)
-
-    def group(self, in_channels: int, out_channels: int, kernel_size: int, *, padding: int = 0,
-              stride: int = 1, ratio: int = 1, spatial_kernel: int = 7, spatial_dilation: int = 1) -> nn.Module:
-        """A hidden layer: ``(B, C, G, H, W) -> (B, O, G, H', W')``."""
-        if self.grid is None:
-            return nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=self.bias)
-        conv = dict(stride=stride, padding=padding, wscale=self.wscale)
-        grid, attention = self.grid, self.attention
-        if attention == "none":
-            return GroupConv(grid, in_channels, out_channels, kernel_size, **conv)
-        if attention in _RESPONSE_KINDS:
-            return AttentiveGroupConv(
-                grid, in_channels, out_channels, kernel_size, formulation=self.formulation,
-                channel_attention=(GroupChannelAttention(grid, out_channels, in_channels, ratio)
-                                   if attention != "spatial" else None),
-                spatial_attention=(GroupSpatialAttention(grid, out_channels, spatial_kernel,
-                                                         dilation=spatial_dilation, wscale=self.attention_wscale)
-                                   if attention != "channel" else None),
-                **conv)
-        return FeatureAttentiveGroupConv(
-            grid, in_channels, out_channels, kernel_size,
-            channel_attention=(FeatureGroupChannelAttention(grid, in_channels, ratio)
-                               if attention == "feature" else None),
-            spatial_attention=self._feature_spatial(FeatureGroupSpatialAttention, in_channels, spatial_kernel,
-                                                    spatial_dilation),
-            **conv)
-
-    def _feature_spatial(self, cls, in_channels: int, kernel_size: int, dilation: int) -> nn.Module:
-        if self.attention == "romhog":
-            return cls(self.grid, 1, in_channels=in_channels, wscale=self.attention_wscale)
-        return cls(self.grid, kernel_size, dilation=dilation, wscale=self.attention_wscale)
+            channel = slot.channel(grid, out_channels, in_channels, ratio) if attention != "spatial" else None
+            spatial = (slot.spatial(grid, out_channels, spatial_kernel, dilation=spatial_dilation,
+                                    wscale=self.attention_wscale) if attention != "channel" else None)
+            return slot.attentive(grid, in_channels, out_channels, kernel_size, formulation=self.formulation,
+                                  channel_attention=channel, spatial_attention=spatial, **conv)
+        channel = slot.feature_channel(grid, in_channels, ratio) if attention == "feature" else None
+        if attention == "romhog":
+            spatial = slot.feature_spatial(grid, 1, in_channels=in_channels, wscale=self.attention_wscale)
+        else:
+            spatial = slot.feature_spatial(grid, spatial_kernel, dilation=spatial_dilation,
+                                           wscale=self.attention_wscale)
+        return slot.feature_attentive(grid, in_channels, out_channels, kernel_size, channel_attention=channel,
+                                      spatial_attention=spatial, **conv)

@@ -23,14 +23,16 @@ Registered: ``allcnnc``, ``p4_allcnnc``, ``p4m_allcnnc``, ``att_p4_allcnnc``,
 Every model accepts any number of input channels and classes
 (``data.in_channels``, ``data.num_classes``) and raises a ValueError naming the
 minimum image side where an architecture cannot shrink that far (rotMNIST CNN:
-28, DenseNet: 80). The full attentive All-CNN-C here downsamples with max-pools
+28, DenseNet: 80); each registers that side as ``min_image_size``, to which the
+runner enlarges smaller images. The full attentive All-CNN-C here downsamples with max-pools
 like the other All-CNN-C models (the original's stride-2 version is rebuilt by
 :mod:`attgconv.compat` only) and uses the memory-lean ``"chunked"`` formulation;
 ``config.attention_formulation = "full"`` selects the original one.
 
 ``defaults`` are the hyper-parameters of the paper and the original scripts, per
 architecture (``sched_decay_factor`` divides the learning rate; the plateau
-scheduler of PCam watches the validation accuracy with ``sched_patience`` epochs).
+scheduler of PCam watches the validation accuracy with ``sched_patience`` epochs;
+the CIFAR-10 runs train with random crops and flips, as the authors' released run did).
 """
 
 from __future__ import annotations
@@ -51,13 +53,19 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "rotMNIST": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=100),
     "allcnnc": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=1e-3,
                     batch_size=128, epochs=350, scheduler="multistep", sched_decay_steps=(200, 250, 300),
-                    sched_decay_factor=10.0),
+                    sched_decay_factor=10.0, augment=True),
     "resnet44": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=0.0,
                      batch_size=128, epochs=300, scheduler="multistep", sched_decay_steps=(50, 100, 150),
-                     sched_decay_factor=10.0),
+                     sched_decay_factor=10.0, augment=True),
     "densenet": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=64, epochs=100,
                      scheduler="plateau", sched_decay_factor=2.0, sched_patience=20),
 }
+
+# The smallest image side of each architecture (the runner enlarges smaller images to it): valid
+# convolutions shrink the images of the rotMNIST CNN and of DenseNet; All-CNN-C and ResNet44 pad
+# their convolutions and pool twice by 2.
+MIN_IMAGE_SIZES = {"rotMNIST": RotMNISTCNN.min_size, "allcnnc": AllCNNC.min_size, "resnet44": ResNet.min_size,
+                   "densenet": DenseNet.minimum_input_size(5)}
 
 ATTENTION_PREFIXES = {"": "none", "att_": "full", "ch_att_": "channel", "sp_att_": "spatial", "f_att_": "feature"}
 
@@ -87,6 +95,7 @@ def _register(name: str, build: Callable[[Any, DataSpec], nn.Module], architectu
     register_model(
         name, family="attgconv", description=description, defaults={architecture: DEFAULTS[defaults_key]},
         convert_checkpoint=None if attention == "none" else _refuse_plain_checkpoint(plain_name),
+        min_image_size=MIN_IMAGE_SIZES[defaults_key],
     )(build)
 
 
