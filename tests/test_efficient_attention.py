@@ -29,6 +29,7 @@ through several chunks and a shorter last chunk.
 import importlib.util
 import itertools
 import json
+import math
 import statistics
 import types
 
@@ -44,6 +45,7 @@ from g_selfatt.nn import (
     LiftSelfAttention,
 )
 from g_selfatt.nn.attention import ATTENTION_IMPLS
+from g_selfatt.nn.efficient_attention import dropout_mask
 from g_selfatt.testing import assert_equivariant
 from models import DataSpec, create_model
 from models.gsa_zoo import GSA_DEFAULTS
@@ -205,6 +207,28 @@ def test_dropout_runs_and_is_finite(kind):
         assert all(torch.isfinite(p.grad).all() for p in layer.parameters())
         layer.eval()
         assert not torch.allclose(out, layer(x)), "dropout had no effect in train mode"
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_mask_drops_the_asked_fraction_without_bias(rate):
+    geometry = types.SimpleNamespace(seed=123, dropout=rate)
+    like = torch.empty(1000, 1003)  # a count that is not a multiple of the four lanes of a draw
+    mask = dropout_mask(geometry, 0, like).double()
+    count = like.numel()
+    kept = (mask > 0).double().mean().item()
+    assert abs(kept - (1 - rate)) < 5 * math.sqrt(rate * (1 - rate) / count)
+    assert abs(mask.mean().item() - 1.0) < 5 * math.sqrt(rate / (1 - rate) / count)
+    assert len(mask.unique()) == 2 and mask.max().item() == pytest.approx(1 / (1 - rate), rel=2e-5)
+    assert torch.equal(dropout_mask(geometry, 0, like).double(), mask)  # the backward pass draws it again
+    assert not torch.equal(dropout_mask(geometry, 1, like).double(), mask)  # chunks differ
+    rows = (mask > 0).double()
+    assert abs(torch.corrcoef(torch.stack([rows[:, :-1].flatten(), rows[:, 1:].flatten()]))[0, 1].item()) < 0.01
+
+
+def test_dropout_mask_extremes():
+    like = torch.empty(10, 7)
+    assert torch.equal(dropout_mask(types.SimpleNamespace(seed=0, dropout=0.0), 0, like), torch.ones(10, 7))
+    assert torch.equal(dropout_mask(types.SimpleNamespace(seed=0, dropout=1.0), 0, like), torch.zeros(10, 7))
 
 
 @pytest.mark.parametrize("kind", ["lift_local", "group"])

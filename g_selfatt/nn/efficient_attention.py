@@ -66,6 +66,9 @@ from torch.autograd.function import once_differentiable
 # dominates when the CPU cores are shared.
 CHUNK_ELEMENTS = 2 ** 21
 
+# Values of the 15-bit random numbers that decide attention dropout (see dropout_mask).
+_LANE_VALUES = 2 ** 15
+
 # Intra-op threads for the chunk loop on CPU (``None``: leave torch's setting).
 # Each chunk is a few dozen operations on a few MiB, and each one ends in a
 # barrier of the intra-op threads. On idle cores all threads pay off (2 threads
@@ -307,13 +310,25 @@ def chunk_probabilities(geometry: _Geometry, queries: slice, q: Tensor, k: Tenso
 
 
 def dropout_mask(geometry: _Geometry, number: int, like: Tensor) -> Tensor:
-    """The (scaled) dropout mask of chunk ``number``; the same in the forward and backward pass."""
+    """The (scaled) dropout mask of chunk ``number``; the same in the forward and backward pass.
+
+    Drawing random numbers is the slowest part of a chunk with dropout on the CPU (one draw
+    per score entry, serially). So each 63-bit draw of the generator is cut into four 15-bit
+    numbers (``int64`` viewed as four ``int16`` lanes, sign bits cleared), four times fewer
+    draws than one float per entry, and an entry is kept when its number is below
+    ``round(keep * 2^15)``. The keep probability is thus a multiple of ``2^-15`` (off by at
+    most ``1.5e-5``), and kept entries are scaled by its exact inverse, so the mask is unbiased.
+    """
     generator = torch.Generator(device=like.device)
     generator.manual_seed(geometry.seed + number)
-    keep = 1.0 - geometry.dropout
-    # uniform < keep is Bernoulli(keep); on CPU it is ~1.8x faster than bernoulli_.
-    mask = torch.rand(like.shape, generator=generator, device=like.device, dtype=like.dtype).lt_(keep)
-    return mask.mul_(1.0 / keep) if keep > 0 else mask
+    threshold = round((1.0 - geometry.dropout) * _LANE_VALUES)
+    if threshold >= _LANE_VALUES:  # a rate below 2^-16: nothing is dropped (and 2^15 is no int16)
+        return torch.ones_like(like)
+    count = like.numel()
+    draws = torch.empty((count + 3) // 4, dtype=torch.int64, device=like.device).random_(generator=generator)
+    lanes = draws.view(torch.int16).bitwise_and_(_LANE_VALUES - 1)  # (4 * draws,) uniform in [0, 2^15)
+    mask = lanes[:count].view(like.shape).lt(threshold).to(like.dtype)
+    return mask.mul_(_LANE_VALUES / threshold) if threshold > 0 else mask
 
 
 # ---------------------------------------------------------------- autograd
