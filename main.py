@@ -86,8 +86,6 @@ def input_spec(config: config_dict.ConfigDict, data: models.DataSpec,
         ConfigError: an image size below the model's minimum.
     """
     requested = config.get("image_size", 0)  # absent from checkpoints written before the option
-    if requested < 0:
-        raise ConfigError(f"--config.image_size must be a positive side or 0, got {requested}.")
     size = requested or max(data.image_size, spec.min_image_size)
     if size < spec.min_image_size:
         raise ConfigError(

@@ -60,7 +60,7 @@ CHOICES: Dict[str, tuple] = {
 # Numeric fields that may not be negative (0 means "off" or "all" for most of them).
 NON_NEGATIVE = ("optimizer_momentum", "weight_decay", "grad_clip", "warmup_epochs",
                 "sched_patience", "max_examples", "max_steps", "num_workers", "num_threads",
-                "rotation_angles", "log_every")
+                "rotation_angles", "log_every", "image_size")
 
 
 def placeholder_fields() -> set:

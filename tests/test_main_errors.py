@@ -163,7 +163,7 @@ def test_valid_size_that_does_not_fit_the_data(tmp_path, capsys):
                       "fixed validation split", "--config.valid_size unset")
 
 
-@pytest.mark.parametrize("field", ["num_workers", "max_steps", "rotation_angles", "weight_decay"])
+@pytest.mark.parametrize("field", ["num_workers", "max_steps", "rotation_angles", "weight_decay", "image_size"])
 def test_negative_counts_and_rates(tmp_path, capsys, field):
     assert_user_error(make_config(tmp_path, model="z2sa", **{field: -1}), capsys,
                       f"config.{field} must be 0 or more, got -1")
