@@ -165,7 +165,8 @@ def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "") -> 
         ConfigError: an unknown model or dataset name.
     """
     saved = checkpoint.read(path)
-    if checkpoint.is_project_checkpoint(saved):
+    written_here = checkpoint.is_project_checkpoint(saved)
+    if written_here:
         config = config_dict.ConfigDict(saved["config"])
     elif not (model and dataset):
         raise CheckpointError(
@@ -177,7 +178,7 @@ def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "") -> 
         config.model, config.dataset = model, dataset
     data = data_spec(config)
     spec = model_spec(config, data.architecture)
-    if not checkpoint.is_project_checkpoint(saved):
+    if not written_here:  # a saved configuration is already resolved
         resolve_config(config, spec.defaults.get(data.architecture, {}))
     network = build_model(config, input_spec(config, data, spec))
     load_weights(network, saved, config.model, spec, data, path)

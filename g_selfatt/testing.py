@@ -52,6 +52,12 @@ def transforms_for(group: Group, kind: str) -> Transform:
     return table[kind]
 
 
+def relative_error(actual: Tensor, expected: Tensor) -> float:
+    """``max |actual - expected| / max |expected|``, the error measure of exact transforms."""
+    scale = expected.abs().max().clamp_min(torch.finfo(expected.dtype).tiny)
+    return float((actual - expected).abs().max() / scale)
+
+
 @torch.no_grad()
 def equivariance_errors(
     fn: Callable[[Tensor], Tensor],
@@ -62,13 +68,8 @@ def equivariance_errors(
 ) -> Dict[int, float]:
     """Relative equivariance error of ``fn`` for each element index in ``elements``."""
     reference = fn(x)
-    scale = reference.abs().max().clamp_min(torch.finfo(reference.dtype).tiny)
-    errors = {}
-    for index in elements:
-        transformed = fn(transform_in(x, index))
-        expected = transform_out(reference, index)
-        errors[index] = float((transformed - expected).abs().max() / scale)
-    return errors
+    return {index: relative_error(fn(transform_in(x, index)), transform_out(reference, index))
+            for index in elements}
 
 
 def assert_equivariant(

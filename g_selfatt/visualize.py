@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from g_selfatt.groups import Group
-from g_selfatt.testing import Transform, transforms_for
+from g_selfatt.testing import Transform, relative_error, transforms_for
 
 Pixel = Tuple[int, int]
 
@@ -105,9 +105,14 @@ def attention_map(layer: nn.Module, x: Tensor, pixel: Pixel, *, output_element: 
     """
     with torch.no_grad():
         probs = layer.attention_probabilities(x)[sample]  # (N, V, G, H, W, M, K)
-    probs = probs[:, output_element, query_element, pixel[0], pixel[1]]  # (N, M, K)
+    return _query_map(layer, probs[:, output_element, query_element], pixel, head)
+
+
+def _query_map(layer: nn.Module, probs: Tensor, pixel: Pixel, head: Optional[int] = None) -> Tensor:
+    """``(N, H, W, M, K)`` probabilities of one (output, query) element pair -> ``(M, H, W)`` at ``pixel``."""
+    height, width = probs.shape[1:3]
+    probs = probs[:, pixel[0], pixel[1]]  # (N, M, K)
     probs = probs.mean(dim=0) if head is None else probs[head]  # (M, K)
-    height, width = x.shape[-2:]
     if not layer.local:
         return probs.view(-1, height, width)  # (M, H, W)
     return _place_neighbourhood(probs, pixel, layer.patch_size, (height, width))
@@ -125,17 +130,18 @@ def _place_neighbourhood(probs: Tensor, pixel: Pixel, patch_size: int, size: Tup
 
 def attention_maps(layer: nn.Module, x: Tensor, pixel: Pixel, *, output_element: int = 0,
                    query_element: int = 0) -> Tensor:
-    """The attention maps that one query shows per column of a picture, ``(G', H, W)``.
+    """The attention maps that one query of the first image shows per column of a picture, ``(G', H, W)``.
 
     For a lifting layer (one key element) the maps of every output element ``v`` are
     stacked, ``(V, H, W)``; for a group layer the map of ``(output_element, query_element)``
     over the key elements, ``(M, H, W)``. Either way the maps of ``u . f`` at the moved
     query are ``u`` applied to the maps of ``f`` (:meth:`Group.transform_feature_map`).
     """
+    with torch.no_grad():
+        probs = layer.attention_probabilities(x)[0]  # (N, V, G, H, W, M, K)
     if layer.lifting:
-        return torch.cat([attention_map(layer, x, pixel, output_element=v)
-                          for v in range(layer.group.num_elements)])  # (V, H, W)
-    return attention_map(layer, x, pixel, output_element=output_element, query_element=query_element)
+        return torch.cat([_query_map(layer, probs[:, v, 0], pixel) for v in range(probs.shape[1])])  # (V, H, W)
+    return _query_map(layer, probs[:, output_element, query_element], pixel)
 
 
 def record_outputs(model: nn.Module, x: Tensor, module_types: Tuple[Type[nn.Module], ...],
@@ -233,10 +239,6 @@ def plot_group_feature_maps(rows: Mapping[str, Tensor], labels: Sequence[str], *
     return figure
 
 
-def _relative_error(actual: Tensor, expected: Tensor) -> float:
-    return float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-30))
-
-
 def plot_equivariance(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group, element: int, *,
                       input_kind: str, output_kind: str = "group", channel: Optional[int] = None,
                       transform_in: Optional[Transform] = None, transform_out: Optional[Transform] = None,
@@ -271,12 +273,11 @@ def plot_equivariance(fn: Callable[[Tensor], Tensor], x: Tensor, group: Group, e
     rows = {"f(x)": out[0, channel], "f(u x)": out_transformed[0, channel], "u . f(x)": expected[0, channel]}
     figure = plot_group_feature_maps(rows, labels or element_labels(group), cmap="viridis", symmetric=False)
     figure.suptitle(f"channel {channel}; u = {element_labels(group)[element]}", fontsize=10)
-    return figure, _relative_error(out_transformed, expected)
+    return figure, relative_error(out_transformed, expected)
 
 
 def plot_attention_equivariance(layer: nn.Module, x: Tensor, element: int, pixel: Pixel, *,
-                                output_element: int = 0, query_element: int = 0,
-                                transform_in: Optional[Transform] = None):
+                                output_element: int = 0, query_element: int = 0):
     """Attention maps of a query for an input and, at the moved query, for its transform.
 
     Rows: the maps of ``x`` (:func:`attention_maps`), those of ``u x`` at the query moved
@@ -289,13 +290,12 @@ def plot_attention_equivariance(layer: nn.Module, x: Tensor, element: int, pixel
         element: ``u``, an element of ``layer.group`` that maps the grid onto itself.
         pixel: the query pixel in ``x``.
         output_element, query_element: ``v`` and ``g`` of the query (group layers).
-        transform_in: the action on the input (default: that of ``layer.group``).
 
     Returns:
         ``(figure, error)``, the error relative to the largest attention weight.
     """
     group = layer.group
-    transform_in = transform_in or transforms_for(group, "image" if layer.lifting else "group")
+    transform_in = transforms_for(group, "image" if layer.lifting else "group")
     moved_pixel = transform_pixel(group.transform_image, element, pixel, tuple(x.shape[-2:]))
     maps = attention_maps(layer, x, pixel, output_element=output_element, query_element=query_element)
     moved = attention_maps(layer, transform_in(x, element), moved_pixel,
@@ -307,7 +307,7 @@ def plot_attention_equivariance(layer: nn.Module, x: Tensor, element: int, pixel
     figure = plot_group_feature_maps(rows, element_labels(group), cmap="viridis", symmetric=False, markers=markers)
     what = "output element v" if layer.lifting else "key element m"
     figure.suptitle(f"attention of the query x; columns: {what}; u = {element_labels(group)[element]}", fontsize=10)
-    return figure, _relative_error(moved, expected)
+    return figure, relative_error(moved, expected)
 
 
 def plot_error_vs_angle(curves: Mapping[str, Mapping[float, float]], *, title: str = "",

@@ -74,6 +74,13 @@ def rotate_images(images: Tensor, angles_deg: Angles) -> Tensor:
     return rotated[0] if single else rotated
 
 
+def _centre_distances(height: int, width: int, device: Optional[torch.device] = None) -> Tensor:
+    """The distance of every pixel centre from the image centre, ``(H, W)`` float64."""
+    rows = torch.arange(height, device=device, dtype=torch.float64) - (height - 1) / 2.0
+    cols = torch.arange(width, device=device, dtype=torch.float64) - (width - 1) / 2.0
+    return (rows.view(-1, 1) ** 2 + cols.view(1, -1) ** 2).sqrt()
+
+
 def disc_mask(height: int, width: int, margin: float = 0.0, device: Optional[torch.device] = None) -> Tensor:
     """The pixels of the disc inscribed in an ``H x W`` image, shrunk by ``margin`` pixels, ``(H, W)`` bool.
 
@@ -81,9 +88,7 @@ def disc_mask(height: int, width: int, margin: float = 0.0, device: Optional[tor
     rotated image and a rotated output can be compared without the corners' zero fill.
     """
     radius = min(height, width) / 2.0 - margin
-    rows = torch.arange(height, device=device, dtype=torch.float64) - (height - 1) / 2.0
-    cols = torch.arange(width, device=device, dtype=torch.float64) - (width - 1) / 2.0
-    return rows.view(-1, 1) ** 2 + cols.view(1, -1) ** 2 <= radius ** 2
+    return _centre_distances(height, width, device) <= radius
 
 
 def smooth_disc_images(shape: Sequence[int], sigma: float = 1.0, generator: Optional[torch.Generator] = None,
@@ -120,9 +125,7 @@ def smooth_disc_images(shape: Sequence[int], sigma: float = 1.0, generator: Opti
     kernel_1d = kernel_1d / kernel_1d.sum()
     kernel = (kernel_1d.view(-1, 1) * kernel_1d.view(1, -1)).view(1, 1, 2 * radius + 1, 2 * radius + 1)
     smooth = F.conv2d(noise, kernel)  # (N, 1, H, W)
-    rows = torch.arange(height, dtype=torch.float64) - (height - 1) / 2.0
-    cols = torch.arange(width, dtype=torch.float64) - (width - 1) / 2.0
-    distance = (rows.view(-1, 1) ** 2 + cols.view(1, -1) ** 2).sqrt()  # (H, W)
+    distance = _centre_distances(height, width)  # (H, W)
     inner = max(0.0, outer - 2 * sigma - 1)
     ramp = ((distance - inner) / (outer - inner)).clamp(0.0, 1.0)
     window = 0.5 * (1 + torch.cos(math.pi * ramp))  # 1 inside ``inner``, 0 from ``outer`` on
