@@ -6,10 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-# One thread per test process: the suite runs one process per core (pytest -n), and
-# several OpenMP threads per process oversubscribe the cores and spin.
-torch.set_num_threads(1)
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+# One thread per test process by default: the suite runs one process per core (pytest -n),
+# and several OpenMP threads per process oversubscribe the cores and spin. TEST_NUM_THREADS
+# runs the suite with more threads per process (the results must not depend on it).
+TEST_NUM_THREADS = int(os.environ.get("TEST_NUM_THREADS", "1"))
+torch.set_num_threads(TEST_NUM_THREADS)
+os.environ.setdefault("OMP_NUM_THREADS", str(TEST_NUM_THREADS))
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_DIR = REPO_ROOT.parent / "shared" / "reference"

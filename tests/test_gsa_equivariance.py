@@ -75,11 +75,15 @@ def test_acted_positional_offsets_are_consistent_for_every_element(name):
     group = get_group(name)
     layer = make_layer(group, "group", "local")
     radius = layer.radius
+    eps = torch.finfo(layer.offset_table.dtype).eps
     for v, matrix in enumerate(group.matrices()):
         for a, b in itertools.product(range(2 * radius + 1), repeat=2):
             offset = torch.tensor([a - radius, b - radius], dtype=torch.float64)
-            expected = (matrix @ offset / radius).to(torch.float32)
-            assert torch.equal(layer.offset_table[v, :, a, b], expected)
+            expected = matrix @ offset / radius
+            # One rounding to the table's dtype, plus float64 round-off of the two products.
+            bound = eps * (matrix.abs() @ offset.abs()) / radius
+            error = (layer.offset_table[v, :, a, b].double() - expected).abs()
+            assert torch.all(error <= bound), (v, a, b, error, bound)
     # The products are consistent: M_v M_u = M_{vu}, so acting twice equals acting once.
     table = group.cayley_table()
     mats = group.matrices()
@@ -92,19 +96,23 @@ def test_acted_positional_offsets_are_consistent_for_every_element(name):
 def test_acted_encodings_are_consistent_under_the_grid_exact_subgroup(name, extent):
     """E[v u](d) = E[v](M_u d) for every element v (45 and 30 degrees included) and grid-exact u.
 
-    The offsets must agree bitwise: a rounding difference at an offset whose exact value
-    is 0 is amplified by the encoding's LayerNorm when its biases are 0 (as GroupTransformer
-    initialises them), which once gave float64 equivariance errors of 1e-11 to 1e-10.
+    Offsets whose exact value is 0 must be exactly 0 on both sides: a rounding residue
+    there is amplified by the encoding's LayerNorm when its biases are 0 (as
+    GroupTransformer initialises them), which once gave float64 equivariance errors of
+    1e-11 to 1e-10. The other offsets agree to the round-off of one product sum.
     """
     group = get_group(name)
     layer = make_layer(group, "group", extent).double()
     table = layer.offset_table  # (V, 2, S, S)
     embeddings = positional_table(layer).movedim(-1, 1)  # (V, 2D, S, S)
     cayley, inverse = group.cayley_table(), group.inverse_indices()
+    eps = torch.finfo(table.dtype).eps
     for v, u in itertools.product(range(group.num_elements), group.grid_exact()):
         vu, u_inv = int(cayley[v, u]), int(inverse[u])
         # transform_image(x, u^-1)(d) = x(M_u d)
-        assert torch.equal(table[vu], group.transform_image(table[v], u_inv)), (v, u)
+        moved = group.transform_image(table[v], u_inv)
+        assert torch.equal(table[vu] == 0, moved == 0), (v, u)
+        assert (table[vu] - moved).abs().max() <= 4 * eps * table.abs().max(), (v, u)
         torch.testing.assert_close(embeddings[vu], group.transform_image(embeddings[v], u_inv), rtol=0, atol=1e-15)
 
 

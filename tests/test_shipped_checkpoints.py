@@ -1,6 +1,7 @@
 """The rotDigits models shipped in saved/ load strictly and behave as the README says."""
 
 import ast
+import copy
 import functools
 import re
 import shlex
@@ -21,6 +22,7 @@ from tests.conftest import REPO_ROOT
 SHIPPED = {name: next((REPO_ROOT / "saved").glob(f"rotDigits_model_{name}_*_ep_30_*.pt"), None)
            for name in ("p4sa", "z2sa")}
 README_COMMAND = ".venv/bin/python main.py "
+ONE_IMAGE = 1  # predictions of float32 runs on two CPUs may differ by one near-tie
 
 
 @functools.lru_cache(maxsize=None)
@@ -89,13 +91,22 @@ def test_shipped_checkpoint_reproduces_its_validation_accuracy(name):
     saved, model, splits = _load(name)
     predicted, labels = _predictions(model, splits, splits.valid)
     assert saved["model"] == name and saved["config"]["epochs"] == 30
-    assert (predicted == labels).double().mean().item() == pytest.approx(saved["best_metric"], abs=1e-12)
+    # Float32 round-off differs between CPUs and may flip the argmax of one near-tie.
+    assert (predicted == labels).double().mean().item() == pytest.approx(saved["best_metric"],
+                                                                         abs=ONE_IMAGE / len(labels))
 
 
 def test_shipped_p4sa_is_invariant_to_quarter_turns_and_beats_z2sa():
+    """Exact invariance, checked in float64: its round-off (1e-16) flips no prediction."""
+    _, model, splits = _load("p4sa")
+    model64 = copy.deepcopy(model).double()
+    images = torch.stack([image for image, _ in splits.test]).double()
+    with torch.no_grad():
+        logits = model64(splits.batch_transform(images))
+        for quarter_turns in (1, 2, 3):
+            turned = torch.rot90(splits.batch_transform(images), quarter_turns, dims=(-2, -1))
+            assert torch.equal(model64(turned).argmax(dim=1), logits.argmax(dim=1))
     predicted, labels = _test_predictions("p4sa")
-    for quarter_turns in (1, 2, 3):
-        assert torch.equal(_rotated_test_predictions("p4sa", quarter_turns), predicted)
     baseline, _ = _test_predictions("z2sa")
     assert (predicted == labels).float().mean() > (baseline == labels).float().mean()
 
@@ -119,10 +130,13 @@ def test_readme_states_the_shipped_test_accuracies(name):
     parameters, percent, rotated_percents = _readme_table()[name]
     predicted, labels = _test_predictions(name)
 
-    def percent_correct(labels_predicted):
-        return round(100 * (labels_predicted == labels).double().mean().item(), 1)
+    def assert_states(labels_predicted, stated_percent):
+        # The README rounds to 0.1%; float32 round-off on another CPU may flip one near-tie.
+        correct = (labels_predicted == labels).sum().item()
+        allowed = ONE_IMAGE + 0.05 / 100 * len(labels)
+        assert abs(correct - stated_percent / 100 * len(labels)) <= allowed, (correct, stated_percent)
 
     assert parameters == sum(p.numel() for p in model.parameters())
-    assert percent_correct(predicted) == percent
-    assert [percent_correct(_rotated_test_predictions(name, quarter_turns))
-            for quarter_turns in (1, 2, 3)] == rotated_percents
+    assert_states(predicted, percent)
+    for quarter_turns, stated in zip((1, 2, 3), rotated_percents):
+        assert_states(_rotated_test_predictions(name, quarter_turns), stated)
