@@ -117,6 +117,14 @@ def get_config() -> config_dict.ConfigDict:
     config.checkpoint = ""
     # Continue training from the `last` checkpoint of this configuration.
     config.resume = False
+    # Train again although a run of this configuration exists (its checkpoints are replaced).
+    config.overwrite = False
+    # Write a resumable checkpoint every N optimizer steps ("500") or every duration ("10min",
+    # "30s", "2h"), besides the one at the end of each epoch; "0" = only at epoch ends.
+    config.checkpoint_every = "10min"
+    # Stop with an error after this many consecutive steps whose loss or gradient is not finite
+    # (steps skipped by the fp16 loss scaler while it lowers its scale do not count).
+    config.max_nonfinite_steps = 5
     # Stop after this many optimizer steps in total (0 = no limit); the run then validates,
     # saves its `last` checkpoint (resumable mid-epoch) and tests. For smoke tests.
     config.max_steps = 0

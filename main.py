@@ -13,11 +13,13 @@ The commands of the papers' experiments are listed in ``runs/README.md``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import pathlib
 import random
+import shlex
 import sys
-from typing import Any, Dict
+from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
@@ -31,16 +33,14 @@ import tester
 import trainer
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, build_loaders
-from runner.defaults import resolve_config
-from runner.errors import CheckpointError, ConfigError, RunnerError
+from models import released
+from runner.defaults import check_field_names, resolve_config
+from runner.errors import CheckpointError, ConfigError, RunInterrupted, RunnerError
 from runner.reporting import MetricLogger
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", default=str(pathlib.Path(__file__).with_name("config.py")), lock_config=True)
 
 # Errors caused by the user's input: reported in one paragraph, without a traceback.
 USER_ERRORS = (RunnerError, datasets.DatasetNotFoundError, datasets.ChecksumError,
-               datasets.CorruptFileError, datasets.DownloadError)
+               datasets.CorruptFileError, datasets.DownloadError, datasets.RecordError)
 
 
 def model_spec(config: config_dict.ConfigDict, architecture: str) -> models.ModelSpec:
@@ -132,12 +132,36 @@ def load_weights(model: torch.nn.Module, saved: Any, model_name: str, spec: mode
     Raises:
         CheckpointError: a checkpoint of another model, or weights that do not fit.
     """
+    if not checkpoint.is_project_checkpoint(saved):
+        report_origin(pathlib.Path(source), model_name)
     try:
         weights = checkpoint.weights_from(saved, model_name=model_name, architecture=data.architecture,
                                           convert=spec.convert_checkpoint, source=source)
     except ValueError as error:
         raise CheckpointError(f"Cannot use {source} for {model_name!r}: {error}") from error
     checkpoint.load_strict(model, weights, source)
+
+
+def report_origin(path: pathlib.Path, model_name: str) -> None:
+    """Logs whether a file that this project did not write is one of the authors' released files.
+
+    Raises:
+        CheckpointError: a damaged copy of a released file.
+    """
+    try:
+        entry = released.identify(path)
+    except ValueError as error:
+        raise CheckpointError(str(error)) from error
+    if entry is None:
+        logging.info("%s is not one of the authors' released checkpoints; its weights are loaded "
+                     "strictly, but no checksum vouches for them.", path)
+        return
+    logging.info("%s is the authors' released %s checkpoint (%s, sha256 verified).", path,
+                 entry.model, entry.dataset)
+    if entry.model != model_name:
+        logging.warning("The released file of folder %s holds %s (%s); it loads into --config.model=%s, "
+                        "not %s.", entry.folder, entry.model, entry.note or "as its name says",
+                        entry.model, model_name)
 
 
 def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "") -> torch.nn.Module:
@@ -246,7 +270,8 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
     logger = MetricLogger(config, enabled=context.is_main)
     try:
         if config.train:
-            train(model, loaders, config, context, best_path, logger)
+            with _run_files(config, context, spec.family, best_path):
+                train(model, loaders, config, context, best_path, logger, spec.family)
         if not context.is_main:
             return RunResult(model, {}, best_path)
         if not (config.train or config.pretrained):
@@ -264,12 +289,30 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
         logger.close()
 
 
+@contextlib.contextmanager
+def _run_files(config: config_dict.ConfigDict, context: distributed.Context, family: str,
+               best_path: pathlib.Path):
+    """Holds the run's lock (main process) and checks that its files may be written.
+
+    Raises:
+        ConfigError: another run holds the lock, or the files belong to the project, to
+            another configuration, or to a finished run of this one (see
+            :func:`runner.paths.check_run_files`).
+    """
+    if not context.is_main:
+        yield
+        return
+    with paths.RunLock(best_path):
+        paths.check_run_files(best_path, paths.run_identity(config, family), family,
+                              resume=config.resume, overwrite=config.overwrite)
+        yield
+
+
 def train(model: torch.nn.Module, loaders: Loaders, config: config_dict.ConfigDict,
-          context: distributed.Context, best_path: pathlib.Path, logger: MetricLogger) -> None:
+          context: distributed.Context, best_path: pathlib.Path, logger: MetricLogger,
+          family: str) -> None:
     """Trains ``model`` and leaves the selected (best) weights in it on the main process."""
-    if context.is_main and best_path.exists() and not config.resume:
-        logging.warning("%s exists and will be overwritten.", best_path)
-    run_trainer = trainer.Trainer(model, loaders, config, context, best_path, logger)
+    run_trainer = trainer.Trainer(model, loaders, config, context, best_path, logger, family)
     if config.resume:
         run_trainer.resume()
     run_trainer.fit()
@@ -282,24 +325,55 @@ def report_user_error(error: BaseException) -> None:
     print(f"Error ({type(error).__name__}): {error}", file=sys.stderr)
 
 
-def run_cli(config: config_dict.ConfigDict) -> int:
-    """Runs ``config``; returns the exit status (2 after reporting a user error)."""
+def resume_command(argv: Sequence[str]) -> str:
+    """The command line that continues the run started by ``argv``."""
+    kept = [arg for arg in argv[1:] if not arg.startswith(("--config.resume", "--config.overwrite"))]
+    return shlex.join(["python", argv[0], *kept, "--config.resume=True"])
+
+
+def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) -> int:
+    """Runs ``config``; returns the exit status.
+
+    2 after reporting a user error, 128 + the signal's number after SIGTERM or SIGINT
+    stopped the run (a resumable checkpoint is saved then), 0 otherwise.
+    """
     try:
         run(config)
+    except RunInterrupted as error:
+        print(f"{error} Resume with: {resume_command(argv)}", file=sys.stderr)
+        return error.exit_code
     except USER_ERRORS as error:
         report_user_error(error)
         return 2
+    except KeyboardInterrupt:
+        print("Interrupted (no training was under way, so nothing needed saving).", file=sys.stderr)
+        return 130
     return 0
 
 
-def main(argv) -> None:
-    """absl entry point: runs the configuration given by the ``--config`` flags."""
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --config.<field>=<value>.")
-    logging.set_verbosity(logging.INFO)
-    logging.set_stderrthreshold(logging.INFO)
-    sys.exit(run_cli(_CONFIG.value))
+def cli() -> None:
+    """The command line: checks the names of the ``--config`` flags, lets absl parse them, runs.
+
+    The flag is defined here, not on import, so that importing this module has no side effect
+    and an unknown field is reported in one line before ml_collections parses the flags.
+    """
+    try:
+        check_field_names(sys.argv[1:])
+    except ConfigError as error:
+        report_user_error(error)
+        sys.exit(2)
+    config_flag = config_flags.DEFINE_config_file(
+        "config", default=str(pathlib.Path(__file__).with_name("config.py")), lock_config=True)
+
+    def main(argv: Sequence[str]) -> None:
+        if len(argv) > 1:
+            raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --config.<field>=<value>.")
+        logging.set_verbosity(logging.INFO)
+        logging.set_stderrthreshold(logging.INFO)
+        sys.exit(run_cli(config_flag.value, sys.argv))
+
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli()

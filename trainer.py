@@ -3,9 +3,16 @@
 One code path serves full precision and both mixed precisions: ``torch.autocast`` and
 ``torch.amp.GradScaler`` are always called and are simply disabled when ``config.amp="none"``
 (the scaler is enabled only for fp16). Steps whose gradients are not finite are skipped and
-counted. After every epoch the model is validated; the best validation accuracy (ties broken
-by the lower loss) selects the model that is saved as the ``best`` checkpoint, and the whole
-training state is saved as the ``last`` checkpoint, from which ``config.resume=True`` goes on.
+counted; after ``config.max_nonfinite_steps`` consecutive steps with a non-finite loss or
+gradient (other than the fp16 scaler's own overflow skips) the run stops with
+:class:`~runner.errors.TrainingDiverged`. After every epoch the model is validated; the best
+validation accuracy (ties broken by the lower loss) of a finite model selects the model that
+is saved as the ``best`` checkpoint, and the whole training state is saved as the ``last``
+checkpoint, from which ``config.resume=True`` goes on. ``last`` is also written every
+``config.checkpoint_every`` steps or minutes, and when SIGTERM or SIGINT stops the run.
+
+A checkpoint holds every random state (:mod:`runner.random_state`) and the position in the
+epoch, so a resumed run repeats the uninterrupted one bit for bit on the CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +20,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-from typing import Any, Dict, List
+import signal
+import time
+from typing import Any, Dict, List, Optional
 
 import torch
 from absl import logging
@@ -22,12 +31,14 @@ from torch import nn
 from tqdm import tqdm
 
 import tester
-from runner import checkpoint, distributed
+from runner import checkpoint, distributed, paths, random_state
 from runner.data import Loaders
-from runner.errors import CheckpointError
+from runner.defaults import parse_checkpoint_every
+from runner.errors import CheckpointError, RunInterrupted, TrainingDiverged
 from runner.paths import last_checkpoint_path
 from runner.reporting import MetricLogger
 from runner.schedulers import LRSchedule, build_schedule
+from runner.signals import StopRequest
 
 
 @dataclasses.dataclass
@@ -43,6 +54,8 @@ class TrainState:
         best_loss: validation loss of the best model.
         best_epoch: epoch of the best model (fractional for an interrupted epoch).
         history: one dict of metrics per validation.
+        epoch_totals: loss sum, correct predictions and examples of the current epoch so far.
+        nonfinite_streak: consecutive steps, up to now, whose loss or gradient was not finite.
     """
 
     epoch: int = 0
@@ -53,6 +66,8 @@ class TrainState:
     best_loss: float = math.inf
     best_epoch: float = -1.0
     history: List[Dict[str, float]] = dataclasses.field(default_factory=list)
+    epoch_totals: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
+    nonfinite_streak: int = 0
 
 
 def build_optimizer(model: nn.Module, config: config_dict.ConfigDict) -> torch.optim.Optimizer:
@@ -81,11 +96,14 @@ class Trainer:
         context: device and process group of this process.
         best_path: file of the ``best`` checkpoint; ``last`` goes next to it.
         logger: the metric logger of this process.
+        family: the model's family in the registry (it selects the run identity's fields).
     """
 
     def __init__(self, model: nn.Module, loaders: Loaders, config: config_dict.ConfigDict,
-                 context: distributed.Context, best_path: pathlib.Path, logger: MetricLogger):
+                 context: distributed.Context, best_path: pathlib.Path, logger: MetricLogger,
+                 family: str):
         self.model = model
+        self.family = family
         self.loaders = loaders
         self.config = config
         self.context = context
@@ -100,6 +118,11 @@ class Trainer:
         self.criterion = nn.CrossEntropyLoss()
         self.augment_generator = torch.Generator(device=context.device)
         self.state = TrainState()
+        self.checkpoint_steps, self.checkpoint_seconds = parse_checkpoint_every(
+            config.checkpoint_every)
+        self.last_save_time = time.monotonic()
+        self.stop_request = StopRequest()
+        self.stop_signal: Optional[int] = None
 
     # ----- checkpoints -----------------------------------------------------------------------
     def resume(self) -> None:
@@ -118,13 +141,49 @@ class Trainer:
         weights = checkpoint.weights_from(saved, model_name=self.config.model,
                                           architecture=self.loaders.spec.architecture,
                                           convert=None, source=self.last_path)
+        checkpoint.check_resumable(saved, self.last_path)
+        self._check_same_run(saved)
         checkpoint.load_strict(self.model, weights, self.last_path)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["train_state"])
+        self._restore_random_states(saved.get("random_states"))
         logging.info("Resumed from %s at epoch %d, batch %d, step %d.", self.last_path,
                      self.state.epoch, self.state.batch_in_epoch, self.state.step)
+
+    def _check_same_run(self, saved: Dict[str, Any]) -> None:
+        """Refuses to resume a checkpoint of another configuration.
+
+        Raises:
+            CheckpointError: listing the fields that differ.
+        """
+        differences = paths.identity_differences(
+            paths.run_identity(saved["config"], self.family),
+            paths.run_identity(self.config, self.family),
+            allowed=paths.RESUMABLE_CHANGES)
+        if differences:
+            raise CheckpointError(
+                f"Cannot resume {self.last_path}: it was trained with another configuration "
+                f"({'; '.join(differences)}). Resume with the same settings, or start a new run "
+                "without --config.resume.")
+
+    def _restore_random_states(self, states: Optional[List[Dict[str, Any]]]) -> None:
+        """This process's random states from the checkpoint (one entry per process)."""
+        if states is None:
+            logging.warning("%s holds no random states (written by an older version): the "
+                            "resumed run is not an exact continuation.", self.last_path)
+            return
+        if len(states) != self.context.world_size:
+            logging.warning("%s was written by %d process(es), this run has %d: the resumed run "
+                            "is not an exact continuation.", self.last_path, len(states),
+                            self.context.world_size)
+            return
+        random_state.restore(states[self.context.rank], self._generators())
+
+    def _generators(self) -> Dict[str, torch.Generator]:
+        """The run's own generators, whose states checkpoints carry."""
+        return {"augment": self.augment_generator}
 
     def restore_best(self) -> None:
         """Loads the weights of the ``best`` checkpoint (the selected model) into the model."""
@@ -145,32 +204,52 @@ class Trainer:
             train_state=dataclasses.asdict(self.state),
             optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
             scaler=self.scaler.state_dict(), epoch=self.state.epoch, step=self.state.step,
-            best_metric=self.state.best_metric)
+            best_metric=self.state.best_metric,
+            random_states=distributed.gather_objects(
+                random_state.capture(self._generators()), self.context))
 
     def _save(self, improved: bool) -> None:
-        """Writes ``best`` (when the model improved), then ``last``; main process only.
+        """Writes ``best`` (when the model improved), then ``last``; ``last`` only on the main process.
 
         In this order a run killed between the two writes resumes from the previous ``last``
         and repeats the period, instead of believing in a best model that was never saved.
+        Every process takes part (the random states of all are gathered). A model with
+        non-finite weights is never saved.
         """
+        payload = self._payload()
+        self.last_save_time = time.monotonic()
         if not self.context.is_main:
             return
-        payload = self._payload()
+        if not model_is_finite(self.model):
+            logging.warning("Not saving step %d: the model's weights are not finite.",
+                            self.state.step)
+            return
         if improved:
             checkpoint.save_atomic(payload, self.best_path)
         checkpoint.save_atomic(payload, self.last_path)
 
     # ----- training ----------------------------------------------------------------------------
     def fit(self) -> TrainState:
-        """Trains until ``config.epochs`` epochs or ``config.max_steps`` steps are done."""
+        """Trains until ``config.epochs`` epochs or ``config.max_steps`` steps are done.
+
+        Raises:
+            RunInterrupted: SIGTERM or SIGINT stopped the run (after saving ``last``).
+            TrainingDiverged: the loss or gradients stayed non-finite.
+        """
         train_model = distributed.wrap(self.model, self.context)
-        while self.state.epoch < self.config.epochs and not self._step_limit_reached():
-            train_metrics = self._train_epoch(train_model)
-            epoch_complete = self.state.batch_in_epoch >= self.steps_per_epoch
-            if epoch_complete:
-                self.state.epoch += 1
-                self.state.batch_in_epoch = 0
-            self._end_of_training_period(train_metrics, epoch_complete)
+        with self.stop_request:
+            while self.state.epoch < self.config.epochs and not self._step_limit_reached():
+                train_metrics = self._train_epoch(train_model)
+                epoch_complete = self.state.batch_in_epoch >= self.steps_per_epoch
+                if epoch_complete:
+                    self.state.epoch += 1
+                    self.state.batch_in_epoch = 0
+                    self.state.epoch_totals = [0.0, 0.0, 0.0]
+                if epoch_complete or self._step_limit_reached():
+                    self._end_of_training_period(train_metrics, epoch_complete)
+                else:  # stopped by a signal in the middle of the epoch
+                    self._save(improved=False)
+                self._stop_if_requested()
         self._log_replica_agreement()
         if self.context.is_main:
             self.logger.summary({"best_val_accuracy": self.state.best_metric,
@@ -181,6 +260,36 @@ class Trainer:
     def _step_limit_reached(self) -> bool:
         return 0 < self.config.max_steps <= self.state.step
 
+    def _stop_if_requested(self) -> None:
+        """Ends the run after a signal; the caller has saved ``last``.
+
+        Raises:
+            RunInterrupted: when a process of the run received SIGTERM or SIGINT.
+        """
+        if self.stop_signal is None:
+            return
+        raise RunInterrupted(
+            f"Stopped by {_signal_name(self.stop_signal)} at epoch {self.state.epoch}, batch "
+            f"{self.state.batch_in_epoch} of {self.steps_per_epoch} (step {self.state.step}); "
+            f"the training state is saved in {self.last_path}.",
+            self.stop_signal, str(self.last_path))
+
+    def _synchronise_flags(self, diverged: bool) -> tuple:
+        """(stop, checkpoint due, diverged) after a step, agreed by all processes.
+
+        Any process's signal or divergence stops all of them at the same step; a checkpoint
+        is due after ``checkpoint_steps`` steps or ``checkpoint_seconds`` seconds.
+        """
+        due = (bool(self.checkpoint_steps) and self.state.step % self.checkpoint_steps == 0) or (
+            bool(self.checkpoint_seconds)
+            and time.monotonic() - self.last_save_time >= self.checkpoint_seconds)
+        local = self.stop_request.signal_number or 0
+        flags = torch.tensor([local, float(due), float(diverged)], dtype=torch.float64)
+        if self.context.distributed:
+            flags = distributed.max_over_processes(flags, self.context)
+        signal_number, due, diverged = flags.tolist()
+        return int(signal_number), bool(due), bool(diverged)
+
     def _end_of_training_period(self, train_metrics: Dict[str, float],
                                 epoch_complete: bool) -> None:
         """Validates, steps epoch-wise schedules, selects the best model and saves."""
@@ -188,7 +297,9 @@ class Trainer:
         if epoch_complete:
             self.schedule.after_epoch(val_accuracy)
         epoch = self.state.epoch + self.state.batch_in_epoch / max(1, self.steps_per_epoch)
-        improved = is_better(val_accuracy, val_loss, self.state)
+        # A model whose weights or validation loss are not finite is never selected.
+        improved = (math.isfinite(val_loss) and model_is_finite(self.model)
+                    and is_better(val_accuracy, val_loss, self.state))
         if improved:
             self.state.best_metric, self.state.best_loss = val_accuracy, val_loss
             self.state.best_epoch = epoch
@@ -205,28 +316,64 @@ class Trainer:
         sampler = self.loaders.train_sampler
         sampler.set_epoch(self.state.epoch,
                           start=self.state.batch_in_epoch * self.config.batch_size)
-        self.augment_generator.manual_seed(
-            (self.config.seed * 100_003 + self.state.epoch) * self.context.world_size
-            + self.context.rank)
-        totals = torch.zeros(3, dtype=torch.float64)  # loss sum, correct, examples
+        if self.state.batch_in_epoch == 0:  # mid-epoch, the resumed generator state continues
+            self.augment_generator.manual_seed(
+                (self.config.seed * 100_003 + self.state.epoch) * self.context.world_size
+                + self.context.rank)
+        self.stop_signal = None
         progress = tqdm(self.loaders.train, disable=not self.context.is_main, leave=False,
                         desc=f"epoch {self.state.epoch + 1}/{self.config.epochs}")
         for inputs, labels in progress:
-            loss, correct = self._train_step(train_model, inputs, labels)
-            totals += torch.tensor([loss * len(labels), correct, len(labels)], dtype=torch.float64)
+            loss, correct, nonfinite = self._train_step(train_model, inputs, labels)
+            totals = self.state.epoch_totals
+            self.state.epoch_totals = [totals[0] + loss * len(labels), totals[1] + correct,
+                                       totals[2] + len(labels)]
             progress.set_postfix(loss=f"{loss:.4f}")
             if self.config.log_every and self.state.step % self.config.log_every == 0:
                 self.logger.log({"train_loss_step": loss,
                                  "lr": self.optimizer.param_groups[0]["lr"]}, self.state.step)
+            signal_number, due, diverged = self._synchronise_flags(nonfinite)
+            self._count_nonfinite(diverged, loss)
+            if signal_number:
+                self.stop_signal = signal_number
+                break
             if self._step_limit_reached():
                 break
+            if due and self.state.batch_in_epoch < self.steps_per_epoch:
+                self._save(improved=False)  # the end of the epoch saves anyway
         progress.close()
+        totals = torch.tensor(self.state.epoch_totals, dtype=torch.float64)
         loss_sum, correct, count = distributed.sum_over_processes(totals, self.context).tolist()
         return {"train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1)}
 
+    def _count_nonfinite(self, nonfinite: bool, loss: float) -> None:
+        """Counts consecutive non-finite steps.
+
+        Raises:
+            TrainingDiverged: after ``config.max_nonfinite_steps`` of them in a row.
+        """
+        self.state.nonfinite_streak = self.state.nonfinite_streak + 1 if nonfinite else 0
+        if self.state.nonfinite_streak < self.config.max_nonfinite_steps:
+            return
+        first = self.state.step - self.state.nonfinite_streak + 1
+        saved = (f"The last saved state is {self.last_path}." if self.last_path.exists()
+                 else "No checkpoint of this run was saved.")
+        raise TrainingDiverged(
+            f"Training diverged: the loss or the gradient was not finite in "
+            f"{self.state.nonfinite_streak} consecutive steps ({first} to {self.state.step}; last "
+            f"loss {loss}); these steps changed no weight. {saved} Lower the learning rate "
+            f"(--config.lr, now {self.config.lr:g}), clip the gradients (--config.grad_clip=1.0) "
+            f"or train in full precision (--config.amp=none, now {self.config.amp}).")
+
     def _train_step(self, train_model: nn.Module, inputs: torch.Tensor,
                     labels: torch.Tensor) -> tuple:
-        """One optimizer step; returns the batch's loss and number of correct predictions."""
+        """One optimizer step.
+
+        Returns:
+            The batch's loss, its number of correct predictions, and whether the step was
+            non-finite: a non-finite loss, or a non-finite gradient that is not an fp16 loss
+            scaler overflow (which the scaler handles by lowering its scale).
+        """
         device = self.context.device
         inputs = inputs.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
@@ -241,7 +388,8 @@ class Trainer:
         self.scaler.unscale_(self.optimizer)
         max_norm = self.config.grad_clip if self.config.grad_clip > 0 else math.inf
         grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
-        if torch.isfinite(grad_norm):
+        finite_gradient = bool(torch.isfinite(grad_norm))
+        if finite_gradient:
             self.scaler.step(self.optimizer)
         else:
             self._skip_step(grad_norm)
@@ -250,7 +398,9 @@ class Trainer:
         self.state.step += 1
         self.state.batch_in_epoch += 1
         correct = (logits.detach().argmax(dim=1) == labels).sum().item()
-        return loss.item(), correct
+        loss_value = loss.item()
+        nonfinite = not math.isfinite(loss_value) or not (finite_gradient or self.scaler.is_enabled())
+        return loss_value, correct, nonfinite
 
     def _skip_step(self, grad_norm: torch.Tensor) -> None:
         """Counts and reports a step skipped for non-finite gradients.
@@ -287,3 +437,13 @@ class Trainer:
             fingerprints = distributed.parameter_fingerprints(self.model, self.context)
             if self.context.is_main:
                 logging.info("Parameter fingerprints per process: %s", fingerprints)
+
+
+def model_is_finite(model: nn.Module) -> bool:
+    """Whether every parameter and buffer of ``model`` is finite."""
+    return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if t.is_floating_point())
+
+
+def _signal_name(number: int) -> str:
+    return signal.Signals(number).name

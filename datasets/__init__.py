@@ -39,7 +39,9 @@ from datasets.errors import (
     CorruptFileError,
     DatasetNotFoundError,
     DownloadError,
+    RecordError,
 )
+from datasets.records import check_records
 from datasets.transforms import BatchTransform, Compose, Normalize, RandomCropFlip, Resize, rotate_images
 from models.registry import DataSpec
 
@@ -168,8 +170,10 @@ __all__ = [
     "DownloadError",
     "Normalize",
     "RandomCropFlip",
+    "RecordError",
     "Resize",
     "Splits",
+    "check_records",
     "get_batch_transform",
     "get_data_spec",
     "load_splits",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
@@ -14,19 +15,23 @@ class TensorImageDataset(Dataset):
     Args:
         images: (N, C, H, W), ``uint8`` in [0, 255] or floating in [0, 1].
         labels: (N,) integer class labels.
+        source: where the data was read from (named in error messages).
 
     Attributes:
         images: the images, for code that moves whole splits to a device at once.
         labels: the labels as ``int64``.
+        source: where the data was read from.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor,
+                 source: Optional[Path] = None) -> None:
         if images.dim() != 4:
             raise ValueError(f"Expected images of shape (N, C, H, W), got {tuple(images.shape)}.")
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} labels.")
         self.images = images
         self.labels = labels.long()
+        self.source = source
 
     def __len__(self) -> int:
         return len(self.images)
@@ -36,7 +41,7 @@ class TensorImageDataset(Dataset):
 
     def subset(self, indices: torch.Tensor) -> "TensorImageDataset":
         """A new dataset with the rows ``indices`` (copied)."""
-        return TensorImageDataset(self.images[indices], self.labels[indices])
+        return TensorImageDataset(self.images[indices], self.labels[indices], self.source)
 
 
 def check_valid_size(valid_size: int, available: int, name: str) -> None:
@@ -54,8 +59,8 @@ def split_tail(data: TensorImageDataset, valid_size: int,
     """Splits off the last ``valid_size`` rows: (first rows, last rows)."""
     check_valid_size(valid_size, len(data), name)
     cut = len(data) - valid_size
-    return (TensorImageDataset(data.images[:cut], data.labels[:cut]),
-            TensorImageDataset(data.images[cut:], data.labels[cut:]))
+    return (TensorImageDataset(data.images[:cut], data.labels[:cut], data.source),
+            TensorImageDataset(data.images[cut:], data.labels[cut:], data.source))
 
 
 def split_random(data: TensorImageDataset, valid_size: int, seed: int,

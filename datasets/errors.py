@@ -50,6 +50,10 @@ class CorruptFileError(RuntimeError):
         )
 
 
+class RecordError(ValueError):
+    """Records of a split (labels, image shapes) that the dataset cannot hold."""
+
+
 class DownloadError(OSError):
     """A file could not be downloaded from any of its URLs."""
 

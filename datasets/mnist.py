@@ -114,8 +114,8 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
     if cache is None:
         cache = _parse(_locate(folder, download))
         save_cache(cache, folder / CACHE_FILE)
-    return (TensorImageDataset(cache["train_images"], cache["train_labels"]),
-            TensorImageDataset(cache["test_images"], cache["test_labels"]))
+    return (TensorImageDataset(cache["train_images"], cache["train_labels"], folder),
+            TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
 
 
 def build_splits(root: Path, *, validation: str, download: bool, seed: int,

@@ -107,8 +107,8 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
         test_images, test_labels = parse_amat(texts[TEST_FILE], f"{origin / TEST_FILE}")
         cache = dict(zip(_CACHE_KEYS, (train_images, train_labels, test_images, test_labels)))
         save_cache(cache, folder / CACHE_FILE)
-    return (TensorImageDataset(cache["train_valid_images"], cache["train_valid_labels"]),
-            TensorImageDataset(cache["test_images"], cache["test_labels"]))
+    return (TensorImageDataset(cache["train_valid_images"], cache["train_valid_labels"], folder),
+            TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
 
 
 def build_splits(root: Path, *, validation: str, download: bool, seed: int,

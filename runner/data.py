@@ -112,10 +112,14 @@ def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: 
     With ``image_size`` different from the dataset's own side, the batch transform resizes the
     images to it before normalising them.
 
+    Every record of every split is checked first (:func:`datasets.check_records`), so a bad
+    label or image stops the run before training, naming the file.
+
     Raises:
         ConfigError: unknown dataset name, a valid_size that does not fit the data,
             augmentation asked for where the dataset has none, or an empty training split.
         datasets.DatasetNotFoundError, datasets.ChecksumError: missing or damaged files.
+        datasets.CorruptFileError: labels out of range, unreadable or wrong-size images.
     """
     if config.dataset not in datasets.DATASET_NAMES:
         raise ConfigError(
@@ -137,11 +141,18 @@ def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: 
         raise ConfigError(
             f"The training split of {config.dataset} under {config.data_root} is empty.")
 
+    for name, split in (("training", train), ("validation", valid), ("test", test)):
+        datasets.check_records(split, splits.spec, f"the {name} split of {config.dataset}")
+
     def loader(dataset: Dataset, sampler: Sampler) -> DataLoader:
+        # A generator of its own: creating an iterator draws the workers' base seed from it,
+        # which would otherwise advance torch's global generator (and shift dropout) whenever
+        # a resumed run creates its iterators at another moment than the uninterrupted run.
         return DataLoader(dataset, batch_size=config.batch_size, sampler=sampler,
                           num_workers=config.num_workers,
                           pin_memory=context.device.type == "cuda",
-                          persistent_workers=config.num_workers > 0)
+                          persistent_workers=config.num_workers > 0,
+                          generator=torch.Generator().manual_seed(config.seed))
 
     shard = dict(rank=context.rank, world_size=context.world_size)
     return Loaders(

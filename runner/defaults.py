@@ -10,7 +10,11 @@ user sets it. :func:`resolve_config` fills every unset field, in this order of p
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping
+import difflib
+import math
+import os
+import re
+from typing import Any, Dict, Mapping, Sequence, Tuple
 
 from ml_collections import config_dict
 
@@ -60,7 +64,15 @@ CHOICES: Dict[str, tuple] = {
 # Numeric fields that may not be negative (0 means "off" or "all" for most of them).
 NON_NEGATIVE = ("optimizer_momentum", "weight_decay", "grad_clip", "warmup_epochs",
                 "sched_patience", "max_examples", "max_steps", "num_workers", "num_threads",
-                "rotation_angles", "log_every", "image_size")
+                "rotation_angles", "log_every", "image_size", "seed")
+# Fields that are fractions: [low, high).
+UNIT_INTERVAL = {"dropout_att": (0.0, 1.0), "dropout_values": (0.0, 1.0),
+                 "optimizer_momentum": (0.0, 1.0)}
+# Fields that become part of a file or run name.
+NAME_FIELDS = ("comment", "wandb_project")
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9._+-]*")
+_EVERY_PATTERN = re.compile(r"(\d+(?:\.\d*)?)\s*(s|sec|min|m|h)?")
+_SECONDS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 
 
 def placeholder_fields() -> set:
@@ -113,14 +125,21 @@ def _as_field_type(value: Any) -> Any:
 
 
 def check_config(config: config_dict.ConfigDict) -> None:
-    """Raises :class:`ConfigError` for a value outside its accepted range."""
+    """Checks every field of a resolved configuration; the one place where values are checked.
+
+    Raises:
+        ConfigError: naming the field, the bad value and what is accepted.
+    """
     for name, valid in CHOICES.items():
         if config[name] not in valid:
             raise ConfigError(
                 f"Unknown {name} {config[name]!r}; expected one of {list(valid)} "
                 f"(set it with --config.{name}=...)."
             )
-    for name in ("batch_size", "epochs"):
+    for name, value in config.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"config.{name} must be a finite number, got {value}.")
+    for name in ("batch_size", "epochs", "max_nonfinite_steps"):
         if config[name] < 1:
             raise ConfigError(f"config.{name} must be at least 1, got {config[name]}.")
     for name in NON_NEGATIVE:
@@ -129,12 +148,99 @@ def check_config(config: config_dict.ConfigDict) -> None:
                 f"config.{name} must be 0 or more, got {config[name]} "
                 f"(set it with --config.{name}=...)."
             )
-    if config.lr <= 0:
-        raise ConfigError(f"config.lr must be positive, got {config.lr}.")
+    for name, (low, high) in UNIT_INTERVAL.items():
+        if not low <= config[name] < high:
+            raise ConfigError(f"config.{name} must lie in [{low}, {high}), got {config[name]}.")
+    for name in ("lr", "whitening_scale"):
+        if config[name] <= 0:
+            raise ConfigError(f"config.{name} must be positive, got {config[name]}.")
+    _check_schedule(config)
+    if config.attention_type == "Local" and (config.patch_size < 3 or config.patch_size % 2 == 0):
+        raise ConfigError(
+            f"Local attention needs an odd config.patch_size of at least 3 (the neighbourhood is "
+            f"centred on the query), got {config.patch_size}; for attention over the whole image "
+            "use --config.attention_type=Global.")
+    for name in NAME_FIELDS:
+        if not _NAME_PATTERN.fullmatch(config[name]) or ".." in config[name]:
+            raise ConfigError(
+                f"config.{name}={config[name]!r} becomes part of a file or run name; use only "
+                "letters, digits and . _ + - (no '/', no '..').")
+    _check_file_path(config.path)
+    parse_checkpoint_every(config.checkpoint_every)
+    if config.resume and not config.train:
+        raise ConfigError("config.resume=True continues training; it needs config.train=True.")
+    if config.resume and config.overwrite:
+        raise ConfigError("config.resume=True continues a run and config.overwrite=True starts it "
+                          "again; give one of them.")
+
+
+def _check_schedule(config: config_dict.ConfigDict) -> None:
+    """The decay settings of the schedulers that use them."""
     if config.scheduler in ("multistep", "plateau") and config.sched_decay_factor <= 1:
         raise ConfigError(
             f"The {config.scheduler} scheduler divides the learning rate by "
             f"config.sched_decay_factor, which must be above 1; got {config.sched_decay_factor}."
         )
-    if config.resume and not config.train:
-        raise ConfigError("config.resume=True continues training; it needs config.train=True.")
+    steps = config.sched_decay_steps
+    if not (isinstance(steps, tuple) and all(isinstance(s, int) and not isinstance(s, bool)
+                                             and s > 0 for s in steps)
+            and list(steps) == sorted(set(steps))):
+        raise ConfigError(
+            f"config.sched_decay_steps must be increasing positive epoch numbers, e.g. "
+            f"--config.sched_decay_steps='(200, 250, 300)'; got {steps!r}.")
+
+
+def _check_file_path(path: str) -> None:
+    """``config.path``, when given, must name a file (not a folder)."""
+    if not path:
+        return
+    if path.endswith(("/", os.sep)) or os.path.isdir(path):
+        raise ConfigError(
+            f"config.path={path!r} is a folder; it must name the checkpoint file, e.g. "
+            f"--config.path={os.path.join(path.rstrip('/') or '.', 'run.pt')} (or use "
+            "--config.save_dir for the folder).")
+    parent = os.path.dirname(path)
+    if parent and os.path.isfile(parent):
+        raise ConfigError(f"config.path={path!r}: {parent!r} is a file, not a folder.")
+
+
+def parse_checkpoint_every(text: str) -> Tuple[int, float]:
+    """``config.checkpoint_every`` as ``(steps, seconds)``; one of them is 0.
+
+    Raises:
+        ConfigError: neither a whole number of steps nor a duration like ``10min``.
+    """
+    match = _EVERY_PATTERN.fullmatch(text.strip())
+    if match is None:
+        raise ConfigError(
+            f"config.checkpoint_every={text!r} is neither a number of steps (e.g. 500) nor a "
+            f"duration (e.g. 30s, 10min, 2h); 0 writes checkpoints only at the end of epochs.")
+    number, unit = match.groups()
+    if not unit:
+        if float(number) != int(float(number)):
+            raise ConfigError(f"config.checkpoint_every={text!r}: a number of steps must be whole.")
+        return int(float(number)), 0.0
+    return 0, float(number) * _SECONDS[unit]
+
+
+def check_field_names(argv: Sequence[str]) -> None:
+    """Checks that every ``--config.<field>`` flag names a field of ``config.py``.
+
+    Raises:
+        ConfigError: for the first unknown field, with the closest names.
+    """
+    fields = list(config_file.get_config().keys())
+    for argument in argv:
+        for prefix in ("--config.", "--noconfig.", "-config."):
+            if argument.startswith(prefix):
+                name = argument[len(prefix):].split("=", 1)[0].split(".", 1)[0]
+                if name not in fields:
+                    raise ConfigError(unknown_field_message(name, fields))
+
+
+def unknown_field_message(name: str, fields: Sequence[str]) -> str:
+    """``Unknown field 'lrr'; did you mean 'lr'?`` and where the fields are listed."""
+    close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+    return (f"Unknown field {name!r}{hint} The fields are listed in config.py and by "
+            "`python main.py --helpfull`.")

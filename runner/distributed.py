@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import List
+from typing import Any, List
 
 import torch
 import torch.distributed as dist
@@ -103,6 +103,23 @@ def sum_over_processes(values: torch.Tensor, context: Context) -> torch.Tensor:
         values = values.to(context.device)
         dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values.cpu()
+
+
+def max_over_processes(values: torch.Tensor, context: Context) -> torch.Tensor:
+    """Element-wise maximum of ``values`` over all processes (identity when single-process)."""
+    if context.distributed:
+        values = values.to(context.device)
+        dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return values.cpu()
+
+
+def gather_objects(obj: Any, context: Context) -> List[Any]:
+    """``obj`` of every process, in rank order, on every process (``[obj]`` when single-process)."""
+    if not context.distributed:
+        return [obj]
+    gathered: List[Any] = [None] * context.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def parameter_fingerprints(model: nn.Module, context: Context) -> List[float]:

@@ -18,3 +18,26 @@ class CheckpointError(RunnerError):
 
 class DeviceError(RunnerError):
     """A requested device that is not available."""
+
+
+class TrainingDiverged(RunnerError):
+    """The loss or the gradients stayed non-finite for several consecutive steps."""
+
+
+class RunInterrupted(RunnerError):
+    """A signal (SIGTERM, SIGINT) stopped the run after it saved a resumable checkpoint.
+
+    Attributes:
+        signal_number: the signal that stopped the run.
+        checkpoint: the resumable checkpoint written before stopping.
+    """
+
+    def __init__(self, message: str, signal_number: int, checkpoint: str):
+        super().__init__(message)
+        self.signal_number = signal_number
+        self.checkpoint = checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for a process ended by a signal: 128 + its number."""
+        return 128 + self.signal_number

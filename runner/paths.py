@@ -1,27 +1,54 @@
-"""Checkpoint file names derived from the configuration.
+"""Run identity, checkpoint file names, and the lock that keeps runs apart.
 
-The name lists the settings that distinguish runs, in the order of the original GSA-Net code,
-e.g. ``rotMNIST_model_p4sa_type_Local_patch_5_dpatt_0.1_dpval_0.1_activ_Swish_norm_LayerNorm_
-white_1.41421356_optim_Adam_lr_0.001_bs_8_ep_300_wd_0.0001_seed_0_sched_constant.pt``.
-Settings this project added appear only when they differ from their default, so runs with the
-original's settings keep the original's names.
+A checkpoint belongs to exactly one configuration. Its name is the readable stem of the
+original GSA-Net code, e.g. ``rotMNIST_model_p4sa_type_Local_patch_5_dpatt_0.1_dpval_0.1_activ_
+Swish_norm_LayerNorm_white_1.41421356_optim_Adam_lr_0.001_bs_8_ep_300_wd_0.0001_seed_0_sched_
+constant``, followed by ``_`` and the first eight hex digits of the sha256 of the run's
+*identity*: every resolved field that changes the data, the trained weights or their selection
+(:func:`run_identity`). Settings this project added appear in the readable part only when they
+differ from their default, and all of them are in the hash, so two configurations never share
+a file.
 """
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
+import json
 import os
 import pathlib
+import socket
+import time
+from typing import Any, Dict, List, Mapping, Optional
 
 from ml_collections import config_dict
 
-from runner.errors import ConfigError
+import config as config_file
+from runner import checkpoint
+from runner.errors import CheckpointError, ConfigError
+
+# Fields that change neither the data, the trained weights nor their selection: where the run
+# reads and writes, how fast it runs, what it reports, and how it is started or stopped.
+# (device, num_workers and the attention implementations compute the same function.)
+NOT_IDENTITY = ("train", "pretrained", "checkpoint", "resume", "overwrite", "save_dir", "path",
+                "rotation_angles", "log_every", "wandb", "wandb_project", "device", "num_workers",
+                "num_threads", "download", "checkpoint_every", "max_nonfinite_steps",
+                "attention_impl", "attention_formulation")
+# Fields of the self-attention architecture, part of the identity of GSA-Nets only.
+GSA_FIELDS = ("norm_type", "attention_type", "activation_function", "patch_size", "dropout_att",
+              "dropout_values", "whitening_scale", "group_axis_index")
+# Fields a resumed run may change: the length of training (more epochs, another step limit).
+RESUMABLE_CHANGES = ("epochs", "max_steps")
+HASH_DIGITS = 8
+# The checkpoints shipped with the project: a run never writes them.
+SHIPPED_MANIFEST = pathlib.Path(__file__).resolve().parents[1] / "saved" / "manifest.json"
 
 # Schedulers whose file names carry no decay settings (as in the original code).
 _SCHEDULERS_WITHOUT_DECAY = ("constant", "linear_warmup_cosine")
 
 
 def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
-    """The file name (without suffix) of the run described by ``config``.
+    """The readable part of the name of the run described by ``config`` (no hash, no suffix).
 
     Args:
         config: the resolved configuration.
@@ -63,16 +90,68 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
     return "_".join(parts)
 
 
+def run_identity(config: Mapping[str, Any], family: str) -> Dict[str, Any]:
+    """The fields that make a run what it is, as plain values.
+
+    Fields missing from ``config`` (a checkpoint written before they existed) take their
+    default from ``config.py``.
+
+    Args:
+        config: a resolved configuration (ConfigDict or the plain dict of a checkpoint).
+        family: the model's family in the registry.
+    """
+    defaults = config_file.get_config().to_dict()
+    values = {name: config.get(name, default) for name, default in defaults.items()}
+    excluded = set(NOT_IDENTITY)
+    if family != "gsa":
+        excluded |= set(GSA_FIELDS)
+    elif values["attention_type"] == "Global":
+        excluded.add("patch_size")
+    identity = {name: _plain(value) for name, value in values.items() if name not in excluded}
+    identity["data_root"] = os.path.normpath(str(identity["data_root"]))
+    if values["pretrained"] and values["train"]:  # fine-tuning starts from other weights
+        identity["initial_weights"] = values["checkpoint"] or "own best checkpoint"
+    return identity
+
+
+def _plain(value: Any) -> Any:
+    """Tuples and lists as lists, so that a value from a checkpoint compares equal."""
+    return [_plain(item) for item in value] if isinstance(value, (list, tuple)) else value
+
+
+def identity_hash(identity: Mapping[str, Any]) -> str:
+    """The first :data:`HASH_DIGITS` hex digits of the sha256 of ``identity``."""
+    text = json.dumps(dict(identity), sort_keys=True, default=repr)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_DIGITS]
+
+
+def identity_differences(saved: Mapping[str, Any], current: Mapping[str, Any],
+                         allowed: tuple = ()) -> List[str]:
+    """``field: saved -> current`` for every identity field that differs, except ``allowed``."""
+    return [f"{name}: {saved.get(name)!r} -> {current.get(name)!r}"
+            for name in sorted(set(saved) | set(current))
+            if name not in allowed and saved.get(name) != current.get(name)]
+
+
+def run_name(config: config_dict.ConfigDict, family: str) -> str:
+    """The readable stem followed by the identity hash: the name of the run's files."""
+    return f"{checkpoint_stem(config, family)}_{identity_hash(run_identity(config, family))}"
+
+
 def best_checkpoint_path(config: config_dict.ConfigDict, family: str) -> pathlib.Path:
-    """``config.path`` when set, else ``<save_dir>/<stem>.pt``: the selected (best) model."""
+    """``config.path`` when set, else ``<save_dir>/<run name>.pt``: the selected (best) model."""
     if config.path:
         return pathlib.Path(config.path)
-    return pathlib.Path(config.save_dir) / f"{checkpoint_stem(config, family)}.pt"
+    return pathlib.Path(config.save_dir) / f"{run_name(config, family)}.pt"
 
 
 def last_checkpoint_path(best_path: pathlib.Path) -> pathlib.Path:
     """The checkpoint of the latest training state, next to the best one."""
     return best_path.with_name(f"{best_path.stem}.last{best_path.suffix}")
+
+
+# Files of the test reports, after output_prefix.
+REPORT_SUFFIXES = (".test.json", ".rotation.csv", ".rotation.png")
 
 
 def output_prefix(best_path: pathlib.Path) -> pathlib.Path:
@@ -99,3 +178,151 @@ def prepare_folder(best_path: pathlib.Path) -> None:
             f"The checkpoint folder {folder} is not writable. Choose another one with "
             "--config.save_dir=PATH (or --config.path=FILE)."
         )
+
+
+def shipped_checkpoints() -> Dict[str, Dict[str, Any]]:
+    """File name -> record (model, dataset, sha256, ...) of every checkpoint shipped in saved/."""
+    if not SHIPPED_MANIFEST.is_file():
+        return {}
+    return json.loads(SHIPPED_MANIFEST.read_text())["checkpoints"]
+
+
+def is_shipped(path: pathlib.Path) -> bool:
+    """Whether ``path`` is one of the shipped checkpoints (or its ``last`` companion)."""
+    resolved = pathlib.Path(path).resolve()
+    if resolved.parent != SHIPPED_MANIFEST.parent:
+        return False
+    names = set(shipped_checkpoints())
+    return resolved.name in names | {last_checkpoint_path(pathlib.Path(n)).name for n in names}
+
+
+def check_run_files(best_path: pathlib.Path, identity: Mapping[str, Any], family: str, *,
+                    resume: bool, overwrite: bool) -> None:
+    """Refuses to train into files that belong to the project or to another run.
+
+    * The checkpoints shipped in ``saved/`` are never written.
+    * A file that holds a run of another configuration (possible only with ``config.path``)
+      is never overwritten.
+    * A run of the same configuration is continued only with ``resume`` and replaced only
+      with ``overwrite``; ``overwrite`` deletes its files first, so that the two runs' files
+      never mix.
+
+    Raises:
+        ConfigError: with the way out for each case.
+    """
+    last_path = last_checkpoint_path(best_path)
+    for path in (best_path, last_path):
+        if is_shipped(path):
+            raise ConfigError(
+                f"{path} is a checkpoint shipped with the project; a run never writes it. Test it "
+                "with --config.pretrained=True --config.train=False, or train into another file "
+                "with --config.save_dir=DIR or --config.path=FILE.")
+    existing = [path for path in (best_path, last_path) if path.exists()]
+    if not existing or resume:
+        return
+    state: Mapping[str, Any] = {}
+    for path in existing:
+        try:
+            saved = checkpoint.read(path)
+        except CheckpointError:
+            if overwrite:
+                continue
+            raise
+        state = saved.get("train_state", {})
+        if not checkpoint.is_project_checkpoint(saved):
+            raise ConfigError(f"{path} exists and is not a checkpoint of this project's runner; "
+                              "choose another --config.path.")
+        differences = identity_differences(run_identity(saved["config"], family), identity)
+        if differences:
+            raise ConfigError(
+                f"{path} holds a run of another configuration ({'; '.join(differences)}); a run "
+                "never overwrites another one. Choose another --config.path, or delete the file.")
+    if overwrite:
+        reports = [pathlib.Path(f"{output_prefix(best_path)}{suffix}") for suffix in REPORT_SUFFIXES]
+        for path in existing + reports:
+            if path.exists():
+                path.unlink()
+        return
+    where = f"epoch {state.get('epoch', '?')}, step {state.get('step', '?')}"
+    raise ConfigError(
+        f"A run of this configuration already exists ({where}; {existing[-1]}). Continue it with "
+        "--config.resume=True (after --config.epochs=N for more epochs), test it with "
+        "--config.pretrained=True --config.train=False, or train it again from the start with "
+        "--config.overwrite=True.")
+
+
+def lock_path(best_path: pathlib.Path) -> pathlib.Path:
+    """The lock file of the run whose best checkpoint is ``best_path``."""
+    return best_path.with_name(f"{best_path.stem}.lock")
+
+
+class RunLock:
+    """An exclusive lock on a run's files, held while the run trains.
+
+    It is an ``flock`` on ``<name>.lock``, so the operating system releases it when the
+    process ends in any way (a SIGKILL too); the file itself records who holds it.
+
+    Args:
+        best_path: the best checkpoint of the run.
+    """
+
+    def __init__(self, best_path: pathlib.Path):
+        self.path = lock_path(pathlib.Path(best_path))
+        self._handle: Optional[Any] = None
+
+    def acquire(self) -> None:
+        """Takes the lock.
+
+        Raises:
+            ConfigError: another process holds it (with its pid, host and start time).
+        """
+        while True:
+            handle = open(self.path, "a+")
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.seek(0)
+                holder = handle.read().strip() or "an unknown process"
+                handle.close()
+                raise ConfigError(
+                    f"Another run of this configuration is training into "
+                    f"{self.path.with_suffix('.pt')} ({holder}). Wait for it to finish, or tell "
+                    "this run apart with --config.comment=NAME (or another --config.seed or "
+                    "--config.path)."
+                ) from None
+            if _same_file(handle, self.path):
+                break
+            handle.close()  # the holder removed the file as we locked it: lock the new one
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        """Releases the lock and removes its file."""
+        if self._handle is None:
+            return
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        fcntl.flock(self._handle, fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
+def _same_file(handle: Any, path: pathlib.Path) -> bool:
+    """Whether the open ``handle`` is still the file at ``path``."""
+    try:
+        return os.fstat(handle.fileno()).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        return False

@@ -244,7 +244,7 @@ def _trainer(tmp_path, **overrides) -> trainer.Trainer:
                       lambda x: x.float(), None)
     context = distributed.Context(torch.device("cpu"))
     return trainer.Trainer(Tiny(), loaders, config, context, tmp_path / "toy.pt",
-                           MetricLogger(config))
+                           MetricLogger(config), "cnn")
 
 
 def test_non_finite_gradients_skip_the_step(tmp_path):

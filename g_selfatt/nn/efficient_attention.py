@@ -487,6 +487,8 @@ def _attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int, pos_tab
                group_table: Optional[Tensor], chunk_elements: Optional[int]) -> Tensor:
     batch, channels, heads, elements, height, width = q.shape
     num_out = layer.group.num_elements
+    if batch == 0:  # nothing to attend; keep the graph so that backward gives empty gradients
+        return q.new_zeros(0, channels, heads, num_out, height, width) + 0 * (q.sum() + k.sum() + v.sum())
     key_elements = k.shape[3]
     if layer.local:
         radius = layer.patch_size // 2

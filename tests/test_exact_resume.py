@@ -1,0 +1,118 @@
+"""A run that crashes at any step and is resumed repeats the uninterrupted run bit for bit.
+
+Dropout is on (attention and values for GSA-Nets, the P4CNN's and All-CNN-C's own dropout),
+so every random state must be restored: torch's generator (dropout masks, the seeds of the
+attention-dropout masks), the augmentation generator (CIFAR10), the data order and the
+position in the epoch. The crash is an exception raised before a step, as a kill would leave
+it: nothing is saved after the last periodic checkpoint.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import fixture_data
+import main
+import trainer
+from runner import checkpoint, paths
+from runner.errors import CheckpointError
+from test_main_e2e import make_config
+
+# name -> (dataset, fixture writer, model, overrides). 16 examples in batches of 4: 4 steps per
+# epoch, 2 epochs; a checkpoint every 3 steps.
+CASES = {
+    "gsa": ("rotDigits", None, "z2sa", {"dropout_att": 0.1, "dropout_values": 0.1}),
+    "attentive-gcnn": ("rotDigits", None, "f_att_p4cnn", {}),
+    "augmented": ("CIFAR10", fixture_data.make_cifar10, "allcnnc",
+                  {"augment": True, "valid_size": 4}),
+}
+COMMON = dict(max_examples=16, batch_size=4, epochs=2, rotation_angles=0, checkpoint_every="3")
+
+
+class SimulatedCrash(BaseException):
+    """Stands for a SIGKILL: nothing in the runner handles it."""
+
+
+def _config(tmp_path, case, **overrides):
+    dataset, writer, model, extra = CASES[case]
+    if writer is not None and not (tmp_path / "data" / dataset).exists():
+        writer(tmp_path / "data", n_per_batch=4) if dataset == "CIFAR10" else writer(tmp_path / "data")
+    return make_config(tmp_path, dataset=dataset, model=model, **{**COMMON, **extra, **overrides})
+
+
+def _crash_before_step(monkeypatch, step):
+    original = trainer.Trainer._train_step
+
+    def train_step(self, *args):
+        if self.state.step + 1 == step:
+            raise SimulatedCrash
+        return original(self, *args)
+
+    monkeypatch.setattr(trainer.Trainer, "_train_step", train_step)
+    return original
+
+
+def _files(result):
+    best = checkpoint.read(result.checkpoint)
+    last = checkpoint.read(paths.last_checkpoint_path(result.checkpoint))
+    return best, last
+
+
+def _assert_same_weights(actual, expected):
+    assert actual.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(actual[key], value), key
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+@pytest.mark.parametrize("case", sorted(CASES))
+# Checkpoints are written after steps 3 (periodic), 4 (end of epoch 1), 6 (periodic) and 8:
+# a crash before step 2 finds none, a crash before step 8 resumes in the middle of epoch 2.
+@pytest.mark.parametrize("crash_step", [2, 8])
+def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, case,
+                                                           num_workers, crash_step):
+    straight_best, straight_last = _files(main.run(_config(tmp_path / "straight", case,
+                                                           num_workers=num_workers)))
+
+    original = _crash_before_step(monkeypatch, crash_step)
+    config = _config(tmp_path / "cut", case, num_workers=num_workers)
+    with pytest.raises(SimulatedCrash):
+        main.run(config)
+    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+    last_path = paths.last_checkpoint_path(paths.best_checkpoint_path(config, "any"))
+    if crash_step <= 3:  # crashed before the first checkpoint: start again
+        assert not last_path.exists()
+        resumed = main.run(_config(tmp_path / "cut", case, num_workers=num_workers))
+    else:
+        saved = checkpoint.read(last_path)
+        assert (saved["step"], saved["train_state"]["batch_in_epoch"]) == (6, 2)
+        resumed = main.run(_config(tmp_path / "cut", case, num_workers=num_workers, resume=True))
+    best, last = _files(resumed)
+    assert last["step"] == straight_last["step"] == 8
+    _assert_same_weights(last["state_dict"], straight_last["state_dict"])
+    _assert_same_weights(best["state_dict"], straight_best["state_dict"])
+    assert last["train_state"]["history"] == straight_last["train_state"]["history"]
+    assert last["optimizer"]["state"].keys() == straight_last["optimizer"]["state"].keys()
+
+
+def test_resuming_with_another_configuration_lists_the_differences(tmp_path, monkeypatch):
+    original = _crash_before_step(monkeypatch, 5)
+    config = _config(tmp_path, "gsa")
+    with pytest.raises(SimulatedCrash):
+        main.run(config)
+    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+    path = paths.best_checkpoint_path(config, "gsa")
+    other = _config(tmp_path, "gsa", resume=True, path=str(path), lr=0.5, dropout_att=0.2)
+    with pytest.raises(CheckpointError, match=r"another configuration \(dropout_att: 0.1 -> 0.2; "
+                                              r"lr: 0.002 -> 0.5\)"):
+        main.run(other)
+
+
+def test_a_finished_run_continues_for_more_epochs_under_its_old_name(tmp_path):
+    first = main.run(_config(tmp_path, "gsa", max_steps=3))
+    assert checkpoint.read(paths.last_checkpoint_path(first.checkpoint))["step"] == 3
+    longer = _config(tmp_path, "gsa", resume=True, path=str(first.checkpoint), epochs=3)
+    _, last = _files(main.run(longer))
+    assert (last["epoch"], last["step"]) == (3, 12)
+    assert last["config"]["epochs"] == 3 and last["config"]["max_steps"] == 0
