@@ -115,7 +115,7 @@ def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
         CheckpointError: no file, unreadable file, or weights that do not fit the model.
     """
     source = config.checkpoint or str(best_path)
-    if not pathlib.Path(source).is_file():
+    if not pathlib.Path(source).exists():
         raise CheckpointError(
             f"--config.pretrained=True but there is no checkpoint at {source}. Train this "
             "configuration first (without --config.pretrained), or give the file with "

@@ -333,3 +333,14 @@ def test_benchmark_prints_one_line_per_case_and_impl(monkeypatch, capsys):
     benchmark.main(["--worker", "--cases", "b", "--impl", "efficient", "--repeats", "1"])
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["impl"] == "efficient" and "memory_ratio_ref_over_eff" not in json.loads(line)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_an_empty_batch_gives_empty_outputs_and_gradients(kind):
+    _, lifting, local = KINDS[kind]
+    _, efficient, x = _pair(kind, "p4", 6, 3 if local else None, torch.float32, dropout=0.1)
+    empty = x[:0].clone().requires_grad_(True)
+    out = efficient.train()(empty)
+    out.sum().backward()
+    assert out.shape == (0,) + efficient.eval()(x).shape[1:]
+    assert empty.grad.shape == empty.shape

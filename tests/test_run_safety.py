@@ -1,0 +1,261 @@
+"""Nothing lost, nothing silent: run identity, damaged files, configuration and record checks.
+
+Each case uses real files: checkpoints written by a real run and then cut, overwritten with
+text, or changed by one bit; the shipped checkpoints; data files with bad records.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import fixture_data
+import main
+from datasets import pcam
+from models import released
+from runner import checkpoint, paths
+from runner.errors import CheckpointError, ConfigError
+from test_main_e2e import make_config
+
+from conftest import REFERENCE_DIR, REPO_ROOT
+
+TINY = dict(dataset="rotDigits", model="z2sa", max_examples=8, batch_size=4, rotation_angles=0)
+SHIPPED_Z2SA = next((REPO_ROOT / "saved").glob("rotDigits_model_z2sa_*_ep_30_*.pt"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The best checkpoint of a finished tiny run."""
+    tmp_path = tmp_path_factory.mktemp("trained")
+    return main.run(make_config(tmp_path, **TINY)).checkpoint
+
+
+def _digest(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _test_with(tmp_path, source, capsys, **overrides):
+    """``main.run_cli`` testing the checkpoint ``source``; returns (status, stderr)."""
+    config = make_config(tmp_path / "use", **TINY, train=False, pretrained=True,
+                         checkpoint=str(source), **overrides)
+    status = main.run_cli(config)
+    return status, capsys.readouterr().err
+
+
+# ----- run identity -----------------------------------------------------------------------------
+def test_every_field_that_changes_the_run_changes_its_name():
+    base = make_config(REPO_ROOT / "unused", **TINY)
+    name = paths.run_name(base, "gsa")
+    for field, value in [("max_steps", 3), ("max_examples", 4), ("grad_clip", 0.5), ("amp", "bf16"),
+                         ("data_root", "elsewhere"), ("valid_size", 10), ("warmup_epochs", 2.0),
+                         ("dropout_att", 0.3), ("image_size", 20), ("seed", 4)]:
+        other = make_config(REPO_ROOT / "unused", **{**TINY, field: value})
+        assert paths.run_name(other, "gsa") != name, field
+    for field, value in [("num_workers", 2), ("device", "auto"), ("log_every", 7),
+                         ("attention_impl", "reference"), ("checkpoint_every", "5")]:
+        other = make_config(REPO_ROOT / "unused", **{**TINY, field: value})
+        assert paths.run_name(other, "gsa") == name, field
+
+
+def test_a_smoke_run_next_to_a_finished_run_leaves_it_alone(tmp_path):
+    save_dir = tmp_path / "saved"
+    save_dir.mkdir()
+    finished = save_dir / SHIPPED_Z2SA.name
+    shutil.copy(SHIPPED_Z2SA, finished)
+    before = _digest(finished)
+    config = make_config(tmp_path, dataset="rotDigits", model="z2sa", epochs=30, max_steps=3,
+                         batch_size=16, lr=2e-3, rotation_angles=0)
+    result = main.run(config)
+    assert result.checkpoint != finished and _digest(finished) == before
+    assert checkpoint.read(finished)["best_metric"] == pytest.approx(0.4983, abs=1e-4)
+
+
+def test_the_shipped_checkpoints_are_never_written(capsys):
+    manifest = paths.shipped_checkpoints()
+    assert SHIPPED_Z2SA.name in manifest
+    before = _digest(SHIPPED_Z2SA)
+    assert before == manifest[SHIPPED_Z2SA.name]["sha256"]
+    config = make_config(REPO_ROOT / "unused", dataset="rotDigits", model="z2sa", epochs=30,
+                         batch_size=16, lr=2e-3, rotation_angles=0, overwrite=True)
+    config.save_dir = str(REPO_ROOT / "saved")
+    config.data_root = "./data"
+    assert main.run_cli(config) == 2
+    assert "shipped with the project; a run never writes it" in capsys.readouterr().err
+    assert _digest(SHIPPED_Z2SA) == before
+
+
+def test_a_finished_run_is_replaced_only_with_overwrite(tmp_path, capsys):
+    config = make_config(tmp_path, **TINY)
+    first = main.run(config)
+    prefix = paths.output_prefix(first.checkpoint)
+    assert main.run_cli(make_config(tmp_path, **TINY)) == 2
+    message = capsys.readouterr().err
+    assert "A run of this configuration already exists" in message
+    assert "--config.resume=True" in message and "--config.overwrite=True" in message
+    report = paths.REPORT_SUFFIXES[0]
+    (tmp_path / f"{prefix}{report}").write_text("{}")  # a report of the old run
+    again = main.run(make_config(tmp_path, **TINY, overwrite=True, train=True))
+    assert again.checkpoint == first.checkpoint and checkpoint.read(first.checkpoint)["step"] == 2
+    assert (tmp_path / f"{prefix}{report}").read_text() != "{}"  # the new run's report
+    assert not list(tmp_path.glob("saved/*.lock"))
+
+
+def test_a_file_of_another_configuration_is_never_overwritten(tmp_path, trained):
+    other = make_config(tmp_path, **TINY, lr=0.5, path=str(trained), overwrite=True)
+    with pytest.raises(ConfigError, match=r"another configuration \(.*lr: 0.002 -> 0.5\)"):
+        main.run(other)
+
+
+# ----- damaged checkpoints ----------------------------------------------------------------------
+def _flip_one_weight_bit(source, target):
+    """Copies ``source`` to ``target`` with one bit changed inside the largest tensor's bytes."""
+    data = bytearray(source.read_bytes())
+    with zipfile.ZipFile(source) as archive:
+        entry = max((e for e in archive.infolist() if "/data/" in e.filename), key=lambda e: e.file_size)
+    header = entry.header_offset
+    name_length = int.from_bytes(data[header + 26:header + 28], "little")
+    extra_length = int.from_bytes(data[header + 28:header + 30], "little")
+    start = header + 30 + name_length + extra_length
+    data[start + entry.file_size // 2] ^= 0x10
+    target.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage, fragment", [
+    ("empty", "is empty (0 bytes)"),
+    ("cut_10", "is truncated"),
+    ("cut_35", "is truncated"),
+    ("cut_90", "is truncated"),
+    ("text", "not a PyTorch checkpoint but a text file"),
+    ("no_model", "lacks ['model']"),
+    ("flipped_bit", "is damaged: its tensors do not match the sha256 checksum"),
+    ("folder", "is a folder, not a file"),
+])
+def test_a_damaged_checkpoint_is_one_paragraph_that_names_the_file(tmp_path, trained, capsys,
+                                                                   damage, fragment):
+    path = tmp_path / "damaged.pt"
+    content = trained.read_bytes()
+    if damage == "empty":
+        path.write_bytes(b"")
+    elif damage.startswith("cut_"):
+        path.write_bytes(content[:len(content) * int(damage[4:]) // 100])
+    elif damage == "text":
+        path.write_text("epoch,accuracy\n1,0.5\n")
+    elif damage == "no_model":
+        saved = checkpoint.read(trained)
+        del saved["model"]
+        torch.save(saved, path)
+    elif damage == "flipped_bit":
+        _flip_one_weight_bit(trained, path)
+        assert torch.load(path, weights_only=True)["model"] == "z2sa"  # torch itself sees nothing
+    else:
+        path.mkdir()
+    status, message = _test_with(tmp_path, path, capsys)
+    assert status == 2 and "Traceback" not in message
+    assert str(path) in message and fragment in message, message
+    assert len(message.strip().splitlines()) == 1
+    with pytest.raises(CheckpointError, match="damaged|empty|truncated|text file|lacks|folder"):
+        main.load_model(path)
+
+
+def test_released_checkpoints_are_recognised_by_their_sha256(tmp_path, caplog):
+    folder = "model_p4cnn_optim_adam_lr_0.001_wd_0.0001_seed_0"
+    original = REFERENCE_DIR / "att_gconvs_pretrained" / folder / "model.pth"
+    assert released.file_sha256(original) in released.RELEASED
+    copy = tmp_path / folder / "model.pth"
+    copy.parent.mkdir()
+    shutil.copy(original, copy)
+    with caplog.at_level(logging.INFO):
+        main.load_model(copy, model="p4cnn", dataset="rotMNIST")
+    assert "released p4cnn checkpoint (rotMNIST, sha256 verified)" in caplog.text
+    data = bytearray(copy.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="the copy is damaged or was changed"):
+        main.load_model(copy, model="p4cnn", dataset="rotMNIST")
+
+
+def test_checkpoints_follow_the_umask(tmp_path, trained):
+    assert trained.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
+
+
+def _current_umask():
+    mask = __import__("os").umask(0o022)
+    __import__("os").umask(mask)
+    return mask
+
+
+# ----- configuration ----------------------------------------------------------------------------
+@pytest.mark.parametrize("field, value, fragment", [
+    ("lr", float("nan"), "config.lr must be a finite number, got nan"),
+    ("lr", float("inf"), "config.lr must be a finite number, got inf"),
+    ("whitening_scale", -1.0, "config.whitening_scale must be positive"),
+    ("sched_decay_steps", ("abc",), "config.sched_decay_steps must be increasing positive"),
+    ("sched_decay_steps", (5, 2), "config.sched_decay_steps must be increasing positive"),
+    ("patch_size", 0, "Local attention needs an odd config.patch_size of at least 3"),
+    ("comment", "x/../../../escaped", "use only letters, digits"),
+    ("dropout_att", 1.0, "config.dropout_att must lie in [0.0, 1.0)"),
+    ("checkpoint_every", "often", "is neither a number of steps"),
+    ("max_nonfinite_steps", 0, "config.max_nonfinite_steps must be at least 1"),
+])
+def test_bad_values_are_rejected_before_any_work(tmp_path, capsys, field, value, fragment):
+    config = make_config(tmp_path, **TINY)
+    config[field] = value
+    assert main.run_cli(config) == 2
+    message = capsys.readouterr().err
+    assert fragment in message and "Traceback" not in message, message
+    assert not (tmp_path / "saved").exists()
+
+
+def test_a_folder_as_path_is_rejected_before_training(tmp_path, capsys):
+    config = make_config(tmp_path, **TINY, path=str(tmp_path))
+    assert main.run_cli(config) == 2
+    assert "is a folder; it must name the checkpoint file" in capsys.readouterr().err
+
+
+def test_an_unknown_field_is_one_line_with_a_suggestion():
+    result = subprocess.run([sys.executable, "main.py", "--config.lrr=0.1"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "Error (ConfigError): Unknown field 'lrr'; did you mean 'lr'? The fields are listed in "
+        "config.py and by `python main.py --helpfull`.")
+
+
+# ----- data records -----------------------------------------------------------------------------
+def _pcam_config(tmp_path):
+    return make_config(tmp_path, dataset="PCam", model="densenet", max_examples=4)
+
+
+def test_a_label_out_of_range_is_reported_with_its_file_before_training(tmp_path, capsys):
+    fixture = fixture_data.make_pcam_hdf5(tmp_path / "data")
+    with h5py.File(fixture.paths["train_y"], "r+") as handle:
+        handle["y"][1, 0, 0, 0] = 7
+    assert main.run_cli(_pcam_config(tmp_path)) == 2
+    message = capsys.readouterr().err
+    assert "1 label(s) outside 0..1 (row 1: 7)" in message and str(fixture.paths["train_y"]) in message
+    assert not list((tmp_path / "saved").glob("*.pt"))
+
+
+@pytest.mark.parametrize("damage, fragment", [("unreadable", "cannot be decoded"),
+                                              ("small", "64x64 pixels, expected 96x96")])
+def test_a_bad_image_file_is_reported_before_training(tmp_path, capsys, damage, fragment):
+    fixture = fixture_data.make_pcam_imagefolder(tmp_path / "data")
+    bad = fixture.paths["valid/1"]
+    if damage == "unreadable":
+        bad.write_bytes(bad.read_bytes()[:200])
+    else:
+        Image.fromarray(np.zeros((64, 64, 3), dtype=np.uint8)).save(bad)
+    assert main.run_cli(_pcam_config(tmp_path)) == 2
+    message = capsys.readouterr().err
+    assert str(bad) in message and fragment in message and "Traceback" not in message
+    assert pcam.FOLDER in message
