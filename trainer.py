@@ -21,6 +21,7 @@ import dataclasses
 import math
 import pathlib
 import signal
+import sys
 import time
 from typing import Any, Dict, List, Optional
 
@@ -321,7 +322,10 @@ class Trainer:
                 (self.config.seed * 100_003 + self.state.epoch) * self.context.world_size
                 + self.context.rank)
         self.stop_signal = None
-        progress = tqdm(self.loaders.train, disable=not self.context.is_main, leave=False,
+        # A progress bar only on a terminal: in a log file its carriage returns make one
+        # endless line; there, the log_every lines below report progress.
+        progress = tqdm(self.loaders.train, leave=False,
+                        disable=not (self.context.is_main and sys.stderr.isatty()),
                         desc=f"epoch {self.state.epoch + 1}/{self.config.epochs}")
         for inputs, labels in progress:
             loss, correct, nonfinite = self._train_step(train_model, inputs, labels)

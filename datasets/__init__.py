@@ -20,7 +20,7 @@ Validation (``validation=``):
 * ``"held_out"`` (default): rotMNIST = the last ``valid_size`` (2,000) train+valid rows;
   CIFAR10 = ``valid_size`` (5,000) training images chosen with ``seed``; PCam = its valid
   split; MNIST = the last ``valid_size`` (10,000) training images; rotDigits = its own
-  ``valid_size`` (297) images.
+  ``valid_size`` (297) images; rotMNIST5k = its own ``valid_size`` (500) images.
 * ``"test"``: the valid split is the test set (model selection on the test set, as in the
   original code); the training split is then as in the original code too.
 """
@@ -33,7 +33,7 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 from torch.utils.data import Dataset
 
-from datasets import cifar10, mnist, pcam, rot_digits, rot_mnist
+from datasets import cifar10, mnist, pcam, rot_digits, rot_mnist, rot_mnist5k
 from datasets.errors import (
     ChecksumError,
     CorruptFileError,
@@ -74,6 +74,8 @@ _DATASETS: Dict[str, _Entry] = {
                     mnist.build_splits),
     "rotDigits": _Entry(DataSpec("rotDigits", 1, 10, 16, "rotDigits"), (rot_digits.MEAN,),
                         (rot_digits.STD,), False, rot_digits.build_splits),
+    "rotMNIST5k": _Entry(DataSpec("rotMNIST5k", 1, 10, 28, "rotMNIST"), _MNIST_MEAN, _MNIST_STD,
+                         False, rot_mnist5k.build_splits),
 }
 
 DATASET_NAMES: Tuple[str, ...] = tuple(_DATASETS)

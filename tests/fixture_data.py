@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from datasets import cifar10, mnist, pcam, rot_mnist
+from datasets import cifar10, mnist, pcam, rot_mnist, rot_mnist5k
 
 PathLike = Union[str, Path]
 
@@ -260,3 +260,24 @@ def make_pcam_imagefolder(root: PathLike, n_train: int = 6, n_valid: int = 4, n_
             Image.fromarray(image.transpose(1, 2, 0)).save(path)
             paths[f"{split}/{i}"] = path
     return _fixture(paths, images, labels)
+
+
+def make_rotmnist5k(root: PathLike, n: int = 20, seed: int = 0) -> Fixture:
+    """Writes ``<root>/rotMNIST5k/mnist_5k.csv.gz`` in the packaged file's format.
+
+    One row per image: 784 pixel values (row by row), then the label.
+
+    Returns:
+        The fixture; split ``"all"`` (the upright digits in file order), path ``"csv"``.
+    """
+    folder = Path(root) / rot_mnist5k.FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, size=(n, 1, 28, 28), dtype=np.uint8)
+    labels = np.arange(n, dtype=np.int64) % 10
+    rows = np.concatenate([images.reshape(n, -1).astype(np.int64), labels[:, None]], axis=1)
+    text = "\n".join(",".join(str(value) for value in row) for row in rows) + "\n"
+    path = folder / rot_mnist5k.FILE
+    path.write_bytes(gzip.compress(text.encode()))
+    rot_mnist5k.rot_mnist5k.cache_clear()
+    return _fixture({"csv": path}, {"all": images}, {"all": labels})

