@@ -362,12 +362,14 @@ class Trainer:
         first = self.state.step - self.state.nonfinite_streak + 1
         saved = (f"The last saved state is {self.last_path}." if self.last_path.exists()
                  else "No checkpoint of this run was saved.")
+        precision = (f", or train in full precision (--config.amp=none, now {self.config.amp})"
+                     if self.config.amp != "none" else "")
         raise TrainingDiverged(
             f"Training diverged: the loss or the gradient was not finite in "
             f"{self.state.nonfinite_streak} consecutive steps ({first} to {self.state.step}; last "
             f"loss {loss}); these steps changed no weight. {saved} Lower the learning rate "
-            f"(--config.lr, now {self.config.lr:g}), clip the gradients (--config.grad_clip=1.0) "
-            f"or train in full precision (--config.amp=none, now {self.config.amp}).")
+            f"(--config.lr, now {self.config.lr:g}) or clip the gradients "
+            f"(--config.grad_clip=1.0){precision}.")
 
     def _train_step(self, train_model: nn.Module, inputs: torch.Tensor,
                     labels: torch.Tensor) -> tuple:

@@ -259,3 +259,19 @@ def test_a_bad_image_file_is_reported_before_training(tmp_path, capsys, damage, 
     message = capsys.readouterr().err
     assert str(bad) in message and fragment in message and "Traceback" not in message
     assert pcam.FOLDER in message
+
+
+# ----- divergence -------------------------------------------------------------------------------
+def test_a_diverging_run_stops_with_an_error_and_saves_no_best_model(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "main.py", "--config.optimizer=SGD", "--config.lr=1e8",
+         "--config.max_examples=64", "--config.rotation_angles=0", "--config.device=cpu",
+         "--config.num_threads=1", f"--config.save_dir={tmp_path}"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if "Training diverged" in line]
+    assert "not finite in 5 consecutive steps" in line and "--config.lr, now 1e+08" in line
+    assert not [path for path in tmp_path.iterdir() if not path.name.endswith(".last.pt")]
+    saved = checkpoint.read(next(tmp_path.glob("*.last.pt")))
+    assert all(bool(torch.isfinite(value).all()) for value in saved["state_dict"].values()
+               if value.is_floating_point())

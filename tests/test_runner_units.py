@@ -22,7 +22,7 @@ from models.registry import DataSpec
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, ShardSampler
 from runner.defaults import FALLBACKS, placeholder_fields, resolve_config
-from runner.errors import CheckpointError, ConfigError
+from runner.errors import CheckpointError, ConfigError, TrainingDiverged
 from runner.reporting import MetricLogger
 from runner.schedulers import build_schedule, warmup_cosine_factor
 
@@ -254,6 +254,22 @@ def test_non_finite_gradients_skip_the_step(tmp_path):
     run.fit()
     assert run.state.skipped_steps == 2 and run.state.step == 2
     assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
+
+
+def test_consecutive_non_finite_steps_stop_the_run(tmp_path):
+    run = _trainer(tmp_path, max_nonfinite_steps=2)
+    run.config.epochs = 3
+    run.model.poison = True
+    with pytest.raises(TrainingDiverged, match="not finite in 2 consecutive steps \\(1 to 2"):
+        run.fit()
+    assert not (tmp_path / "toy.pt").exists()
+
+
+def test_fp16_scaler_overflows_do_not_count_as_divergence(tmp_path, monkeypatch):
+    run = _trainer(tmp_path, amp="fp16", max_nonfinite_steps=1)
+    monkeypatch.setattr(nn.utils, "clip_grad_norm_", lambda *args: torch.tensor(math.inf))
+    state = run.fit()  # every step overflows; the scaler lowers its scale, nothing diverges
+    assert state.skipped_steps == 2 and state.nonfinite_streak == 0
 
 
 @pytest.mark.parametrize("amp", ["none", "fp16", "bf16"])
