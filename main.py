@@ -34,7 +34,7 @@ import trainer
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, build_loaders
 from models import released
-from runner.defaults import check_field_names, resolve_config
+from runner.defaults import check_field_names, field_help, resolve_config
 from runner.errors import CheckpointError, ConfigError, RunInterrupted, RunnerError
 from runner.reporting import MetricLogger
 
@@ -363,7 +363,8 @@ def cli() -> None:
         report_user_error(error)
         sys.exit(2)
     config_flag = config_flags.DEFINE_config_file(
-        "config", default=str(pathlib.Path(__file__).with_name("config.py")), lock_config=True)
+        "config", default=str(pathlib.Path(__file__).with_name("config.py")),
+        help_string=field_help(), lock_config=True)
 
     def main(argv: Sequence[str]) -> None:
         if len(argv) > 1:

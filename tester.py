@@ -10,7 +10,6 @@ images, and writes them next to the checkpoint:
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import pathlib
@@ -24,6 +23,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import datasets
+from runner.reporting import write_csv
 
 # torch dtype of each config.amp value ("none" runs in float32).
 AMP_DTYPES = {"none": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -127,11 +127,7 @@ def write_rotation_curve(curve: List[Dict[str, float]], prefix: pathlib.Path,
 
     csv_path = pathlib.Path(f"{prefix}.rotation.csv")
     png_path = pathlib.Path(f"{prefix}.rotation.png")
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["angle_deg", "accuracy"])
-        writer.writeheader()
-        writer.writerows(curve)
+    write_csv(curve, csv_path)
     figure, axes = plt.subplots(figsize=(5, 3.5))
     axes.plot([p["angle_deg"] for p in curve], [p["accuracy"] for p in curve], marker="o")
     axes.set(xlabel="rotation of the test images (degrees)", ylabel="test accuracy",

@@ -37,7 +37,7 @@ from runner.data import Loaders
 from runner.defaults import parse_checkpoint_every
 from runner.errors import CheckpointError, RunInterrupted, TrainingDiverged
 from runner.paths import last_checkpoint_path
-from runner.reporting import MetricLogger
+from runner.reporting import MetricLogger, write_csv
 from runner.schedulers import LRSchedule, build_schedule
 from runner.signals import StopRequest
 
@@ -110,6 +110,7 @@ class Trainer:
         self.context = context
         self.best_path = pathlib.Path(best_path)
         self.last_path = last_checkpoint_path(self.best_path)
+        self.metrics_path = pathlib.Path(f"{paths.output_prefix(self.best_path)}.metrics.csv")
         self.logger = logger
         self.steps_per_epoch = len(loaders.train)
         self.optimizer = build_optimizer(model, config)
@@ -310,6 +311,8 @@ class Trainer:
         self.state.history.append(metrics)
         self.logger.log(metrics, step=self.state.step)
         self._save(improved)
+        if self.context.is_main:
+            write_csv(self.state.history, self.metrics_path)
 
     def _train_epoch(self, train_model: nn.Module) -> Dict[str, float]:
         """Trains the rest of the current epoch (or up to ``max_steps``)."""

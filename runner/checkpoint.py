@@ -16,9 +16,7 @@ accepts a bare ``state_dict`` as saved by the original implementations, with or 
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
-import tempfile
 import zipfile
 from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 
@@ -26,6 +24,7 @@ import torch
 from torch import nn
 
 from runner.errors import CheckpointError
+from runner.files import atomic_write
 
 # Key prefixes added by wrappers: nn.DataParallel / DistributedDataParallel and torch.compile.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
@@ -67,32 +66,8 @@ def _tensors(obj: Any, path: str) -> Iterator[tuple]:
 
 
 def save_atomic(payload: Mapping[str, Any], path: pathlib.Path) -> None:
-    """Writes ``payload`` with ``torch.save`` to ``path`` so that ``path`` is never partial.
-
-    The file gets the permissions that the user's umask gives a new file (``mkstemp``
-    would create it readable by its owner only).
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as tmp_file:
-            torch.save(dict(payload), tmp_file)
-            tmp_file.flush()
-            os.fsync(tmp_file.fileno())
-        os.chmod(tmp_name, 0o666 & ~_umask())
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-
-
-def _umask() -> int:
-    """The process's umask (reading it requires setting it; it is set straight back)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+    """Writes ``payload`` with ``torch.save`` to ``path`` so that ``path`` is never partial."""
+    atomic_write(path, lambda handle: torch.save(dict(payload), handle))
 
 
 def read(path: pathlib.Path) -> Any:

@@ -11,6 +11,7 @@ user sets it. :func:`resolve_config` fills every unset field, in this order of p
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import os
 import re
@@ -242,5 +243,36 @@ def unknown_field_message(name: str, fields: Sequence[str]) -> str:
     """``Unknown field 'lrr'; did you mean 'lr'?`` and where the fields are listed."""
     close = difflib.get_close_matches(name, fields, n=3, cutoff=0.6)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
-    return (f"Unknown field {name!r}{hint} The fields are listed in config.py and by "
-            "`python main.py --helpfull`.")
+    return (f"Unknown field {name!r}{hint} The fields are listed by `python main.py --help` "
+            "(and in config.py).")
+
+
+_FIELD_LINE = re.compile(r"\s*config\.(\w+)\s*=")
+_GROUP_LINE = re.compile(r"\s*# -+ (.+?) -+\s*$")
+
+
+def field_help() -> str:
+    """Every field of ``config.py`` with its default and meaning, grouped as in the file.
+
+    The text is read from the comments above each field in ``config.py``, so the listing and
+    the file never disagree; placeholders show where their value comes from instead.
+    """
+    defaults = config_file.get_config()
+    lines, comment = [], []
+    for line in inspect.getsource(config_file).splitlines():
+        group, field = _GROUP_LINE.match(line), _FIELD_LINE.match(line)
+        if group:
+            lines.append(f"\n  {group.group(1)}:")
+            comment = []
+        elif field and field.group(1) in defaults:
+            name = field.group(1)
+            value = defaults[name]
+            shown = "(from the model's defaults)" if value is None else repr(value)
+            meaning = " ".join(comment) or ""
+            lines.append(f"    --config.{name}={shown}\n        {meaning}")
+            comment = []
+        elif line.strip().startswith("#"):
+            comment.append(line.strip().lstrip("#").strip())
+        else:
+            comment = []
+    return "The experiment configuration; set any field with --config.<field>=<value>.\n" + "\n".join(lines)

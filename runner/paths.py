@@ -150,12 +150,12 @@ def last_checkpoint_path(best_path: pathlib.Path) -> pathlib.Path:
     return best_path.with_name(f"{best_path.stem}.last{best_path.suffix}")
 
 
-# Files of the test reports, after output_prefix.
-REPORT_SUFFIXES = (".test.json", ".rotation.csv", ".rotation.png")
+# Files of the reports, after output_prefix.
+REPORT_SUFFIXES = (".test.json", ".rotation.csv", ".rotation.png", ".metrics.csv")
 
 
 def output_prefix(best_path: pathlib.Path) -> pathlib.Path:
-    """Prefix of the test reports (CSV, PNG) written next to the checkpoint."""
+    """Prefix of the reports (metrics, test results, rotation curve) written next to the checkpoint."""
     return best_path.with_suffix("")
 
 

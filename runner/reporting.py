@@ -6,13 +6,16 @@ user's environment (``wandb login``, ``WANDB_ENTITY``), never from the code.
 
 from __future__ import annotations
 
+import csv
 import importlib
-from typing import Any, Mapping, Optional
+import pathlib
+from typing import Any, List, Mapping, Optional, Sequence
 
 from absl import logging
 from ml_collections import config_dict
 
 from runner.errors import ConfigError
+from runner.files import atomic_write
 
 
 class MetricLogger:
@@ -72,3 +75,25 @@ def _start_wandb(config: config_dict.ConfigDict) -> Optional[Any]:
         ) from error
     return wandb.init(project=config.wandb_project, group=config.dataset,
                       config=config.to_dict())
+
+
+def rounded(value: Any, digits: int = 6) -> Any:
+    """Floats to ``digits`` significant digits (``0.21`` rather than ``0.20999999344348907``)."""
+    return float(f"{value:.{digits}g}") if isinstance(value, float) else value
+
+
+def write_csv(rows: Sequence[Mapping[str, Any]], path: pathlib.Path) -> None:
+    """Writes ``rows`` (one dict each, floats rounded) as a CSV file, atomically.
+
+    The columns are the keys of all rows in order of first appearance; missing cells are empty.
+    """
+    columns: List[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+
+    def write(handle: Any) -> None:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({key: rounded(value) for key, value in row.items()} for row in rows)
+
+    atomic_write(path, write, text=True)

@@ -19,11 +19,12 @@ import pytest
 import torch
 from PIL import Image
 
+import config as config_file
 import fixture_data
 import main
 from datasets import pcam
 from models import released
-from runner import checkpoint, paths
+from runner import checkpoint, files, paths
 from runner.errors import CheckpointError, ConfigError
 from test_main_e2e import make_config
 
@@ -185,13 +186,9 @@ def test_released_checkpoints_are_recognised_by_their_sha256(tmp_path, caplog):
 
 
 def test_checkpoints_follow_the_umask(tmp_path, trained):
-    assert trained.stat().st_mode & 0o777 == 0o666 & ~_current_umask()
-
-
-def _current_umask():
-    mask = __import__("os").umask(0o022)
-    __import__("os").umask(mask)
-    return mask
+    assert trained.stat().st_mode & 0o777 == 0o666 & ~files.umask()
+    metrics = trained.with_name(trained.stem + ".metrics.csv")
+    assert metrics.stat().st_mode & 0o777 == 0o666 & ~files.umask()
 
 
 # ----- configuration ----------------------------------------------------------------------------
@@ -227,8 +224,19 @@ def test_an_unknown_field_is_one_line_with_a_suggestion():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "Error (ConfigError): Unknown field 'lrr'; did you mean 'lr'? The fields are listed in "
-        "config.py and by `python main.py --helpfull`.")
+        "Error (ConfigError): Unknown field 'lrr'; did you mean 'lr'? The fields are listed by "
+        "`python main.py --help` (and in config.py).")
+
+
+def test_help_lists_every_field_with_its_default_and_meaning():
+    result = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    text = " ".join(result.stdout.split())  # absl's usage text, whatever its line breaks
+    for name, value in config_file.get_config().items():
+        shown = "(from the model's defaults)" if value is None else repr(value)
+        assert f"--config.{name}={shown}" in text, name
+    assert "--config.checkpoint_every='10min' Write a resumable checkpoint every N" in text
+    assert "Run control:" in text
 
 
 # ----- data records -----------------------------------------------------------------------------
@@ -271,7 +279,7 @@ def test_a_diverging_run_stops_with_an_error_and_saves_no_best_model(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     (line,) = [line for line in result.stderr.splitlines() if "Training diverged" in line]
     assert "not finite in 5 consecutive steps" in line and "--config.lr, now 1e+08" in line
-    assert not [path for path in tmp_path.iterdir() if not path.name.endswith(".last.pt")]
+    assert [path.name.endswith(".last.pt") for path in tmp_path.glob("*.pt")] == [True]
     saved = checkpoint.read(next(tmp_path.glob("*.last.pt")))
     assert all(bool(torch.isfinite(value).all()) for value in saved["state_dict"].values()
                if value.is_floating_point())

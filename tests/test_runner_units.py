@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import math
 import os
 import pathlib
@@ -23,6 +24,7 @@ from runner import checkpoint, distributed, paths
 from runner.data import Loaders, ShardSampler
 from runner.defaults import FALLBACKS, placeholder_fields, resolve_config
 from runner.errors import CheckpointError, ConfigError, TrainingDiverged
+from runner import reporting
 from runner.reporting import MetricLogger
 from runner.schedulers import build_schedule, warmup_cosine_factor
 
@@ -375,3 +377,23 @@ def test_wandb_is_used_only_when_asked_and_gets_no_credentials(monkeypatch):
     logger.close()
     assert set(calls[0]) == {"project", "group", "config"}
     assert run.logged == [(3, {"loss": 1.0})] and run.finished
+
+
+def test_metrics_csv_has_one_rounded_row_per_validation(tmp_path):
+    run = _trainer(tmp_path)
+    run.config.epochs = 2
+    run.fit()
+    rows = list(csv.DictReader(open(tmp_path / "toy.metrics.csv")))
+    assert [float(row["epoch"]) for row in rows] == [1.0, 2.0]
+    assert set(rows[0]) >= {"train_loss", "val_loss", "val_accuracy", "lr"}
+    for row in rows:  # at most 6 significant digits: rounding again changes nothing
+        assert all(text == str(reporting.rounded(float(text))) for text in row.values())
+
+
+def test_write_csv_rounds_floats_and_replaces_atomically(tmp_path):
+    path = tmp_path / "rotation.csv"
+    reporting.write_csv([{"angle_deg": 0.20999999344348907, "accuracy": 0.5}], path)
+    reporting.write_csv([{"angle_deg": 45.0, "accuracy": 1 / 3}, {"angle_deg": 90.0}], path)
+    assert path.read_text().splitlines() == ["angle_deg,accuracy", "45.0,0.333333", "90.0,"]
+    assert reporting.rounded(0.20999999344348907) == 0.21
+    assert [p.name for p in tmp_path.iterdir()] == ["rotation.csv"]
