@@ -36,6 +36,7 @@ from runner.data import Loaders, build_loaders
 from models import released
 from runner.defaults import check_field_names, field_help, resolve_config
 from runner.errors import CheckpointError, ConfigError, RunInterrupted, RunnerError
+from runner.lock import RunLock
 from runner.reporting import MetricLogger
 
 # Errors caused by the user's input: reported in one paragraph, without a traceback.
@@ -302,7 +303,7 @@ def _run_files(config: config_dict.ConfigDict, context: distributed.Context, fam
     if not context.is_main:
         yield
         return
-    with paths.RunLock(best_path):
+    with RunLock(best_path):
         paths.check_run_files(best_path, paths.run_identity(config, family), family,
                               resume=config.resume, overwrite=config.overwrite)
         yield

@@ -4,8 +4,12 @@
 * :mod:`runner.data`: data loaders and the resumable, sharded training sampler.
 * :mod:`runner.distributed`: device choice and DistributedDataParallel setup.
 * :mod:`runner.schedulers`: learning-rate schedules behind one interface.
-* :mod:`runner.checkpoint`: atomic checkpoint writing and strict loading.
-* :mod:`runner.paths`: checkpoint and report file names.
-* :mod:`runner.reporting`: metric logging (absl, optional wandb).
+* :mod:`runner.checkpoint`: checksummed checkpoints, strict loading, clear read errors.
+* :mod:`runner.paths`: run identity, checkpoint and report file names, which files a run may write.
+* :mod:`runner.lock`: the lock that keeps two runs of one configuration apart.
+* :mod:`runner.files`: atomic file writes with the user's umask.
+* :mod:`runner.random_state`: every random state, for exact resumption.
+* :mod:`runner.signals`: stopping cleanly on SIGTERM and SIGINT.
+* :mod:`runner.reporting`: metric logging (absl, optional wandb) and CSV reports.
 * :mod:`runner.errors`: the user-facing errors ``main.py`` reports without a traceback.
 """
