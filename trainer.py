@@ -197,7 +197,7 @@ class Trainer:
         logging.info("Selected the model of epoch %.2f (validation accuracy %.4f).",
                      saved["train_state"]["best_epoch"], saved["train_state"]["best_metric"])
 
-    def _payload(self) -> Dict[str, Any]:
+    def _payload(self, random_states: List[Dict[str, Any]]) -> Dict[str, Any]:
         """The checkpoint of the current model and training state."""
         return checkpoint.make_checkpoint(
             model_name=self.config.model, architecture=self.loaders.spec.architecture,
@@ -206,19 +206,18 @@ class Trainer:
             train_state=dataclasses.asdict(self.state),
             optimizer=self.optimizer.state_dict(), scheduler=self.schedule.state_dict(),
             scaler=self.scaler.state_dict(), epoch=self.state.epoch, step=self.state.step,
-            best_metric=self.state.best_metric,
-            random_states=distributed.gather_objects(
-                random_state.capture(self._generators()), self.context))
+            best_metric=self.state.best_metric, random_states=random_states)
 
     def _save(self, improved: bool) -> None:
-        """Writes ``best`` (when the model improved), then ``last``; ``last`` only on the main process.
+        """Writes ``best`` (when the model improved), then ``last``, on the main process.
 
+        Every process takes part: the random states of all are gathered into the checkpoint.
         In this order a run killed between the two writes resumes from the previous ``last``
         and repeats the period, instead of believing in a best model that was never saved.
-        Every process takes part (the random states of all are gathered). A model with
-        non-finite weights is never saved.
+        A model with non-finite weights is never saved.
         """
-        payload = self._payload()
+        random_states = distributed.gather_objects(random_state.capture(self._generators()),
+                                                   self.context)
         self.last_save_time = time.monotonic()
         if not self.context.is_main:
             return
@@ -226,6 +225,7 @@ class Trainer:
             logging.warning("Not saving step %d: the model's weights are not finite.",
                             self.state.step)
             return
+        payload = self._payload(random_states)
         if improved:
             checkpoint.save_atomic(payload, self.best_path)
         checkpoint.save_atomic(payload, self.last_path)
@@ -271,7 +271,7 @@ class Trainer:
         if self.stop_signal is None:
             return
         raise RunInterrupted(
-            f"Stopped by {_signal_name(self.stop_signal)} at epoch {self.state.epoch}, batch "
+            f"Stopped by {signal.Signals(self.stop_signal).name} at epoch {self.state.epoch}, batch "
             f"{self.state.batch_in_epoch} of {self.steps_per_epoch} (step {self.state.step}); "
             f"the training state is saved in {self.last_path}.",
             self.stop_signal, str(self.last_path))
@@ -320,7 +320,7 @@ class Trainer:
         sampler = self.loaders.train_sampler
         sampler.set_epoch(self.state.epoch,
                           start=self.state.batch_in_epoch * self.config.batch_size)
-        if self.state.batch_in_epoch == 0:  # mid-epoch, the resumed generator state continues
+        if self.state.batch_in_epoch == 0:  # a resumed epoch goes on with its saved state
             self.augment_generator.manual_seed(
                 (self.config.seed * 100_003 + self.state.epoch) * self.context.world_size
                 + self.context.rank)
@@ -452,7 +452,3 @@ def model_is_finite(model: nn.Module) -> bool:
     """Whether every parameter and buffer of ``model`` is finite."""
     return all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
                if t.is_floating_point())
-
-
-def _signal_name(number: int) -> str:
-    return signal.Signals(number).name
