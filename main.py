@@ -31,9 +31,9 @@ import datasets
 import models
 import tester
 import trainer
+from models import released
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, build_loaders
-from models import released
 from runner.defaults import check_field_names, field_help, resolve_config
 from runner.errors import CheckpointError, ConfigError, RunInterrupted, RunnerError
 from runner.lock import RunLock
