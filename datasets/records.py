@@ -13,7 +13,7 @@ traceback in a loader worker). :func:`check_records` finds them all at once, up 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, List, Sequence
+from typing import Any, List, Sequence, Tuple
 
 import torch
 from PIL import Image
@@ -77,16 +77,15 @@ def _read_from(source: Any) -> str:
 
 
 def _check_image_files(paths: Sequence[Path], spec: DataSpec) -> None:
-    problems: List[str] = []
+    problems: List[Tuple[Path, str]] = []
     for path in paths:
         problem = _image_problem(path, spec.image_size)
         if problem:
-            problems.append(f"{path} ({problem})")
+            problems.append((path, problem))
     if problems:
+        listed = "; ".join(f"{path} ({problem})" for path, problem in problems[:SHOWN])
         more = f"; and {len(problems) - SHOWN} more" if len(problems) > SHOWN else ""
-        raise CorruptFileError(Path(problems[0].split(" (")[0]),
-                               f"{len(problems)} bad image file(s): "
-                               f"{'; '.join(problems[:SHOWN])}{more}")
+        raise CorruptFileError(problems[0][0], f"{len(problems)} bad image file(s): {listed}{more}")
 
 
 def _image_problem(path: Path, side: int) -> str:
