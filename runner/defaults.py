@@ -20,6 +20,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 from ml_collections import config_dict
 
 import config as config_file
+from g_selfatt.nn.attention import check_patch_size
 from runner.errors import ConfigError
 
 # Values used when neither the command line nor the model's defaults set a field. They make
@@ -156,11 +157,14 @@ def check_config(config: config_dict.ConfigDict) -> None:
         if config[name] <= 0:
             raise ConfigError(f"config.{name} must be positive, got {config[name]}.")
     _check_schedule(config)
-    if config.attention_type == "Local" and (config.patch_size < 3 or config.patch_size % 2 == 0):
-        raise ConfigError(
-            f"Local attention needs an odd config.patch_size of at least 3 (the neighbourhood is "
-            f"centred on the query), got {config.patch_size}; for attention over the whole image "
-            "use --config.attention_type=Global.")
+    if config.attention_type == "Local":
+        try:
+            check_patch_size(config.patch_size)
+        except ValueError as error:
+            raise ConfigError(
+                f"Local attention needs an odd config.patch_size of at least 3 (the neighbourhood "
+                f"is centred on the query), got {config.patch_size}; for attention over the whole "
+                "image use --config.attention_type=Global.") from error
     for name in NAME_FIELDS:
         if not _NAME_PATTERN.fullmatch(config[name]) or ".." in config[name]:
             raise ConfigError(

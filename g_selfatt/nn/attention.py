@@ -351,6 +351,15 @@ class SelfAttentionCore(nn.Module):
         return text
 
 
+def check_patch_size(patch_size: int) -> None:
+    """Raises ``ValueError`` unless ``patch_size`` is an odd integer >= 3 (a centred neighbourhood)."""
+    if not isinstance(patch_size, int) or patch_size < 3 or patch_size % 2 == 0:
+        raise ValueError(
+            f"patch_size must be an odd integer >= 3 so that the neighbourhood is centred "
+            f"on the query, got {patch_size!r}."
+        )
+
+
 def _check_arguments(lifting, in_channels, mid_channels, out_channels, num_heads, patch_size,
                      max_pos_embedding, group_axis_index) -> None:
     for name, value in (("in_channels", in_channels), ("mid_channels", mid_channels),
@@ -369,11 +378,8 @@ def _check_arguments(lifting, in_channels, mid_channels, out_channels, num_heads
         )
     if (patch_size is None) == (max_pos_embedding is None):
         raise ValueError("Give exactly one of patch_size (local attention) and max_pos_embedding (global).")
-    if patch_size is not None and (not isinstance(patch_size, int) or patch_size < 3 or patch_size % 2 == 0):
-        raise ValueError(
-            f"patch_size must be an odd integer >= 3 so that the neighbourhood is centred "
-            f"on the query, got {patch_size!r}."
-        )
+    if patch_size is not None:
+        check_patch_size(patch_size)
     if max_pos_embedding is not None and (not isinstance(max_pos_embedding, int) or max_pos_embedding < 2):
         raise ValueError(f"max_pos_embedding must be an integer >= 2, got {max_pos_embedding!r}.")
     if group_axis_index not in GROUP_AXIS_INDICES:
