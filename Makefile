@@ -15,11 +15,9 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 
 setup: $(VENV)/.installed
 
-# Idle OpenMP threads sleep instead of spinning (unless OMP_WAIT_POLICY is set): on a CPU that
-# other programs also use, spinning threads make the quick start several times slower. Each
-# `make run` trains the quick start afresh (overwrite), so it can be run again and again.
+# Each `make run` trains the quick start afresh (overwrite), so it can be run again and again.
 run: setup
-	OMP_WAIT_POLICY=$${OMP_WAIT_POLICY:-PASSIVE} $(PY) main.py --config.overwrite=True
+	$(PY) main.py --config.overwrite=True
 
 test: setup
 	$(PY) -m pytest -q -n 2 tests

@@ -77,9 +77,11 @@ def get_config() -> config_dict.ConfigDict:
     # Group-axis positional index: "relative" (exactly equivariant) or "original" (as the
     # original code, which is not equivariant; for loading its checkpoints faithfully).
     config.group_axis_index = "relative"
-    # Attention implementation: "efficient" (chunked, far less memory, faster) or "reference"
-    # (materialises the full score tensors as the original code does; same result).
-    config.attention_impl = "efficient"
+    # Attention implementation, all with the same result: "auto" ("fused" on CPU when a C++
+    # compiler is there, else "efficient"), "fused" (one C++ kernel per layer, CPU), "efficient"
+    # (chunked torch operations, any device) or "reference" (the full score tensors, as the
+    # original code).
+    config.attention_impl = "auto"
 
     # ----- Attentive G-CNN architecture ----------------------------------------------------
     # Computation of the full attentive convolutions: "chunked" (memory-lean) or "full" (as

@@ -13,6 +13,8 @@ The commands of the papers' experiments are listed in ``runs/README.md``.
 
 from __future__ import annotations
 
+import runner.threads  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+
 import contextlib
 import dataclasses
 import pathlib
@@ -31,6 +33,8 @@ import datasets
 import models
 import tester
 import trainer
+from g_selfatt.nn import fused_attention
+from g_selfatt.nn.attention import SelfAttentionCore
 from models import released
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, build_loaders
@@ -232,6 +236,26 @@ class RunResult:
     checkpoint: pathlib.Path
 
 
+def report_attention_kernel(model: torch.nn.Module, config: config_dict.ConfigDict, device: torch.device) -> None:
+    """Logs how the fused attention kernel was obtained (compiled now, or cached) before the first step.
+
+    Only for models with self-attention that may run it (``attention_impl`` auto or fused on a CPU).
+    """
+    if config.attention_impl not in ("auto", "fused") or device.type != "cpu":
+        return
+    if not any(isinstance(module, SelfAttentionCore) for module in model.modules()):
+        return
+    report = fused_attention.build_report()
+    if report.error:
+        logging.warning("The fused attention kernel is not available (%s); attention runs as 'efficient', "
+                        "about 5x slower on CPU.", report.error.splitlines()[0])
+    elif report.compiled:
+        logging.info("Compiled the fused attention kernel in %.1f s (once per machine; cached as %s).",
+                     report.seconds, report.path)
+    else:
+        logging.info("Fused attention kernel: %s (cached).", report.path)
+
+
 def run(config: config_dict.ConfigDict) -> RunResult:
     """Resolves ``config``, trains (unless ``config.train=False``) and tests.
 
@@ -265,6 +289,7 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
     if context.is_main:
         logging.info("Model %s: %d parameters.", config.model,
                      sum(p.numel() for p in model.parameters()))
+        report_attention_kernel(model, config, context.device)
     if config.pretrained:
         load_pretrained(model, config, spec, data, best_path)
     loaders = build_loaders(config, context, data.image_size)

@@ -1,34 +1,65 @@
 #!/usr/bin/env python
-"""Time and peak memory of ``attention_impl="reference"`` versus ``"efficient"``.
+"""Time, peak memory and cost-model floor of the attention implementations.
 
 Usage::
 
-    python benchmarks/attention.py [--device cpu|cuda] [--repeats N] [--cases a,b,c,d,e] [--threads T]
+    python benchmarks/attention.py [--device cpu|cuda] [--repeats N] [--cases a,b,c,d,e,f]
+                                   [--impls reference,efficient,fused,flex] [--threads T] [--load]
+                                   [--max-batch]
 
-Prints one JSON line per (case, implementation), each with the case's
-reference/efficient ratios of this run (``memory_ratio_ref_over_eff``,
-``time_ratio_ref_over_eff``). Each (case, implementation) runs in a fresh
-subprocess: after building the model, the input and the optimizer, one
-warm-up step is run and then ``N`` timed steps (forward + backward, plus an Adam
-step for the training cases); ``time_s`` is the median. Peak memory is, on CPU,
-``ru_maxrss`` after the steps minus ``ru_maxrss`` after building (the growth of
-the process's resident set), and on CUDA ``torch.cuda.max_memory_allocated``
-minus the memory allocated after building.
+First prints one JSON line describing the machine: its float32 matmul throughput
+(``sgemm_gflops``, a 2048x2048 matmul) and exponential throughput (``exp_per_s``, ``torch.exp``
+on in-cache buffers), measured at start-up on the benchmark's threads. Then one line
+per (case, implementation), each run in a fresh subprocess: after building the model,
+input and optimizer, one warm-up step and ``N`` timed steps (forward + backward, plus
+the optimizer step for whole models); ``time_s`` is the median. Peak memory is, on CPU,
+the peak resident set of that process minus the peak of a fresh process that only builds
+the same model, input and optimizer; on CUDA ``torch.cuda.max_memory_allocated`` minus the
+memory allocated after building.
+
+The cost model counts, from the shapes every attention layer sees in the step:
+
+* ``score_entries``: attention logits ``B N V G (query, key) M`` over valid (query, key)
+  pixel pairs, summed over layers;
+* ``exps``: one exponential per score entry in the forward pass and one when the backward
+  pass recomputes it (a memory-efficient softmax keeps no probabilities);
+* ``matmul_gflop``: the contractions of the attention (content, positional and group
+  logits, the value sum) and of their gradients, at their smallest sizes
+  (``attention_gflop``), plus those of every convolution and linear layer of the step, its
+  1x1 projections included (``layers_gflop``: forward, input and weight gradients).
+
+``floor_s = matmul_gflop / sgemm_gflops + exps / exp_per_s`` is what the machine needs
+for that work at its best rates; ``time_over_floor`` = ``time_s / floor_s``. The fused
+kernel factors the exponentials (it takes fewer than ``exps``) but also does about ten
+other elementwise operations per score entry, which the floor does not count.
+
+Each case line also carries ``<impl>_over_<impl>`` time and memory ratios of this run.
+The default implementations are reference, efficient and fused on the CPU and reference,
+efficient and flex on CUDA; FlexAttention has no attention dropout, so its model cases run
+with attention dropout 0. ``--max-batch`` then finds, per implementation, the largest batch
+of case (e) (the global rotMNIST p4sa) whose training step fits in the device's memory.
+``--load`` then re-runs case (a) for the fast implementations while two processes of
+this script keep both cores busy, and prints ``loaded_over_idle`` per implementation.
+No environment variable needs setting: the workers run with the thread settings the
+project chooses (:func:`runner.threads.configure`).
 
 Cases:
-    a: p4 global GroupSelfAttention, 28x28, rotMNIST widths (20 -> 20, mid 10, 9 heads), batch 1.
-    b: p4 local (patch 9) GroupLocalSelfAttention, 28x28, rotMNIST widths, batch 8.
-    c: p4m local (patch 5) GroupLocalSelfAttention, 32x32, CIFAR10 widths (96 -> 96, mid 48, 9 heads), batch 2.
-    d: one training step (forward, backward, Adam) of the rotMNIST p4sa model (local, patch 9), batch 8.
-    e: one training step of the rotMNIST p4sa model with global attention, batch 1.
-Layers run in train mode with attention dropout 0; the models use the paper's
-rotMNIST settings (attention dropout 0.1, value dropout 0.1).
+    a: one training step of the paper's rotMNIST p4sa (local, patch 9), batch 8.
+    b: p4 global GroupSelfAttention, 28x28, rotMNIST widths (20 -> 20, mid 10, 9 heads), batch 1.
+    c: one training step of the paper's CIFAR10 mz2sa (local, patch 5), batch 24, 32x32.
+    d: one training step of the paper's PCam p4sa (local, patch 5), batch 16, 96x96.
+    e: one training step of the rotMNIST p4sa with global attention, batch 1.
+    f: p4 local (patch 9) GroupLocalSelfAttention, 28x28, rotMNIST widths, batch 8.
+Layers run in train mode with attention dropout 0; the models use the paper's settings
+(attention dropout 0.1).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import multiprocessing
 import os
 import statistics
 import subprocess
@@ -36,20 +67,37 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable, Dict
+from typing import Callable, Dict, List, Optional
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-IMPLS = ("reference", "efficient")
+import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
+
+IMPLS = ("reference", "efficient", "fused", "flex")
+DEFAULT_IMPLS = {"cpu": ("reference", "efficient", "fused"), "cuda": ("reference", "efficient", "flex")}
 CASES: Dict[str, str] = {
-    "a": "p4 global group layer 28x28, 20ch, mid 10, 9 heads, batch 1",
-    "b": "p4 local patch-9 group layer 28x28, 20ch, mid 10, 9 heads, batch 8",
-    "c": "p4m local patch-5 group layer 32x32, 96ch, mid 48, 9 heads, batch 2",
-    "d": "rotMNIST p4sa (local patch 9) training step, batch 8",
-    "e": "rotMNIST p4sa (global) training step, batch 1",
+    "a": "rotMNIST p4sa training step (local, patch 9), batch 8",
+    "b": "p4 global group layer 28x28, 20ch, mid 10, 9 heads, batch 1",
+    "c": "CIFAR10 mz2sa training step (local, patch 5), batch 24, 32x32",
+    "d": "PCam p4sa training step (local, patch 5), batch 16, 96x96",
+    "e": "rotMNIST p4sa training step (global), batch 1",
+    "f": "p4 local patch-9 group layer 28x28, 20ch, mid 10, 9 heads, batch 8",
 }
+# (dataset, group, attention type, batch, in_channels, classes, image side) of the model cases.
+MODEL_CASES = {
+    "a": ("rotMNIST", "p4", "Local", 8, 1, 10, 28),
+    "c": ("CIFAR10", "mz2", "Local", 24, 3, 10, 32),
+    "d": ("PCam", "p4", "Local", 16, 3, 2, 96),
+    "e": ("rotMNIST", "p4", "Global", 1, 1, 10, 28),
+}
+# Bytes the reference keeps per score entry of a training step (logits, probabilities, dropout
+# and their gradients for every layer; measured: 9.1 GB for the 494 M entries of case a), and
+# the share of the machine's memory it may take: used to skip runs that cannot fit.
+REFERENCE_BYTES_PER_ENTRY = 20
+REFERENCE_MEMORY_SHARE = 0.6
+MEMORY_RESOLUTION_MB = 1.0
 
 
 def _layer_case(kind: str, group_name: str, channels: int, mid: int, extent: int, side: int, batch: int,
@@ -72,18 +120,27 @@ def _layer_case(kind: str, group_name: str, channels: int, mid: int, extent: int
     return step
 
 
-def _model_case(attention_type: str, batch: int, impl: str, device) -> Callable[[], None]:
+def _model_case(case: str, impl: str, device, batch: Optional[int] = None) -> Callable[[], None]:
     import torch
 
     from models import DataSpec, create_model
     from models.gsa_zoo import GSA_DEFAULTS
 
-    config = types.SimpleNamespace(**dict(GSA_DEFAULTS["rotMNIST"], attention_type=attention_type,
-                                          attention_impl=impl))
-    model = create_model("p4sa", config, DataSpec("rotMNIST", 1, 10, 28, "rotMNIST")).to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    x = torch.randn(batch, 1, 28, 28, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
+    dataset, group, attention_type, case_batch, channels, classes, side = MODEL_CASES[case]
+    batch = batch or case_batch
+    settings = dict(GSA_DEFAULTS[dataset], attention_type=attention_type, attention_impl=impl)
+    if impl == "flex":
+        settings["dropout_att"] = 0.0  # FlexAttention has no attention dropout
+    config = types.SimpleNamespace(**settings)
+    model = create_model(f"{group}sa", config, DataSpec(dataset, channels, classes, side, dataset))
+    model = model.to(device).train()
+    if config.optimizer == "Adam":
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.optimizer_momentum,
+                                    weight_decay=config.weight_decay)
+    x = torch.randn(batch, channels, side, side, device=device)
+    y = torch.randint(0, classes, (batch,), device=device)
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
@@ -95,21 +152,119 @@ def _model_case(attention_type: str, batch: int, impl: str, device) -> Callable[
 
 def build(case: str, impl: str, device) -> Callable[[], None]:
     """The step function of a case (model, input and optimizer already built)."""
-    if case == "a":
-        return _layer_case("global", "p4", 20, 10, 28, 28, 1, impl, device)
+    if case in MODEL_CASES:
+        return _model_case(case, impl, device)
     if case == "b":
+        return _layer_case("global", "p4", 20, 10, 28, 28, 1, impl, device)
+    if case == "f":
         return _layer_case("local", "p4", 20, 10, 9, 28, 8, impl, device)
-    if case == "c":
-        return _layer_case("local", "p4m", 96, 48, 5, 32, 2, impl, device)
-    if case == "d":
-        return _model_case("Local", 8, impl, device)
-    if case == "e":
-        return _model_case("Global", 1, impl, device)
     raise ValueError(f"Unknown case {case!r}; expected one of {sorted(CASES)}.")
 
 
-def measure(case: str, impl: str, device_name: str, repeats: int, threads=None) -> Dict[str, object]:
-    """Runs one (case, impl) in this process and returns its JSON record."""
+# ---------------------------------------------------------------- cost model
+def _valid_pairs(side: int, patch: Optional[int]) -> int:
+    """(query, key) pixel pairs along one axis of a ``side``-pixel image: all, or within the patch."""
+    if patch is None:
+        return side * side
+    radius = patch // 2
+    return sum(min(side, i + radius + 1) - max(0, i - radius) for i in range(side))
+
+
+def layer_counts(layer, x_shape) -> Dict[str, float]:
+    """Score entries, exps and matmul FLOPs of one training step (forward + backward) of ``layer``."""
+    batch, height, width = x_shape[0], x_shape[-2], x_shape[-1]
+    order = layer.group.num_elements
+    g = m = 1 if layer.lifting else order
+    v, c = order, layer.mid_channels
+    d2, dg = 2 * layer.dim_pos_encoding, layer.dim_group_encoding
+    heads_batch = batch * layer.num_heads
+    patch = layer.patch_size if layer.local else None
+    pairs = heads_batch * _valid_pairs(height, patch) * _valid_pairs(width, patch)
+    queries = heads_batch * height * width
+    entries = pairs * v * g * m
+    # forward, then backward: content and positional/group terms recomputed and their two
+    # gradients (x4 in all); value sum: forward, dP and the value gradient (x3).
+    macs = pairs * (4 * g * m * c + 4 * v * g * d2 + 3 * v * m * c) + 4 * queries * v * g * m * dg
+    return {"score_entries": entries, "exps": 2 * entries, "matmul_gflop": 2 * macs / 1e9}
+
+
+def dense_gflop(module, output) -> float:
+    """FLOPs of a convolution or linear layer's forward pass, its input and its weight gradient."""
+    from torch import nn
+
+    if isinstance(module, nn.Linear):
+        fan_in = module.in_features
+    else:
+        fan_in = module.in_channels // module.groups * math.prod(module.kernel_size)
+    return 3 * 2 * output.numel() * fan_in / 1e9
+
+
+def count_step(step: Callable[[], None], modules) -> Dict[str, float]:
+    """Runs ``step`` once and sums :func:`layer_counts` and :func:`dense_gflop` over the layers it calls."""
+    from torch import nn
+
+    from g_selfatt.nn.attention import SelfAttentionCore
+
+    totals = {"score_entries": 0, "exps": 0, "attention_gflop": 0.0, "layers_gflop": 0.0, "largest_layer_entries": 0}
+
+    def attention_hook(layer, inputs):
+        counts = layer_counts(layer, inputs[0].shape)
+        for key in ("score_entries", "exps"):
+            totals[key] += counts[key]
+        totals["attention_gflop"] += counts["matmul_gflop"]
+        totals["largest_layer_entries"] = max(totals["largest_layer_entries"], counts["score_entries"])
+
+    def dense_hook(layer, inputs, output):
+        totals["layers_gflop"] += dense_gflop(layer, output)
+
+    dense = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    handles = [mod.register_forward_pre_hook(attention_hook) for mod in modules if isinstance(mod, SelfAttentionCore)]
+    handles += [mod.register_forward_hook(dense_hook) for mod in modules if isinstance(mod, dense)]
+    try:
+        step()
+    finally:
+        for handle in handles:
+            handle.remove()
+    totals["matmul_gflop"] = round(totals["attention_gflop"] + totals["layers_gflop"], 3)
+    totals["attention_gflop"] = round(totals["attention_gflop"], 3)
+    totals["layers_gflop"] = round(totals["layers_gflop"], 3)
+    return totals
+
+
+def machine_rates(threads: Optional[int] = None) -> Dict[str, float]:
+    """Float32 matmul (2048x2048, best of 5) and exp (in-cache buffers, best of 10) throughput."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(5):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    sgemm = 2 * 2048 ** 3 / best / 1e9
+    exp_rate = 0.0
+    for size in (2 ** 16, 2 ** 18, 2 ** 20):  # the best of in-cache sizes (small ones pay thread wake-ups)
+        x, out = torch.randn(size).clamp_(-5, 5), torch.empty(size)
+        calls = 2 ** 22 // size
+        for _ in range(10):
+            start = time.perf_counter()
+            for _ in range(calls):
+                torch.exp(x, out=out)
+            exp_rate = max(exp_rate, calls * size / (time.perf_counter() - start))
+    return {"sgemm_gflops": round(sgemm, 1), "exp_per_s": round(exp_rate, -6), "threads": torch.get_num_threads()}
+
+
+def floor_seconds(counts: Dict[str, float], rates: Dict[str, float]) -> float:
+    """The cost model's floor: matmul work at the sgemm rate plus exps at the exp rate."""
+    return counts["matmul_gflop"] / rates["sgemm_gflops"] + counts["exps"] / rates["exp_per_s"]
+
+
+# ---------------------------------------------------------------- measurement
+def measure(case: str, impl: str, device_name: str, repeats: int, threads=None,
+            build_only: bool = False) -> Dict[str, object]:
+    """Runs one (case, impl) in this process and returns its JSON record (only ``max_rss_mb`` if ``build_only``)."""
     import resource
 
     import torch
@@ -120,68 +275,232 @@ def measure(case: str, impl: str, device_name: str, repeats: int, threads=None) 
     device = torch.device(device_name)
     cuda = device.type == "cuda"
     step = build(case, impl, device)
+    if build_only:
+        return {"case": case, "impl": impl, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    modules = _closure_modules(step)
     if cuda:
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     load = os.getloadavg()[0]
+    counts = count_step(step, modules)  # the warm-up step
     times = []
-    for index in range(repeats + 1):
+    for _ in range(repeats):
         start = time.perf_counter()
         step()
         if cuda:
             torch.cuda.synchronize()
-        if index:  # the first step is a warm-up
-            times.append(time.perf_counter() - start)
+        times.append(time.perf_counter() - start)
     if cuda:
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:
-        peak_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base_rss) / 1024
-    return {
+        peak_mb = None  # the parent subtracts the peak of a build-only process from max_rss_mb
+    return dict({
         "case": case, "description": CASES[case], "impl": impl, "device": device_name,
-        "time_s": round(statistics.median(times), 4), "times_s": [round(t, 4) for t in times],
-        "peak_memory_mb": round(peak_mb, 1), "repeats": repeats, "threads": torch.get_num_threads(),
+        "time_s": round(statistics.median(times), 4) if times else None, "times_s": [round(t, 4) for t in times],
+        "peak_memory_mb": None if peak_mb is None else round(peak_mb, 1),
+        "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "repeats": repeats, "threads": torch.get_num_threads(),
         "load_1min_before": round(load, 2), "load_1min_after": round(os.getloadavg()[0], 2),
         "torch": torch.__version__,
-    }
+    }, **counts)
 
 
-def _run_subprocess(case: str, impl: str, device: str, repeats: int, threads=None) -> Dict[str, object]:
-    command = [sys.executable, __file__, "--worker", "--cases", case, "--impl", impl, "--device", device,
-               "--repeats", str(repeats)] + (["--threads", str(threads)] if threads else [])
+def _closure_modules(step: Callable[[], None]) -> List[object]:
+    """The modules reachable from a step function's closure (its model or layer)."""
+    from torch import nn
+
+    found = []
+    for cell in step.__closure__ or ():
+        value = cell.cell_contents
+        if isinstance(value, nn.Module):
+            found.extend(value.modules())
+    return found
+
+
+def _worker_command(case: str, impl: str, device: str, repeats: int, threads=None, build_only=False) -> List[str]:
+    return ([sys.executable, __file__, "--worker", "--cases", case, "--impls", impl, "--device", device,
+             "--repeats", str(repeats)] + (["--threads", str(threads)] if threads else [])
+            + (["--build-only"] if build_only else []))
+
+
+def _run_worker(command: List[str], what: str) -> Dict[str, object]:
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO_ROOT)
     if result.returncode != 0:
-        raise RuntimeError(f"case {case} ({impl}) failed:\n{result.stderr}")
+        raise RuntimeError(f"{what} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def ratios(reference: Dict[str, object], efficient: Dict[str, object]) -> Dict[str, float]:
-    """Reference/efficient ratios of peak memory and median time of one case."""
-    return {
-        "memory_ratio_ref_over_eff": round(reference["peak_memory_mb"] / max(efficient["peak_memory_mb"], 1e-9), 2),
-        "time_ratio_ref_over_eff": round(reference["time_s"] / efficient["time_s"], 2),
-    }
+def _run_subprocess(case: str, impl: str, device: str, repeats: int, threads=None) -> Dict[str, object]:
+    """One (case, impl) in a fresh process; on CPU its peak memory above a build-only process."""
+    record = _run_worker(_worker_command(case, impl, device, repeats, threads), f"case {case} ({impl})")
+    if record["peak_memory_mb"] is None:
+        built = _run_worker(_worker_command(case, impl, device, 0, threads, build_only=True),
+                            f"building case {case} ({impl})")
+        record["peak_memory_mb"] = round(max(record["max_rss_mb"] - built["max_rss_mb"], 0.0), 1)
+    return record
+
+
+def _reference_fits(record: Dict[str, object], device: str) -> Optional[str]:
+    """``None`` when the reference fits in memory, else why it is skipped.
+
+    Args:
+        record: a measured record of the same case (its counts do not depend on the implementation).
+    """
+    import torch
+
+    needed = REFERENCE_BYTES_PER_ENTRY * record["score_entries"]
+    if device == "cuda":
+        available = torch.cuda.get_device_properties(0).total_memory
+    else:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed < REFERENCE_MEMORY_SHARE * available:
+        return None
+    return (f"the reference would need about {needed / 2 ** 30:.0f} GiB ({record['score_entries']:.3g} score "
+            f"entries), the machine has {available / 2 ** 30:.0f} GiB")
+
+
+def ratios(records: Dict[str, Dict[str, object]]) -> Dict[str, float]:
+    """Time and peak-memory ratios between every pair of measured implementations of one case.
+
+    Peak memory below :data:`MEMORY_RESOLUTION_MB` (a step that needs less than building the
+    model did) counts as that much, so such a ratio is a lower bound.
+    """
+    measured = [impl for impl in IMPLS if impl in records and "time_s" in records[impl]]
+    out = {}
+    for slow_index, slow in enumerate(measured):
+        for fast in measured[slow_index + 1:]:
+            out[f"time_{slow}_over_{fast}"] = round(records[slow]["time_s"] / records[fast]["time_s"], 2)
+            out[f"memory_{slow}_over_{fast}"] = round(
+                max(records[slow]["peak_memory_mb"], MEMORY_RESOLUTION_MB)
+                / max(records[fast]["peak_memory_mb"], MEMORY_RESOLUTION_MB), 2)
+    return out
+
+
+def largest_batch(fits: Callable[[int], bool], limit: int = 4096) -> int:
+    """The largest batch ``b <= limit`` with ``fits(b)``, assuming ``fits`` is monotone (0 if none fits)."""
+    low, high = 0, 1
+    while high <= limit and fits(high):
+        low, high = high, 2 * high
+    high = min(high, limit + 1)
+    while high - low > 1:  # fits(low), not fits(high)
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def max_batch(impl: str, device_name: str) -> Dict[str, object]:
+    """The largest batch of case (e) whose training step fits in the device's memory."""
+    import torch
+
+    def fits(batch: int) -> bool:
+        try:
+            _model_case("e", impl, torch.device(device_name), batch)()
+            return True
+        except torch.cuda.OutOfMemoryError:
+            return False
+        finally:
+            torch.cuda.empty_cache()
+
+    return {"case": "e", "impl": impl, "device": device_name, "max_batch": largest_batch(fits)}
+
+
+def _spin(stop) -> None:
+    while not stop.is_set():
+        pass
+
+
+def run_loaded(case: str, impls, device: str, repeats: int, threads, idle: Dict[str, Dict[str, object]]):
+    """Case ``case`` again while two busy processes keep two cores spinning."""
+    stop = multiprocessing.Event()
+    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(2)]
+    for process in spinners:
+        process.start()
+    try:
+        for impl in impls:
+            record = _run_subprocess(case, impl, device, repeats, threads)
+            record["load"] = "two busy processes"
+            if impl in idle and "time_s" in idle[impl]:
+                record["loaded_over_idle"] = round(record["time_s"] / idle[impl]["time_s"], 2)
+            print(json.dumps(record), flush=True)
+    finally:
+        stop.set()
+        for process in spinners:
+            process.join()
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--repeats", type=int, default=3, help="timed steps after one warm-up step")
-    parser.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of a,b,c,d,e")
-    parser.add_argument("--threads", type=int, help="torch threads (default: torch's default)")
-    parser.add_argument("--impl", choices=IMPLS, help=argparse.SUPPRESS)
+    parser.add_argument("--cases", default="a,b,c,d", help=f"comma-separated subset of {','.join(CASES)}")
+    parser.add_argument("--impls", help="comma-separated implementations (default: per device, see above)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: the project's choice)")
+    parser.add_argument("--load", action="store_true", help="also measure case a under a load of two busy processes")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--max-batch", action="store_true",
+                        help="also find the largest batch of case e that trains, per implementation (CUDA)")
+    parser.add_argument("--build-only", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
-    if args.worker:
-        print(json.dumps(measure(cases[0], args.impl, args.device, args.repeats, args.threads)), flush=True)
+    impls = [i for i in args.impls.split(",") if i] if args.impls else list(DEFAULT_IMPLS[args.device])
+    for name in cases:
+        if name not in CASES:
+            parser.error(f"unknown case {name!r}; choose from {','.join(CASES)}")
+    for name in impls:
+        if name not in IMPLS:
+            parser.error(f"unknown implementation {name!r}; choose from {','.join(IMPLS)}")
+    runner.threads.configure(args.threads)
+    if args.worker and args.max_batch:
+        print(json.dumps(max_batch(impls[0], args.device)), flush=True)
         return
+    if args.worker:
+        print(json.dumps(measure(cases[0], impls[0], args.device, args.repeats, args.threads, args.build_only)),
+              flush=True)
+        return
+    rates = machine_rates(args.threads)
+    print(json.dumps(dict(rates, machine=_machine())), flush=True)
+    idle_a = {}
     for case in cases:
-        records = {impl: _run_subprocess(case, impl, args.device, args.repeats, args.threads) for impl in IMPLS}
-        case_ratios = ratios(records["reference"], records["efficient"])
-        for impl in IMPLS:
+        records = {}
+        for impl in sorted(impls, key=lambda name: name == "reference"):  # the reference last
+            measured = [r for r in records.values() if "largest_layer_entries" in r]
+            skip = _reference_fits(measured[0], args.device) if impl == "reference" and measured else None
+            if skip:
+                records[impl] = {"case": case, "description": CASES[case], "impl": impl, "skipped": skip}
+                continue
+            records[impl] = _run_subprocess(case, impl, args.device, args.repeats, args.threads)
+            records[impl]["floor_s"] = round(floor_seconds(records[impl], rates), 4)
+            records[impl]["time_over_floor"] = round(records[impl]["time_s"] / records[impl]["floor_s"], 2)
+        case_ratios = ratios(records)
+        for impl in impls:
             print(json.dumps(dict(records[impl], **case_ratios)), flush=True)
+        if case == "a":
+            idle_a = records
+    if args.max_batch:
+        for impl in impls:
+            command = [sys.executable, __file__, "--worker", "--max-batch", "--cases", "e", "--impls", impl,
+                       "--device", args.device]
+            print(json.dumps(_run_worker(command, f"largest batch ({impl})")), flush=True)
+    if args.load:
+        if not idle_a:
+            idle_a = {impl: _run_subprocess("a", impl, args.device, args.repeats, args.threads)
+                      for impl in impls if impl != "reference"}
+        run_loaded("a", [impl for impl in impls if impl != "reference"], args.device, args.repeats, args.threads,
+                   idle_a)
+
+
+def _machine() -> str:
+    import platform
+
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} logical CPUs"
 
 
 if __name__ == "__main__":

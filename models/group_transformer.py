@@ -64,7 +64,8 @@ class GroupTransformer(nn.Module):
         num_classes: number of logits.
         whitening_scale: convolution weights start as N(0, (scale / sqrt(fan_in))^2).
         group_axis_index: ``"relative"`` (equivariant) or ``"original"``.
-        attention_impl: ``"efficient"`` or ``"reference"`` for every attention layer.
+        attention_impl: ``"auto"`` (default), ``"fused"``, ``"efficient"`` or ``"reference"`` for
+            every attention layer (see :class:`~g_selfatt.nn.attention.SelfAttentionCore`).
     """
 
     def __init__(
@@ -90,7 +91,7 @@ class GroupTransformer(nn.Module):
         num_classes: int = 10,
         whitening_scale: float = 1.41421356,
         group_axis_index: str = "relative",
-        attention_impl: str = "efficient",
+        attention_impl: str = "auto",
     ):
         super().__init__()
         self.group = group

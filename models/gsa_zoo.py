@@ -87,7 +87,7 @@ def build_group_transformer(group_name: str, config: Any, data: DataSpec) -> Gro
         value_dropout_rate=config.dropout_values,
         whitening_scale=config.whitening_scale,
         group_axis_index=getattr(config, "group_axis_index", "relative"),
-        attention_impl=getattr(config, "attention_impl", "efficient"),
+        attention_impl=getattr(config, "attention_impl", "auto"),
         **ARCHITECTURES[data.architecture],
     )
 

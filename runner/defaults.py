@@ -20,7 +20,7 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 from ml_collections import config_dict
 
 import config as config_file
-from g_selfatt.nn.attention import check_patch_size
+from g_selfatt.nn.attention import ATTENTION_IMPLS, check_patch_size
 from runner.errors import ConfigError
 
 # Values used when neither the command line nor the model's defaults set a field. They make
@@ -59,7 +59,7 @@ CHOICES: Dict[str, tuple] = {
     "device": ("auto", "cpu", "cuda"),
     "attention_type": ("Local", "Global"),
     "group_axis_index": ("relative", "original"),
-    "attention_impl": ("reference", "efficient"),
+    "attention_impl": ATTENTION_IMPLS,
     "attention_formulation": ("chunked", "full"),
 }
 

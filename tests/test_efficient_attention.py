@@ -1,9 +1,9 @@
-"""``attention_impl="efficient"`` against ``attention_impl="reference"``.
+"""``attention_impl="efficient"`` and ``"fused"`` against ``attention_impl="reference"``.
 
-Both implementations compute the same function in a different order, so they
+The implementations compute the same function in a different order, so they
 agree to round-off:
 
-* float64: every output and gradient entry of the efficient path within
+* float64: every output and gradient entry of the efficient and fused paths within
   ``1e-12 * scale`` of the reference.
 * float32: each implementation is compared with the float64 result of the same
   weights and input (an estimate of the exact value), never with the other
@@ -26,7 +26,9 @@ whose whole gradient vanishes (the group encoding of ``z2``, a single element)
 is compared at the scale of the largest gradient of the layer.
 
 The efficient path is run with a tiny chunk budget, so that every layer goes
-through several chunks and a shorter last chunk.
+through several chunks and a shorter last chunk; the fused kernel is run with
+more threads than the machine may have and small query blocks, so that head-batches
+are split between threads.
 """
 
 import importlib.util
@@ -40,6 +42,7 @@ import pytest
 import torch
 
 import g_selfatt.nn.efficient_attention as efficient_attention
+import g_selfatt.nn.fused_attention as fused_attention
 from g_selfatt.groups import get_group
 from g_selfatt.nn import (
     GroupLocalSelfAttention,
@@ -71,6 +74,9 @@ LARGE_GROUPS = ["p12", "p16", "p8m"]
 LARGE_LOCAL_SHAPES = [(5, 3), (4, 3)]
 LARGE_GLOBAL_SIDES = [5, 4]
 SMALL_CHUNK = 700  # score entries per chunk: a few queries per chunk at these sizes
+# "fused-pixel-major": the fused kernel with its pixel-major layout forced (local layers only;
+# by default only local layers with many channels per head use it).
+FAST_IMPLS = ("efficient", "fused", "fused-pixel-major")
 DEFAULT_CHUNK = efficient_attention.CHUNK_ELEMENTS
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 # The constant of the random-walk estimate eps * sqrt(n) * scale; it also covers the chains of a
@@ -81,22 +87,36 @@ ROUND_OFF_FACTOR = 4
 @pytest.fixture(autouse=True)
 def _small_chunks(monkeypatch):
     monkeypatch.setattr(efficient_attention, "CHUNK_ELEMENTS", SMALL_CHUNK)
+    monkeypatch.setattr(fused_attention, "QUERY_BLOCK", 5)
+
+
+@pytest.fixture(autouse=True)
+def _three_threads():
+    """Three kernel threads (more than a CI machine's cores): blocks of a head-batch run concurrently."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(3)
+    yield
+    torch.set_num_threads(previous)
 
 
 def _cases(groups=GROUPS, local_shapes=LOCAL_SHAPES, global_sides=GLOBAL_SIDES):
     for name, (_, _, local) in KINDS.items():
         shapes = local_shapes if local else [(side, None) for side in global_sides]
-        for group, (side, patch) in itertools.product(groups, shapes):
-            yield pytest.param(name, group, side, patch, id=f"{name}-{group}-{side}" + (f"-p{patch}" if patch else ""))
+        for impl, group, (side, patch) in itertools.product(FAST_IMPLS, groups, shapes):
+            if impl == "fused-pixel-major" and not local:
+                continue
+            yield pytest.param(impl, name, group, side, patch,
+                               id=f"{impl}-{name}-{group}-{side}" + (f"-p{patch}" if patch else ""))
 
 
-def _pair(kind, group_name, side, patch, dtype, dropout=0.0, in_channels=3, mid_channels=6, heads=2):
-    """A reference and an efficient layer with the same weights, and a random input."""
+def _pair(kind, group_name, side, patch, dtype, dropout=0.0, in_channels=3, mid_channels=6, heads=2,
+          impl="efficient"):
+    """A reference layer and an ``impl`` layer with the same weights, and a random input."""
     cls, lifting, local = KINDS[kind]
     group = get_group(group_name)
     extent = patch if local else side + 1
-    layers = [cls(group, in_channels, mid_channels, 5, heads, extent, dropout, attention_impl=impl).to(dtype)
-              for impl in ("reference", "efficient")]
+    layers = [cls(group, in_channels, mid_channels, 5, heads, extent, dropout, attention_impl=name).to(dtype)
+              for name in ("reference", impl)]
     layers[1].load_state_dict(layers[0].state_dict())
     shape = (2, in_channels, side, side) if lifting else (2, in_channels, group.num_elements, side, side)
     return layers[0], layers[1], torch.randn(shape, dtype=dtype)
@@ -147,9 +167,9 @@ def _float32_bound(n_terms: int, scale) -> float:
     return ROUND_OFF_FACTOR * FLOAT32_EPS * math.sqrt(n_terms) * float(scale)
 
 
-def _check_against_float64(kind, group_name, side, patch):
-    """Float64 efficient = reference to 1e-12 of scale; float32 of both within the round-off bound of float64."""
-    reference, efficient, x = _pair(kind, group_name, side, patch, torch.float64)
+def _check_against_float64(impl, kind, group_name, side, patch):
+    """Float64 ``impl`` = reference to 1e-12 of scale; float32 of both within the round-off bound of float64."""
+    reference, efficient, x = _pair(kind, group_name, side, patch, torch.float64, impl=impl)
     grad_out = torch.randn_like(reference(x))
     expected, expected_grads = _run(reference, torch.float64, x, grad_out)
     actual, actual_grads = _run(efficient, torch.float64, x, grad_out)
@@ -160,25 +180,54 @@ def _check_against_float64(kind, group_name, side, patch):
         _assert_close(actual_grads[name], grad, scales[name], 0.0, 1e-12, f"float64 gradient of {name}")
 
     n_terms = _score_entries(kind, group_name, side, patch)
-    for impl, layer in (("reference", reference), ("efficient", efficient)):
+    for name, layer in (("reference", reference), (impl, efficient)):
         output_32, grads_32 = _run(layer, torch.float32, x, grad_out)
         out_bound = _float32_bound(n_terms, expected.abs().max())
-        _assert_close(output_32.double(), expected, 1.0, 0.0, out_bound, f"{impl} float32 output")
-        for name, exact in expected_grads.items():
-            bound = _float32_bound(n_terms, scales[name])
-            _assert_close(grads_32[name].double(), exact, 1.0, 0.0, bound, f"{impl} float32 gradient of {name}")
+        _assert_close(output_32.double(), expected, 1.0, 0.0, out_bound, f"{name} float32 output")
+        for param, exact in expected_grads.items():
+            bound = _float32_bound(n_terms, scales[param])
+            _assert_close(grads_32[param].double(), exact, 1.0, 0.0, bound, f"{name} float32 gradient of {param}")
 
 
-@pytest.mark.parametrize("kind,group_name,side,patch", list(_cases()))
-def test_efficient_matches_reference(kind, group_name, side, patch):
-    _check_against_float64(kind, group_name, side, patch)
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("group_name", ["z2", "p4", "mz2", "p4m"])
+def test_flex_forward_matches_reference(kind, group_name):
+    """FlexAttention's forward pass on the CPU (its backward pass needs a GPU)."""
+    patch = 3 if KINDS[kind][2] else None
+    reference, flex, x = _pair(kind, group_name, 5, patch, torch.float64, impl="flex")
+    with torch.no_grad():
+        expected = reference.eval()(x)
+        scale = expected.abs().max()
+        _assert_close(flex.eval()(x), expected, scale, 0.0, 1e-12, "float64 output")
+        bound = _float32_bound(_score_entries(kind, group_name, 5, patch), scale)
+        _assert_close(flex.float()(x.float()).double(), expected, 1.0, 0.0, bound, "float32 output")
 
 
-@pytest.mark.parametrize("kind,group_name,side,patch", list(_cases(LARGE_GROUPS, LARGE_LOCAL_SHAPES,
-                                                                    LARGE_GLOBAL_SIDES)))
-def test_efficient_matches_reference_on_large_groups(kind, group_name, side, patch):
+def test_flex_is_refused_where_it_cannot_train():
+    layer = GroupLocalSelfAttention(get_group("p4"), 3, 6, 5, 2, 3, 0.0, attention_impl="flex")
+    with pytest.raises(ValueError, match="trains on CUDA only.*attention_impl='auto'"):
+        layer(torch.randn(1, 3, 4, 5, 5, requires_grad=True))
+    assert GroupLocalSelfAttention(get_group("p4"), 3, 6, 5, 2, 3, 0.1).resolved_impl(torch.randn(1)) == "fused"
+
+
+def _select(impl, monkeypatch):
+    """The ``attention_impl`` of a test parameter (forcing the pixel-major layout if asked)."""
+    if impl == "fused-pixel-major":
+        monkeypatch.setattr(fused_attention, "PIXEL_MAJOR_CHANNELS", 1)
+        return "fused"
+    return impl
+
+
+@pytest.mark.parametrize("impl,kind,group_name,side,patch", list(_cases()))
+def test_efficient_matches_reference(impl, kind, group_name, side, patch, monkeypatch):
+    _check_against_float64(_select(impl, monkeypatch), kind, group_name, side, patch)
+
+
+@pytest.mark.parametrize("impl,kind,group_name,side,patch", list(_cases(LARGE_GROUPS, LARGE_LOCAL_SHAPES,
+                                                                         LARGE_GLOBAL_SIDES)))
+def test_efficient_matches_reference_on_large_groups(impl, kind, group_name, side, patch, monkeypatch):
     """p12, p16 and p8m, at smaller sizes: their sums are 27 to 64 times longer than for p4."""
-    _check_against_float64(kind, group_name, side, patch)
+    _check_against_float64(_select(impl, monkeypatch), kind, group_name, side, patch)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -200,10 +249,11 @@ def test_efficient_is_equivariant(kind, group_name):
     assert_equivariant(layer, x, group, input_kind="image" if lifting else "group", output_kind="group")
 
 
+@pytest.mark.parametrize("impl", ["efficient", "fused"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_dropout_runs_and_is_finite(kind):
+def test_dropout_runs_and_is_finite(kind, impl):
     patch = 3 if KINDS[kind][2] else None
-    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32, dropout=0.5)
+    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32, dropout=0.5, impl=impl)
     for layer in (reference, efficient):
         layer.train()
         x_grad = x.clone().requires_grad_(True)
@@ -231,17 +281,34 @@ def test_dropout_mask_drops_the_asked_fraction_without_bias(rate):
     assert abs(torch.corrcoef(torch.stack([rows[:, :-1].flatten(), rows[:, 1:].flatten()]))[0, 1].item()) < 0.01
 
 
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_fused_dropout_flags_drop_the_asked_fraction_independently(rate):
+    rows, length = 1000, 1003
+    flags = fused_attention.dropout_flags(123, rows, length, rate).double()
+    count = rows * length
+    kept = flags.mean().item()
+    threshold, scale = fused_attention.dropout_threshold(rate)
+    assert abs(kept - (1 - rate)) < 5 * math.sqrt(rate * (1 - rate) / count)
+    assert scale == 2 ** 24 / threshold and abs(threshold / 2 ** 24 - (1 - rate)) <= 2 ** -25  # unbiased
+    assert torch.equal(fused_attention.dropout_flags(123, rows, length, rate).double(), flags)  # drawn again
+    assert not torch.equal(fused_attention.dropout_flags(124, rows, length, rate).double(), flags)
+    for a, b in ((flags[:, :-1], flags[:, 1:]), (flags[:-1], flags[1:])):  # neighbours in a row, and rows
+        assert abs(torch.corrcoef(torch.stack([a.flatten(), b.flatten()]))[0, 1].item()) < 0.01
+    assert fused_attention.dropout_threshold(0.0)[0] == 2 ** 24 and fused_attention.dropout_threshold(1.0) == (0, 0.0)
+
+
 def test_dropout_mask_extremes():
     like = torch.empty(10, 7)
     assert torch.equal(dropout_mask(types.SimpleNamespace(seed=0, dropout=0.0), 0, like), torch.ones(10, 7))
     assert torch.equal(dropout_mask(types.SimpleNamespace(seed=0, dropout=1.0), 0, like), torch.zeros(10, 7))
 
 
-@pytest.mark.parametrize("kind", ["lift_local", "group"])
-def test_dropout_gradient_is_exact(kind):
+@pytest.mark.parametrize("impl", ["efficient", "fused"])
+@pytest.mark.parametrize("kind", ["lift_local", "group", "group_local"])
+def test_dropout_gradient_is_exact(kind, impl):
     """With the RNG reset before each call the masks repeat, so gradcheck applies."""
     patch = 3 if KINDS[kind][2] else None
-    _, layer, x = _pair(kind, "p4", 4, patch, torch.float64, dropout=0.3, in_channels=2, heads=1)
+    _, layer, x = _pair(kind, "p4", 4, patch, torch.float64, dropout=0.3, in_channels=2, heads=1, impl=impl)
     layer.train()
 
     def seeded(inp):
@@ -253,10 +320,11 @@ def test_dropout_gradient_is_exact(kind):
     assert torch.autograd.gradcheck(seeded, (x.requires_grad_(True),), eps=1e-6, atol=1e-7, fast_mode=True)
 
 
+@pytest.mark.parametrize("impl", ["efficient", "fused"])
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_autocast_bfloat16(kind):
+def test_autocast_bfloat16(kind, impl):
     patch = 3 if KINDS[kind][2] else None
-    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32)
+    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32, impl=impl)
     outputs = []
     for layer in (reference, efficient):
         x_grad = x.clone().requires_grad_(True)
@@ -271,9 +339,49 @@ def test_autocast_bfloat16(kind):
 
 
 def test_unknown_attention_impl_is_rejected():
-    with pytest.raises(ValueError, match="efficient.*reference"):
+    with pytest.raises(ValueError, match="auto.*fused.*flex.*efficient.*reference"):
         GroupSelfAttention(get_group("p4"), 3, 6, 5, 2, 8, 0.0, attention_impl="fast")
-    assert set(ATTENTION_IMPLS) == {"efficient", "reference"}
+    assert set(ATTENTION_IMPLS) == {"auto", "fused", "flex", "efficient", "reference"}
+
+
+def test_auto_is_fused_on_cpu_and_efficient_where_the_kernel_does_not_run():
+    layer = GroupLocalSelfAttention(get_group("p4"), 3, 6, 5, 2, 3, 0.0)
+    assert layer.attention_impl == "auto"
+    x = torch.randn(1, 6, 2, 4, 5, 5)  # (B, C, N, G, H, W) projections
+    assert layer.resolved_impl(x) == "fused"
+    assert layer.resolved_impl(x.half()) == "efficient"  # no float16 kernel
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.resolved_impl(x.bfloat16()) == "fused"  # the attention runs in float32 under autocast
+    layer.attention_impl = "fused"
+    with pytest.raises(ValueError, match="float32/float64.*torch.float16.*attention_impl='auto' or 'efficient'"):
+        layer.resolved_impl(x.half())
+
+
+def test_without_a_compiler_auto_falls_back_and_says_why(monkeypatch, tmp_path):
+    monkeypatch.setenv("G_SELFATT_CACHE", str(tmp_path))
+    monkeypatch.setattr(fused_attention, "compiler", lambda: None)
+    monkeypatch.setattr(fused_attention, "_report", None)
+    monkeypatch.setattr(fused_attention, "_library", None)
+    assert not fused_attention.available()
+    assert "no C++ compiler" in fused_attention.build_report().error
+    layer = GroupLocalSelfAttention(get_group("p4"), 3, 6, 5, 2, 3, 0.0)
+    x = torch.randn(1, 3, 4, 5, 5)
+    assert layer.resolved_impl(torch.randn(1, 6, 2, 4, 5, 5)) == "efficient"
+    assert layer(x).shape == (1, 5, 4, 5, 5)
+    layer.attention_impl = "fused"
+    with pytest.raises(ValueError, match="no C\\+\\+ compiler"):
+        layer(x)
+
+
+def test_the_kernel_is_compiled_once_and_then_read_from_the_cache(monkeypatch, tmp_path):
+    monkeypatch.setenv("G_SELFATT_CACHE", str(tmp_path))
+    for compiled in (True, False):  # a fresh process compiles; the next one finds the cache
+        monkeypatch.setattr(fused_attention, "_report", None)
+        monkeypatch.setattr(fused_attention, "_library", None)
+        report = fused_attention.build_report()
+        assert report.error is None and report.compiled is compiled and report.path.parent == tmp_path
+        assert (report.seconds > 0) is compiled
+    assert [p.name for p in tmp_path.iterdir()] == [report.path.name]  # no temporary file left
 
 
 @pytest.mark.parametrize("impl", ATTENTION_IMPLS)
@@ -284,14 +392,14 @@ def test_model_config_selects_impl(impl):
     assert impls == {impl}
 
 
-def test_model_default_is_efficient_and_matches_reference():
+def test_model_default_is_auto_and_matches_reference():
     data = DataSpec("rotDigits", 1, 10, 16, "rotDigits")
     config = types.SimpleNamespace(**GSA_DEFAULTS["rotDigits"])
     torch.manual_seed(3)
     efficient = create_model("p4sa", config, data).double().eval()
     reference = create_model("p4sa", types.SimpleNamespace(**vars(config), attention_impl="reference"), data)
     reference.double().eval().load_state_dict(efficient.state_dict())
-    assert efficient.lifting_self_attention.attention_impl == "efficient"
+    assert efficient.lifting_self_attention.attention_impl == "auto"
     x = torch.randn(2, 1, 16, 16, dtype=torch.float64)
     expected = reference(x)
     torch.testing.assert_close(efficient(x), expected, rtol=0.0, atol=1e-12 * expected.abs().max().item())
@@ -304,7 +412,7 @@ def _load_benchmark():
     return module
 
 
-def test_benchmark_prints_one_line_per_case_and_impl(monkeypatch, capsys):
+def test_benchmark_prints_machine_rates_then_one_line_per_case_and_impl(monkeypatch, capsys):
     """The output format of benchmarks/attention.py, on a tiny layer in place of the real cases."""
     benchmark = _load_benchmark()
 
@@ -312,33 +420,73 @@ def test_benchmark_prints_one_line_per_case_and_impl(monkeypatch, capsys):
         return benchmark._layer_case("local", "p4", 3, 6, 3, 6, 1, impl, device)
 
     def in_process(case, impl, device, repeats, threads=None):
-        return benchmark.measure(case, impl, device, repeats)
+        record = benchmark.measure(case, impl, device, repeats)
+        record["peak_memory_mb"] = record["max_rss_mb"]  # the format only; the parent subtracts a build-only run
+        return record
 
     monkeypatch.setattr(benchmark, "build", tiny)
     monkeypatch.setattr(benchmark, "_run_subprocess", in_process)
-    benchmark.main(["--cases", "a,d", "--repeats", "3"])
-    records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    benchmark.main(["--cases", "a,b", "--repeats", "3", "--load"])
+    machine, *records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert machine["sgemm_gflops"] > 0 and machine["exp_per_s"] > 0 and machine["threads"] >= 1
     assert [(r["case"], r["impl"]) for r in records] == [
-        ("a", "reference"), ("a", "efficient"), ("d", "reference"), ("d", "efficient")]
-    for record in records:
+        (case, impl) for case in "ab" for impl in ("reference", "efficient", "fused")] + [
+        ("a", "efficient"), ("a", "fused")]
+    idle, loaded = records[:6], records[6:]
+    for record in idle:
         assert record["device"] == "cpu" and record["repeats"] == 3 and len(record["times_s"]) == 3
         assert record["time_s"] == pytest.approx(statistics.median(record["times_s"]), abs=1e-4)
-        assert record["peak_memory_mb"] >= 0
-    for reference, efficient in (records[0:2], records[2:4]):
-        expected = benchmark.ratios(reference, efficient)
-        assert expected["time_ratio_ref_over_eff"] == round(reference["time_s"] / efficient["time_s"], 2)
-        for record in (reference, efficient):
-            assert {key: record[key] for key in expected} == expected
+        floor = record["matmul_gflop"] / machine["sgemm_gflops"] + record["exps"] / machine["exp_per_s"]
+        assert record["floor_s"] == pytest.approx(floor, rel=1e-3, abs=1e-4)
+        assert record["time_over_floor"] == pytest.approx(record["time_s"] / record["floor_s"], rel=1e-2)
+        assert record["exps"] == 2 * record["score_entries"] > 0
+    for case in (idle[0:3], idle[3:6]):
+        by_impl = {r["impl"]: r for r in case}
+        expected = benchmark.ratios(by_impl)
+        assert expected["time_reference_over_fused"] == round(by_impl["reference"]["time_s"] / by_impl["fused"]["time_s"], 2)
+        assert {key: case[0][key] for key in expected} == expected
+    for record, idle_record in zip(loaded, idle[1:3]):
+        assert record["load"] == "two busy processes"
+        assert record["loaded_over_idle"] == round(record["time_s"] / idle_record["time_s"], 2)
 
-    benchmark.main(["--worker", "--cases", "b", "--impl", "efficient", "--repeats", "1"])
+    benchmark.main(["--worker", "--cases", "b", "--impls", "fused", "--repeats", "1"])
     (line,) = capsys.readouterr().out.splitlines()
-    assert json.loads(line)["impl"] == "efficient" and "memory_ratio_ref_over_eff" not in json.loads(line)
+    assert json.loads(line)["impl"] == "fused" and json.loads(line)["peak_memory_mb"] is None
+
+
+@pytest.mark.parametrize("limit_fits", [0, 1, 2, 3, 5, 64, 100, 4096])
+def test_largest_batch_search(limit_fits):
+    benchmark = _load_benchmark()
+    tried = []
+
+    def fits(batch):
+        tried.append(batch)
+        return batch <= limit_fits
+
+    assert benchmark.largest_batch(fits) == limit_fits
+    assert len(tried) <= 2 * math.log2(4096) + 2
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
-def test_an_empty_batch_gives_empty_outputs_and_gradients(kind):
+@pytest.mark.parametrize("group_name", ["p4", "mz2"])
+def test_cost_model_counts_the_reference_logits(kind, group_name):
+    """Score entries counted from the layer's shapes = the finite logits the reference computes."""
+    benchmark = _load_benchmark()
     _, lifting, local = KINDS[kind]
-    _, efficient, x = _pair(kind, "p4", 6, 3 if local else None, torch.float32, dropout=0.1)
+    reference, _, x = _pair(kind, group_name, 6, 5 if local else None, torch.float64)
+    q = reference._project(reference.query, x)
+    k = reference._project(reference.key, x)
+    logits = reference.attention_logits(q, k, x.shape[1])
+    counts = benchmark.layer_counts(reference, x.shape)
+    assert counts["score_entries"] == int(torch.isfinite(logits).sum()) > 0
+    assert counts["exps"] == 2 * counts["score_entries"]
+
+
+@pytest.mark.parametrize("impl", ["efficient", "fused"])
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_an_empty_batch_gives_empty_outputs_and_gradients(kind, impl):
+    _, lifting, local = KINDS[kind]
+    _, efficient, x = _pair(kind, "p4", 6, 3 if local else None, torch.float32, dropout=0.1, impl=impl)
     empty = x[:0].clone().requires_grad_(True)
     out = efficient.train()(empty)
     out.sum().backward()

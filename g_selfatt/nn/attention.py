@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from g_selfatt.groups import Group
+from g_selfatt.nn import flex_attention, fused_attention
 from g_selfatt.nn.efficient_attention import efficient_attention
 from g_selfatt.nn.positional_encoding import (
     PositionalMLP,
@@ -56,7 +57,7 @@ from g_selfatt.nn.positional_encoding import (
 )
 
 GROUP_AXIS_INDICES = ("relative", "original")
-ATTENTION_IMPLS = ("efficient", "reference")
+ATTENTION_IMPLS = ("auto", "fused", "flex", "efficient", "reference")
 
 # Buffers that are functions of the constructor arguments. They are part of the
 # state_dict for compatibility with the original checkpoints, but loading never
@@ -95,8 +96,11 @@ class SelfAttentionCore(nn.Module):
         patch_size: odd side of the local neighbourhood (local layers).
         max_pos_embedding: largest image side (global layers).
         group_axis_index: ``"relative"`` (equivariant, default) or ``"original"``.
-        attention_impl: ``"efficient"`` (default; chunked, see
+        attention_impl: ``"auto"`` (default: ``"fused"`` where it runs, else ``"efficient"``),
+            ``"fused"`` (one C++ kernel, CPU; :mod:`g_selfatt.nn.fused_attention`),
+            ``"efficient"`` (chunked torch operations, any device;
             :mod:`g_selfatt.nn.efficient_attention`) or ``"reference"`` (full score tensors).
+            All compute the same function.
     """
 
     lifting: bool = False
@@ -113,7 +117,7 @@ class SelfAttentionCore(nn.Module):
         patch_size: Optional[int] = None,
         max_pos_embedding: Optional[int] = None,
         group_axis_index: str = "relative",
-        attention_impl: str = "efficient",
+        attention_impl: str = "auto",
     ):
         super().__init__()
         if attention_impl not in ATTENTION_IMPLS:
@@ -193,8 +197,9 @@ class SelfAttentionCore(nn.Module):
         q = self._project(self.query, x)  # (B, C, N, G, H, W)
         k = self._project(self.key, x)
         v = self._project(self.value, x)
-        if self.attention_impl == "efficient":
-            out = efficient_attention(self, q, k, v, x.shape[1])  # (B, C, N, V, H, W)
+        impl = self.resolved_impl(q)
+        if impl != "reference":
+            out = efficient_attention(self, q, k, v, x.shape[1], impl=impl)  # (B, C, N, V, H, W)
             out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
             return self.wout(out)  # (B, C_out, V, H, W)
         probs = self.dropout_attention(self._probabilities(q, k, x.shape[1]))  # (B, N, V, G, H, W, M, K)
@@ -203,6 +208,40 @@ class SelfAttentionCore(nn.Module):
         batch = x.shape[0]
         out = out.reshape(batch, self.mid_channels * self.num_heads, self.group.num_elements, height, width)
         return self.wout(out)  # (B, C_out, V, H, W)
+
+    def resolved_impl(self, q: Tensor) -> str:
+        """The implementation that runs for projections like ``q``: ``attention_impl`` with ``"auto"`` resolved.
+
+        ``"auto"`` is ``"fused"`` where the fused kernel handles the input (CPU, float32 or
+        float64 or autocast, a compiled kernel), ``"flex"`` on CUDA without active attention
+        dropout, and ``"efficient"`` elsewhere.
+        """
+        if self.attention_impl in ("efficient", "reference"):
+            return self.attention_impl
+        dropout = self.dropout_attention.p if self.training else 0.0
+        if self.attention_impl == "flex" or (self.attention_impl == "auto" and q.device.type == "cuda"):
+            if flex_attention.supports(q, dropout):
+                return "flex"
+            if self.attention_impl == "flex" and q.device.type == "cuda":
+                raise ValueError("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
+                                 "(which runs 'efficient' while attention dropout is active) or 'efficient'.")
+            if self.attention_impl == "auto":
+                return "efficient"
+            if q.device.type != "cuda" and not q.requires_grad:
+                return "flex"  # FlexAttention's unfused forward pass (CPU, for testing)
+            raise ValueError(f"attention_impl='flex' trains on CUDA only (FlexAttention has no backward pass "
+                             f"on {q.device.type}); use attention_impl='auto'.")
+        handled = fused_attention.supports(q, self.group.num_elements if not self.lifting else 1,
+                                           autocast=torch.is_autocast_enabled(q.device.type))
+        if self.attention_impl == "auto":
+            return "fused" if handled else "efficient"
+        if not handled:
+            reason = fused_attention.build_report().error if q.device.type == "cpu" else None
+            raise ValueError(
+                f"attention_impl='fused' runs on the CPU in float32/float64, got a {q.dtype} tensor on "
+                f"{q.device}{f' ({reason})' if reason else ''}; use attention_impl='auto' or 'efficient'."
+            )
+        return "fused"
 
     def attention_probabilities(self, x: Tensor) -> Tensor:
         """The attention probabilities of every query over its keys (before attention dropout).
@@ -397,7 +436,7 @@ class LiftSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, max_pos_embedding: int, attention_dropout_rate: float,
-                 attention_impl: str = "efficient"):
+                 attention_impl: str = "auto"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, max_pos_embedding=max_pos_embedding,
                          attention_impl=attention_impl)
@@ -413,7 +452,7 @@ class LiftLocalSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, patch_size: int, attention_dropout_rate: float,
-                 attention_impl: str = "efficient"):
+                 attention_impl: str = "auto"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, patch_size=patch_size, attention_impl=attention_impl)
 
@@ -427,7 +466,7 @@ class GroupSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, max_pos_embedding: int, attention_dropout_rate: float,
-                 group_axis_index: str = "relative", attention_impl: str = "efficient"):
+                 group_axis_index: str = "relative", attention_impl: str = "auto"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, max_pos_embedding=max_pos_embedding,
                          group_axis_index=group_axis_index, attention_impl=attention_impl)
@@ -441,7 +480,7 @@ class GroupLocalSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, patch_size: int, attention_dropout_rate: float,
-                 group_axis_index: str = "relative", attention_impl: str = "efficient"):
+                 group_axis_index: str = "relative", attention_impl: str = "auto"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, patch_size=patch_size,
                          group_axis_index=group_axis_index, attention_impl=attention_impl)

@@ -58,6 +58,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from g_selfatt.nn.flex_attention import FlexGeometry, flex_self_attention
+from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention, pixel_major
+
 # Target number of score entries (B N Q V G K M) per chunk: 2**21 (8 MiB in
 # float32); the backward pass holds about four chunk-sized temporaries. Buffers
 # of this size stay below glibc's largest mmap threshold (32 MiB), so they are
@@ -460,7 +463,7 @@ def chunk_size(heads_batch: int, scores_per_query: int, budget: Optional[int] = 
 
 
 def efficient_attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int,
-                        chunk_elements: Optional[int] = None) -> Tensor:
+                        chunk_elements: Optional[int] = None, impl: str = "efficient") -> Tensor:
     """The attention of ``layer`` (a :class:`SelfAttentionCore`) before ``wout``.
 
     Args:
@@ -468,6 +471,9 @@ def efficient_attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int
         q, k, v: projections ``(B, C, N, G, H, W)``.
         in_channels: input channels (the logits are divided by their root).
         chunk_elements: score entries per chunk (default :data:`CHUNK_ELEMENTS`).
+        impl: ``"efficient"`` (the chunk loop), ``"fused"`` (the CPU kernel of
+            :mod:`g_selfatt.nn.fused_attention`) or ``"flex"`` (FlexAttention,
+            :mod:`g_selfatt.nn.flex_attention`): the same tables, the same result.
 
     Returns:
         ``(B, C, N, V, H, W)``, the output of the reference's value contraction.
@@ -478,18 +484,39 @@ def efficient_attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int
         group_table = None if layer.lifting else layer.group_embedding(layer.g_indices)
         with torch.autocast(device_type, enabled=False):
             return _attention(layer, q.float(), k.float(), v.float(), in_channels, pos_table.float(),
-                              None if group_table is None else group_table.float(), chunk_elements)
+                              None if group_table is None else group_table.float(), chunk_elements, impl)
     group_table = None if layer.lifting else layer.group_embedding(layer.g_indices)  # (V, G, M, D_g)
-    return _attention(layer, q, k, v, in_channels, positional_table(layer), group_table, chunk_elements)
+    return _attention(layer, q, k, v, in_channels, positional_table(layer), group_table, chunk_elements, impl)
 
 
 def _attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int, pos_table: Tensor,
-               group_table: Optional[Tensor], chunk_elements: Optional[int]) -> Tensor:
+               group_table: Optional[Tensor], chunk_elements: Optional[int], impl: str) -> Tensor:
     batch, channels, heads, elements, height, width = q.shape
     num_out = layer.group.num_elements
     if batch == 0:  # nothing to attend; keep the graph so that backward gives empty gradients
         return q.new_zeros(0, channels, heads, num_out, height, width) + 0 * (q.sum() + k.sum() + v.sum())
     key_elements = k.shape[3]
+    dropout = layer.dropout_attention.p if layer.training else 0.0
+    seed = int(torch.randint(0, 2 ** 62, ())) if dropout > 0 else 0
+    scaled_q = query_layout(q * in_channels ** -0.5)  # (BN, H W, G, C)
+    if impl == "flex":
+        geometry = FlexGeometry(
+            heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,
+            num_key_elements=key_elements, num_out=num_out, pos_channels=2 * layer.dim_pos_encoding,
+            local=layer.local, radius=layer.radius, side=2 * layer.radius + 1,
+        )
+        out = flex_self_attention(geometry, scaled_q, pixel_major(k), pixel_major(v), pos_table.flatten(1, 2),
+                                  group_table)  # (BN, H W, V, C)
+        return _output_layout(out, batch, heads, height, width)
+    if impl == "fused":
+        geometry = FusedGeometry(
+            heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,
+            num_key_elements=key_elements, num_out=num_out, channels=channels,
+            pos_channels=2 * layer.dim_pos_encoding, local=layer.local, patch_size=layer.patch_size or 0,
+            radius=layer.radius, dropout=dropout, seed=seed,
+        )
+        out = fused_attention(geometry, scaled_q, k, v, pos_table.flatten(1, 2), group_table)  # (BN, H W, V, C)
+        return _output_layout(out, batch, heads, height, width)
     if layer.local:
         radius = layer.patch_size // 2
         key_index, outside_bias = neighbourhood_index(height, width, layer.patch_size, q.device)
@@ -501,8 +528,6 @@ def _attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int, pos_tab
         outside_bias = None
         pos_table = pos_table.flatten(1, 2)  # (V, S S, 2D)
     num_keys = key_index.shape[1]
-    dropout = layer.dropout_attention.p if layer.training else 0.0
-    seed = int(torch.randint(0, 2 ** 62, ())) if dropout > 0 else 0
     geometry = _Geometry(
         heads_batch=batch * heads, num_queries=height * width, num_out=num_out,
         num_query_elements=elements, num_key_elements=key_elements, num_keys=num_keys,
@@ -511,8 +536,12 @@ def _attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int, pos_tab
         chunk=chunk_size(batch * heads, num_out * elements * num_keys * key_elements, chunk_elements),
         dropout=dropout, seed=seed,
     )
-    scaled_q = query_layout(q * in_channels ** -0.5)  # (BN, H W, G, C)
     out = ChunkedAttention.apply(geometry, scaled_q, key_layout(k, radius), key_layout(v, radius),
                                  pos_table, group_table)  # (BN, H W, V, C)
-    out = out.view(batch, heads, height, width, num_out, channels)  # (B, N, H, W, V, C)
-    return out.permute(0, 5, 1, 4, 2, 3)  # (B, C, N, V, H, W)
+    return _output_layout(out, batch, heads, height, width)
+
+
+def _output_layout(out: Tensor, batch: int, heads: int, height: int, width: int) -> Tensor:
+    """``(B N, H W, V, C)`` -> ``(B, C, N, V, H, W)``."""
+    out = out.view(batch, heads, height, width, out.shape[2], out.shape[3])  # (B, N, H, W, V, C)
+    return out.permute(0, 5, 1, 4, 2, 3)

@@ -1,0 +1,787 @@
+// Fused group self-attention on the CPU: forward and backward, one query at a time.
+//
+// The math is that of g_selfatt/nn/efficient_attention.py (letters as in
+// g_selfatt/nn/attention.py). For a query pixel i of head-batch b, output element v
+// and query element g, over the valid keys (k, m):
+//
+//   logit[v,g,k,m] = c[g,k,m] + pl[v,g,k] + gl[v,g,m]
+//     c  = <q[g], key[k,m]>                (content, the same for every v)
+//     pl = <q_pos[g], E[v, offset(i,k)]>   (positional)
+//     gl = <q_grp[g], E_G[v,g,m]>          (group; 0 for lifting layers)
+//   p   = softmax over (k,m)
+//   out[v] = sum_{g,k,m} dropout(p)[v,g,k,m] val[k,m]
+//
+// Each logit is a sum of three terms, so exp(logit - max) factors into
+// exp(c - max c) exp(pl - max pl) exp(gl - max gl): the exponentials are taken at the
+// terms' own sizes (G K M + V G (K + M) instead of V G K M per query). A row whose
+// factored sum underflows (the three maxima far apart) is recomputed directly.
+//
+// Keys are described by segments: runs of consecutive pixels whose offset-table
+// entries are consecutive as well (one image row of a neighbourhood or of the whole
+// image). Keys outside the image are simply absent, so no padding and no -inf appear.
+//
+// Layouts (row-major, contiguous):
+//   q          (BN, HW, G, C)   already divided by sqrt(C_in)
+//   kc, vc     (BN, C, HW, M)   channel-major (a segment is contiguous per channel), or
+//              (BN, HW, M, C)   pixel-major (a segment is one contiguous block)
+//   pos        (V, D2, T)       channel-major, or (V, T, D2) pixel-major; T = P P (local), S S (global)
+//   grp        (V, G, M, Dg)    absent for lifting layers
+//   out        (BN, HW, V, C)
+//   lse        (BN, HW, V, G)   log-sum-exp of each softmax row, kept for the backward pass
+//
+// Work is split into (head-batch, query block) tasks taken from an atomic counter by a
+// few std::threads, so a thread that the OS deschedules delays only its own tasks.
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+namespace {
+
+struct Problem {
+  int64_t bn, height, width, g, m, v, c, d2, dg;
+  int64_t local, patch, radius;  // local: patch side P; global: radius r of the S x S table
+  int64_t threads, block;        // worker threads; queries per task
+  int64_t dropout;               // 1: apply the dropout mask
+  int64_t pixel_major;           // layouts of keys, values and table: 1 pixel-major, 0 channel-major
+  uint64_t seed;
+  uint32_t threshold;            // an entry is kept when its 24-bit hash is below this
+  double keep_scale;             // 2^24 / threshold (0 when everything is dropped)
+};
+
+struct Segment {
+  int64_t key;     // first key pixel (row-major in the H x W image)
+  int64_t pos;     // first offset-table entry
+  int64_t length;  // consecutive pixels
+  int64_t start;   // first compact key index of the segment
+};
+
+inline uint64_t splitmix64(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+inline uint32_t mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+inline uint64_t row_key(uint64_t seed, uint64_t row) { return splitmix64(seed + splitmix64(row)); }
+
+// The kept flag of entry x of a softmax row: the same in the forward and backward pass.
+inline bool kept(uint64_t key, uint32_t x, uint32_t threshold) {
+  uint32_t h = mix32(x * 0x9E3779B9u + static_cast<uint32_t>(key));
+  h = mix32(h ^ static_cast<uint32_t>(key >> 32));
+  return (h >> 8) < threshold;
+}
+
+// exp for float32: Cody-Waite reduction and a degree-7 polynomial (about 1 ulp); written
+// without calls so that loops over it vectorise. Below -87 it is 0; NaN stays NaN.
+inline float exp_approx(float x) {
+  float xc = std::min(std::max(x, -87.0f), 88.0f);
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  float r = xc - n * 0.693145751953125f;
+  r = r - n * 1.42860682030941723212e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  const float scale = __builtin_bit_cast(float, bits);
+  float result = p * scale;
+  result = x < -87.0f ? 0.0f : result;
+  return x != x ? x : result;
+}
+
+inline double exp_approx(double x) { return std::exp(x); }
+
+template <typename T> struct Limits;
+template <> struct Limits<float> { static constexpr double tiny = 1e-20; };
+template <> struct Limits<double> { static constexpr double tiny = 1e-200; };
+
+// O (R x X) (+)= A (R x S) B (S x X); A is read through strides (a_r, a_s), B and O by rows.
+// Blocks of 4 rows and 2 vectors of columns are kept in registers over the whole S loop.
+template <typename T, int RB>
+inline void gemm_nn_block(int64_t S, const T* A, int64_t a_r, int64_t a_s, const T* B, int64_t ldb, T* O,
+                          int64_t ldo, bool accumulate, int64_t x0, int64_t n) {
+  constexpr int XB = 128 / sizeof(T);
+  T acc[RB][XB];
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < XB; ++j) acc[r][j] = accumulate && j < n ? O[r * ldo + x0 + j] : T(0);
+  for (int64_t s = 0; s < S; ++s) {
+    const T* b = B + s * ldb + x0;
+    if (n == XB) {
+      for (int r = 0; r < RB; ++r) {
+        const T a = A[r * a_r + s * a_s];
+#pragma omp simd
+        for (int j = 0; j < XB; ++j) acc[r][j] += a * b[j];
+      }
+    } else {
+      for (int r = 0; r < RB; ++r) {
+        const T a = A[r * a_r + s * a_s];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) acc[r][j] += a * b[j];
+      }
+    }
+  }
+  for (int r = 0; r < RB; ++r)
+    for (int j = 0; j < n; ++j) O[r * ldo + x0 + j] = acc[r][j];
+}
+
+template <typename T>
+void gemm_nn(int64_t R, int64_t S, int64_t X, const T* A, int64_t a_r, int64_t a_s, const T* B, int64_t ldb,
+             T* O, int64_t ldo, bool accumulate) {
+  constexpr int XB = 128 / sizeof(T);
+  for (int64_t x0 = 0; x0 < X; x0 += XB) {
+    const int64_t n = std::min<int64_t>(XB, X - x0);
+    int64_t r = 0;
+    for (; r + 4 <= R; r += 4)
+      gemm_nn_block<T, 4>(S, A + r * a_r, a_r, a_s, B, ldb, O + r * ldo, ldo, accumulate, x0, n);
+    for (; r + 2 <= R; r += 2)
+      gemm_nn_block<T, 2>(S, A + r * a_r, a_r, a_s, B, ldb, O + r * ldo, ldo, accumulate, x0, n);
+    for (; r < R; ++r) gemm_nn_block<T, 1>(S, A + r * a_r, a_r, a_s, B, ldb, O + r * ldo, ldo, accumulate, x0, n);
+  }
+}
+
+// O (R x S) (+)= A (R x X) B (S x X)^T: dot products over the long axis X, four at a time.
+template <typename T>
+void gemm_nt(int64_t R, int64_t S, int64_t X, const T* A, int64_t lda, const T* B, int64_t ldb, T* O,
+             int64_t ldo, bool accumulate) {
+  for (int64_t r = 0; r < R; ++r) {
+    const T* a = A + r * lda;
+    int64_t s = 0;
+    for (; s + 4 <= S; s += 4) {
+      const T *b0 = B + s * ldb, *b1 = b0 + ldb, *b2 = b1 + ldb, *b3 = b2 + ldb;
+      T c0 = 0, c1 = 0, c2 = 0, c3 = 0;
+#pragma omp simd reduction(+ : c0, c1, c2, c3)
+      for (int64_t x = 0; x < X; ++x) {
+        c0 += a[x] * b0[x];
+        c1 += a[x] * b1[x];
+        c2 += a[x] * b2[x];
+        c3 += a[x] * b3[x];
+      }
+      T* o = O + r * ldo + s;
+      o[0] = (accumulate ? o[0] : T(0)) + c0;
+      o[1] = (accumulate ? o[1] : T(0)) + c1;
+      o[2] = (accumulate ? o[2] : T(0)) + c2;
+      o[3] = (accumulate ? o[3] : T(0)) + c3;
+    }
+    for (; s < S; ++s) {
+      const T* b = B + s * ldb;
+      T c = 0;
+#pragma omp simd reduction(+ : c)
+      for (int64_t x = 0; x < X; ++x) c += a[x] * b[x];
+      O[r * ldo + s] = (accumulate ? O[r * ldo + s] : T(0)) + c;
+    }
+  }
+}
+
+template <typename T, int M>
+class Worker {
+ public:
+  Worker(const Problem& p, const T* q, const T* kc, const T* vc, const T* pos, const T* grp)
+      : p_(p), q_(q), kc_(kc), vc_(vc), pos_(pos), grp_(grp) {
+    hw_ = p.height * p.width;
+    const int64_t side = p.local ? p.patch : 2 * p.radius + 1;
+    table_ = side * side;
+    const int64_t K = p.local ? p.patch * p.patch : hw_, G = p.g, V = p.v, C = p.c, X = K * M;
+    segments_.reserve(p.local ? p.patch : p.height);
+    if (p.local && !p.pixel_major) {
+      keys_buf_.resize(C * X);
+      values_buf_.resize(C * X);
+    }
+    if (!p.pixel_major) pos_buf_.resize(V * p.d2 * K);
+    c_.resize(G * X);
+    ec_.resize(G * X);
+    pl_.resize(V * G * K);
+    ep_.resize(V * G * K);
+    gl_.resize(V * G * M);
+    eg_.resize(V * G * M);
+    cmax_.resize(G);
+    pmax_.resize(V * G);
+    gmax_.resize(V * G);
+    row_.resize(X);
+    prob_.resize(X);
+    sum_.resize(V * X);
+  }
+
+  // out (V, C) and lse (V, G) of query i of head-batch b.
+  void forward(int64_t b, int64_t i, T* out, T* lse) {
+    scores(b, i);
+    const int64_t G = p_.g, V = p_.v, X = keys_ * M;
+    for (int64_t v = 0; v < V; ++v) {
+      T* psum = sum_.data() + v * X;
+      std::fill(psum, psum + X, T(0));
+      for (int64_t g = 0; g < G; ++g) {
+        const T norm = probabilities(v, g, nullptr, &lse[v * G + g]);
+        const T* e = row_.data();
+        if (p_.dropout) {
+          const uint64_t key = row_key(p_.seed, row_id(b, i, v, g));
+          const T keep = static_cast<T>(p_.keep_scale) * norm;
+          const uint32_t threshold = p_.threshold;
+#pragma omp simd
+          for (int64_t x = 0; x < X; ++x) psum[x] += kept(key, uint32_t(x), threshold) ? e[x] * keep : T(0);
+        } else {
+#pragma omp simd
+          for (int64_t x = 0; x < X; ++x) psum[x] += e[x] * norm;
+        }
+      }
+    }
+    value_output(b, out);
+  }
+
+  // Gradients of query i of head-batch b: writes grad_q (G, C); adds into grad_kc,
+  // grad_vc (this head-batch's (C, HW, M) blocks), grad_pos (V, D2, T), grad_grp.
+  void backward(int64_t b, int64_t i, const T* grad_out, const T* lse, T* grad_q, T* grad_kc, T* grad_vc,
+                T* grad_pos, T* grad_grp) {
+    scores(b, i);
+    const int64_t G = p_.g, V = p_.v, C = p_.c, D2 = p_.d2, Dg = p_.dg, K = keys_, X = K * M;
+    dpd_.resize(V * X);
+    gc_.assign(G * X, T(0));
+    gpl_.resize(V * G * K);
+    ggl_.resize(V * G * M);
+    const T* qi = q_ + (b * hw_ + i) * G * C;
+    value_side_probabilities(b, grad_out);  // dP before dropout
+    for (int64_t v = 0; v < V; ++v) {
+      const T* dpd = dpd_.data() + v * X;
+      T* dsum = sum_.data() + v * X;
+      std::fill(dsum, dsum + X, T(0));
+      for (int64_t g = 0; g < G; ++g) {
+        const T norm = probabilities(v, g, &lse[v * G + g], nullptr);
+        const T* e = row_.data();
+        T* prob = prob_.data();
+        T* dp = row_.data();  // overwritten in place: dP after dropout
+        T delta = 0;
+        if (p_.dropout) {
+          const uint64_t key = row_key(p_.seed, row_id(b, i, v, g));
+          const T keep = static_cast<T>(p_.keep_scale);
+          const uint32_t threshold = p_.threshold;
+#pragma omp simd reduction(+ : delta)
+          for (int64_t x = 0; x < X; ++x) {
+            const T pr = e[x] * norm;
+            const T mask = kept(key, uint32_t(x), threshold) ? keep : T(0);
+            const T d = mask * dpd[x];
+            dsum[x] += pr * mask;
+            delta += pr * d;
+            prob[x] = pr;
+            dp[x] = d;
+          }
+        } else {
+#pragma omp simd reduction(+ : delta)
+          for (int64_t x = 0; x < X; ++x) {
+            const T pr = e[x] * norm;
+            dsum[x] += pr;
+            delta += pr * dpd[x];
+            prob[x] = pr;
+            dp[x] = dpd[x];
+          }
+        }
+        // dS = P (dP - delta), summed into the three logit terms.
+        T* gc = gc_.data() + g * X;
+#pragma omp simd
+        for (int64_t x = 0; x < X; ++x) {
+          const T ds = prob[x] * (dp[x] - delta);
+          dp[x] = ds;  // dp now holds dS
+          gc[x] += ds;
+        }
+        sum_over_elements(dp, gpl_.data() + (v * G + g) * K, K);
+        sum_over_keys(dp, ggl_.data() + (v * G + g) * M, K);
+      }
+    }
+    // grad_v = grad_out^T (sum_g P_dropped); grad_k = q^T dS_content.
+    key_side_gradient(b, grad_out, V, sum_.data(), grad_vc, gv_);
+    key_side_gradient(b, qi, G, gc_.data(), grad_kc, gk_);
+    // grad_q: content, positional and group parts.
+    query_gradient(b, grad_q);
+    for (int64_t g = 0; g < G; ++g) {
+      for (int64_t v = 0; v < V; ++v) {
+        if (grp_ != nullptr) {
+          const T* ggl = ggl_.data() + (v * G + g) * M;
+          for (int m = 0; m < M; ++m) {
+            const T* e = grp_ + ((v * G + g) * M + m) * Dg;
+            for (int64_t d = 0; d < Dg; ++d) grad_q[g * C + D2 + d] += ggl[m] * e[d];
+          }
+        }
+      }
+    }
+    positional_gradient(qi, grad_pos);
+    for (int64_t v = 0; v < V; ++v) {
+      for (int64_t g = 0; g < G; ++g) {
+        if (grad_grp != nullptr) {
+          const T* ggl = ggl_.data() + (v * G + g) * M;
+          for (int m = 0; m < M; ++m) {
+            T* dst = grad_grp + ((v * G + g) * M + m) * Dg;
+            for (int64_t d = 0; d < Dg; ++d) dst[d] += ggl[m] * qi[g * C + D2 + d];
+          }
+        }
+      }
+    }
+  }
+
+ private:
+  static void copy_into(T* dst, const T* src, int64_t n) {
+    for (int64_t x = 0; x < n; ++x) dst[x] = src[x];
+  }
+
+  static void add_into(T* dst, const T* src, int64_t n) {
+#pragma omp simd
+    for (int64_t x = 0; x < n; ++x) dst[x] += src[x];
+  }
+
+  uint64_t row_id(int64_t b, int64_t i, int64_t v, int64_t g) const {
+    return static_cast<uint64_t>(((b * hw_ + i) * p_.v + v) * p_.g + g);
+  }
+
+  // The valid keys of query i as segments of consecutive pixels; sets keys_.
+  void build_segments(int64_t i) {
+    const int64_t row = i / p_.width, col = i % p_.width;
+    segments_.clear();
+    int64_t start = 0;
+    if (p_.local) {
+      const int64_t r = p_.patch / 2;
+      const int64_t b0 = std::max<int64_t>(0, r - col), b1 = std::min<int64_t>(p_.patch, p_.width + r - col);
+      for (int64_t a = 0; a < p_.patch; ++a) {
+        const int64_t key_row = row + a - r;
+        if (key_row < 0 || key_row >= p_.height || b1 <= b0) continue;
+        segments_.push_back({key_row * p_.width + col + b0 - r, a * p_.patch + b0, b1 - b0, start});
+        start += b1 - b0;
+      }
+    } else {
+      const int64_t r = p_.radius, side = 2 * r + 1;
+      for (int64_t key_row = 0; key_row < p_.height; ++key_row) {
+        segments_.push_back({key_row * p_.width, (key_row - row + r) * side + (r - col), p_.width, start});
+        start += p_.width;
+      }
+    }
+    keys_ = start;
+  }
+
+  // ---------------------------------------------------------------- contractions
+  // Two layouts of keys, values and the offset table. Channel-major (C, HW, M) and
+  // (V, D2, T): the keys of a query are gathered into rows of X = K M entries, long for
+  // few channels and many keys (global layers, small widths). Pixel-major (HW, M, C) and
+  // (V, T, D2): every segment of keys is one contiguous block, nothing is gathered and the
+  // contractions run along C (local layers with many channels).
+
+  // (C, X) rows of keys or values seen by the query (channel-major): gathered for local
+  // layers; global layers see every key, so the head-batch's block is used in place.
+  const T* gather(const T* block, std::vector<T>& buffer) {
+    if (!p_.local) {
+      stride_ = hw_ * M;
+      return block;
+    }
+    const int64_t X = keys_ * M;
+    stride_ = X;
+    for (int64_t ch = 0; ch < p_.c; ++ch) {
+      const T* column = block + ch * hw_ * M;
+      T* dst = buffer.data() + ch * X;
+      for (const Segment& s : segments_) copy_into(dst + s.start * M, column + s.key * M, s.length * M);
+    }
+    return buffer.data();
+  }
+
+  // A query of a local layer whose whole neighbourhood lies inside the image sees the whole
+  // offset table, in its order.
+  bool whole_table() const { return p_.local && keys_ == table_; }
+
+  // The (V, D2, K) offset-table entries of the query's keys (channel-major); sets table_stride_.
+  const T* gather_table() {
+    if (whole_table()) {
+      table_stride_ = table_;
+      return pos_;
+    }
+    const int64_t K = keys_;
+    table_stride_ = K;
+    for (int64_t row = 0; row < p_.v * p_.d2; ++row) {
+      const T* src = pos_ + row * table_;
+      T* dst = pos_buf_.data() + row * K;
+      for (const Segment& s : segments_) copy_into(dst + s.start, src + s.pos, s.length);
+    }
+    return pos_buf_.data();
+  }
+
+  const T* block(const T* base, int64_t b) const { return base + b * p_.c * hw_ * M; }
+
+  // Pixel-major rows (length M, C) of segment s in a head-batch's (HW, M, C) block.
+  const T* rows(const T* base, int64_t b, const Segment& s) const { return block(base, b) + s.key * M * p_.c; }
+
+  // c (G, X) = q (G, C) keys^T and pl (V, G, K) = q_pos (G, D2) E_v^T.
+  void logit_terms(int64_t b, const T* qi) {
+    const int64_t G = p_.g, V = p_.v, C = p_.c, D2 = p_.d2, K = keys_, X = K * M;
+    if (p_.pixel_major) {
+      for (const Segment& s : segments_) {
+        gemm_nt(G, s.length * M, C, qi, C, rows(kc_, b, s), C, c_.data() + s.start * M, X, false);
+        for (int64_t v = 0; v < V; ++v)
+          gemm_nt(G, s.length, D2, qi, C, pos_ + (v * table_ + s.pos) * D2, D2, pl_.data() + v * G * K + s.start, K,
+                  false);
+      }
+      return;
+    }
+    const T* keys = gather(block(kc_, b), keys_buf_);
+    gemm_nn(G, C, X, qi, C, int64_t(1), keys, stride_, c_.data(), X, false);
+    const T* table = gather_table();
+    for (int64_t v = 0; v < V; ++v)
+      gemm_nn(G, D2, K, qi, C, int64_t(1), table + v * D2 * table_stride_, table_stride_, pl_.data() + v * G * K, K,
+              false);
+  }
+
+  // out (V, C) = P_sum (V, X) values, P_sum in sum_.
+  void value_output(int64_t b, T* out) {
+    const int64_t V = p_.v, C = p_.c, X = keys_ * M;
+    if (p_.pixel_major) {
+      bool first = true;
+      for (const Segment& s : segments_) {
+        gemm_nn(V, s.length * M, C, sum_.data() + s.start * M, X, int64_t(1), rows(vc_, b, s), C, out, C, !first);
+        first = false;
+      }
+      return;
+    }
+    const T* values = gather(block(vc_, b), values_buf_);
+    gemm_nt(V, C, X, sum_.data(), X, values, stride_, out, C, false);
+  }
+
+  // dpd_ (V, X) = grad_out (V, C) values^T: the gradient of the probabilities before dropout.
+  void value_side_probabilities(int64_t b, const T* grad_out) {
+    const int64_t V = p_.v, C = p_.c, X = keys_ * M;
+    if (p_.pixel_major) {
+      for (const Segment& s : segments_)
+        gemm_nt(V, s.length * M, C, grad_out, C, rows(vc_, b, s), C, dpd_.data() + s.start * M, X, false);
+      return;
+    }
+    const T* values = gather(block(vc_, b), values_buf_);
+    gemm_nn(V, C, X, grad_out, C, int64_t(1), values, stride_, dpd_.data(), X, false);
+  }
+
+  // Adds A^T W into the keys' gradient block of head-batch b, with A (R, C) and W (R, X) by rows.
+  void key_side_gradient(int64_t b, const T* A, int64_t R, const T* W, T* grad_block, std::vector<T>& buffer) {
+    const int64_t C = p_.c, X = keys_ * M;
+    if (p_.pixel_major) {  // (length M, C) += W_s^T (length M, R) A (R, C), in place
+      for (const Segment& s : segments_)
+        gemm_nn(s.length * M, R, C, W + s.start * M, int64_t(1), X, A, C, grad_block + s.key * M * C, C, true);
+      return;
+    }
+    if (!p_.local) {
+      gemm_nn(C, R, X, A, int64_t(1), C, W, X, grad_block, hw_ * M, true);
+      return;
+    }
+    buffer.resize(C * X);
+    gemm_nn(C, R, X, A, int64_t(1), C, W, X, buffer.data(), X, false);
+    for (int64_t ch = 0; ch < C; ++ch) {
+      T* column = grad_block + ch * hw_ * M;
+      const T* src = buffer.data() + ch * X;
+      for (const Segment& s : segments_) add_into(column + s.key * M, src + s.start * M, s.length * M);
+    }
+  }
+
+  // grad_q (G, C) = dS_content (G, X) keys + sum_v dS_pos,v (G, K) E_v (first D2 channels).
+  void query_gradient(int64_t b, T* grad_q) {
+    const int64_t G = p_.g, V = p_.v, C = p_.c, D2 = p_.d2, K = keys_, X = K * M;
+    if (p_.pixel_major) {
+      std::fill(grad_q, grad_q + G * C, T(0));
+      for (const Segment& s : segments_) {
+        gemm_nn(G, s.length * M, C, gc_.data() + s.start * M, X, int64_t(1), rows(kc_, b, s), C, grad_q, C, true);
+        for (int64_t v = 0; v < V; ++v)
+          gemm_nn(G, s.length, D2, gpl_.data() + v * G * K + s.start, K, int64_t(1),
+                  pos_ + (v * table_ + s.pos) * D2, D2, grad_q, C, true);
+      }
+      return;
+    }
+    const T* keys = p_.local ? keys_buf_.data() : block(kc_, b);
+    gemm_nt(G, C, X, gc_.data(), X, keys, stride_, grad_q, C, false);
+    const T* table = whole_table() ? pos_ : pos_buf_.data();
+    for (int64_t v = 0; v < V; ++v)
+      gemm_nt(G, D2, K, gpl_.data() + v * G * K, K, table + v * D2 * table_stride_, table_stride_, grad_q, C, true);
+  }
+
+  // Adds q_pos^T dS_pos,v into the offset table's gradient for every v.
+  void positional_gradient(const T* qi, T* grad_pos) {
+    const int64_t G = p_.g, V = p_.v, C = p_.c, D2 = p_.d2, K = keys_;
+    if (p_.pixel_major) {  // (length, D2) += dS_pos,v^T (length, G) q_pos (G, D2)
+      for (int64_t v = 0; v < V; ++v)
+        for (const Segment& s : segments_)
+          gemm_nn(s.length, G, D2, gpl_.data() + v * G * K + s.start, int64_t(1), K, qi, C,
+                  grad_pos + (v * table_ + s.pos) * D2, D2, true);
+      return;
+    }
+    if (whole_table()) {  // (D2, T) += q_pos^T (D2, G) dS_pos,v (G, T), in place
+      for (int64_t v = 0; v < V; ++v)
+        gemm_nn(D2, G, K, qi, int64_t(1), C, gpl_.data() + v * G * K, K, grad_pos + v * D2 * table_, table_, true);
+      return;
+    }
+    gp_.resize(V * D2 * K);  // (D2, K) = q_pos^T (D2, G) dS_pos,v (G, K), then into the table
+    for (int64_t v = 0; v < V; ++v)
+      gemm_nn(D2, G, K, qi, int64_t(1), C, gpl_.data() + v * G * K, K, gp_.data() + v * D2 * K, K, false);
+    for (int64_t row = 0; row < V * D2; ++row) {
+      const T* src = gp_.data() + row * K;
+      T* dst = grad_pos + row * table_;
+      for (const Segment& s : segments_) add_into(dst + s.pos, src + s.start, s.length);
+    }
+  }
+
+  // The three logit terms of query i, their maxima and factored exponentials.
+  void scores(int64_t b, int64_t i) {
+    build_segments(i);
+    const int64_t G = p_.g, V = p_.v, C = p_.c, D2 = p_.d2, Dg = p_.dg, K = keys_, X = K * M;
+    const T* qi = q_ + (b * hw_ + i) * G * C;
+    logit_terms(b, qi);
+    for (int64_t g = 0; g < G; ++g) {
+      T* c = c_.data() + g * X;
+      cmax_[g] = max_of(c, X);
+      exp_shifted(ec_.data() + g * X, c, cmax_[g], X);
+    }
+    for (int64_t v = 0; v < V; ++v) {
+      for (int64_t g = 0; g < G; ++g) {
+        const int64_t vg = v * G + g;
+        T* pl = pl_.data() + vg * K;
+        pmax_[vg] = max_of(pl, K);
+        exp_shifted(ep_.data() + vg * K, pl, pmax_[vg], K);
+        T* gl = gl_.data() + vg * M;
+        for (int m = 0; m < M; ++m) {
+          T acc = 0;
+          if (grp_ != nullptr) {
+            const T* emb = grp_ + (vg * M + m) * Dg;
+            for (int64_t d = 0; d < Dg; ++d) acc += qi[g * C + D2 + d] * emb[d];
+          }
+          gl[m] = acc;
+        }
+        gmax_[vg] = max_of(gl, M);
+        exp_shifted(eg_.data() + vg * M, gl, gmax_[vg], M);
+      }
+    }
+  }
+
+  static void exp_shifted(T* dst, const T* src, T shift, int64_t n) {
+#pragma omp simd
+    for (int64_t x = 0; x < n; ++x) dst[x] = exp_approx(src[x] - shift);
+  }
+
+  // out[k] = sum_m x[k, m] for a (K, M) row.
+  static void sum_over_elements(const T* x, T* out, int64_t keys) {
+#pragma omp simd
+    for (int64_t k = 0; k < keys; ++k) {
+      T acc = 0;
+      for (int m = 0; m < M; ++m) acc += x[k * M + m];
+      out[k] = acc;
+    }
+  }
+
+  // out[m] = sum_k x[k, m] for a (K, M) row, summed in vectors of L entries (L a multiple of M).
+  static void sum_over_keys(const T* x, T* out, int64_t keys) {
+    constexpr int L = M == 12 ? 48 : 16;
+    T acc[L];
+    for (int j = 0; j < L; ++j) acc[j] = 0;
+    const int64_t n = keys * M, whole = n - n % L;
+    for (int64_t start = 0; start < whole; start += L) {
+#pragma omp simd
+      for (int j = 0; j < L; ++j) acc[j] += x[start + j];
+    }
+    for (int m = 0; m < M; ++m) out[m] = 0;
+    for (int j = 0; j < L; ++j) out[j % M] += acc[j];
+    for (int64_t j = whole; j < n; ++j) out[(j - whole) % M] += x[j];
+  }
+
+  static T sum_of(const T* x, int64_t n) {
+    T acc = 0;
+#pragma omp simd reduction(+ : acc)
+    for (int64_t j = 0; j < n; ++j) acc += x[j];
+    return acc;
+  }
+
+  static T max_of(const T* x, int64_t n) {
+    T best = x[0];
+#pragma omp simd reduction(max : best)
+    for (int64_t j = 1; j < n; ++j) best = x[j] > best ? x[j] : best;
+    return best;
+  }
+
+  // Fills row_ with the unnormalised probabilities of row (v, g) and returns the factor
+  // that normalises them. Forward (lse_in null): stores the row's log-sum-exp in *lse_out.
+  // Backward: normalises with the stored *lse_in, so both passes use the same numbers.
+  T probabilities(int64_t v, int64_t g, const T* lse_in, T* lse_out) {
+    const int64_t K = keys_, X = K * M, vg = v * p_.g + g;
+    const T* ec = ec_.data() + g * X;
+    const T* ep = ep_.data() + vg * K;
+    const T* eg = eg_.data() + vg * M;
+    T* e = row_.data();
+    const T base = cmax_[g] + pmax_[vg] + gmax_[vg];
+    T weights[M];
+    for (int m = 0; m < M; ++m) weights[m] = eg[m];
+#pragma omp simd
+    for (int64_t k = 0; k < K; ++k) {
+      const T a = ep[k];
+      for (int m = 0; m < M; ++m) e[k * M + m] = ec[k * M + m] * a * weights[m];
+    }
+    T total = sum_of(e, X);
+    // Direct evaluation when the factored sum underflows: decided by the forward pass's sum,
+    // and in the backward pass by the same quantity recovered from the stored log-sum-exp.
+    const bool direct = lse_in ? (*lse_in - base) < T(std::log(Limits<T>::tiny)) : !(total >= T(Limits<T>::tiny));
+    if (direct) {
+      const T* c = c_.data() + g * X;
+      const T* pl = pl_.data() + vg * K;
+      const T* gl = gl_.data() + vg * M;
+      T best = c[0] + pl[0] + gl[0];
+      for (int64_t k = 0; k < K; ++k)
+        for (int m = 0; m < M; ++m) best = std::max(best, c[k * M + m] + pl[k] + gl[m]);
+      total = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        for (int m = 0; m < M; ++m) {
+          const T value = exp_approx(c[k * M + m] + pl[k] + gl[m] - best);
+          e[k * M + m] = value;
+          total += value;
+        }
+      }
+      if (lse_in) return std::exp(best - *lse_in);
+      *lse_out = best + std::log(total);
+      return T(1) / total;
+    }
+    if (lse_in) return std::exp(base - *lse_in);
+    *lse_out = base + std::log(total);
+    return T(1) / total;
+  }
+
+  const Problem& p_;
+  const T *q_, *kc_, *vc_, *pos_, *grp_;
+  int64_t hw_ = 0, table_ = 0, keys_ = 0, stride_ = 0, table_stride_ = 0;
+  std::vector<Segment> segments_;
+  std::vector<T> keys_buf_, values_buf_, pos_buf_;
+  std::vector<T> c_, ec_, pl_, ep_, gl_, eg_, cmax_, pmax_, gmax_, row_, prob_, sum_;
+  std::vector<T> dpd_, gc_, gpl_, ggl_, gk_, gv_, gp_;
+};
+
+// Runs task(thread, task_index) for task_index in [0, count) on `threads` threads. Dynamic:
+// each thread takes the next task from a counter (a descheduled thread delays only its own
+// task). Static: thread t runs the t-th contiguous share of the tasks, in order, so that
+// what each thread accumulates, and in which order, does not depend on timing.
+template <typename F>
+void parallel_tasks(int64_t threads, int64_t count, bool dynamic, F task) {
+  threads = std::max<int64_t>(1, std::min(threads, count));
+  std::atomic<int64_t> next(0);
+  auto run = [&](int64_t thread) {
+    if (!dynamic) {
+      for (int64_t t = thread * count / threads; t < (thread + 1) * count / threads; ++t) task(thread, t);
+      return;
+    }
+    for (int64_t t = next.fetch_add(1); t < count; t = next.fetch_add(1)) task(thread, t);
+  };
+  std::vector<std::thread> pool;
+  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
+  run(0);
+  for (std::thread& t : pool) t.join();
+}
+
+template <typename T, int M>
+void forward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const T* pos, const T* grp, T* out,
+                  T* lse) {
+  const int64_t hw = p.height * p.width, blocks = (hw + p.block - 1) / p.block;
+  std::vector<Worker<T, M>*> workers(std::max<int64_t>(1, p.threads), nullptr);
+  parallel_tasks(p.threads, p.bn * blocks, true, [&](int64_t thread, int64_t task) {
+    if (!workers[thread]) workers[thread] = new Worker<T, M>(p, q, kc, vc, pos, grp);
+    const int64_t b = task / blocks, first = (task % blocks) * p.block, last = std::min(hw, first + p.block);
+    for (int64_t i = first; i < last; ++i)
+      workers[thread]->forward(b, i, out + (b * hw + i) * p.v * p.c, lse + (b * hw + i) * p.v * p.g);
+  });
+  for (auto* w : workers) delete w;
+}
+
+template <typename T, int M>
+void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const T* pos, const T* grp,
+                   const T* grad_out, const T* lse, T* grad_q, T* grad_kc, T* grad_vc, T* grad_pos, T* grad_grp) {
+  const int64_t hw = p.height * p.width, blocks = (hw + p.block - 1) / p.block;
+  const int64_t threads = std::max<int64_t>(1, p.threads);
+  const int64_t side = p.local ? p.patch : 2 * p.radius + 1;
+  const int64_t pos_size = p.v * p.d2 * side * side, grp_size = grp ? p.v * p.g * M * p.dg : 0;
+  const int64_t kv_size = p.c * hw * M;  // one head-batch of grad_kc
+  // A head-batch split into several tasks may be worked on by several threads at once, so
+  // each thread then adds into a private copy of grad_kc and grad_vc; otherwise a task owns
+  // its head-batch. The tables are shared by all head-batches: always private.
+  const bool private_kv = blocks > 1;
+  std::vector<std::vector<T>> pos_acc(threads), grp_acc(threads), k_acc(threads), v_acc(threads);
+  std::vector<Worker<T, M>*> workers(threads, nullptr);
+  // Static scheduling: the gradients are sums over queries, added up in the same order in every
+  // call (deterministic results for a given number of threads).
+  parallel_tasks(threads, p.bn * blocks, false, [&](int64_t thread, int64_t task) {
+    if (!workers[thread]) {
+      workers[thread] = new Worker<T, M>(p, q, kc, vc, pos, grp);
+      pos_acc[thread].assign(pos_size, T(0));
+      grp_acc[thread].assign(grp_size, T(0));
+      if (private_kv) {
+        k_acc[thread].assign(p.bn * kv_size, T(0));
+        v_acc[thread].assign(p.bn * kv_size, T(0));
+      }
+    }
+    const int64_t b = task / blocks, first = (task % blocks) * p.block, last = std::min(hw, first + p.block);
+    T* gk = (private_kv ? k_acc[thread].data() : grad_kc) + b * kv_size;
+    T* gv = (private_kv ? v_acc[thread].data() : grad_vc) + b * kv_size;
+    for (int64_t i = first; i < last; ++i) {
+      const int64_t row = b * hw + i;
+      workers[thread]->backward(b, i, grad_out + row * p.v * p.c, lse + row * p.v * p.g, grad_q + row * p.g * p.c,
+                                gk, gv, pos_acc[thread].data(), grp ? grp_acc[thread].data() : nullptr);
+    }
+  });
+  for (int64_t t = 0; t < threads; ++t) {
+    if (!workers[t]) continue;
+    for (int64_t j = 0; j < pos_size; ++j) grad_pos[j] += pos_acc[t][j];
+    for (int64_t j = 0; j < grp_size; ++j) grad_grp[j] += grp_acc[t][j];
+    if (private_kv) {
+      for (int64_t j = 0; j < p.bn * kv_size; ++j) grad_kc[j] += k_acc[t][j];
+      for (int64_t j = 0; j < p.bn * kv_size; ++j) grad_vc[j] += v_acc[t][j];
+    }
+    delete workers[t];
+  }
+}
+
+// Calls fn.template operator()<M>() for the key-group size p.m (the orders of the groups).
+template <typename F>
+int dispatch(int64_t m, F fn) {
+  switch (m) {
+    case 1: fn(std::integral_constant<int, 1>()); return 0;
+    case 2: fn(std::integral_constant<int, 2>()); return 0;
+    case 4: fn(std::integral_constant<int, 4>()); return 0;
+    case 8: fn(std::integral_constant<int, 8>()); return 0;
+    case 12: fn(std::integral_constant<int, 12>()); return 0;
+    case 16: fn(std::integral_constant<int, 16>()); return 0;
+    default: return 1;
+  }
+}
+
+}  // namespace
+
+#define DEFINE_ENTRY_POINTS(T, SUFFIX)                                                                           \
+  extern "C" int fused_forward_##SUFFIX(const Problem* p, const T* q, const T* kc, const T* vc, const T* pos,   \
+                                        const T* grp, T* out, T* lse) {                                          \
+    return dispatch(p->m, [&](auto m) { forward_impl<T, decltype(m)::value>(*p, q, kc, vc, pos, grp, out, lse); }); \
+  }                                                                                                              \
+  extern "C" int fused_backward_##SUFFIX(const Problem* p, const T* q, const T* kc, const T* vc, const T* pos,  \
+                                         const T* grp, const T* grad_out, const T* lse, T* grad_q, T* grad_kc,   \
+                                         T* grad_vc, T* grad_pos, T* grad_grp) {                                 \
+    return dispatch(p->m, [&](auto m) {                                                                          \
+      backward_impl<T, decltype(m)::value>(*p, q, kc, vc, pos, grp, grad_out, lse, grad_q, grad_kc, grad_vc,     \
+                                           grad_pos, grad_grp);                                                  \
+    });                                                                                                          \
+  }
+
+DEFINE_ENTRY_POINTS(float, f32)
+DEFINE_ENTRY_POINTS(double, f64)
+
+// The kept flags of `rows` softmax rows of `length` entries (rows numbered from 0), as the
+// kernels draw them; for testing the mask's statistics.
+extern "C" void fused_dropout_flags(uint64_t seed, int64_t rows, int64_t length, uint32_t threshold, uint8_t* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const uint64_t key = row_key(seed, static_cast<uint64_t>(r));
+    for (int64_t x = 0; x < length; ++x) out[r * length + x] = kept(key, uint32_t(x), threshold);
+  }
+}

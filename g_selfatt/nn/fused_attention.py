@@ -1,0 +1,311 @@
+"""Self-attention of :class:`~g_selfatt.nn.attention.SelfAttentionCore` in one fused CPU kernel.
+
+``attention_impl="fused"`` computes what ``"reference"`` and ``"efficient"`` compute
+(see :mod:`g_selfatt.nn.efficient_attention` for the formula) in a small C++ kernel,
+``fused_attention.cpp`` beside this file, that works on one query at a time: the three
+logit terms, their softmax, attention dropout, the sum over ``g`` and the value
+contraction (and, in the backward pass, every gradient) stay in the caches, with no
+tensor of scores at all. Two things make it cheap:
+
+* the exponentials factor, ``exp(c + p + g) = exp(c) exp(p) exp(g)``, so they are taken at
+  the sizes of the three terms instead of at the size of the scores (a row whose factored
+  sum underflows is recomputed directly);
+* keys outside the image are skipped instead of padded and masked.
+
+The forward pass keeps each softmax row's log-sum-exp, ``(BN, H W, V, G)``, so the
+backward pass recomputes the probabilities without a second normalisation. Dropout
+keeps an entry when a 24-bit hash of ``(seed, row, entry)`` lies below
+``round(keep * 2^24)``, and scales kept entries by the exact inverse of that fraction:
+the same entries in the forward and backward pass, for any number of threads.
+
+The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else
+``g++``/``c++``/``clang++``) and cached on disk (``$G_SELFATT_CACHE``, else
+``~/.cache/g_selfatt``), keyed by the source, the flags and the machine; see
+:func:`library` and :func:`build_report`. Without a compiler, :func:`available` is
+false and ``attention_impl="auto"`` uses ``"efficient"``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+SOURCE = Path(__file__).with_name("fused_attention.cpp")
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fno-tree-loop-distribute-patterns", "-std=c++17", "-shared", "-fPIC",
+         "-pthread")
+DTYPES = (torch.float32, torch.float64)
+KEY_ELEMENTS = (1, 2, 4, 8, 12, 16)  # the kernel's compiled key-group sizes: the groups' orders
+QUERY_BLOCK = 16  # queries per task of the kernel's thread pool
+# Local layers with at least this many channels per head use the pixel-major layout: their
+# contractions run along the channels instead of along the few keys of a neighbourhood.
+PIXEL_MAJOR_CHANNELS = 16
+_HASH_BITS = 24
+
+
+class _Problem(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_int64) for name in
+                ("bn", "height", "width", "g", "m", "v", "c", "d2", "dg", "local", "patch", "radius", "threads",
+                 "block", "dropout", "pixel_major")] + [
+        ("seed", ctypes.c_uint64), ("threshold", ctypes.c_uint32), ("keep_scale", ctypes.c_double)]
+
+
+@dataclasses.dataclass
+class BuildReport:
+    """How the kernel library was obtained in this process.
+
+    Attributes:
+        path: the shared library, or ``None`` when it could not be built.
+        compiled: whether this process compiled it (else it came from the cache).
+        seconds: time spent compiling (0 when cached).
+        error: why it could not be built, or ``None``.
+    """
+
+    path: Optional[Path]
+    compiled: bool
+    seconds: float
+    error: Optional[str] = None
+
+
+_lock = threading.Lock()
+_report: Optional[BuildReport] = None
+_library: Optional[ctypes.CDLL] = None
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are kept: ``$G_SELFATT_CACHE``, else ``$XDG_CACHE_HOME/g_selfatt``."""
+    if os.environ.get("G_SELFATT_CACHE"):
+        return Path(os.environ["G_SELFATT_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "g_selfatt"
+
+
+def compiler() -> Optional[str]:
+    """The C++ compiler to use: ``$CXX``, else the first of g++, c++, clang++ on the PATH."""
+    candidates = [os.environ["CXX"]] if os.environ.get("CXX") else ["g++", "c++", "clang++"]
+    for name in candidates:
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _cpu_flags() -> str:
+    """The CPU's feature flags (``-march=native`` depends on them)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _library_path(cxx: str) -> Path:
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
+                                    _cpu_flags()]).encode()).hexdigest()[:16]
+    return cache_dir() / f"fused_attention-{key}.so"
+
+
+def _build() -> BuildReport:
+    cxx = compiler()
+    if cxx is None:
+        return BuildReport(None, False, 0.0, "no C++ compiler found (set $CXX or install g++)")
+    path = _library_path(cxx)
+    if path.exists():
+        return BuildReport(path, False, 0.0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
+        target = Path(scratch) / path.name
+        result = subprocess.run([cxx, *FLAGS, "-o", str(target), str(SOURCE)], capture_output=True, text=True)
+        if result.returncode != 0:
+            return BuildReport(None, True, time.perf_counter() - start,
+                               f"{Path(cxx).name} failed: {result.stderr.strip()[-2000:]}")
+        os.replace(target, path)  # atomic: a concurrent process sees the old state or the whole file
+    return BuildReport(path, True, time.perf_counter() - start)
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The kernel library, compiled on the first call of the process if it is not cached."""
+    global _report, _library
+    with _lock:
+        if _report is None:
+            _report = _build()
+            if _report.path is not None:
+                _library = _load(_report.path)
+        return _library
+
+
+def build_report() -> BuildReport:
+    """How :func:`library` obtained the kernel (builds it if that has not happened yet)."""
+    library()
+    return _report
+
+
+def available() -> bool:
+    """Whether the fused kernel can run in this process (a compiler was found, or it was cached)."""
+    return library() is not None
+
+
+def supports(t: Tensor, key_elements: int, autocast: bool = False) -> bool:
+    """Whether the fused kernel handles tensors like ``t`` with ``key_elements`` key elements.
+
+    Under ``autocast`` the attention runs in float32 whatever the dtype of ``t``.
+    """
+    return (t.device.type == "cpu" and (autocast or t.dtype in DTYPES) and key_elements in KEY_ELEMENTS
+            and available())
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    lib = ctypes.CDLL(str(path))
+    pointer = ctypes.c_void_p
+    for suffix in ("f32", "f64"):
+        forward = getattr(lib, f"fused_forward_{suffix}")
+        forward.argtypes = [ctypes.POINTER(_Problem)] + [pointer] * 7
+        forward.restype = ctypes.c_int
+        backward = getattr(lib, f"fused_backward_{suffix}")
+        backward.argtypes = [ctypes.POINTER(_Problem)] + [pointer] * 12
+        backward.restype = ctypes.c_int
+    lib.fused_dropout_flags.argtypes = [ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32, pointer]
+    lib.fused_dropout_flags.restype = None
+    return lib
+
+
+def dropout_threshold(rate: float) -> Tuple[int, float]:
+    """``(threshold, scale)``: entries whose 24-bit hash is below ``threshold`` are kept, times ``scale``."""
+    threshold = min(round((1.0 - rate) * 2 ** _HASH_BITS), 2 ** _HASH_BITS)
+    return threshold, (2 ** _HASH_BITS / threshold if threshold else 0.0)
+
+
+def dropout_flags(seed: int, rows: int, length: int, rate: float) -> Tensor:
+    """The kept flags the kernel draws for ``rows`` softmax rows of ``length`` entries, ``(rows, length)`` bool."""
+    out = torch.empty(rows, length, dtype=torch.uint8)
+    library().fused_dropout_flags(seed, rows, length, dropout_threshold(rate)[0], out.data_ptr())
+    return out.bool()
+
+
+@dataclasses.dataclass
+class FusedGeometry:
+    """The sizes the kernel needs (see the layouts in ``fused_attention.cpp``)."""
+
+    heads_batch: int
+    height: int
+    width: int
+    num_query_elements: int
+    num_key_elements: int
+    num_out: int
+    channels: int
+    pos_channels: int
+    local: bool
+    patch_size: int
+    radius: int
+    dropout: float = 0.0
+    seed: int = 0
+
+    @property
+    def pixel_major(self) -> bool:
+        """The layout of keys, values and the offset table (see :func:`fused_attention`)."""
+        return self.local and self.channels >= PIXEL_MAJOR_CHANNELS
+
+    def problem(self) -> _Problem:
+        threshold, scale = dropout_threshold(self.dropout)
+        return _Problem(
+            bn=self.heads_batch, height=self.height, width=self.width, g=self.num_query_elements,
+            m=self.num_key_elements, v=self.num_out, c=self.channels, d2=self.pos_channels,
+            dg=self.channels - self.pos_channels, local=int(self.local), patch=self.patch_size, radius=self.radius,
+            threads=torch.get_num_threads(), block=QUERY_BLOCK, dropout=int(self.dropout > 0),
+            pixel_major=int(self.pixel_major),
+            seed=self.seed % 2 ** 64, threshold=threshold, keep_scale=scale,
+        )
+
+
+def _pointer(t: Optional[Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _call(name: str, dtype: torch.dtype, problem: _Problem, *tensors: Optional[Tensor]) -> None:
+    suffix = "f32" if dtype == torch.float32 else "f64"
+    status = getattr(library(), f"{name}_{suffix}")(ctypes.byref(problem), *map(_pointer, tensors))
+    if status != 0:
+        raise ValueError(f"The fused attention kernel has no variant for {problem.m} key group elements; "
+                         f"supported: {KEY_ELEMENTS}. Use attention_impl='efficient'.")
+
+
+class FusedAttention(torch.autograd.Function):
+    """``out[bn, ij, v, c]`` from ``q (BN, HW, G, C)``, keys, values and the tables.
+
+    Keys and values are ``(BN, C, HW, M)`` and ``pos_table`` ``(V, 2D, T)`` (channel-major) or
+    ``(BN, HW, M, C)`` and ``(V, T, 2D)`` (pixel-major), as ``geometry.pixel_major`` says;
+    ``group_table`` is ``(V, G, M, D_g)`` or ``None``.
+    """
+
+    @staticmethod
+    def forward(ctx, geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
+                group_table: Optional[Tensor]) -> Tensor:
+        g = geometry
+        out = q.new_empty(g.heads_batch, g.height * g.width, g.num_out, g.channels)
+        lse = q.new_empty(g.heads_batch, g.height * g.width, g.num_out, g.num_query_elements)
+        _call("fused_forward", q.dtype, g.problem(), q, k, v, pos_table, group_table, out, lse)
+        ctx.geometry = geometry
+        ctx.save_for_backward(q, k, v, pos_table, group_table, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, pos_table, group_table, lse = ctx.saved_tensors
+        grads = [torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(pos_table),
+                 None if group_table is None else torch.zeros_like(group_table)]
+        _call("fused_backward", q.dtype, ctx.geometry.problem(), q, k, v, pos_table, group_table,
+              grad_out.contiguous(), lse, *grads)
+        return (None, *grads)
+
+
+def channel_major(t: Tensor) -> Tensor:
+    """``(B, C, N, M, H, W)`` -> ``(B N, C, H W, M)``."""
+    batch, channels, heads, elements, height, width = t.shape
+    t = t.permute(0, 2, 1, 4, 5, 3)  # (B, N, C, H, W, M)
+    return t.reshape(batch * heads, channels, height * width, elements).contiguous()
+
+
+def pixel_major(t: Tensor) -> Tensor:
+    """``(B, C, N, M, H, W)`` -> ``(B N, H W, M, C)``."""
+    batch, channels, heads, elements, height, width = t.shape
+    t = t.permute(0, 2, 4, 5, 3, 1)  # (B, N, H, W, M, C)
+    return t.reshape(batch * heads, height * width, elements, channels).contiguous()
+
+
+def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
+                    group_table: Optional[Tensor]) -> Tensor:
+    """The fused attention before ``wout``.
+
+    Args:
+        geometry: sizes, dropout rate and seed.
+        q: queries ``(BN, H W, G, C)``, already divided by ``sqrt(C_in)``.
+        k, v: keys and values ``(B, C, N, M, H, W)``.
+        pos_table: encodings of the acted offsets, ``(V, T, 2D)``.
+        group_table: ``(V, G, M, D_g)`` or ``None`` (lifting layers).
+
+    Returns:
+        ``(BN, H W, V, C)``.
+    """
+    group_table = None if group_table is None else group_table.contiguous()
+    if geometry.pixel_major:
+        layout, pos_table = pixel_major, pos_table.contiguous()  # (V, T, 2D)
+    else:
+        layout, pos_table = channel_major, pos_table.transpose(1, 2).contiguous()  # (V, 2D, T)
+    return FusedAttention.apply(geometry, q.contiguous(), layout(k), layout(v), pos_table, group_table)
