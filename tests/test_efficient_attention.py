@@ -164,7 +164,7 @@ def _score_entries(kind, group_name, side, patch, batch=2, heads=2) -> int:
 
 def _float32_bound(n_terms: int, scale) -> float:
     """The round-off allowed to a float32 result made of sums of at most ``n_terms`` terms."""
-    return ROUND_OFF_FACTOR * FLOAT32_EPS * math.sqrt(n_terms) * float(scale)
+    return ROUND_OFF_FACTOR * FLOAT32_EPS * math.sqrt(n_terms) * float(torch.as_tensor(scale).detach())
 
 
 def _check_against_float64(impl, kind, group_name, side, patch):
