@@ -267,9 +267,12 @@ def run(config: config_dict.ConfigDict) -> RunResult:
     data = input_spec(config, data, spec)
     context = distributed.setup(config.device)
     try:
-        return _run(config, context, spec, data, origins)
-    finally:
-        distributed.teardown(context)
+        result = _run(config, context, spec, data, origins)
+    except BaseException:
+        distributed.teardown(context, together=False)
+        raise
+    distributed.teardown(context)
+    return result
 
 
 def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: models.ModelSpec,

@@ -78,9 +78,18 @@ def setup(device_request: str) -> Context:
     return Context(device, dist.get_rank(), dist.get_world_size())
 
 
-def teardown(context: Context) -> None:
-    """Leaves the process group joined by :func:`setup`."""
+def teardown(context: Context, together: bool = True) -> None:
+    """Leaves the process group joined by :func:`setup`.
+
+    Args:
+        together: first wait until every process is done (a run that ended normally: the main
+            process still tests while the others are finished, and a process that closes its
+            connections while a peer still holds them can abort inside Gloo). ``False`` after an
+            error, when the other processes may never arrive.
+    """
     if context.distributed and dist.is_initialized():
+        if together:
+            dist.barrier()
         dist.destroy_process_group()
 
 

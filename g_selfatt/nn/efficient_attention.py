@@ -58,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from g_selfatt.nn.flex_attention import FlexGeometry, flex_self_attention
+from g_selfatt.nn.flex_attention import flex_self_attention
 from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention, pixel_major
 
 # Target number of score entries (B N Q V G K M) per chunk: 2**21 (8 MiB in
@@ -499,24 +499,19 @@ def _attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int, pos_tab
     dropout = layer.dropout_attention.p if layer.training else 0.0
     seed = int(torch.randint(0, 2 ** 62, ())) if dropout > 0 else 0
     scaled_q = query_layout(q * in_channels ** -0.5)  # (BN, H W, G, C)
-    if impl == "flex":
-        geometry = FlexGeometry(
-            heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,
-            num_key_elements=key_elements, num_out=num_out, pos_channels=2 * layer.dim_pos_encoding,
-            local=layer.local, radius=layer.radius, side=2 * layer.radius + 1,
-        )
-        out = flex_self_attention(geometry, scaled_q, pixel_major(k), pixel_major(v), pos_table.flatten(1, 2),
-                                  group_table)  # (BN, H W, V, C)
-        return _output_layout(out, batch, heads, height, width)
-    if impl == "fused":
+    if impl in ("fused", "flex"):
         geometry = FusedGeometry(
             heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,
             num_key_elements=key_elements, num_out=num_out, channels=channels,
             pos_channels=2 * layer.dim_pos_encoding, local=layer.local, patch_size=layer.patch_size or 0,
             radius=layer.radius, dropout=dropout, seed=seed,
         )
-        out = fused_attention(geometry, scaled_q, k, v, pos_table.flatten(1, 2), group_table)  # (BN, H W, V, C)
-        return _output_layout(out, batch, heads, height, width)
+        if impl == "fused":
+            out = fused_attention(geometry, scaled_q, k, v, pos_table.flatten(1, 2), group_table)
+        else:
+            out = flex_self_attention(geometry, scaled_q, pixel_major(k), pixel_major(v), pos_table.flatten(1, 2),
+                                      group_table)
+        return _output_layout(out, batch, heads, height, width)  # from (BN, H W, V, C)
     if layer.local:
         radius = layer.patch_size // 2
         key_index, outside_bias = neighbourhood_index(height, width, layer.patch_size, q.device)

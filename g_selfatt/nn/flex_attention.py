@@ -20,7 +20,6 @@ the CPU (unfused, for testing); its backward pass needs a GPU.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import warnings
 from typing import Optional
@@ -28,21 +27,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-
-@dataclasses.dataclass
-class FlexGeometry:
-    """Sizes of one call (letters as in :mod:`g_selfatt.nn.attention`)."""
-
-    heads_batch: int
-    height: int
-    width: int
-    num_query_elements: int
-    num_key_elements: int
-    num_out: int
-    pos_channels: int
-    local: bool
-    radius: int
-    side: int  # of the offset table: P (local) or 2 r + 1 (global)
+from g_selfatt.nn.fused_attention import FusedGeometry
 
 
 def supports(t: Tensor, dropout: float) -> bool:
@@ -75,12 +60,12 @@ def _attend(device: torch.device):
     return _compiled() if device.type == "cuda" else _unfused
 
 
-def flex_self_attention(geometry: FlexGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
+def flex_self_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
                         group_table: Optional[Tensor]) -> Tensor:
     """The attention before ``wout``.
 
     Args:
-        geometry: sizes of the call.
+        geometry: sizes of the call (the fused kernel's; dropout is not used).
         q: queries ``(BN, H W, G, C)``, already divided by ``sqrt(C_in)``.
         k, v: keys and values ``(BN, H W, M, C)``.
         pos_table: encodings of the acted offsets, ``(V, T, 2D)`` with ``T = side^2``.

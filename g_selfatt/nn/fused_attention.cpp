@@ -305,28 +305,19 @@ class Worker {
     // grad_v = grad_out^T (sum_g P_dropped); grad_k = q^T dS_content.
     key_side_gradient(b, grad_out, V, sum_.data(), grad_vc, gv_);
     key_side_gradient(b, qi, G, gc_.data(), grad_kc, gk_);
-    // grad_q: content, positional and group parts.
+    // grad_q: content, positional and group parts; grad_pos; grad_grp = dS_grp q_grp.
     query_gradient(b, grad_q);
-    for (int64_t g = 0; g < G; ++g) {
-      for (int64_t v = 0; v < V; ++v) {
-        if (grp_ != nullptr) {
-          const T* ggl = ggl_.data() + (v * G + g) * M;
-          for (int m = 0; m < M; ++m) {
-            const T* e = grp_ + ((v * G + g) * M + m) * Dg;
-            for (int64_t d = 0; d < Dg; ++d) grad_q[g * C + D2 + d] += ggl[m] * e[d];
-          }
-        }
-      }
-    }
     positional_gradient(qi, grad_pos);
-    for (int64_t v = 0; v < V; ++v) {
-      for (int64_t g = 0; g < G; ++g) {
-        if (grad_grp != nullptr) {
-          const T* ggl = ggl_.data() + (v * G + g) * M;
-          for (int m = 0; m < M; ++m) {
-            T* dst = grad_grp + ((v * G + g) * M + m) * Dg;
-            for (int64_t d = 0; d < Dg; ++d) dst[d] += ggl[m] * qi[g * C + D2 + d];
-          }
+    if (grp_ == nullptr) return;
+    for (int64_t vg = 0; vg < V * G; ++vg) {
+      const int64_t g = vg % G;
+      for (int m = 0; m < M; ++m) {
+        const T weight = ggl_[vg * M + m];
+        const T* e = grp_ + (vg * M + m) * Dg;
+        T* dst = grad_grp + (vg * M + m) * Dg;
+        for (int64_t d = 0; d < Dg; ++d) {
+          grad_q[g * C + D2 + d] += weight * e[d];
+          dst[d] += weight * qi[g * C + D2 + d];
         }
       }
     }

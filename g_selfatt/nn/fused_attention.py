@@ -200,7 +200,10 @@ def dropout_flags(seed: int, rows: int, length: int, rate: float) -> Tensor:
 
 @dataclasses.dataclass
 class FusedGeometry:
-    """The sizes the kernel needs (see the layouts in ``fused_attention.cpp``)."""
+    """The sizes of one attention call, as the kernel (and :mod:`g_selfatt.nn.flex_attention`) needs them.
+
+    See the layouts in ``fused_attention.cpp``.
+    """
 
     heads_batch: int
     height: int
@@ -215,6 +218,11 @@ class FusedGeometry:
     radius: int
     dropout: float = 0.0
     seed: int = 0
+
+    @property
+    def side(self) -> int:
+        """Side of the offset table: ``P`` (local) or ``2 r + 1`` (global)."""
+        return self.patch_size if self.local else 2 * self.radius + 1
 
     @property
     def pixel_major(self) -> bool:
