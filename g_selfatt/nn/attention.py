@@ -214,34 +214,45 @@ class SelfAttentionCore(nn.Module):
 
         ``"auto"`` is ``"fused"`` where the fused kernel handles the input (CPU, float32 or
         float64 or autocast, a compiled kernel), ``"flex"`` on CUDA without active attention
-        dropout, and ``"efficient"`` elsewhere.
+        dropout, and ``"efficient"`` elsewhere. An explicit choice that cannot run here raises
+        ``ValueError``, naming the choice that can.
         """
-        if self.attention_impl in ("efficient", "reference"):
-            return self.attention_impl
-        dropout = self.dropout_attention.p if self.training else 0.0
-        if self.attention_impl == "flex" or (self.attention_impl == "auto" and q.device.type == "cuda"):
-            if flex_attention.supports(q, dropout):
-                return "flex"
-            if self.attention_impl == "flex" and q.device.type == "cuda":
-                raise ValueError("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
-                                 "(which runs 'efficient' while attention dropout is active) or 'efficient'.")
-            if self.attention_impl == "auto":
-                return "efficient"
-            if q.device.type != "cuda" and not q.requires_grad:
-                return "flex"  # FlexAttention's unfused forward pass (CPU, for testing)
+        if self.attention_impl == "auto":
+            if q.device.type == "cuda":
+                return "flex" if flex_attention.supports(q, self._active_dropout()) else "efficient"
+            return "fused" if self._fused_handles(q) else "efficient"
+        if self.attention_impl == "fused":
+            self._check_fused(q)
+        elif self.attention_impl == "flex":
+            self._check_flex(q)
+        return self.attention_impl
+
+    def _active_dropout(self) -> float:
+        return self.dropout_attention.p if self.training else 0.0
+
+    def _fused_handles(self, q: Tensor) -> bool:
+        key_elements = 1 if self.lifting else self.group.num_elements
+        return fused_attention.supports(q, key_elements, autocast=torch.is_autocast_enabled(q.device.type))
+
+    def _check_fused(self, q: Tensor) -> None:
+        if self._fused_handles(q):
+            return
+        reason = fused_attention.build_report().error if q.device.type == "cpu" else None
+        raise ValueError(
+            f"attention_impl='fused' runs on the CPU in float32/float64, got a {q.dtype} tensor on "
+            f"{q.device}{f' ({reason})' if reason else ''}; use attention_impl='auto' or 'efficient'."
+        )
+
+    def _check_flex(self, q: Tensor) -> None:
+        if not flex_attention.available():
+            raise ValueError("attention_impl='flex' needs torch's FlexAttention, which this torch build lacks; "
+                             "use attention_impl='auto'.")
+        if q.device.type != "cuda" and q.requires_grad:
             raise ValueError(f"attention_impl='flex' trains on CUDA only (FlexAttention has no backward pass "
                              f"on {q.device.type}); use attention_impl='auto'.")
-        handled = fused_attention.supports(q, self.group.num_elements if not self.lifting else 1,
-                                           autocast=torch.is_autocast_enabled(q.device.type))
-        if self.attention_impl == "auto":
-            return "fused" if handled else "efficient"
-        if not handled:
-            reason = fused_attention.build_report().error if q.device.type == "cpu" else None
-            raise ValueError(
-                f"attention_impl='fused' runs on the CPU in float32/float64, got a {q.dtype} tensor on "
-                f"{q.device}{f' ({reason})' if reason else ''}; use attention_impl='auto' or 'efficient'."
-            )
-        return "fused"
+        if q.device.type == "cuda" and self._active_dropout() > 0:
+            raise ValueError("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
+                             "(which runs 'efficient' while attention dropout is active) or 'efficient'.")
 
     def attention_probabilities(self, x: Tensor) -> Tensor:
         """The attention probabilities of every query over its keys (before attention dropout).

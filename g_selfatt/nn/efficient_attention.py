@@ -32,6 +32,11 @@ Local layers gather the ``P x P`` neighbourhood of each query of a chunk from
 zero-padded keys and values (keys outside the image get ``-inf`` logits, as in
 the reference); global layers see all ``H W`` keys.
 
+:func:`efficient_attention` is also the entry point of ``"fused"`` and ``"flex"``
+(:mod:`g_selfatt.nn.fused_attention`, :mod:`g_selfatt.nn.flex_attention`): the
+positional and group tables, the scaled queries and the dropout seed are made once
+here and handed to whichever implementation runs.
+
 On CPU the chunk loop can be given its own number of intra-op threads,
 :data:`CHUNK_THREADS` (default: torch's setting), see there.
 

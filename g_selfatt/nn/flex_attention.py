@@ -30,9 +30,14 @@ from torch import Tensor
 from g_selfatt.nn.fused_attention import FusedGeometry
 
 
+def available() -> bool:
+    """Whether this torch build has FlexAttention."""
+    return _flex() is not None
+
+
 def supports(t: Tensor, dropout: float) -> bool:
     """Whether FlexAttention can run this call: a CUDA tensor and no active attention dropout."""
-    return t.device.type == "cuda" and dropout == 0.0 and _flex() is not None
+    return t.device.type == "cuda" and dropout == 0.0 and available()
 
 
 def _flex():
