@@ -13,7 +13,7 @@ The commands of the papers' experiments are listed in ``runs/README.md``.
 
 from __future__ import annotations
 
-import runner.threads  # noqa: F401  (first: sets the OpenMP wait policy before torch loads)
+import runner.threads  # first: sets the OpenMP wait policy before torch loads
 
 import contextlib
 import dataclasses
@@ -285,8 +285,7 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
         logging.info("Configuration (unset values filled from: %s):\n%s", origins, config)
         logging.info("Device %s, %d process(es); checkpoint %s", context.device,
                      context.world_size, best_path)
-    if config.num_threads > 0:
-        torch.set_num_threads(config.num_threads)
+    runner.threads.configure(config.num_threads or None)
     seed_everything(config.seed)
     model = build_model(config, data).to(context.device)
     if context.is_main:

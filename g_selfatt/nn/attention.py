@@ -250,7 +250,7 @@ class SelfAttentionCore(nn.Module):
         if q.device.type != "cuda" and q.requires_grad:
             raise ValueError(f"attention_impl='flex' trains on CUDA only (FlexAttention has no backward pass "
                              f"on {q.device.type}); use attention_impl='auto'.")
-        if q.device.type == "cuda" and self._active_dropout() > 0:
+        if self._active_dropout() > 0:
             raise ValueError("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
                              "(which runs 'efficient' while attention dropout is active) or 'efficient'.")
 

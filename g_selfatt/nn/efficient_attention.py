@@ -64,7 +64,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from g_selfatt.nn.flex_attention import flex_self_attention
-from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention, pixel_major
+from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention
+from g_selfatt.nn.layouts import pixel_major
 
 # Target number of score entries (B N Q V G K M) per chunk: 2**21 (8 MiB in
 # float32); the backward pass holds about four chunk-sized temporaries. Buffers
@@ -447,18 +448,11 @@ def positional_table(layer) -> Tensor:
     return torch.cat([layer.row_embedding.embed(table[:, 0]), layer.col_embedding.embed(table[:, 1])], dim=-1)
 
 
-def query_layout(t: Tensor) -> Tensor:
-    """``(B, C, N, G, H, W)`` -> ``(B N, H W, G, C)``."""
-    batch, channels, heads, elements, height, width = t.shape
-    t = t.permute(0, 2, 4, 5, 3, 1)  # (B, N, H, W, G, C)
-    return t.reshape(batch * heads, height * width, elements, channels).contiguous()
-
-
 def key_layout(t: Tensor, radius: int) -> Tensor:
     """``(B, C, N, M, H, W)`` -> ``(B N, HW', M, C)``, zero-padded by ``radius`` on each side."""
     if radius:
         t = F.pad(t, (radius, radius, radius, radius))  # (B, C, N, M, H + 2r, W + 2r)
-    return query_layout(t)
+    return pixel_major(t)
 
 
 def chunk_size(heads_batch: int, scores_per_query: int, budget: Optional[int] = None) -> int:
@@ -503,7 +497,7 @@ def _attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int, pos_tab
     key_elements = k.shape[3]
     dropout = layer.dropout_attention.p if layer.training else 0.0
     seed = int(torch.randint(0, 2 ** 62, ())) if dropout > 0 else 0
-    scaled_q = query_layout(q * in_channels ** -0.5)  # (BN, H W, G, C)
+    scaled_q = pixel_major(q * in_channels ** -0.5)  # (BN, H W, G, C)
     if impl in ("fused", "flex"):
         geometry = FusedGeometry(
             heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,

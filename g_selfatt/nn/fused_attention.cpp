@@ -36,7 +36,6 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 #include <thread>
 #include <vector>
 
@@ -324,10 +323,6 @@ class Worker {
   }
 
  private:
-  static void copy_into(T* dst, const T* src, int64_t n) {
-    for (int64_t x = 0; x < n; ++x) dst[x] = src[x];
-  }
-
   static void add_into(T* dst, const T* src, int64_t n) {
 #pragma omp simd
     for (int64_t x = 0; x < n; ++x) dst[x] += src[x];
@@ -380,7 +375,7 @@ class Worker {
     for (int64_t ch = 0; ch < p_.c; ++ch) {
       const T* column = block + ch * hw_ * M;
       T* dst = buffer.data() + ch * X;
-      for (const Segment& s : segments_) copy_into(dst + s.start * M, column + s.key * M, s.length * M);
+      for (const Segment& s : segments_) std::copy_n(column + s.key * M, s.length * M, dst + s.start * M);
     }
     return buffer.data();
   }
@@ -400,7 +395,7 @@ class Worker {
     for (int64_t row = 0; row < p_.v * p_.d2; ++row) {
       const T* src = pos_ + row * table_;
       T* dst = pos_buf_.data() + row * K;
-      for (const Segment& s : segments_) copy_into(dst + s.start, src + s.pos, s.length);
+      for (const Segment& s : segments_) std::copy_n(src + s.pos, s.length, dst + s.start);
     }
     return pos_buf_.data();
   }

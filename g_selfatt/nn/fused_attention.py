@@ -44,8 +44,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from g_selfatt.nn.layouts import channel_major, pixel_major
+
 SOURCE = Path(__file__).with_name("fused_attention.cpp")
-FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-fno-tree-loop-distribute-patterns", "-std=c++17", "-shared", "-fPIC",
+FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC",
          "-pthread")
 DTYPES = (torch.float32, torch.float64)
 KEY_ELEMENTS = (1, 2, 4, 8, 12, 16)  # the kernel's compiled key-group sizes: the groups' orders
@@ -281,20 +283,6 @@ class FusedAttention(torch.autograd.Function):
         _call("fused_backward", q.dtype, ctx.geometry.problem(), q, k, v, pos_table, group_table,
               grad_out.contiguous(), lse, *grads)
         return (None, *grads)
-
-
-def channel_major(t: Tensor) -> Tensor:
-    """``(B, C, N, M, H, W)`` -> ``(B N, C, H W, M)``."""
-    batch, channels, heads, elements, height, width = t.shape
-    t = t.permute(0, 2, 1, 4, 5, 3)  # (B, N, C, H, W, M)
-    return t.reshape(batch * heads, channels, height * width, elements).contiguous()
-
-
-def pixel_major(t: Tensor) -> Tensor:
-    """``(B, C, N, M, H, W)`` -> ``(B N, H W, M, C)``."""
-    batch, channels, heads, elements, height, width = t.shape
-    t = t.permute(0, 2, 4, 5, 3, 1)  # (B, N, H, W, M, C)
-    return t.reshape(batch * heads, height * width, elements, channels).contiguous()
 
 
 def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
