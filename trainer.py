@@ -241,7 +241,10 @@ class Trainer:
         train_model = distributed.wrap(self.model, self.context)
         with self.stop_request:
             while self.state.epoch < self.config.epochs and not self._step_limit_reached():
+                started = time.monotonic()
                 train_metrics = self._train_epoch(train_model)
+                # Wall-clock seconds of this period's optimizer steps (no validation).
+                train_metrics["train_seconds"] = time.monotonic() - started
                 epoch_complete = self.state.batch_in_epoch >= self.steps_per_epoch
                 if epoch_complete:
                     self.state.epoch += 1

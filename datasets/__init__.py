@@ -74,7 +74,7 @@ _DATASETS: Dict[str, _Entry] = {
                     mnist.build_splits),
     "rotDigits": _Entry(DataSpec("rotDigits", 1, 10, 16, "rotDigits"), (rot_digits.MEAN,),
                         (rot_digits.STD,), False, rot_digits.build_splits),
-    "rotMNIST5k": _Entry(DataSpec("rotMNIST5k", 1, 10, 28, "rotMNIST"), _MNIST_MEAN, _MNIST_STD,
+    "rotMNIST5k": _Entry(DataSpec("rotMNIST5k", 1, 10, 28, "rotMNIST5k"), _MNIST_MEAN, _MNIST_STD,
                          False, rot_mnist5k.build_splits),
 }
 

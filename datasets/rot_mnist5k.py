@@ -16,7 +16,9 @@ Recipe (fixed, independent of the experiment's seed), the rotMNIST protocol:
    (default 500) validation images, the rest (default 3,500) for training.
 
 Images are ``float32`` in [0, 1], shape (1, 28, 28), normalised like rotMNIST (mean 0.1307,
-std 0.3081). The data uses the rotMNIST architecture of every model.
+std 0.3081). Its architecture ``"rotMNIST5k"`` is that of rotMNIST for the CNNs and attentive
+G-CNNs, and a small GSA-Net layout (:data:`models.gsa_zoo.ARCHITECTURES`); every model trains
+under one protocol (:data:`models.protocols.ROTMNIST5K`).
 """
 
 from __future__ import annotations

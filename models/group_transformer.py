@@ -31,11 +31,14 @@ def _values(value: Union[int, Sequence[int]], count: int, name: str) -> Iterator
     return iter(value)
 
 
+SPATIAL_POOLINGS = ("sum", "mean")
+
+
 class GroupTransformer(nn.Module):
     """A group equivariant self-attention network for classification.
 
     ``image -> lifting self-attention -> norm -> activation -> blocks -> 1x1x1 conv
-    -> sum over space -> max over the group``. A spatial max-pool (1, 2, 2) follows
+    -> sum (or mean) over space -> max over the group``. A spatial max-pool (1, 2, 2) follows
     every block except the last (and the last too if ``maxpool_after_last_block``),
     empty blocks included.
 
@@ -66,6 +69,9 @@ class GroupTransformer(nn.Module):
         group_axis_index: ``"relative"`` (equivariant) or ``"original"``.
         attention_impl: ``"auto"`` (default), ``"fused"``, ``"efficient"`` or ``"reference"`` for
             every attention layer (see :class:`~g_selfatt.nn.attention.SelfAttentionCore`).
+        spatial_pooling: how the head reduces the last feature map over space: ``"sum"`` (the
+            paper's; logits grow with the number of final pixels) or ``"mean"`` (logits of the
+            scale of one pixel's, which lets small networks start training at once).
     """
 
     def __init__(
@@ -92,6 +98,7 @@ class GroupTransformer(nn.Module):
         whitening_scale: float = 1.41421356,
         group_axis_index: str = "relative",
         attention_impl: str = "auto",
+        spatial_pooling: str = "sum",
     ):
         super().__init__()
         self.group = group
@@ -104,6 +111,9 @@ class GroupTransformer(nn.Module):
         self.num_classes = num_classes
         self.group_axis_index = group_axis_index
         self.attention_impl = attention_impl
+        if spatial_pooling not in SPATIAL_POOLINGS:
+            raise ValueError(f"Unknown spatial_pooling {spatial_pooling!r}; expected one of {SPATIAL_POOLINGS}.")
+        self.spatial_pooling = spatial_pooling
         self.patch_size = patch_size if patch_size else None
         if self.patch_size and self.patch_size > image_size:
             raise ValueError(
@@ -176,4 +186,8 @@ class GroupTransformer(nn.Module):
         out = self.lifting_normalization(out)
         out = self.lifting_activation(out)
         out = self.transformer(out)  # (B, classes, G, H', W')
-        return out.sum(dim=(-2, -1)).max(dim=-1).values  # (B, classes)
+        if self.spatial_pooling == "mean":
+            out = out.mean(dim=(-2, -1))  # (B, classes, G)
+        else:
+            out = out.sum(dim=(-2, -1))  # (B, classes, G)
+        return out.max(dim=-1).values  # (B, classes)

@@ -16,11 +16,12 @@ from torch import nn
 
 from g_selfatt.groups import GROUPS, get_group
 from models.cnn import CNN, convert_z2cnn_checkpoint
+from models import protocols
 from models.group_transformer import GroupTransformer
 from models.registry import DataSpec, register_model
 
-# The layout of GroupTransformer per dataset (original model.py; rotDigits is
-# this project's small quick-start layout for 16x16 images).
+# The layout of GroupTransformer per dataset (original model.py; rotDigits and
+# rotMNIST5k are this project's small layouts for CPU training).
 ARCHITECTURES: Dict[str, Dict[str, Any]] = {
     "rotMNIST": dict(
         num_channels=20, num_heads=9, block_sizes=[2, 3], expansion_per_block=1,
@@ -42,6 +43,13 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
         crop_per_layer=0, normalize_between_layers=True, maxpool_after_last_block=False,
         dropout_rate_after_maxpooling=0.0, input_dropout_rate=0.0,
     ),
+    # 28x28 digits: lifting at 28x28, a block at 14x14 and one at 7x7 (twice the channels), the
+    # logits averaged over the last 7x7 map so that a network this small starts training at once.
+    "rotMNIST5k": dict(
+        num_channels=16, num_heads=2, block_sizes=[0, 1, 1], expansion_per_block=[1, 1, 2],
+        crop_per_layer=0, normalize_between_layers=True, maxpool_after_last_block=False,
+        dropout_rate_after_maxpooling=0.0, input_dropout_rate=0.0, spatial_pooling="mean",
+    ),
 }
 
 _COMMON = dict(norm_type="LayerNorm", activation_function="Swish", whitening_scale=1.41421356,
@@ -59,6 +67,9 @@ GSA_DEFAULTS: Dict[str, Dict[str, Any]] = {
                  dropout_att=0.1, dropout_values=0.1),
     "rotDigits": dict(_COMMON, optimizer="Adam", lr=2e-3, scheduler="constant", batch_size=16,
                       epochs=6, patch_size=5, dropout_att=0.0, dropout_values=0.0, whitening_scale=1.0),
+    "rotMNIST5k": dict(protocols.ROTMNIST5K, norm_type="BatchNorm", activation_function="Swish",
+                       whitening_scale=1.0, attention_type="Local", patch_size=5, dropout_att=0.0,
+                       dropout_values=0.0),
 }
 
 ATTENTION_TYPES = ("Local", "Global")
@@ -105,10 +116,11 @@ for _name in GROUPS:
 
 
 @register_model(
-    "z2cnn", family="cnn", datasets=("rotMNIST",), convert_checkpoint=convert_z2cnn_checkpoint,
+    "z2cnn", family="cnn", datasets=("rotMNIST", "rotMNIST5k"), convert_checkpoint=convert_z2cnn_checkpoint,
     description="Z2 CNN baseline (Cohen & Welling 2016), 28x28 inputs",
     defaults={"rotMNIST": dict(optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128,
-                               epochs=300, scheduler="constant")},
+                               epochs=300, scheduler="constant"),
+              "rotMNIST5k": protocols.ROTMNIST5K},
 )
 def z2cnn(config: Any, data: DataSpec) -> nn.Module:
     """The CNN baseline: 20 channels, batch-norm eps 2e-5, dropout 0.3, no biases."""

@@ -30,7 +30,8 @@ class DataSpec:
         num_classes: number of classes.
         image_size: side of the (square) input images.
         architecture: which per-dataset architecture the models use
-            (``"rotMNIST"``, ``"CIFAR10"``, ``"PCam"`` or ``"rotDigits"``).
+            (``"rotMNIST"``, ``"CIFAR10"``, ``"PCam"``, ``"rotDigits"`` or ``"rotMNIST5k"``;
+            MNIST uses ``"rotMNIST"``).
     """
 
     name: str

@@ -36,7 +36,7 @@ SPECS = {
     "CIFAR10": (3, 10, 32, "CIFAR10"),
     "PCam": (3, 2, 96, "PCam"),
     "rotDigits": (1, 10, 16, "rotDigits"),
-    "rotMNIST5k": (1, 10, 28, "rotMNIST"),
+    "rotMNIST5k": (1, 10, 28, "rotMNIST5k"),
 }
 
 

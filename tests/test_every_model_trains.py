@@ -97,7 +97,7 @@ def test_an_image_size_below_the_minimum_is_refused():
 
 # One model of each architecture on datasets other than its own (other channels, classes
 # and image sizes); on rotDigits the rotMNIST CNN sees 28x28 and DenseNet everywhere 80x80 images.
-# Both families train on the real digits of rotMNIST5k (with the rotMNIST architectures).
+# Both families train on the real digits of rotMNIST5k (its own architecture and protocol).
 OTHER_DATASETS = [("p4cnn", "PCam"), ("f_att_p4cnn", "rotDigits"), ("p4m_allcnnc", "rotDigits"),
                   ("att_p4cnn", "rotMNIST5k"), ("p4sa", "rotMNIST5k"),
                   ("f_att_p4m_resnet44", "MNIST"), ("resnet44", "rotMNIST"), ("p4_densenet", "rotDigits"),

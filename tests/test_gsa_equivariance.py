@@ -187,13 +187,15 @@ def test_reference_impl_group_transformer_logits_are_invariant(name, patch_size,
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("name", ["p4", "p4m"])
-def test_rotmnist_model_logits_are_invariant(name, dtype):
-    """The paper's rotMNIST architecture (local patch 5) at full size."""
+@pytest.mark.parametrize("architecture", ["rotMNIST", "rotMNIST5k"])
+def test_rotmnist_model_logits_are_invariant(architecture, name, dtype):
+    """The paper's rotMNIST architecture (local patch 5) at full size, and the small rotMNIST5k one
+    (BatchNorm in eval mode, logits averaged over space)."""
     import models
     from ml_collections import ConfigDict
 
-    config = ConfigDict(dict(models.gsa_zoo.GSA_DEFAULTS["rotMNIST"], patch_size=5))
-    model = models.create_model(f"{name}sa", config, models.DataSpec("rotMNIST", 1, 10, 28, "rotMNIST"))
+    config = ConfigDict(dict(models.gsa_zoo.GSA_DEFAULTS[architecture], patch_size=5))
+    model = models.create_model(f"{name}sa", config, models.DataSpec(architecture, 1, 10, 28, architecture))
     model = model.to(dtype).eval()
     x = torch.randn(1, 1, 28, 28, dtype=dtype)
     assert_equivariant(model, x, get_group(name), input_kind="image", output_kind="invariant")

@@ -122,6 +122,30 @@ def test_model_output_shapes():
         assert model(torch.randn(1, spec.in_channels, size, size)).shape == (1, spec.num_classes)
 
 
+def _pooled_logits(pooling):
+    from models.group_transformer import GroupTransformer
+
+    torch.manual_seed(0)
+    model = GroupTransformer(
+        group=get_group("p4"), in_channels=1, num_channels=8, num_heads=1, block_sizes=[1],
+        expansion_per_block=1, crop_per_layer=0, normalize_between_layers=False,
+        maxpool_after_last_block=False, image_size=6, patch_size=3, activation_function="Swish",
+        attention_dropout_rate=0.0, value_dropout_rate=0.0, spatial_pooling=pooling,
+    ).double().eval()
+    torch.manual_seed(1)
+    return model(torch.randn(2, 1, 6, 6, dtype=torch.float64))
+
+
+def test_mean_spatial_pooling_is_the_sum_over_the_pixels_divided_by_their_number():
+    # Division by a positive constant commutes with the max over the group; the last map is 6x6.
+    torch.testing.assert_close(_pooled_logits("mean"), _pooled_logits("sum") / 36, rtol=1e-12, atol=0)
+
+
+def test_unknown_spatial_pooling_lists_the_valid_ones():
+    with pytest.raises(ValueError, match=r"spatial_pooling 'max'.*'sum', 'mean'"):
+        _pooled_logits("max")
+
+
 def test_unknown_model_lists_the_valid_names():
     with pytest.raises(ValueError, match=r"Unknown model 'p5sa'.*'p4msa'.*'z2cnn'"):
         create_model("p5sa", _config("rotMNIST"), SPECS["rotMNIST"])

@@ -385,7 +385,8 @@ def test_metrics_csv_has_one_rounded_row_per_validation(tmp_path):
     run.fit()
     rows = list(csv.DictReader(open(tmp_path / "toy.metrics.csv")))
     assert [float(row["epoch"]) for row in rows] == [1.0, 2.0]
-    assert set(rows[0]) >= {"train_loss", "val_loss", "val_accuracy", "lr"}
+    assert set(rows[0]) >= {"train_loss", "val_loss", "val_accuracy", "lr", "train_seconds"}
+    assert all(float(row["train_seconds"]) > 0 for row in rows)
     for row in rows:  # at most 6 significant digits: rounding again changes nothing
         assert all(text == str(reporting.rounded(float(text))) for text in row.values())
 

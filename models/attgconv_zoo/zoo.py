@@ -43,6 +43,7 @@ from typing import Any, Callable, Dict, Mapping, Optional
 from torch import Tensor, nn
 
 from attgconv import get_grid
+from models import protocols
 from models.attgconv_zoo.layers import LayerFactory
 from models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
 from models.registry import DataSpec, register_model
@@ -92,8 +93,11 @@ def _refuse_plain_checkpoint(plain_name: str) -> Callable[[Mapping[str, Tensor]]
 
 def _register(name: str, build: Callable[[Any, DataSpec], nn.Module], architecture: str, defaults_key: str,
               attention: str, plain_name: str, description: str) -> None:
+    defaults = {architecture: DEFAULTS[defaults_key]}
+    if architecture == "rotMNIST":  # the rotMNIST CNNs also train on rotMNIST5k, under its protocol
+        defaults["rotMNIST5k"] = protocols.ROTMNIST5K
     register_model(
-        name, family="attgconv", description=description, defaults={architecture: DEFAULTS[defaults_key]},
+        name, family="attgconv", description=description, defaults=defaults,
         convert_checkpoint=None if attention == "none" else _refuse_plain_checkpoint(plain_name),
         min_image_size=MIN_IMAGE_SIZES[defaults_key],
     )(build)

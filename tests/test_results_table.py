@@ -1,0 +1,71 @@
+"""The rotMNIST5k results table: its script trains through main.py, resumes, and summarises."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import statistics
+
+import pytest
+
+import fixture_data
+from tests.conftest import REPO_ROOT
+
+
+def _table_module():
+    spec = importlib.util.spec_from_file_location("rotmnist5k_table", REPO_ROOT / "tools" / "rotmnist5k_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def table_run(tmp_path_factory):
+    """The script on 40 fixture digits: two models, two seeds, one step each."""
+    tmp_path = tmp_path_factory.mktemp("table")
+    fixture_data.make_rotmnist5k(tmp_path / "data", n=40)
+    table = _table_module()
+    argv = ["--models", "z2cnn", "p4sa", "--seeds", "0", "1", "--save-dir", str(tmp_path / "saved"),
+            "--output-dir", str(tmp_path / "out"), f"--config.data_root={tmp_path / 'data'}",
+            "--config.max_examples=4", "--config.batch_size=4", "--config.epochs=1",
+            "--config.valid_size=4", "--config.num_threads=1", "--config.device=cpu"]
+    table.main(argv)
+    return table, argv, tmp_path
+
+
+def test_every_run_has_a_row_with_its_rotation_accuracies(table_run):
+    _, _, tmp_path = table_run
+    rows = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    assert [(row["model"], row["seed"]) for row in rows] == [("z2cnn", "0"), ("z2cnn", "1"), ("p4sa", "0"), ("p4sa", "1")]
+    for row in rows:
+        angles = [key for key in row if key.startswith("accuracy_")]
+        assert len(angles) == 24 and "accuracy_90deg" in angles and "accuracy_345deg" in angles
+        assert float(row["accuracy_0deg"]) == float(row["test_accuracy"])  # both from unrotated images
+        assert float(row["seconds_per_epoch"]) > 0 and int(row["epochs"]) == 1
+    assert {row["parameters"] for row in rows if row["model"] == "z2cnn"} == {"21620"}
+
+
+def test_table_gives_the_mean_and_spread_over_seeds(table_run):
+    table, _, tmp_path = table_run
+    rows = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    text = (tmp_path / "out" / "table.md").read_text()
+    for model in ("z2cnn", "p4sa"):
+        accuracies = [100 * float(row["test_accuracy"]) for row in rows if row["model"] == model]
+        expected = f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
+        line = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
+        assert line.split(" | ")[2] == expected
+
+
+def test_finished_runs_are_not_trained_again(table_run, capsys):
+    table, argv, tmp_path = table_run
+    checkpoint = tmp_path / "saved" / "p4sa_seed1" / "model.pt"
+    before = checkpoint.stat().st_mtime_ns
+    table.main(argv)
+    assert checkpoint.stat().st_mtime_ns == before
+    assert capsys.readouterr().out.count("done before") == 4
+
+
+def test_arguments_other_than_config_fields_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        _table_module().parse_args(["--model", "p4sa"])
+    assert "only --config.<field>=<value>" in capsys.readouterr().err

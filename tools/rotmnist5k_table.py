@@ -1,0 +1,234 @@
+#!/usr/bin/env python
+"""Trains every model of the rotMNIST5k results table and writes the table.
+
+Usage::
+
+    python tools/rotmnist5k_table.py [--models z2cnn p4cnn ...] [--seeds 0 1 2]
+                                     [--save-dir saved/rotMNIST5k_table] [--output-dir runs/rotMNIST5k]
+
+Every run is one ``main.py`` process (``--config.dataset=rotMNIST5k --config.model=M
+--config.seed=S``) under the one protocol of the dataset (:data:`models.protocols.ROTMNIST5K`:
+the same optimiser, learning rate, batch, epochs and schedule for every model; the epoch is
+selected on the validation part), with the test accuracy measured at every 15 degrees of
+rotation (``--config.rotation_angles=24``). A run whose test report exists is not trained again,
+so an interrupted table goes on where it stopped; ``--overwrite`` retrains.
+
+Writes to ``--output-dir``:
+
+* ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle,
+  parameters, seconds per training epoch, best epoch, checkpoint);
+* ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
+  accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
+  by the other 15-degree steps (interpolated), the lowest accuracy over all angles, the
+  parameter count and the seconds per epoch; printed too.
+
+Extra ``--config.<field>=<value>`` arguments are passed to every run (e.g.
+``--config.max_examples=64 --config.epochs=1`` for a smoke test).
+
+``--ship`` then copies the best GSA-Net and the best attentive G-CNN of the table into
+``saved/`` under the names the runner derives from their configuration (so
+``--config.pretrained=True`` finds them) and records each in ``saved/manifest.json`` with its
+sha256, flags, validation and test accuracy. "Best" is decided on the validation part only: the
+model with the highest mean best-validation accuracy over the seeds, and its seed with the
+highest best-validation accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import pathlib
+import shutil
+import statistics
+import subprocess
+import sys
+from typing import Dict, List, Mapping, Sequence
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+# att_p4cnn (full attention) is left out: about 160 s per epoch on 2 cores, 30x p4cnn.
+MODELS = ("z2cnn", "p4cnn", "f_att_p4cnn", "z2sa", "p4sa")
+SEEDS = (0, 1, 2)
+NUM_ANGLES = 24  # every 15 degrees
+EXACT_ANGLES = (90.0, 180.0, 270.0)
+SHIPPED_FAMILIES = ("gsa", "attgconv")  # the best model of each is shipped
+
+
+def run_prefix(save_dir: pathlib.Path, model: str, seed: int) -> pathlib.Path:
+    """The file prefix of one run's checkpoint and reports (its own folder per model and seed)."""
+    return save_dir / f"{model}_seed{seed}" / "model"
+
+
+def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequence[str], overwrite: bool) -> pathlib.Path:
+    """Runs ``main.py`` for one model and seed unless its test report exists; returns the prefix."""
+    prefix = run_prefix(save_dir, model, seed)
+    if prefix.with_suffix(".test.json").exists() and not overwrite:
+        print(f"[table] {model} seed {seed}: done before, reusing {prefix}.test.json", flush=True)
+        return prefix
+    command = [sys.executable, str(REPO_ROOT / "main.py"), "--config.dataset=rotMNIST5k",
+               f"--config.model={model}", f"--config.seed={seed}", f"--config.rotation_angles={NUM_ANGLES}",
+               f"--config.path={prefix}.pt", "--config.overwrite=True", *extra]
+    print("[table]", " ".join(command[1:]), flush=True)
+    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    return prefix
+
+
+def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
+    """One row of ``runs.csv`` from the files a run wrote."""
+    import main  # the experiment runner, for load_model
+
+    report = json.loads(prefix.with_suffix(".test.json").read_text())
+    with open(f"{prefix}.rotation.csv") as handle:
+        curve = {float(row["angle_deg"]): float(row["accuracy"]) for row in csv.DictReader(handle)}
+    with open(f"{prefix}.metrics.csv") as handle:
+        history = list(csv.DictReader(handle))
+    network = main.load_model(prefix.with_suffix(".pt"))
+    best = max(history, key=lambda row: float(row["best_val_accuracy"]))
+    return {
+        "model": model,
+        "seed": seed,
+        "test_accuracy": report["accuracy"],
+        **{f"accuracy_{angle:g}deg": curve[angle] for angle in sorted(curve)},
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "seconds_per_epoch": statistics.mean(float(row["train_seconds"]) for row in history),
+        "epochs": len(history),
+        "best_val_accuracy": float(best["best_val_accuracy"]),
+        "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
+                          if prefix.is_relative_to(REPO_ROOT) else prefix.with_suffix(".pt")),
+    }
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    """``mean ± std`` in percent (std over the seeds, n - 1; 0 for one seed)."""
+    spread = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
+
+
+def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
+    """Per model (in table order): the seed statistics of every column of ``table.md``."""
+    summary = []
+    for model in dict.fromkeys(row["model"] for row in rows):
+        runs = [row for row in rows if row["model"] == model]
+        angles = [float(key[len("accuracy_"):-len("deg")]) for key in runs[0] if key.startswith("accuracy_")]
+        off_grid = [angle for angle in angles if angle % 90]
+
+        def per_run(chosen: Sequence[float]) -> List[float]:
+            return [statistics.mean(float(run[f"accuracy_{a:g}deg"]) for a in chosen) for run in runs]
+
+        summary.append({
+            "model": model,
+            "seeds": str(len(runs)),
+            "test accuracy %": _mean_std([float(run["test_accuracy"]) for run in runs]),
+            "rotated 90/180/270 %": _mean_std(per_run(EXACT_ANGLES)),
+            "rotated by other 15° steps %": _mean_std(per_run(off_grid)),
+            "lowest over angles %": _mean_std([min(float(run[f"accuracy_{a:g}deg"]) for a in angles) for run in runs]),
+            "parameters": f"{int(runs[0]['parameters']):,}",
+            "s / epoch": f"{statistics.mean(float(run['seconds_per_epoch']) for run in runs):.1f}",
+        })
+    return summary
+
+
+def markdown(summary: Sequence[Mapping[str, str]]) -> str:
+    """A Markdown table of ``summary``."""
+    columns = list(summary[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row[c] for c in columns) + " |" for row in summary]
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> None:
+    """Writes ``rows`` with the columns of the first one."""
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def best_run(rows: Sequence[Mapping[str, object]], family: str) -> Mapping[str, object]:
+    """The run to ship of ``family``, chosen on validation accuracies only."""
+    import models
+
+    runs = [row for row in rows if models.get_model_spec(str(row["model"])).family == family]
+    if not runs:
+        raise ValueError(f"The table has no model of the family {family!r} to ship.")
+    names = dict.fromkeys(row["model"] for row in runs)
+    model = max(names, key=lambda name: statistics.mean(
+        float(row["best_val_accuracy"]) for row in runs if row["model"] == name))
+    return max((row for row in runs if row["model"] == model), key=lambda row: float(row["best_val_accuracy"]))
+
+
+def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
+    """Copies the checkpoint of ``row`` into ``saved_dir`` and records it in its manifest.
+
+    The file gets the name the runner derives for the run's configuration, and both files are
+    written to a temporary file first and then renamed.
+    """
+    from ml_collections import config_dict
+
+    import models
+    from runner import checkpoint, paths
+
+    source = REPO_ROOT / str(row["checkpoint"])
+    saved = checkpoint.read(source)
+    config = config_dict.ConfigDict(saved["config"])
+    config.path, config.save_dir = "", str(saved_dir)
+    target = paths.best_checkpoint_path(config, models.get_model_spec(saved["model"]).family)
+    temporary = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, temporary)
+    temporary.replace(target)
+    manifest_path = saved_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"checkpoints": {}}
+    manifest["checkpoints"][target.name] = {
+        "model": saved["model"],
+        "dataset": config.dataset,
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+        "flags": f"--config.dataset={config.dataset} --config.model={saved['model']} --config.seed={config.seed}",
+        "validation_accuracy": float(row["best_val_accuracy"]),
+        "test_accuracy": float(row["test_accuracy"]),
+    }
+    temporary = manifest_path.with_name(f".{manifest_path.name}.tmp")
+    temporary.write_text(json.dumps(manifest, indent=2) + "\n")
+    temporary.replace(manifest_path)
+    print(f"[table] shipped {row['model']} seed {row['seed']} as {target}", flush=True)
+    return target
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    parser.add_argument("--save-dir", type=pathlib.Path, default=REPO_ROOT / "saved" / "rotMNIST5k_table")
+    parser.add_argument("--output-dir", type=pathlib.Path, default=REPO_ROOT / "runs" / "rotMNIST5k")
+    parser.add_argument("--overwrite", action="store_true", help="train again runs that are done")
+    parser.add_argument("--ship", action="store_true",
+                        help="copy the best GSA-Net and attentive G-CNN into --saved-dir (see above)")
+    parser.add_argument("--saved-dir", type=pathlib.Path, default=REPO_ROOT / "saved")
+    args, extra = parser.parse_known_args(argv)
+    unknown = [arg for arg in extra if not arg.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}; only --config.<field>=<value> is passed to main.py")
+    args.extra = extra
+    return args
+
+
+def main(argv: Sequence[str]) -> None:
+    args = parse_args(argv)
+    prefixes = {}
+    for seed in args.seeds:  # seed by seed, so that a table cut short has every model
+        for model in args.models:
+            prefixes[model, seed] = train_and_test(model, seed, args.save_dir.resolve(), args.extra, args.overwrite)
+    rows = [read_run(model, seed, prefixes[model, seed]) for model in args.models for seed in args.seeds]
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_csv(rows, args.output_dir / "runs.csv")
+    table = markdown(summary_rows(rows))
+    (args.output_dir / "table.md").write_text(table)
+    print(table)
+    if args.ship:
+        for family in SHIPPED_FAMILIES:
+            ship(best_run(rows, family), args.saved_dir)
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO_ROOT))
+    main(sys.argv[1:])
