@@ -4,7 +4,6 @@
 * :mod:`attgconv.conv` - the kernel core, lifting and group convolutions.
 * :mod:`attgconv.attention` - channel and spatial attention (response and feature-map).
 * :mod:`attgconv.attentive` - full attentive and feature-map attentive convolutions.
-* :mod:`attgconv.compat` - rebuilding modules of the original implementation.
 
 Feature maps are ``(B, C, G, H, W)``; every layer is equivariant under
 ``[u . f](g, x) = f(u^-1 g, M_u^-1 x)``. Spatial pooling of such maps and pooling

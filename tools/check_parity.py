@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-import g_selfatt.compat
+from models import attgconv_records, gsa_records
 
 TOLERANCES = {"float32": (1e-4, 5e-5), "float64": (1e-7, 1e-7)}
 
@@ -51,13 +51,8 @@ class ParityResult:
 
 def _origins() -> Dict[str, Tuple[Callable[..., nn.Module], Callable[..., Dict[str, Any]]]]:
     """``origin -> (build_from_record, convert_state_dict)``."""
-    origins = {"g_selfatt": (g_selfatt.compat.build_from_record, g_selfatt.compat.convert_state_dict)}
-    try:
-        import attgconv.compat
-    except ImportError:
-        return origins
-    origins["att_gconvs"] = (attgconv.compat.build_from_record, attgconv.compat.convert_state_dict)
-    return origins
+    return {"g_selfatt": (gsa_records.build_from_record, gsa_records.convert_state_dict),
+            "att_gconvs": (attgconv_records.build_from_record, attgconv_records.convert_state_dict)}
 
 
 def load_record(path: str) -> Mapping[str, Any]:

@@ -26,7 +26,7 @@ minimum image side where an architecture cannot shrink that far (rotMNIST CNN:
 28, DenseNet: 80); each registers that side as ``min_image_size``, to which the
 runner enlarges smaller images. The full attentive All-CNN-C here downsamples with max-pools
 like the other All-CNN-C models (the original's stride-2 version is rebuilt by
-:mod:`attgconv.compat` only) and uses the memory-lean ``"chunked"`` formulation;
+:mod:`models.attgconv_records` only) and uses the memory-lean ``"chunked"`` formulation;
 ``config.attention_formulation = "full"`` selects the original one.
 
 ``defaults`` are the hyper-parameters of the paper and the original scripts, per

@@ -21,8 +21,8 @@ Behaviours of the original reproduced here on purpose:
   branch is unreachable as shipped); All-CNN-C nets ``squeeze()`` their output;
   ``fA_P4MResNet`` mirrors its input along the width first.
 
-Model records need the model zoo (:mod:`models.attgconv_zoo`) and, for ``Z2CNN``,
-:class:`models.cnn.CNN`; both are imported on use.
+Model records are built with the networks of the model zoo (:mod:`models.attgconv_zoo`) and,
+for ``Z2CNN``, :class:`models.cnn.CNN`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,9 @@ from attgconv.attentive import (
 )
 from attgconv.conv import GroupConv, LiftingConv
 from attgconv.groups import PlanarGrid, get_grid
+from models.attgconv_zoo.layers import LayerFactory
+from models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
+from models.cnn import CNN, convert_z2cnn_checkpoint
 
 ROMHOG = "attgconv.RomHog_attention."
 
@@ -164,23 +167,17 @@ def _f_spatial_attention(cls: type, kw: Mapping[str, Any], size_key: str, romhog
 
 def _factory(grid_name: Optional[str], attention: str = "none", wscale: float = 1.0,
              attention_wscale: float = 1.0, bias: bool = False):
-    from models.attgconv_zoo.layers import LayerFactory
-
     return LayerFactory(None if grid_name is None else get_grid(grid_name), attention, wscale, attention_wscale,
                         bias=bias)
 
 
 def _z2cnn(kw: Mapping[str, Any]) -> nn.Module:
-    from models.cnn import CNN
-
     return CNN(in_channels=1, num_channels=20, bn_epsilon=2e-5, dropout_rate=0.3,
                use_bias=kw.get("use_bias", False))
 
 
 def _rotmnist(grid_name: str, attention: str, lifting_dilation: int = 1) -> Callable[[Mapping[str, Any]], nn.Module]:
     def build(kw: Mapping[str, Any]) -> nn.Module:
-        from models.attgconv_zoo.networks import RotMNISTCNN
-
         return RotMNISTCNN(_factory(grid_name, attention), lifting_spatial_dilation=lifting_dilation)
 
     return build
@@ -198,8 +195,6 @@ def _mirror_input(module: nn.Module, inputs: Any) -> Any:
 
 def _allcnnc(grid_name: Optional[str], attention: str = "none", downsampling: str = "pool"):
     def build(kw: Mapping[str, Any]) -> nn.Module:
-        from models.attgconv_zoo.networks import AllCNNC
-
         channels = {None: 96, "p4": 48, "p4m": 32}[grid_name]
         # Only the plain AllCNNC uses its use_bias argument; the group versions ignore it.
         bias = grid_name is None and kw.get("use_bias", False)
@@ -213,8 +208,6 @@ def _allcnnc(grid_name: Optional[str], attention: str = "none", downsampling: st
 
 def _resnet(grid_name: Optional[str], attention: str = "none", widths=(32, 64, 128), mirror_input: bool = False):
     def build(kw: Mapping[str, Any]) -> nn.Module:
-        from models.attgconv_zoo.networks import ResNet
-
         stage_widths = tuple(kw.get(key, default) for key, default in zip(("nc32", "nc16", "nc8"), widths))
         model = ResNet(_factory(grid_name, attention, math.sqrt(2), math.sqrt(2)),
                        num_blocks=kw.get("num_blocks", 7), widths=stage_widths)
@@ -227,8 +220,6 @@ def _resnet(grid_name: Optional[str], attention: str = "none", widths=(32, 64, 1
 
 def _densenet(grid_name: Optional[str], attention: str = "none"):
     def build(kw: Mapping[str, Any]) -> nn.Module:
-        from models.attgconv_zoo.networks import DenseNet
-
         return DenseNet(_factory(grid_name, attention, math.sqrt(2), math.sqrt(2)),
                         num_blocks=kw.get("num_blocks", 5), n_channels=kw.get("n_channels", 24))
 
@@ -299,8 +290,6 @@ def build_from_record(record: Mapping[str, Any]) -> nn.Module:
 
 
 def _convert_z2cnn(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    from models.cnn import convert_z2cnn_checkpoint
-
     return convert_z2cnn_checkpoint(state_dict)
 
 

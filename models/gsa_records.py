@@ -16,6 +16,8 @@ from torch import nn
 
 import g_selfatt.nn as gsa_nn
 from g_selfatt.groups import E2, SE2, Group
+from models.cnn import CNN
+from models.group_transformer import GroupTransformer
 
 _GROUP_CLASSES = {"SE2": SE2, "E2": E2}
 _LIFTING = ("LiftSelfAttention", "LiftLocalSelfAttention")
@@ -48,15 +50,11 @@ def _transformer_block(kwargs: Mapping[str, Any], group_axis_index: str) -> nn.M
 
 
 def _group_transformer(kwargs: Mapping[str, Any], group_axis_index: str) -> nn.Module:
-    from models.group_transformer import GroupTransformer
-
     return GroupTransformer(group=group_from_kwargs(kwargs), group_axis_index=group_axis_index,
                             **_without_group(kwargs))
 
 
 def _cnn(kwargs: Mapping[str, Any], group_axis_index: str) -> nn.Module:
-    from models.cnn import CNN
-
     return CNN(**kwargs)
 
 
