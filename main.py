@@ -2,7 +2,7 @@
 
 Usage::
 
-    python main.py                                   # quick start: p4sa on rotDigits
+    python main.py                                   # p4sa on rotMNIST5k (real digits)
     python main.py --config.dataset=rotMNIST --config.model=p4sa --config.patch_size=9
     torchrun --nproc_per_node=2 main.py --config.dataset=CIFAR10 --config.model=mz2sa ...
 

@@ -23,8 +23,8 @@ import config as config_file
 from g_selfatt.nn.attention import ATTENTION_IMPLS, check_patch_size
 from runner.errors import ConfigError
 
-# Values used when neither the command line nor the model's defaults set a field. They make
-# the quick start (p4sa on rotDigits) train in well under two minutes on a laptop CPU.
+# Values used when neither the command line nor the model's defaults set a field: a short run
+# that a laptop CPU finishes in minutes.
 FALLBACKS: Dict[str, Any] = {
     "optimizer": "Adam",
     "optimizer_momentum": 0.9,

@@ -69,3 +69,42 @@ def test_arguments_other_than_config_fields_are_refused(capsys):
     with pytest.raises(SystemExit):
         _table_module().parse_args(["--model", "p4sa"])
     assert "only --config.<field>=<value>" in capsys.readouterr().err
+
+
+def _resolved(flags):
+    """The configuration of ``main.py <flags>`` after the defaults are filled in."""
+    import ast
+
+    import config as config_file
+    import main
+    from runner.defaults import resolve_config
+
+    config = config_file.get_config()
+    for flag in flags:
+        field, text = flag[len("--config."):].split("=", 1)
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        config[field] = float(value) if isinstance(config[field], float) else value
+    spec = main.model_spec(config, main.data_spec(config).architecture)
+    resolve_config(config, spec.defaults.get(main.data_spec(config).architecture, {}))
+    return config, spec.family
+
+
+def _readme_rotmnist5k_commands():
+    import shlex
+
+    section = (REPO_ROOT / "runs" / "README.md").read_text().split("## rotMNIST5k", 1)[1]
+    return [shlex.split(line)[2:] for line in section.splitlines() if line.startswith("python main.py ")]
+
+
+def test_runs_readme_spells_out_the_defaults_the_table_trains_with():
+    from runner import paths
+
+    commands = _readme_rotmnist5k_commands()
+    assert [flags[1] for flags in commands] == [f"--config.model={name}" for name in _table_module().MODELS]
+    for flags in commands:
+        spelled, family = _resolved(flags)
+        table_run, _ = _resolved(flags[:3])  # dataset, model and seed only, as the table script runs it
+        assert paths.run_identity(spelled, family) == paths.run_identity(table_run, family)

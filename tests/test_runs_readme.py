@@ -15,6 +15,7 @@ import sys
 
 import pytest
 
+import config as config_file
 import fixture_data
 from runner import checkpoint
 
@@ -30,7 +31,9 @@ FIXTURES = {
     "PCam": (fixture_data.make_pcam_hdf5, []),
     "MNIST": (fixture_data.make_mnist, ["--config.valid_size=2"]),
     "rotDigits": (None, []),
+    "rotMNIST5k": (fixture_data.make_rotmnist5k, ["--config.valid_size=2"]),
 }
+DEFAULT_DATASET = config_file.get_config().dataset
 
 
 def readme_commands():
@@ -78,7 +81,7 @@ def same_text(text: str, expected: str) -> bool:
 def test_readme_has_the_papers_gsa_command(dataset):
     expected = {**PAPER_GSA_COMMON, **PAPER_GSA_RUNS[dataset]}
     matching = [number for number, arguments in readme_commands()
-                if flag_value(arguments, "dataset", "rotDigits") == dataset
+                if flag_value(arguments, "dataset", DEFAULT_DATASET) == dataset
                 and all(same_text(flag_value(arguments, field, ""), value)
                         for field, value in expected.items())]
     assert matching, f"no {dataset} command of runs/README.md sets all of {expected}"
@@ -88,7 +91,7 @@ def test_readme_has_the_papers_gsa_command(dataset):
                          ids=[f"line{n}" for n, _ in readme_commands()])
 def test_readme_command_trains_one_step(tmp_path, number, arguments):
     assert all(a.startswith("--config.") for a in arguments), arguments
-    dataset = flag_value(arguments, "dataset", "rotDigits")
+    dataset = flag_value(arguments, "dataset", DEFAULT_DATASET)
     writer, dataset_flags = FIXTURES[dataset]
     if writer is not None:
         writer(tmp_path / "data")
