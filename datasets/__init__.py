@@ -43,7 +43,7 @@ from datasets.errors import (
 )
 from datasets.records import check_records
 from datasets.transforms import BatchTransform, Compose, Normalize, RandomCropFlip, Resize, rotate_images
-from models.registry import DataSpec
+from models.registry import DATA_SPECS, DataSpec
 
 VALIDATION_MODES = ("held_out", "test")
 
@@ -64,17 +64,17 @@ class _Entry:
 _MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)
 
 _DATASETS: Dict[str, _Entry] = {
-    "rotMNIST": _Entry(DataSpec("rotMNIST", 1, 10, 28, "rotMNIST"), _MNIST_MEAN, _MNIST_STD,
+    "rotMNIST": _Entry(DATA_SPECS["rotMNIST"], _MNIST_MEAN, _MNIST_STD,
                        False, rot_mnist.build_splits),
-    "CIFAR10": _Entry(DataSpec("CIFAR10", 3, 10, 32, "CIFAR10"), (0.4914, 0.4822, 0.4465),
+    "CIFAR10": _Entry(DATA_SPECS["CIFAR10"], (0.4914, 0.4822, 0.4465),
                       (0.2023, 0.1994, 0.2010), True, cifar10.build_splits),
-    "PCam": _Entry(DataSpec("PCam", 3, 2, 96, "PCam"), (0.701, 0.538, 0.692),
+    "PCam": _Entry(DATA_SPECS["PCam"], (0.701, 0.538, 0.692),
                    (0.235, 0.277, 0.213), False, pcam.build_splits),
-    "MNIST": _Entry(DataSpec("MNIST", 1, 10, 28, "rotMNIST"), _MNIST_MEAN, _MNIST_STD, False,
+    "MNIST": _Entry(DATA_SPECS["MNIST"], _MNIST_MEAN, _MNIST_STD, False,
                     mnist.build_splits),
-    "rotDigits": _Entry(DataSpec("rotDigits", 1, 10, 16, "rotDigits"), (rot_digits.MEAN,),
+    "rotDigits": _Entry(DATA_SPECS["rotDigits"], (rot_digits.MEAN,),
                         (rot_digits.STD,), False, rot_digits.build_splits),
-    "rotMNIST5k": _Entry(DataSpec("rotMNIST5k", 1, 10, 28, "rotMNIST5k"), _MNIST_MEAN, _MNIST_STD,
+    "rotMNIST5k": _Entry(DATA_SPECS["rotMNIST5k"], _MNIST_MEAN, _MNIST_STD,
                          False, rot_mnist5k.build_splits),
 }
 

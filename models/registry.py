@@ -6,15 +6,21 @@ registered under its CLI name, e.g. ``p4sa`` or ``p4cnn``::
     @register_model("p4sa", family="gsa", description="GSA-Net on p4")
     def p4sa(config, data): ...
 
-    model = create_model("p4sa", config, data)
+Models are built in one of two ways::
+
+    model = create_model("p4sa", dataset="rotMNIST", patch_size=5)  # no configuration object
+    model = create_model("p4sa", config, data)                      # as the experiment runner does
 
 ``config`` is the experiment configuration (an ``ml_collections.ConfigDict``
-or any object with the same attributes) and ``data`` a :class:`DataSpec`.
+or any object with the same attributes) and ``data`` a :class:`DataSpec`; without them the
+model's own defaults for the dataset's architecture are used, changed by ``overrides``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import types
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import nn
@@ -40,6 +46,22 @@ class DataSpec:
     image_size: int
     architecture: str
 
+
+# What a model needs to know about each dataset of the project (the datasets package reads its
+# files; the models only need these numbers).
+DATA_SPECS: Dict[str, DataSpec] = {spec.name: spec for spec in (
+    DataSpec("rotMNIST", 1, 10, 28, "rotMNIST"),
+    DataSpec("CIFAR10", 3, 10, 32, "CIFAR10"),
+    DataSpec("PCam", 3, 2, 96, "PCam"),
+    DataSpec("MNIST", 1, 10, 28, "rotMNIST"),
+    DataSpec("rotDigits", 1, 10, 16, "rotDigits"),
+    DataSpec("rotMNIST5k", 1, 10, 28, "rotMNIST5k"),
+)}
+
+# Settings of the builders that no model's defaults set: the equivariant group-axis index, the
+# automatic attention implementation, the memory-lean attentive convolutions.
+BUILD_DEFAULTS: Dict[str, Any] = {"group_axis_index": "relative", "attention_impl": "auto",
+                                  "attention_formulation": "chunked"}
 
 Builder = Callable[[Any, DataSpec], nn.Module]
 
@@ -94,9 +116,15 @@ def register_model(name: str, *, family: str, description: str = "",
     return decorator
 
 
-def list_models(family: Optional[str] = None) -> List[str]:
-    """Sorted names of the registered models, optionally of one family."""
-    return sorted(name for name, spec in _REGISTRY.items() if family is None or spec.family == family)
+def list_models(pattern: str = "*", *, family: Optional[str] = None) -> List[str]:
+    """Sorted names of the registered models that match the shell-style ``pattern``.
+
+    Args:
+        pattern: e.g. ``"*p4m*"`` or ``"f_att_*"``; the default lists every model.
+        family: only models of this family (``"gsa"``, ``"attgconv"`` or ``"cnn"``).
+    """
+    return sorted(name for name, spec in _REGISTRY.items()
+                  if fnmatch.fnmatchcase(name, pattern) and (family is None or spec.family == family))
 
 
 def get_model_spec(name: str) -> ModelSpec:
@@ -106,9 +134,49 @@ def get_model_spec(name: str) -> ModelSpec:
     return _REGISTRY[name]
 
 
-def create_model(name: str, config: Any, data: DataSpec) -> nn.Module:
-    """Builds the model ``name`` for ``data`` with the settings in ``config``."""
+def get_data_spec(dataset: str) -> DataSpec:
+    """The :class:`DataSpec` of a dataset name; an unknown name raises with the valid ones."""
+    if dataset not in DATA_SPECS:
+        raise ValueError(f"Unknown dataset {dataset!r}; expected one of {list(DATA_SPECS)}.")
+    return DATA_SPECS[dataset]
+
+
+def model_settings(name: str, data: DataSpec, overrides: Mapping[str, Any]) -> types.SimpleNamespace:
+    """The settings ``create_model`` builds ``name`` with when no configuration is given.
+
+    The model's defaults for ``data.architecture`` (the paper's hyper-parameters), then
+    :data:`BUILD_DEFAULTS`, changed by ``overrides``.
+
+    Raises:
+        ValueError: an override that neither the model's defaults nor the builders know, with
+            the valid names.
+    """
+    settings = {**BUILD_DEFAULTS, **get_model_spec(name).defaults.get(data.architecture, {})}
+    unknown = sorted(set(overrides) - set(settings))
+    if unknown:
+        raise ValueError(f"Unknown setting(s) {unknown} for {name!r} on {data.architecture!r}; "
+                         f"expected some of {sorted(settings)}.")
+    return types.SimpleNamespace(**{**settings, **overrides})
+
+
+def create_model(name: str, config: Any = None, data: Optional[DataSpec] = None, *,
+                 dataset: Optional[str] = None, **overrides: Any) -> nn.Module:
+    """Builds the model ``name``.
+
+    Either from an experiment configuration and a :class:`DataSpec` (``create_model(name,
+    config, data)``, the runner's way), or from a dataset name and keyword overrides of the
+    model's defaults (``create_model("p4sa", dataset="rotMNIST", patch_size=5)``).
+
+    Raises:
+        ValueError: an unknown model or dataset, a model not defined for the dataset, a bad
+            override, or both or neither of ``data`` and ``dataset``.
+    """
+    if (data is None) == (dataset is None) or (overrides and data is not None):
+        raise ValueError("Call create_model(name, config, data) or create_model(name, dataset=..., **overrides).")
     spec = get_model_spec(name)
+    if data is None:
+        data = get_data_spec(dataset)
+        config = model_settings(name, data, overrides)
     if spec.datasets and data.architecture not in spec.datasets:
         raise ValueError(
             f"Model {name!r} is defined for {list(spec.datasets)}, not for {data.architecture!r}."

@@ -239,7 +239,7 @@ def test_chunked_and_full_formulations_agree(kind, group):
 SIZES = {"rotMNIST": 28, "CIFAR10": 8, "PCam": 80}
 DATA = {"rotMNIST": DataSpec("rotMNIST", 1, 10, 28, "rotMNIST"), "CIFAR10": DataSpec("CIFAR10", 3, 10, 32, "CIFAR10"),
         "PCam": DataSpec("PCam", 3, 2, 96, "PCam")}
-ATTGCONV_MODELS = list_models("attgconv")
+ATTGCONV_MODELS = list_models(family="attgconv")
 GROUP_MODELS = [name for name in ATTGCONV_MODELS if "p4" in name]
 
 

@@ -26,7 +26,7 @@ from attgconv import AttentiveGroupConv, AttentiveLiftingConv
 from models.registry import DataSpec, create_model, get_model_spec
 from tests.conftest import REFERENCE_DIR, REPO_ROOT
 
-ATTGCONV_MODELS = models.list_models("attgconv")
+ATTGCONV_MODELS = models.list_models(family="attgconv")
 CIFAR10 = DataSpec("CIFAR10", 3, 10, 32, "CIFAR10")
 PCAM = DataSpec("PCam", 3, 2, 96, "PCam")
 ROTMNIST = DataSpec("rotMNIST", 1, 10, 28, "rotMNIST")

@@ -58,7 +58,7 @@ def test_model_trains_one_epoch_through_main(tmp_path, name):
 
 # ------------------------------------------------- attentive G-CNNs on every dataset
 
-ATTGCONV_MODELS = models.list_models("attgconv")
+ATTGCONV_MODELS = models.list_models(family="attgconv")
 # The smallest image side of each architecture: valid convolutions shrink the images of
 # the rotMNIST CNN (28 -> 26 -> 24 -> pool 12 -> 10 -> 8 -> 6 -> 4 -> 4x4 kernel -> 1) and of
 # DenseNet (80 -> 78 -> 76 -> pool 38 -> 36 -> 18 -> 16 -> 8 -> 6 -> 3 -> 1); All-CNN-C and

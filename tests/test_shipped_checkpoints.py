@@ -1,4 +1,4 @@
-"""The rotDigits models shipped in saved/ load strictly and behave as the README says."""
+"""The models shipped in saved/ load strictly and behave as the README says."""
 
 import ast
 import copy
@@ -15,22 +15,25 @@ import datasets
 import main
 import tester
 from models import create_model
+from models.released import file_sha256
 from runner import checkpoint, paths
 from runner.defaults import resolve_config
 from tests.conftest import REPO_ROOT
 
-SHIPPED = {name: next((REPO_ROOT / "saved").glob(f"rotDigits_model_{name}_*_ep_30_*.pt"), None)
-           for name in ("p4sa", "z2sa")}
+# (dataset, model) -> file, for every checkpoint of saved/manifest.json.
+SHIPPED = {(record["dataset"], record["model"]): REPO_ROOT / "saved" / name
+           for name, record in paths.shipped_checkpoints().items()}
+IDS = [f"{dataset}-{model}" for dataset, model in sorted(SHIPPED)]
 README_COMMAND = ".venv/bin/python main.py "
 ONE_IMAGE = 1  # predictions of float32 runs on two CPUs may differ by one near-tie
 
 
 @functools.lru_cache(maxsize=None)
-def _load(name):
-    path = SHIPPED[name]
-    assert path is not None, f"the shipped {name} checkpoint is missing from saved/"
+def _load(key):
+    path = SHIPPED[key]
+    assert path.is_file(), f"the shipped checkpoint {path.name} is missing from saved/"
     saved = checkpoint.read(path)
-    splits = datasets.load_splits("rotDigits", REPO_ROOT / "data")
+    splits = datasets.load_splits(key[0], REPO_ROOT / "data")
     model = create_model(saved["model"], ConfigDict(saved["config"]), splits.spec)
     checkpoint.load_strict(model, saved["state_dict"], path)
     return saved, model.eval(), splits
@@ -44,16 +47,16 @@ def _predictions(model, splits, dataset, rotation=0):
 
 
 @functools.lru_cache(maxsize=None)
-def _rotated_test_predictions(name, quarter_turns):
+def _rotated_test_predictions(key, quarter_turns):
     """Predicted labels of the test split turned by ``quarter_turns`` * 90 degrees."""
-    _, model, splits = _load(name)
+    _, model, splits = _load(key)
     return _predictions(model, splits, splits.test, quarter_turns)[0]
 
 
 @functools.lru_cache(maxsize=None)
-def _test_predictions(name):
+def _test_predictions(key):
     """Predicted and true labels of the test split, computed as ``main.py`` tests."""
-    _, model, splits = _load(name)
+    _, model, splits = _load(key)
     loader = torch.utils.data.DataLoader(splits.test, batch_size=64)
     outputs = tester.predict(model, loader, splits.batch_transform, torch.device("cpu"))
     return outputs.logits.argmax(dim=1), outputs.labels
@@ -65,40 +68,48 @@ def _readme_section():
 
 
 def _readme_commands():
-    """model name -> the flags of the README's test command for it."""
+    """(dataset, model) -> the flags of the README's test command for it."""
     commands = {}
     for line in _readme_section().splitlines():
         if line.startswith(README_COMMAND):
             flags = dict(flag[len("--config."):].split("=", 1)
                          for flag in shlex.split(line[len(README_COMMAND):]))
-            commands[flags["model"]] = flags
+            commands[flags["dataset"], flags["model"]] = flags
     return commands
 
 
 def _readme_table():
-    """model name -> (parameters, test accuracy, accuracies after 90 / 180 / 270 degrees)."""
+    """(dataset, model) -> (parameters, test accuracy, accuracies after 90 / 180 / 270 degrees)."""
     table = {}
     for line in _readme_section().splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
-        if len(cells) >= 4 and cells[0] in SHIPPED:
-            percents = [float(p) for p in re.findall(r"([\d.]+)%", " ".join(cells[2:4]))]
-            table[cells[0]] = (int(cells[1].replace(",", "")), percents[0], percents[1:4])
+        if len(cells) >= 5 and (cells[1], cells[0]) in SHIPPED:
+            percents = [float(p) for p in re.findall(r"([\d.]+)%", " ".join(cells[3:5]))]
+            table[cells[1], cells[0]] = (int(cells[2].replace(",", "")), percents[0], percents[1:4])
     return table
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_shipped_checkpoint_reproduces_its_validation_accuracy(name):
-    saved, model, splits = _load(name)
+def test_every_shipped_checkpoint_is_in_the_manifest_and_the_readme():
+    assert sorted(SHIPPED) == sorted(_readme_commands()) == sorted(_readme_table())
+    assert {("rotDigits", "p4sa"), ("rotDigits", "z2sa"), ("rotMNIST5k", "p4sa")} <= set(SHIPPED)
+    for name, record in paths.shipped_checkpoints().items():
+        assert file_sha256(REPO_ROOT / "saved" / name) == record["sha256"]
+
+
+@pytest.mark.parametrize("key", sorted(SHIPPED), ids=IDS)
+def test_shipped_checkpoint_reproduces_its_validation_accuracy(key):
+    saved, model, splits = _load(key)
     predicted, labels = _predictions(model, splits, splits.valid)
-    assert saved["model"] == name and saved["config"]["epochs"] == 30
+    assert (saved["config"]["dataset"], saved["model"]) == key
     # Float32 round-off differs between CPUs and may flip the argmax of one near-tie.
     assert (predicted == labels).double().mean().item() == pytest.approx(saved["best_metric"],
                                                                          abs=ONE_IMAGE / len(labels))
 
 
-def test_shipped_p4sa_is_invariant_to_quarter_turns_and_beats_z2sa():
+@pytest.mark.parametrize("dataset", ["rotDigits", "rotMNIST5k"])
+def test_shipped_p4sa_is_invariant_to_quarter_turns_and_beats_its_baseline(dataset):
     """Exact invariance, checked in float64: its round-off (1e-16) flips no prediction."""
-    _, model, splits = _load("p4sa")
+    _, model, splits = _load((dataset, "p4sa"))
     model64 = copy.deepcopy(model).double()
     images = torch.stack([image for image, _ in splits.test]).double()
     with torch.no_grad():
@@ -106,29 +117,30 @@ def test_shipped_p4sa_is_invariant_to_quarter_turns_and_beats_z2sa():
         for quarter_turns in (1, 2, 3):
             turned = torch.rot90(splits.batch_transform(images), quarter_turns, dims=(-2, -1))
             assert torch.equal(model64(turned).argmax(dim=1), logits.argmax(dim=1))
-    predicted, labels = _test_predictions("p4sa")
-    baseline, _ = _test_predictions("z2sa")
-    assert (predicted == labels).float().mean() > (baseline == labels).float().mean()
+    if dataset == "rotDigits":  # its translation-only baseline is shipped too
+        predicted, labels = _test_predictions((dataset, "p4sa"))
+        baseline, _ = _test_predictions((dataset, "z2sa"))
+        assert (predicted == labels).float().mean() > (baseline == labels).float().mean()
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_readme_command_finds_the_shipped_checkpoint(name):
-    flags = _readme_commands()[name]
+@pytest.mark.parametrize("key", sorted(SHIPPED), ids=IDS)
+def test_readme_command_finds_the_shipped_checkpoint(key):
+    flags = _readme_commands()[key]
     assert (flags["pretrained"], flags["train"]) == ("True", "False")
     config = config_file.get_config()
     for field, text in flags.items():
-        config[field] = text if field == "model" else ast.literal_eval(text)
+        config[field] = text if field in ("model", "dataset") else ast.literal_eval(text)
     data = main.data_spec(config)
     spec = main.model_spec(config, data.architecture)
     resolve_config(config, spec.defaults[data.architecture])
-    assert paths.best_checkpoint_path(config, spec.family).name == SHIPPED[name].name
+    assert paths.best_checkpoint_path(config, spec.family).name == SHIPPED[key].name
 
 
-@pytest.mark.parametrize("name", sorted(SHIPPED))
-def test_readme_states_the_shipped_test_accuracies(name):
-    _, model, _ = _load(name)
-    parameters, percent, rotated_percents = _readme_table()[name]
-    predicted, labels = _test_predictions(name)
+@pytest.mark.parametrize("key", sorted(SHIPPED), ids=IDS)
+def test_readme_states_the_shipped_test_accuracies(key):
+    _, model, _ = _load(key)
+    parameters, percent, rotated_percents = _readme_table()[key]
+    predicted, labels = _test_predictions(key)
 
     def assert_states(labels_predicted, stated_percent):
         # The README rounds to 0.1%; float32 round-off on another CPU may flip one near-tie.
@@ -139,4 +151,14 @@ def test_readme_states_the_shipped_test_accuracies(name):
     assert parameters == sum(p.numel() for p in model.parameters())
     assert_states(predicted, percent)
     for quarter_turns, stated in zip((1, 2, 3), rotated_percents):
-        assert_states(_rotated_test_predictions(name, quarter_turns), stated)
+        assert_states(_rotated_test_predictions(key, quarter_turns), stated)
+
+
+@pytest.mark.parametrize("key", sorted(SHIPPED), ids=IDS)
+def test_load_model_rebuilds_the_shipped_checkpoint(key):
+    _, model, _ = _load(key)
+    loaded = main.load_model(SHIPPED[key])
+    assert type(loaded) is type(model)
+    reference = model.state_dict()
+    assert loaded.state_dict().keys() == reference.keys()
+    assert all(torch.equal(value, reference[name]) for name, value in loaded.state_dict().items())
