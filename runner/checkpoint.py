@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
+from g_selfatt.nn.attention import derived_state_shapes
 from runner.errors import CheckpointError
 from runner.files import atomic_write
 
@@ -236,12 +237,15 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             two do not match exactly.
     """
     expected = model.state_dict()
+    derived = derived_state_shapes(model)  # accepted, not required: older files hold them
     missing = sorted(set(expected) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(expected))
+    unexpected = sorted(set(state_dict) - set(expected) - set(derived))
+    shapes = {**derived,
+              **{key: value.shape for key, value in expected.items()}}
     mismatched = sorted(
-        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(value.shape)}"
-        for key, value in expected.items()
-        if key in state_dict and tuple(state_dict[key].shape) != tuple(value.shape)
+        f"{key}: checkpoint {tuple(state_dict[key].shape)} vs model {tuple(shape)}"
+        for key, shape in shapes.items()
+        if key in state_dict and tuple(state_dict[key].shape) != tuple(shape)
     )
     if missing or unexpected or mismatched:
         raise CheckpointError(

@@ -117,6 +117,23 @@ def test_loading_an_original_checkpoint_keeps_the_equivariant_group_index():
     assert torch.equal(layer.query.weight, state["query.weight"])
 
 
+def test_derived_buffers_are_not_saved_but_older_files_holding_them_load():
+    from g_selfatt.groups import E2
+    from g_selfatt.nn import GroupLocalSelfAttention
+    from g_selfatt.nn.attention import DERIVED_BUFFERS, derived_state_shapes
+
+    layer = GroupLocalSelfAttention(E2(8), 4, 6, 8, 2, 3, 0.0)
+    assert not set(DERIVED_BUFFERS) & set(layer.state_dict())
+    assert set(derived_state_shapes(torch.nn.Sequential(layer))) == {f"0.{name}" for name in DERIVED_BUFFERS}
+    older = {**layer.state_dict(), **{name: torch.zeros(getattr(layer, name).shape) for name in DERIVED_BUFFERS}}
+    fresh = GroupLocalSelfAttention(E2(8), 4, 6, 8, 2, 3, 0.0)
+    fresh.load_state_dict(older, strict=True)
+    assert torch.equal(fresh.g_indices, layer.g_indices)  # derived again, not the zeros of the file
+    wrong = dict(older, row_indices=torch.zeros(8, 5, 5))  # saved by a layer of patch size 5
+    with pytest.raises(RuntimeError, match="size mismatch for row_indices"):
+        fresh.load_state_dict(wrong)
+
+
 def test_strict_loading_reports_shape_mismatch():
     from g_selfatt.groups import SE2
     from g_selfatt.nn import GroupSelfAttention

@@ -40,7 +40,7 @@ it (for loading its checkpoints and for comparison).
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,11 +59,11 @@ from g_selfatt.nn.positional_encoding import (
 GROUP_AXIS_INDICES = ("relative", "original")
 ATTENTION_IMPLS = ("auto", "fused", "flex", "efficient", "reference")
 
-# Buffers that are functions of the constructor arguments. They are part of the
-# state_dict for compatibility with the original checkpoints, but loading never
-# replaces them (a checkpoint of the original would otherwise bring back its
-# non-equivariant group index).
-_DERIVED_BUFFERS = ("row_indices", "col_indices", "g_indices")
+# Buffers that are functions of the constructor arguments, so they are not saved. Checkpoints of
+# the original code (and older ones of this project) hold them: loading accepts them where their
+# shape is the layer's own (a different patch size or image side shows only there) and never
+# takes their values (the original's group index is not equivariant).
+DERIVED_BUFFERS = ("row_indices", "col_indices", "g_indices")
 
 
 def original_group_indices(group: Group) -> Tensor:
@@ -167,19 +167,29 @@ class SelfAttentionCore(nn.Module):
             full = table.to(torch.float32)  # (V, 2, P, P)
         else:
             full = global_offset_table(self.group, self.max_pos_embedding)  # (V, 2, M, M, M, M)
-        self.register_buffer("row_indices", full[:, 0].contiguous())
-        self.register_buffer("col_indices", full[:, 1].contiguous())
+        self.register_buffer("row_indices", full[:, 0].contiguous(), persistent=False)
+        self.register_buffer("col_indices", full[:, 1].contiguous(), persistent=False)
         if not self.lifting:
             make = relative_group_indices if self.group_axis_index == "relative" else original_group_indices
-            self.register_buffer("g_indices", make(self.group))
+            self.register_buffer("g_indices", make(self.group), persistent=False)
+
+    def derived_buffer_shapes(self) -> Dict[str, torch.Size]:
+        """Name -> shape of the derived buffers a checkpoint may hold for this layer."""
+        return {name: getattr(self, name).shape for name in DERIVED_BUFFERS if hasattr(self, name)}
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
-        for name in _DERIVED_BUFFERS:
+        own = self.derived_buffer_shapes()
+        for name in DERIVED_BUFFERS:
             key = prefix + name
-            own = getattr(self, name, None)
-            if key in state_dict and own is not None and state_dict[key].shape == own.shape:
-                state_dict[key] = own
+            if key not in state_dict:
+                continue
+            saved = state_dict.pop(key).shape
+            if name not in own:
+                unexpected_keys.append(key)
+            elif saved != own[name]:
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {saved} from checkpoint, "
+                                  f"the shape in current model is {own[name]}.")
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
 
@@ -495,3 +505,14 @@ class GroupLocalSelfAttention(SelfAttentionCore):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, patch_size=patch_size,
                          group_axis_index=group_axis_index, attention_impl=attention_impl)
+
+
+def derived_state_shapes(model: nn.Module) -> Dict[str, torch.Size]:
+    """State_dict key -> shape of every derived buffer of ``model``'s attention layers.
+
+    These keys are not in ``model.state_dict()``, but ``model.load_state_dict`` accepts them (see
+    :data:`DERIVED_BUFFERS`); a strict check of a checkpoint's keys must allow them too.
+    """
+    return {f"{prefix}{'.' if prefix else ''}{name}": shape
+            for prefix, module in model.named_modules() if isinstance(module, SelfAttentionCore)
+            for name, shape in module.derived_buffer_shapes().items()}
