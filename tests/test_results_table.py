@@ -21,11 +21,11 @@ def _table_module():
 
 @pytest.fixture(scope="module")
 def table_run(tmp_path_factory):
-    """The script on 40 fixture digits: two models, two seeds, one step each."""
+    """The script on 40 fixture digits: four models, two seeds, one step each."""
     tmp_path = tmp_path_factory.mktemp("table")
     fixture_data.make_rotmnist5k(tmp_path / "data", n=40)
     table = _table_module()
-    argv = ["--models", "z2cnn", "p4sa", "--seeds", "0", "1", "--save-dir", str(tmp_path / "saved"),
+    argv = ["--models", "z2cnn", "p4cnn", "f_att_p4cnn", "p4sa", "--seeds", "0", "1", "--save-dir", str(tmp_path / "saved"),
             "--output-dir", str(tmp_path / "out"), f"--config.data_root={tmp_path / 'data'}",
             "--config.max_examples=4", "--config.batch_size=4", "--config.epochs=1",
             "--config.valid_size=4", "--config.num_threads=1", "--config.device=cpu"]
@@ -36,13 +36,16 @@ def table_run(tmp_path_factory):
 def test_every_run_has_a_row_with_its_rotation_accuracies(table_run):
     _, _, tmp_path = table_run
     rows = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
-    assert [(row["model"], row["seed"]) for row in rows] == [("z2cnn", "0"), ("z2cnn", "1"), ("p4sa", "0"), ("p4sa", "1")]
+    assert [(row["model"], row["seed"]) for row in rows] == [
+        ("z2cnn", "0"), ("z2cnn", "1"), ("p4cnn", "0"), ("p4cnn", "1"), ("f_att_p4cnn", "0"), ("f_att_p4cnn", "1"),
+        ("p4sa", "0"), ("p4sa", "1")]
     for row in rows:
         angles = [key for key in row if key.startswith("accuracy_")]
         assert len(angles) == 24 and "accuracy_90deg" in angles and "accuracy_345deg" in angles
         assert float(row["accuracy_0deg"]) == float(row["test_accuracy"])  # both from unrotated images
         assert float(row["seconds_per_epoch"]) > 0 and int(row["epochs"]) == 1
     assert {row["parameters"] for row in rows if row["model"] == "z2cnn"} == {"21620"}
+    assert (tmp_path / "out" / "rotation.png").stat().st_size > 0
 
 
 def test_table_gives_the_mean_and_spread_over_seeds(table_run):
@@ -62,7 +65,31 @@ def test_finished_runs_are_not_trained_again(table_run, capsys):
     before = checkpoint.stat().st_mtime_ns
     table.main(argv)
     assert checkpoint.stat().st_mtime_ns == before
-    assert capsys.readouterr().out.count("done before") == 4
+    assert capsys.readouterr().out.count("done before") == 8
+
+
+def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(table_run, tmp_path):
+    import json
+
+    import main
+    from models.released import file_sha256
+
+    table, argv, run_path = table_run
+    shipped_dir = tmp_path / "shipped"
+    shipped_dir.mkdir()
+    table.main(argv + ["--ship", "--saved-dir", str(shipped_dir)])
+    rows = list(csv.DictReader(open(run_path / "out" / "runs.csv")))
+    manifest = json.loads((shipped_dir / "manifest.json").read_text())["checkpoints"]
+    assert sorted(record["model"] for record in manifest.values()) == ["f_att_p4cnn", "p4sa"]  # not p4cnn
+    for name, record in manifest.items():
+        runs = [row for row in rows if row["model"] == record["model"]]
+        best = max(runs, key=lambda row: float(row["best_val_accuracy"]))
+        assert name.startswith(f"rotMNIST5k_model_{record['model']}_") and f"seed_{best['seed']}_" in name
+        assert record["sha256"] == file_sha256(shipped_dir / name)
+        assert record["test_accuracy"] == float(best["test_accuracy"])
+        assert f"--config.seed={best['seed']}" in record["flags"]
+        assert type(main.load_model(shipped_dir / name)).__name__ in ("GroupTransformer", "RotMNISTCNN")
+    assert sorted(path.name for path in shipped_dir.iterdir()) == sorted([*manifest, "manifest.json"])
 
 
 def test_arguments_other_than_config_fields_are_refused(capsys):
@@ -108,3 +135,9 @@ def test_runs_readme_spells_out_the_defaults_the_table_trains_with():
         spelled, family = _resolved(flags)
         table_run, _ = _resolved(flags[:3])  # dataset, model and seed only, as the table script runs it
         assert paths.run_identity(spelled, family) == paths.run_identity(table_run, family)
+
+
+def test_kinds_of_models_that_are_shipped():
+    kind_of = _table_module().kind_of
+    assert [kind_of(name) for name in ("p4sa", "z2sa", "f_att_p4cnn", "att_p4cnn", "p4cnn", "z2cnn")] == [
+        "GSA-Net", "GSA-Net", "attentive G-CNN", "attentive G-CNN", "other", "other"]

@@ -20,7 +20,8 @@ Writes to ``--output-dir``:
 * ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
   accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
   by the other 15-degree steps (interpolated), the lowest accuracy over all angles, the
-  parameter count and the seconds per epoch; printed too.
+  parameter count and the seconds per epoch; printed too;
+* ``rotation.png``: test accuracy against the rotation angle, mean over the seeds, per model.
 
 Extra ``--config.<field>=<value>`` arguments are passed to every run (e.g.
 ``--config.max_examples=64 --config.epochs=1`` for a smoke test).
@@ -52,7 +53,7 @@ MODELS = ("z2cnn", "p4cnn", "f_att_p4cnn", "z2sa", "p4sa")
 SEEDS = (0, 1, 2)
 NUM_ANGLES = 24  # every 15 degrees
 EXACT_ANGLES = (90.0, 180.0, 270.0)
-SHIPPED_FAMILIES = ("gsa", "attgconv")  # the best model of each is shipped
+SHIPPED_KINDS = ("GSA-Net", "attentive G-CNN")  # the best model of each is shipped
 
 
 def run_prefix(save_dir: pathlib.Path, model: str, seed: int) -> pathlib.Path:
@@ -137,6 +138,28 @@ def markdown(summary: Sequence[Mapping[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> None:
+    """Test accuracy against the rotation angle, mean over the seeds, one line per model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axes = pyplot.subplots(figsize=(7, 3.5))
+    for model in dict.fromkeys(row["model"] for row in rows):
+        runs = [row for row in rows if row["model"] == model]
+        angles = sorted(float(key[len("accuracy_"):-len("deg")]) for key in runs[0] if key.startswith("accuracy_"))
+        means = [100 * statistics.mean(float(run[f"accuracy_{a:g}deg"]) for run in runs) for a in angles]
+        axes.plot(angles + [360.0], means + means[:1], marker="o", markersize=3, label=model)
+    axes.set(xlabel="rotation of the test digits (degrees)", ylabel="test accuracy (%)", xticks=range(0, 361, 45),
+             title=f"rotMNIST5k, mean over {len(set(row['seed'] for row in rows))} seed(s)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=8, ncol=2)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    pyplot.close(figure)
+
+
 def write_csv(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> None:
     """Writes ``rows`` with the columns of the first one."""
     with open(path, "w", newline="") as handle:
@@ -145,13 +168,23 @@ def write_csv(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> None:
         writer.writerows(rows)
 
 
-def best_run(rows: Sequence[Mapping[str, object]], family: str) -> Mapping[str, object]:
-    """The run to ship of ``family``, chosen on validation accuracies only."""
+def kind_of(model: str) -> str:
+    """``"GSA-Net"``, ``"attentive G-CNN"`` or ``"other"`` (CNN, plain G-CNN)."""
     import models
+    from models.attgconv_zoo.zoo import ATTENTION_PREFIXES
 
-    runs = [row for row in rows if models.get_model_spec(str(row["model"])).family == family]
+    family = models.get_model_spec(model).family
+    if family == "gsa":
+        return "GSA-Net"
+    attentive = any(prefix and model.startswith(prefix) for prefix in ATTENTION_PREFIXES)
+    return "attentive G-CNN" if family == "attgconv" and attentive else "other"
+
+
+def best_run(rows: Sequence[Mapping[str, object]], kind: str) -> Mapping[str, object]:
+    """The run to ship of the ``kind`` of model, chosen on validation accuracies only."""
+    runs = [row for row in rows if kind_of(str(row["model"])) == kind]
     if not runs:
-        raise ValueError(f"The table has no model of the family {family!r} to ship.")
+        raise ValueError(f"The table has no {kind} to ship.")
     names = dict.fromkeys(row["model"] for row in runs)
     model = max(names, key=lambda name: statistics.mean(
         float(row["best_val_accuracy"]) for row in runs if row["model"] == name))
@@ -223,10 +256,11 @@ def main(argv: Sequence[str]) -> None:
     write_csv(rows, args.output_dir / "runs.csv")
     table = markdown(summary_rows(rows))
     (args.output_dir / "table.md").write_text(table)
+    plot_rotation(rows, args.output_dir / "rotation.png")
     print(table)
     if args.ship:
-        for family in SHIPPED_FAMILIES:
-            ship(best_run(rows, family), args.saved_dir)
+        for kind in SHIPPED_KINDS:
+            ship(best_run(rows, kind), args.saved_dir)
 
 
 if __name__ == "__main__":
