@@ -41,7 +41,7 @@ from runner.data import Loaders, build_loaders
 from runner.defaults import check_field_names, field_help, resolve_config
 from runner.errors import CheckpointError, ConfigError, RunInterrupted, RunnerError
 from runner.lock import RunLock
-from runner.reporting import MetricLogger
+from runner.reporting import MetricLogger, log_file
 
 # Errors caused by the user's input: reported in one paragraph, without a traceback.
 USER_ERRORS = (RunnerError, datasets.DatasetNotFoundError, datasets.ChecksumError,
@@ -282,6 +282,15 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
     config.path = str(best_path)
     if context.is_main:
         paths.prepare_folder(best_path)
+    guard = _run_files(config, context, spec.family, best_path) if config.train else contextlib.nullcontext()
+    with guard, log_file(paths.output_prefix(best_path), enabled=context.is_main and config.train):
+        return _train_and_test(config, context, spec, data, origins, best_path)
+
+
+def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context, spec: models.ModelSpec,
+                    data: models.DataSpec, origins: Dict[str, str], best_path: pathlib.Path) -> RunResult:
+    """Builds the model, trains it (``config.train``) and tests it on the main process."""
+    if context.is_main:
         logging.info("Configuration (unset values filled from: %s):\n%s", origins, config)
         logging.info("Device %s, %d process(es); checkpoint %s", context.device,
                      context.world_size, best_path)
@@ -298,8 +307,7 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
     logger = MetricLogger(config, enabled=context.is_main)
     try:
         if config.train:
-            with _run_files(config, context, spec.family, best_path):
-                train(model, loaders, config, context, best_path, logger, spec.family)
+            train(model, loaders, config, context, best_path, logger, spec.family)
         if not context.is_main:
             return RunResult(model, {}, best_path)
         if not (config.train or config.pretrained):
@@ -320,7 +328,7 @@ def _run(config: config_dict.ConfigDict, context: distributed.Context, spec: mod
 @contextlib.contextmanager
 def _run_files(config: config_dict.ConfigDict, context: distributed.Context, family: str,
                best_path: pathlib.Path):
-    """Holds the run's lock (main process) and checks that its files may be written.
+    """Holds the run's lock (main process) while it trains and tests, once its files may be written.
 
     Raises:
         ConfigError: another run holds the lock, or the files belong to the project, to

@@ -148,7 +148,7 @@ def last_checkpoint_path(best_path: pathlib.Path) -> pathlib.Path:
 
 
 # Files of the reports, after output_prefix.
-REPORT_SUFFIXES = (".test.json", ".rotation.csv", ".rotation.png", ".metrics.csv")
+REPORT_SUFFIXES = (".test.json", ".rotation.csv", ".rotation.png", ".metrics.csv", ".log")
 
 
 def output_prefix(best_path: pathlib.Path) -> pathlib.Path:

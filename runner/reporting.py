@@ -6,16 +6,47 @@ user's environment (``wandb login``, ``WANDB_ENTITY``), never from the code.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import importlib
+import logging as python_logging
 import pathlib
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 from absl import logging
 from ml_collections import config_dict
 
 from runner.errors import ConfigError
 from runner.files import atomic_write
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+
+@contextlib.contextmanager
+def log_file(prefix: pathlib.Path, enabled: bool = True) -> Iterator[Optional[pathlib.Path]]:
+    """Copies every log line of the run to ``<prefix>.log`` while the block runs.
+
+    A resumed run appends to the file of the run it continues; ``--config.overwrite=True``
+    deletes it with the run's other files (``runner.paths.REPORT_SUFFIXES``).
+    """
+    if not enabled:
+        yield None
+        return
+    path = pathlib.Path(f"{prefix}.log")
+    handler = python_logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setFormatter(python_logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
+    handler.setLevel(python_logging.INFO)
+    logger = logging.get_absl_logger()
+    level = logger.level
+    logger.setLevel(min(level or python_logging.INFO, python_logging.INFO))  # INFO reaches the file
+    logger.addHandler(handler)
+    try:
+        yield path
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        handler.close()
 
 
 class MetricLogger:

@@ -39,7 +39,7 @@ def test_two_processes_agree_and_match_one_process_with_the_total_batch(tmp_path
 
     written = sorted(p.name.rsplit("_", 1)[-1] for p in (tmp_path / "ddp").iterdir())
     run_hash = written[0].split(".")[0]  # the run's files share one name; no lock file remains
-    assert written == [f"{run_hash}.last.pt", f"{run_hash}.metrics.csv", f"{run_hash}.pt",
+    assert written == [f"{run_hash}.last.pt", f"{run_hash}.log", f"{run_hash}.metrics.csv", f"{run_hash}.pt",
                        f"{run_hash}.test.json"]
     ddp_checkpoint = next((tmp_path / "ddp").glob("*.last.pt"))
     ddp = checkpoint.read(ddp_checkpoint)

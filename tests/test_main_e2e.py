@@ -59,6 +59,8 @@ def test_one_epoch_on_every_dataset_format(tmp_path, fmt):
     assert report["num_examples"] == result.metrics["num_examples"] > 0
     assert len(report["rotation_curve"]) == 2
     assert pathlib.Path(f"{prefix}.rotation.png").is_file()
+    log = pathlib.Path(f"{prefix}.log").read_text()  # every line of the run, test results included
+    assert "Configuration (unset values filled from" in log and "parameters" in log and "Test accuracy" in log
     assert ("roc_auc" in report) == (dataset == "PCam")
 
 
@@ -91,3 +93,18 @@ def test_pretrained_state_dict_of_another_model_reports_the_keys(tmp_path):
     with pytest.raises(CheckpointError, match="Missing keys|Shape mismatches") as error:
         main.run(config)
     assert "does not fit the model" in str(error.value)
+
+
+def test_the_log_file_holds_one_run_and_a_refused_run_writes_nothing_to_it(tmp_path):
+    from runner.errors import ConfigError
+
+    config = make_config(tmp_path, dataset="rotDigits", model="z2sa", max_examples=4, rotation_angles=0)
+    log = pathlib.Path(f"{paths.output_prefix(main.run(config).checkpoint)}.log")
+    first = log.read_text()
+    assert first.count("Configuration (unset values filled from") == 1
+    with pytest.raises(ConfigError, match="already exists"):
+        main.run(make_config(tmp_path, dataset="rotDigits", model="z2sa", max_examples=4, rotation_angles=0))
+    assert log.read_text() == first
+    main.run(make_config(tmp_path, dataset="rotDigits", model="z2sa", max_examples=4, rotation_angles=0,
+                         overwrite=True))
+    assert log.read_text().count("Configuration (unset values filled from") == 1  # the old run's lines are gone
