@@ -33,23 +33,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Union
 import torch
 from torch import Tensor, nn
 
-from attgconv.attention import (
-    ChannelAttention,
-    FeatureChannelAttention,
-    FeatureGroupChannelAttention,
-    FeatureGroupSpatialAttention,
-    FeatureSpatialAttention,
-    GroupChannelAttention,
-    GroupSpatialAttention,
-    SpatialAttention,
-)
-from attgconv.attentive import (
-    AttentiveGroupConv,
-    AttentiveLiftingConv,
-    FeatureAttentiveGroupConv,
-    FeatureAttentiveLiftingConv,
-)
-from attgconv.conv import GroupConv, LiftingConv
+import attgconv
 from attgconv.groups import PlanarGrid, get_grid
 from models.attgconv_zoo.layers import LayerFactory
 from models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
@@ -112,13 +96,13 @@ def _conv_rn_rn(kw: Mapping[str, Any]) -> nn.Module:
 
 def _conv_rn_g(kw: Mapping[str, Any]) -> nn.Module:
     _check_conv_groups(kw)
-    return LiftingConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
+    return attgconv.LiftingConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
 
 
 def _conv_g_g(kw: Mapping[str, Any]) -> nn.Module:
     _check_conv_groups(kw)
     _check_same_grid(kw)
-    return GroupConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
+    return attgconv.GroupConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
 
 
 def _att_conv(cls: type, kw: Mapping[str, Any]) -> nn.Module:
@@ -140,13 +124,13 @@ def _f_att_conv(cls: type, kw: Mapping[str, Any]) -> nn.Module:
 def _channel_attention_gg(kw: Mapping[str, Any]) -> nn.Module:
     if kw["N_h"] != kw["N_h_in"]:
         raise ValueError("ChannelAttentionGG needs N_h == N_h_in.")
-    return GroupChannelAttention(_grid_of_size(kw["N_h"]), kw["N_out"], kw["N_in"], kw.get("ratio", 1),
+    return attgconv.GroupChannelAttention(_grid_of_size(kw["N_h"]), kw["N_out"], kw["N_in"], kw.get("ratio", 1),
                                  permutations="cyclic")
 
 
 def _f_channel_attention_gg(kw: Mapping[str, Any]) -> nn.Module:
     grid = _grid({"group": kw.get("group", "SE2"), "h_grid": kw["N_h_in"]})
-    return FeatureGroupChannelAttention(grid, kw["N_in"], kw.get("ratio", 1))
+    return attgconv.FeatureGroupChannelAttention(grid, kw["N_in"], kw.get("ratio", 1))
 
 
 def _spatial_attention(cls: type, kw: Mapping[str, Any], size_key: str) -> nn.Module:
@@ -231,21 +215,23 @@ BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "ConvRnRnLayer": _conv_rn_rn,
     "ConvRnGLayer": _conv_rn_g,
     "ConvGGLayer": _conv_g_g,
-    "AttConvRnGLayer": lambda kw: _att_conv(AttentiveLiftingConv, kw),
-    "AttConvGGLayer": lambda kw: _att_conv(AttentiveGroupConv, kw),
-    "fAttConvRnGLayer": lambda kw: _f_att_conv(FeatureAttentiveLiftingConv, kw),
-    "fAttConvGGLayer": lambda kw: _f_att_conv(FeatureAttentiveGroupConv, kw),
+    "AttConvRnGLayer": lambda kw: _att_conv(attgconv.AttentiveLiftingConv, kw),
+    "AttConvGGLayer": lambda kw: _att_conv(attgconv.AttentiveGroupConv, kw),
+    "fAttConvRnGLayer": lambda kw: _f_att_conv(attgconv.FeatureAttentiveLiftingConv, kw),
+    "fAttConvGGLayer": lambda kw: _f_att_conv(attgconv.FeatureAttentiveGroupConv, kw),
     # attention
-    "ChannelAttention": lambda kw: ChannelAttention(kw["N_out"], kw["N_in"], kw.get("ratio", 1)),
+    "ChannelAttention": lambda kw: attgconv.ChannelAttention(kw["N_out"], kw["N_in"], kw.get("ratio", 1)),
     "ChannelAttentionGG": _channel_attention_gg,
-    "SpatialAttention": lambda kw: _spatial_attention(SpatialAttention, kw, "h_grid"),
-    "SpatialAttentionGG": lambda kw: _spatial_attention(GroupSpatialAttention, kw, "h_grid"),
-    "fChannelAttention": lambda kw: FeatureChannelAttention(kw["N_in"], kw.get("ratio", 1)),
+    "SpatialAttention": lambda kw: _spatial_attention(attgconv.SpatialAttention, kw, "h_grid"),
+    "SpatialAttentionGG": lambda kw: _spatial_attention(attgconv.GroupSpatialAttention, kw, "h_grid"),
+    "fChannelAttention": lambda kw: attgconv.FeatureChannelAttention(kw["N_in"], kw.get("ratio", 1)),
     "fChannelAttentionGG": _f_channel_attention_gg,
-    "fSpatialAttention": lambda kw: _f_spatial_attention(FeatureSpatialAttention, kw, "h_grid", False),
-    "fSpatialAttentionGG": lambda kw: _f_spatial_attention(FeatureGroupSpatialAttention, kw, "input_h_grid", False),
-    ROMHOG + "fSpatialAttention": lambda kw: _f_spatial_attention(FeatureSpatialAttention, kw, "h_grid", True),
-    ROMHOG + "fSpatialAttentionGG": lambda kw: _f_spatial_attention(FeatureGroupSpatialAttention, kw,
+    "fSpatialAttention": lambda kw: _f_spatial_attention(attgconv.FeatureSpatialAttention, kw, "h_grid", False),
+    "fSpatialAttentionGG": lambda kw: _f_spatial_attention(attgconv.FeatureGroupSpatialAttention, kw,
+                                                           "input_h_grid", False),
+    ROMHOG + "fSpatialAttention": lambda kw: _f_spatial_attention(attgconv.FeatureSpatialAttention, kw, "h_grid",
+                                                                  True),
+    ROMHOG + "fSpatialAttentionGG": lambda kw: _f_spatial_attention(attgconv.FeatureGroupSpatialAttention, kw,
                                                                     "input_h_grid", True),
     # rotMNIST
     "Z2CNN": _z2cnn,

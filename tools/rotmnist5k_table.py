@@ -16,7 +16,7 @@ so an interrupted table goes on where it stopped; ``--overwrite`` retrains.
 Writes to ``--output-dir``:
 
 * ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle,
-  parameters, seconds per training epoch, best epoch, checkpoint);
+  parameters, seconds per training epoch (median over the epochs), best epoch, checkpoint);
 * ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
   accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
   by the other 15-degree steps (interpolated), the lowest accuracy over all angles, the
@@ -92,7 +92,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "test_accuracy": report["accuracy"],
         **{f"accuracy_{angle:g}deg": curve[angle] for angle in sorted(curve)},
         "parameters": sum(p.numel() for p in network.parameters()),
-        "seconds_per_epoch": statistics.mean(float(row["train_seconds"]) for row in history),
+        "seconds_per_epoch": statistics.median(float(row["train_seconds"]) for row in history),
         "epochs": len(history),
         "best_val_accuracy": float(best["best_val_accuracy"]),
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
