@@ -320,6 +320,8 @@ def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context
                               title=f"{config.model} on {config.dataset}")
         logger.summary({f"test_{k}": v for k, v in results.items()
                         if isinstance(v, float)})
+        rotation_png = pathlib.Path(f"{paths.output_prefix(best_path)}.rotation.png")
+        logger.test_report(results, rotation_png if config.rotation_angles else None)
         return RunResult(model, results, best_path)
     finally:
         logger.close()

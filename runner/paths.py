@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 from typing import Any, Dict, List, Mapping
 
 from ml_collections import config_dict
@@ -149,6 +150,7 @@ def last_checkpoint_path(best_path: pathlib.Path) -> pathlib.Path:
 
 # Files of the reports, after output_prefix.
 REPORT_SUFFIXES = (".test.json", ".rotation.csv", ".rotation.png", ".metrics.csv", ".log")
+REPORT_FOLDERS = (".tensorboard",)
 
 
 def output_prefix(best_path: pathlib.Path) -> pathlib.Path:
@@ -239,6 +241,8 @@ def check_run_files(best_path: pathlib.Path, identity: Mapping[str, Any], family
         for path in existing + reports:
             if path.exists():
                 path.unlink()
+        for suffix in REPORT_FOLDERS:
+            shutil.rmtree(f"{output_prefix(best_path)}{suffix}", ignore_errors=True)
         return
     where = f"epoch {state.get('epoch', '?')}, step {state.get('step', '?')}"
     raise ConfigError(

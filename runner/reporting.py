@@ -50,16 +50,23 @@ def log_file(prefix: pathlib.Path, enabled: bool = True) -> Iterator[Optional[pa
 
 
 class MetricLogger:
-    """Writes metrics to the log and, when enabled, to a wandb run.
+    """Writes metrics to the log and, when enabled, to TensorBoard and a wandb run.
+
+    A training run writes TensorBoard events to ``<prefix>.tensorboard/`` next to its checkpoint
+    whenever the ``tensorboard`` package is installed (``torch.utils.tensorboard`` needs it); the
+    wandb run (``config.wandb``) is named after the checkpoint's stem.
 
     Args:
-        config: the resolved configuration (sent to wandb as the run's config).
+        config: the resolved configuration (sent to wandb as the run's config); ``config.path``
+            is the run's checkpoint.
         enabled: False on processes other than the main one: nothing is logged there.
     """
 
     def __init__(self, config: config_dict.ConfigDict, enabled: bool = True):
         self.enabled = enabled
         self._run = _start_wandb(config) if enabled and config.wandb else None
+        trains = enabled and config.train and bool(config.path)  # a test-only run writes no events
+        self._events = _start_tensorboard(pathlib.Path(config.path)) if trains else None
 
     def log(self, metrics: Mapping[str, Any], step: int) -> None:
         """Logs ``metrics`` at optimizer step ``step``."""
@@ -68,6 +75,11 @@ class MetricLogger:
         logging.info("step %d: %s", step, _format(metrics))
         if self._run is not None:
             self._run.log(dict(metrics), step=step)
+        if self._events is not None:
+            for name, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self._events.add_scalar(name, value, step)
+            self._events.flush()
 
     def summary(self, metrics: Mapping[str, Any]) -> None:
         """Records final results (best validation accuracy, test accuracy, ...)."""
@@ -77,11 +89,27 @@ class MetricLogger:
         if self._run is not None:
             self._run.summary.update(dict(metrics))
 
+    def test_report(self, results: Mapping[str, Any], rotation_png: Optional[pathlib.Path]) -> None:
+        """Sends the test's confusion matrix and rotation plot to wandb (when enabled)."""
+        if self._run is None:
+            return
+        wandb = importlib.import_module("wandb")
+        matrix = results["confusion_matrix"]
+        rows = [[true, predicted, count] for true, counts in enumerate(matrix)
+                for predicted, count in enumerate(counts)]
+        figures = {"test/confusion_matrix": wandb.Table(columns=["true", "predicted", "count"], data=rows)}
+        if rotation_png is not None and rotation_png.is_file():
+            figures["test/accuracy_vs_rotation"] = wandb.Image(str(rotation_png))
+        self._run.log(figures)
+
     def close(self) -> None:
-        """Finishes the wandb run, if any."""
+        """Finishes the wandb run and closes the TensorBoard events, if any."""
         if self._run is not None:
             self._run.finish()
             self._run = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
 
 def _format(metrics: Mapping[str, Any]) -> str:
@@ -105,7 +133,16 @@ def _start_wandb(config: config_dict.ConfigDict) -> Optional[Any]:
             "at False."
         ) from error
     return wandb.init(project=config.wandb_project, group=config.dataset,
-                      config=config.to_dict())
+                      name=pathlib.Path(config.path).stem if config.path else None, config=config.to_dict())
+
+
+def _start_tensorboard(checkpoint: pathlib.Path) -> Optional[Any]:
+    """A TensorBoard writer into ``<checkpoint prefix>.tensorboard/``, or ``None`` without tensorboard."""
+    try:
+        writer = importlib.import_module("torch.utils.tensorboard").SummaryWriter
+    except ImportError:  # torch.utils.tensorboard needs the tensorboard package
+        return None
+    return writer(log_dir=str(checkpoint.with_suffix(".tensorboard")))
 
 
 def rounded(value: Any, digits: int = 6) -> Any:

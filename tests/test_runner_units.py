@@ -352,7 +352,7 @@ class FakeWandbRun:
     def __init__(self):
         self.logged, self.summary, self.finished = [], {}, False
 
-    def log(self, metrics, step):
+    def log(self, metrics, step=None):
         self.logged.append((step, metrics))
 
     def finish(self):
@@ -371,12 +371,58 @@ def test_wandb_is_used_only_when_asked_and_gets_no_credentials(monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
     MetricLogger(resolved()).log({"loss": 1.0}, step=1)
     assert not calls
-    logger = MetricLogger(resolved(wandb=True))
+    logger = MetricLogger(resolved(wandb=True, path="saved/rotDigits_model_z2sa_x_1234abcd.pt"))
     logger.log({"loss": 1.0}, step=3)
     run = logger._run
     logger.close()
-    assert set(calls[0]) == {"project", "group", "config"}
+    assert set(calls[0]) == {"project", "group", "name", "config"}
+    assert calls[0]["name"] == "rotDigits_model_z2sa_x_1234abcd"  # the checkpoint's stem
     assert run.logged == [(3, {"loss": 1.0})] and run.finished
+
+
+def test_wandb_gets_the_confusion_matrix_and_the_rotation_plot(monkeypatch, tmp_path):
+    class FakeWandb:
+        Table = staticmethod(lambda columns, data: ("table", columns, data))
+        Image = staticmethod(lambda path: ("image", path))
+        init = staticmethod(lambda **kwargs: FakeWandbRun())
+
+    monkeypatch.setitem(sys.modules, "wandb", FakeWandb)
+    logger = MetricLogger(resolved(wandb=True, path=str(tmp_path / "r.pt")))
+    (tmp_path / "r.rotation.png").write_bytes(b"png")
+    logger.test_report({"confusion_matrix": [[3, 1], [0, 2]]}, tmp_path / "r.rotation.png")
+    (figures,) = [metrics for _, metrics in logger._run.logged]
+    assert figures["test/confusion_matrix"] == ("table", ["true", "predicted", "count"],
+                                                [[0, 0, 3], [0, 1, 1], [1, 0, 0], [1, 1, 2]])
+    assert figures["test/accuracy_vs_rotation"] == ("image", str(tmp_path / "r.rotation.png"))
+
+
+def test_tensorboard_events_next_to_the_checkpoint_when_tensorboard_is_installed(monkeypatch, tmp_path):
+    import types
+
+    writers = []
+
+    class FakeWriter:
+        def __init__(self, log_dir):
+            self.log_dir, self.scalars, self.closed = log_dir, [], False
+            writers.append(self)
+
+        def add_scalar(self, name, value, step):
+            self.scalars.append((name, value, step))
+
+        def flush(self):
+            pass
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", types.SimpleNamespace(SummaryWriter=FakeWriter))
+    logger = MetricLogger(resolved(path=str(tmp_path / "run.pt")))
+    logger.log({"train_loss": 0.5, "epoch": 1, "note": "text"}, step=7)
+    logger.close()
+    assert writers[0].log_dir == str(tmp_path / "run.tensorboard") and writers[0].closed
+    assert writers[0].scalars == [("train_loss", 0.5, 7), ("epoch", 1, 7)]
+    MetricLogger(resolved(path=str(tmp_path / "run.pt"), train=False)).close()  # testing only: no events
+    assert len(writers) == 1
 
 
 def test_metrics_csv_has_one_rounded_row_per_validation(tmp_path):
