@@ -135,11 +135,11 @@ def test_checkpoint_of_another_model_or_architecture(tmp_path, capsys):
 
 
 def test_pretrained_without_checkpoint_names_the_path(tmp_path, capsys):
-    config = make_config(tmp_path, model="z2sa", train=False, pretrained=True)
+    config = make_config(tmp_path, dataset="rotDigits", model="z2sa", train=False, pretrained=True)
     assert_user_error(config, capsys, f"no checkpoint at {tmp_path / 'saved'}/rotDigits_model_z2sa",
                       "--config.checkpoint=PATH")
     missing = tmp_path / "missing.pt"
-    assert_user_error(make_config(tmp_path, train=False, pretrained=True,
+    assert_user_error(make_config(tmp_path, dataset="rotDigits", train=False, pretrained=True,
                                   checkpoint=str(missing)), capsys, str(missing))
 
 

@@ -34,7 +34,7 @@ def test_compose_resizes_before_normalising():
 
 def test_loaders_resize_to_the_model_input():
     config = config_file.get_config()
-    config.update(dict(model="p4cnn", batch_size=4, max_examples=4))
+    config.update(dict(dataset="rotDigits", model="p4cnn", batch_size=4, max_examples=4))
     data = main.input_spec(config, main.data_spec(config), models.get_model_spec("p4cnn"))
     assert data.image_size == 28  # rotDigits is 16x16; the rotMNIST G-CNN needs 28x28
     context = Context(device=torch.device("cpu"))
