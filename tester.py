@@ -23,10 +23,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import datasets
+from runner.precision import AMP_DTYPES
 from runner.reporting import write_csv
-
-# torch dtype of each config.amp value ("none" runs in float32).
-AMP_DTYPES = {"none": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclasses.dataclass

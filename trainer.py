@@ -35,6 +35,7 @@ import tester
 from runner import checkpoint, distributed, paths, random_state
 from runner.data import Loaders
 from runner.defaults import parse_checkpoint_every
+from runner.precision import AMP_DTYPES
 from runner.errors import CheckpointError, RunInterrupted, TrainingDiverged
 from runner.paths import last_checkpoint_path
 from runner.reporting import MetricLogger, write_csv
@@ -115,7 +116,7 @@ class Trainer:
         self.steps_per_epoch = len(loaders.train)
         self.optimizer = build_optimizer(model, config)
         self.schedule: LRSchedule = build_schedule(self.optimizer, config, self.steps_per_epoch)
-        self.amp_dtype = tester.AMP_DTYPES[config.amp]
+        self.amp_dtype = AMP_DTYPES[config.amp]
         self.scaler = torch.amp.GradScaler(context.device.type, enabled=config.amp == "fp16")
         self.criterion = nn.CrossEntropyLoss()
         self.augment_generator = torch.Generator(device=context.device)

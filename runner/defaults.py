@@ -20,8 +20,14 @@ from typing import Any, Dict, Mapping, Sequence, Tuple
 from ml_collections import config_dict
 
 import config as config_file
-from g_selfatt.nn.attention import ATTENTION_IMPLS, check_patch_size
+from attgconv.attentive import FORMULATIONS
+from datasets import VALIDATION_MODES
+from g_selfatt.nn.attention import ATTENTION_IMPLS, GROUP_AXIS_INDICES, check_patch_size
+from models.gsa_zoo import ATTENTION_TYPES
+from runner.distributed import DEVICES
 from runner.errors import ConfigError
+from runner.precision import AMP_DTYPES
+from runner.schedulers import SCHEDULERS
 
 # Values used when neither the command line nor the model's defaults set a field: a short run
 # that a laptop CPU finishes in minutes.
@@ -51,16 +57,18 @@ FALLBACKS: Dict[str, Any] = {
 }
 
 # The values each enumerated field accepts.
+# (the modules that use a field own its values).
+OPTIMIZERS = ("SGD", "Adam")  # trainer.build_optimizer
 CHOICES: Dict[str, tuple] = {
-    "optimizer": ("SGD", "Adam"),
-    "scheduler": ("constant", "multistep", "linear_warmup_cosine", "plateau"),
-    "amp": ("none", "fp16", "bf16"),
-    "validation": ("held_out", "test"),
-    "device": ("auto", "cpu", "cuda"),
-    "attention_type": ("Local", "Global"),
-    "group_axis_index": ("relative", "original"),
+    "optimizer": OPTIMIZERS,
+    "scheduler": SCHEDULERS,
+    "amp": tuple(AMP_DTYPES),
+    "validation": VALIDATION_MODES,
+    "device": DEVICES,
+    "attention_type": ATTENTION_TYPES,
+    "group_axis_index": GROUP_AXIS_INDICES,
     "attention_impl": ATTENTION_IMPLS,
-    "attention_formulation": ("chunked", "full"),
+    "attention_formulation": FORMULATIONS,
 }
 
 # Numeric fields that may not be negative (0 means "off" or "all" for most of them).

@@ -17,6 +17,8 @@ from torch import nn
 
 from runner.errors import DeviceError
 
+DEVICES = ("auto", "cpu", "cuda")  # the values of config.device (see select_device)
+
 
 @dataclasses.dataclass(frozen=True)
 class Context:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Dict, Optional
 import torch
 from ml_collections import config_dict
 
+SCHEDULERS = ("constant", "multistep", "linear_warmup_cosine", "plateau")  # config.scheduler
+
 
 def warmup_cosine_factor(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
     """The multiplier of the base learning rate after ``step`` optimizer steps.
