@@ -54,16 +54,11 @@ def model_spec(config: config_dict.ConfigDict, architecture: str) -> models.Mode
     Raises:
         ConfigError: unknown model, or a model not defined for this dataset.
     """
-    if config.model not in models.list_models():
-        raise ConfigError(
-            f"Unknown model {config.model!r}; expected one of {models.list_models()}."
-        )
-    spec = models.get_model_spec(config.model)
-    if spec.datasets and architecture not in spec.datasets:
-        raise ConfigError(
-            f"Model {config.model!r} is defined for the {list(spec.datasets)} architectures, "
-            f"not for {config.dataset!r} ({architecture})."
-        )
+    try:
+        spec = models.get_model_spec(config.model)
+        models.check_defined_for(spec, architecture)
+    except ValueError as error:
+        raise ConfigError(f"{error} (--config.model={config.model}, --config.dataset={config.dataset})") from error
     return spec
 
 
@@ -73,11 +68,10 @@ def data_spec(config: config_dict.ConfigDict) -> models.DataSpec:
     Raises:
         ConfigError: unknown dataset.
     """
-    if config.dataset not in datasets.DATASET_NAMES:
-        raise ConfigError(
-            f"Unknown dataset {config.dataset!r}; expected one of {list(datasets.DATASET_NAMES)}."
-        )
-    return datasets.get_data_spec(config.dataset)
+    try:
+        return datasets.get_data_spec(config.dataset)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def input_spec(config: config_dict.ConfigDict, data: models.DataSpec,

@@ -104,11 +104,11 @@ class Splits:
 
 
 def _entry(name: str) -> _Entry:
-    """The registered dataset ``name`` (case-insensitive); unknown names raise ``ValueError``."""
-    for known, entry in _DATASETS.items():
-        if known.lower() == name.lower():
-            return entry
-    raise ValueError(f"Unknown dataset {name!r}; expected one of {list(DATASET_NAMES)}.")
+    """The registered dataset ``name``; an unknown name raises ``ValueError`` with the valid ones."""
+    if name in _DATASETS:
+        return _DATASETS[name]
+    hint = next((f" (did you mean {known!r}?)" for known in _DATASETS if known.lower() == name.lower()), "")
+    raise ValueError(f"Unknown dataset {name!r}{hint}; expected one of {list(DATASET_NAMES)}.")
 
 
 def get_data_spec(name: str) -> DataSpec:

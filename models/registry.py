@@ -177,8 +177,11 @@ def create_model(name: str, config: Any = None, data: Optional[DataSpec] = None,
     if data is None:
         data = get_data_spec(dataset)
         config = model_settings(name, data, overrides)
-    if spec.datasets and data.architecture not in spec.datasets:
-        raise ValueError(
-            f"Model {name!r} is defined for {list(spec.datasets)}, not for {data.architecture!r}."
-        )
+    check_defined_for(spec, data.architecture)
     return spec.builder(config, data)
+
+
+def check_defined_for(spec: ModelSpec, architecture: str) -> None:
+    """Raises ``ValueError`` when the model ``spec`` is not defined for ``architecture``."""
+    if spec.datasets and architecture not in spec.datasets:
+        raise ValueError(f"Model {spec.name!r} is defined for {list(spec.datasets)}, not for {architecture!r}.")

@@ -121,15 +121,11 @@ def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: 
         datasets.DatasetNotFoundError, datasets.ChecksumError: missing or damaged files.
         datasets.CorruptFileError: labels out of range, unreadable or wrong-size images.
     """
-    if config.dataset not in datasets.DATASET_NAMES:
-        raise ConfigError(
-            f"Unknown dataset {config.dataset!r}; expected one of {list(datasets.DATASET_NAMES)}."
-        )
     try:
         splits = datasets.load_splits(config.dataset, config.data_root,
                                       validation=config.validation, download=config.download,
                                       seed=config.seed, valid_size=config.valid_size)
-    except ValueError as error:  # a valid_size that does not fit the data found
+    except ValueError as error:  # an unknown name, a valid_size that does not fit the data found
         raise ConfigError(f"Cannot use {config.dataset}: {error}") from error
     train, valid, test = (_limit(split, config.max_examples)
                           for split in (splits.train, splits.valid, splits.test))

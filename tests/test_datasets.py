@@ -68,8 +68,10 @@ def test_every_dataset_has_a_spec_and_paper_normalisation():
         assert (transform.mean, transform.std) == PAPER_NORMALISATION[name]
 
 
-def test_names_are_case_insensitive_and_unknown_names_list_the_valid_ones():
-    assert datasets.get_data_spec("cifar10").name == "CIFAR10"
+def test_names_are_exact_and_unknown_names_list_the_valid_ones():
+    assert datasets.get_data_spec("CIFAR10").name == "CIFAR10"
+    with pytest.raises(ValueError, match=r"'cifar10' \(did you mean 'CIFAR10'\?\)"):
+        datasets.get_data_spec("cifar10")
     with pytest.raises(ValueError, match="rotMNIST.*CIFAR10.*PCam.*MNIST.*rotDigits.*rotMNIST5k"):
         datasets.load_splits("svhn", "unused")
 
