@@ -141,3 +141,25 @@ def test_kinds_of_models_that_are_shipped():
     kind_of = _table_module().kind_of
     assert [kind_of(name) for name in ("p4sa", "z2sa", "f_att_p4cnn", "att_p4cnn", "p4cnn", "z2cnn")] == [
         "GSA-Net", "GSA-Net", "attentive G-CNN", "attentive G-CNN", "other", "other"]
+
+
+def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
+    import json
+
+    spec = importlib.util.spec_from_file_location("rotmnist5k_epoch", REPO_ROOT / "benchmarks" / "rotmnist5k_epoch.py")
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.main(["--models", "z2sa", "z2cnn", "--repeats", "1", "--threads", "1"])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    model, *layers, cnn = lines
+    assert (model["model"], model["batch"], cnn["model"]) == ("z2sa", 32, "z2cnn")
+    assert model["epoch_s"] == pytest.approx(model["step_s"] * 110, abs=0.1)  # 3,500 digits in batches of 32
+    from g_selfatt.nn.attention import SelfAttentionCore
+    import models
+
+    network = models.create_model("z2sa", dataset="rotMNIST5k")
+    attention = [name for name, module in network.named_modules() if isinstance(module, SelfAttentionCore)]
+    assert [layer["layer"] for layer in layers] == attention and len(attention) == 3
+    # lifting at 28x28, then one block at 14x14 and one at 7x7 (z2: one group element)
+    assert [layer["input"][-3:] for layer in layers] == [[1, 28, 28], [1, 14, 14], [1, 7, 7]]
+    assert all(0 < layer["share_of_step"] for layer in layers)

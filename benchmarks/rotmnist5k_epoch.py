@@ -1,0 +1,121 @@
+#!/usr/bin/env python
+"""Seconds per training epoch of the rotMNIST5k models, and where a GSA-Net spends them.
+
+Usage::
+
+    python benchmarks/rotmnist5k_epoch.py [--models p4sa z2sa p4cnn f_att_p4cnn z2cnn] [--repeats 3]
+                                          [--threads T]
+
+Each model is built as ``--config.dataset=rotMNIST5k`` builds it (its defaults for that dataset)
+and takes optimizer steps (Adam) on random 28x28 batches of the protocol's batch size; after one
+warm-up step, ``step_s`` is the median of ``--repeats`` timed steps and ``epoch_s`` the time of
+the 3,500 training digits' steps at that rate (no validation). For the self-attention models,
+one line per attention layer follows: forward + backward of that layer alone on the input it
+sees in the model (captured by a hook), its median time per step and its share of the step.
+
+Prints one JSON line per model and per attention layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+import models  # noqa: E402
+from g_selfatt.nn.attention import SelfAttentionCore  # noqa: E402
+from models.protocols import ROTMNIST5K  # noqa: E402
+
+TRAIN_IMAGES = 3500
+
+
+def median_seconds(step: Callable[[], None], repeats: int) -> float:
+    """Median wall-clock seconds of ``step`` after one warm-up call."""
+    step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def training_step(model: nn.Module, batch: int) -> Callable[[], None]:
+    """One Adam step on a random batch of 28x28 digits."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=ROTMNIST5K["lr"])
+    images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        nn.functional.cross_entropy(model(images), labels).backward()
+        optimizer.step()
+
+    return step
+
+
+def attention_inputs(model: nn.Module, batch: int) -> Dict[str, torch.Tensor]:
+    """The input of every attention layer of ``model`` in one forward pass, by module name."""
+    captured: Dict[str, torch.Tensor] = {}
+    hooks = [module.register_forward_pre_hook(lambda m, args, name=name: captured.setdefault(name, args[0].detach()))
+             for name, module in model.named_modules() if isinstance(module, SelfAttentionCore)]
+    with torch.no_grad():
+        model(torch.randn(batch, 1, 28, 28))
+    for hook in hooks:
+        hook.remove()
+    return captured
+
+
+def layer_step(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """Forward and backward of one layer on a copy of its input."""
+    x = x.clone().requires_grad_()
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        layer(x).square().mean().backward()
+
+    return step
+
+
+def measure(name: str, repeats: int) -> List[dict]:
+    torch.manual_seed(0)
+    model = models.create_model(name, dataset="rotMNIST5k").train()
+    batch = ROTMNIST5K["batch_size"]
+    step_s = median_seconds(training_step(model, batch), repeats)
+    lines = [{"model": name, "parameters": sum(p.numel() for p in model.parameters()), "batch": batch,
+              "step_s": round(step_s, 4), "epoch_s": round(step_s * math.ceil(TRAIN_IMAGES / batch), 1),
+              "threads": torch.get_num_threads()}]
+    modules = dict(model.named_modules())
+    for layer_name, x in attention_inputs(model, batch).items():
+        seconds = median_seconds(layer_step(modules[layer_name], x), repeats)
+        lines.append({"model": name, "layer": layer_name, "input": list(x.shape), "step_s": round(seconds, 4),
+                      "share_of_step": round(seconds / step_s, 3)})
+    return lines
+
+
+def main(argv: Sequence[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["p4sa", "z2sa", "p4cnn", "f_att_p4cnn", "z2cnn"])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = one per core)")
+    args = parser.parse_args(argv)
+    runner.threads.configure(args.threads or None)
+    for name in args.models:
+        for line in measure(name, args.repeats):
+            print(json.dumps(line), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
