@@ -28,14 +28,13 @@ import torch
 from absl import app, logging
 from ml_collections import config_dict, config_flags
 
-import config as config_file
 import datasets
 import models
 import tester
 import trainer
 from g_selfatt.nn import fused_attention
 from g_selfatt.nn.attention import SelfAttentionCore
-from models import released
+from models.checkpoints import load_weights, model_input
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, build_loaders
 from runner.defaults import check_field_names, field_help, resolve_config
@@ -44,7 +43,7 @@ from runner.lock import RunLock
 from runner.reporting import MetricLogger, log_file
 
 # Errors caused by the user's input: reported in one paragraph, without a traceback.
-USER_ERRORS = (RunnerError, datasets.DatasetNotFoundError, datasets.ChecksumError,
+USER_ERRORS = (RunnerError, CheckpointError, datasets.DatasetNotFoundError, datasets.ChecksumError,
                datasets.CorruptFileError, datasets.DownloadError, datasets.RecordError)
 
 
@@ -79,22 +78,19 @@ def input_spec(config: config_dict.ConfigDict, data: models.DataSpec,
     """The DataSpec of the images as the model sees them, after resizing.
 
     ``config.image_size`` (0: the dataset's side, enlarged to ``spec.min_image_size`` where
-    that is larger) sets their side.
+    that is larger) sets their side (:func:`models.checkpoints.model_input`).
 
     Raises:
         ConfigError: an image size below the model's minimum.
     """
-    requested = config.get("image_size", 0)  # absent from checkpoints written before the option
-    size = requested or max(data.image_size, spec.min_image_size)
-    if size < spec.min_image_size:
-        raise ConfigError(
-            f"Model {config.model!r} needs images of at least {spec.min_image_size}x{spec.min_image_size} "
-            f"pixels; use --config.image_size={spec.min_image_size} or larger (or 0)."
-        )
-    if size != data.image_size:
+    try:
+        resized = model_input(data, spec, config.get("image_size", 0))
+    except ValueError as error:
+        raise ConfigError(f"{error} (--config.image_size)") from error
+    if resized.image_size != data.image_size:
         logging.info("Resizing the %dx%d images of %s to %dx%d for %s.", data.image_size, data.image_size,
-                     data.name, size, size, config.model)
-    return dataclasses.replace(data, image_size=size)
+                     data.name, resized.image_size, resized.image_size, config.model)
+    return resized
 
 
 def build_model(config: config_dict.ConfigDict, data: models.DataSpec) -> torch.nn.Module:
@@ -124,88 +120,16 @@ def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
     logging.info("Loaded pretrained weights from %s.", source)
 
 
-def load_weights(model: torch.nn.Module, saved: Any, model_name: str, spec: models.ModelSpec,
-                 data: models.DataSpec, source: str | pathlib.Path) -> None:
-    """Loads what :func:`runner.checkpoint.read` returned strictly into ``model``.
-
-    Raises:
-        CheckpointError: a checkpoint of another model, or weights that do not fit.
-    """
-    if not checkpoint.is_project_checkpoint(saved):
-        report_origin(pathlib.Path(source), model_name)
-    try:
-        weights = checkpoint.weights_from(saved, model_name=model_name, architecture=data.architecture,
-                                          convert=spec.convert_checkpoint, source=source)
-    except ValueError as error:
-        raise CheckpointError(f"Cannot use {source} for {model_name!r}: {error}") from error
-    checkpoint.load_strict(model, weights, source)
 
 
-def report_origin(path: pathlib.Path, model_name: str) -> None:
-    """Logs whether a file that this project did not write is one of the authors' released files.
-
-    Raises:
-        CheckpointError: a damaged copy of a released file.
-    """
-    try:
-        entry = released.identify(path)
-    except ValueError as error:
-        raise CheckpointError(str(error)) from error
-    if entry is None:
-        logging.info("%s is not one of the authors' released checkpoints; its weights are loaded "
-                     "strictly, but no checksum vouches for them.", path)
-        return
-    logging.info("%s is the authors' released %s checkpoint (%s, sha256 verified).", path,
-                 entry.model, entry.dataset)
-    if entry.model != model_name:
-        logging.warning("The released file of folder %s holds %s (%s); it loads into --config.model=%s, "
-                        "not %s.", entry.folder, entry.model, entry.note or "as its name says",
-                        entry.model, model_name)
 
 
 def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "") -> torch.nn.Module:
-    """Builds a model and loads a checkpoint into it strictly.
-
-    A checkpoint written by this project's runner names its model, dataset and
-    configuration, so the path is enough::
-
-        model = load_model("saved/rotDigits_model_p4sa_....pt").eval()
-
-    A state_dict of the original implementations (the authors' released ``model.pth``
-    files, with or without the ``module.`` prefix) needs the model and dataset names; its
-    keys are converted by the model's registered converter::
-
-        model = load_model("model.pth", model="att_p4cnn", dataset="rotMNIST").eval()
-
-    Args:
-        path: the checkpoint file.
-        model: registered model name (for files of the original implementations).
-        dataset: dataset name, which selects the architecture (likewise).
-
-    Raises:
-        CheckpointError: no such file, a file of the original implementations without
-            ``model`` and ``dataset``, or weights that do not fit.
-        ConfigError: an unknown model or dataset name.
-    """
-    saved = checkpoint.read(path)
-    written_here = checkpoint.is_project_checkpoint(saved)
-    if written_here:
-        config = config_dict.ConfigDict(saved["config"])
-    elif not (model and dataset):
-        raise CheckpointError(
-            f"{path} is not a checkpoint written by this project's runner, so it does not say which "
-            "model it holds; give it with load_model(path, model=..., dataset=...)."
-        )
-    else:
-        config = config_file.get_config()
-        config.model, config.dataset = model, dataset
-    data = data_spec(config)
-    spec = model_spec(config, data.architecture)
-    if not written_here:  # a saved configuration is already resolved
-        resolve_config(config, spec.defaults.get(data.architecture, {}))
-    network = build_model(config, input_spec(config, data, spec))
-    load_weights(network, saved, config.model, spec, data, path)
-    return network
+    """:func:`models.load_model`, with an unknown model or dataset name reported as a ConfigError."""
+    try:
+        return models.load_model(path, model=model, dataset=dataset)
+    except ValueError as error:
+        raise ConfigError(str(error)) from error
 
 
 def seed_everything(seed: int) -> None:

@@ -1,6 +1,7 @@
-"""Models and the registry of their command-line names."""
+"""Models, the registry of their command-line names, and loading their checkpoints."""
 
 from models import attgconv_zoo, gsa_zoo
+from models.checkpoints import CheckpointError, load_model
 from models.cnn import CNN
 from models.group_transformer import GroupTransformer
 from models.registry import (
@@ -17,6 +18,7 @@ from models.registry import (
 
 __all__ = [
     "CNN",
+    "CheckpointError",
     "DATA_SPECS",
     "attgconv_zoo",
     "DataSpec",
@@ -28,5 +30,6 @@ __all__ = [
     "get_model_spec",
     "gsa_zoo",
     "list_models",
+    "load_model",
     "register_model",
 ]

@@ -1,7 +1,10 @@
 """Errors caused by the user's input rather than by a bug.
 
-``main.py`` prints these as one paragraph and exits non-zero without a traceback.
+``main.py`` prints these as one paragraph and exits non-zero without a traceback. A checkpoint
+that cannot be used raises :class:`models.checkpoints.CheckpointError`, re-exported here.
 """
+
+from models.checkpoints import CheckpointError  # noqa: F401
 
 
 class RunnerError(Exception):
@@ -10,10 +13,6 @@ class RunnerError(Exception):
 
 class ConfigError(RunnerError):
     """An invalid or inconsistent configuration value."""
-
-
-class CheckpointError(RunnerError):
-    """A checkpoint that is missing, unreadable or made for another model."""
 
 
 class DeviceError(RunnerError):

@@ -60,3 +60,31 @@ def test_list_models_filters_by_pattern_and_family():
     assert models.list_models("p4*", family="gsa") == ["p4msa", "p4sa"]
     assert set(models.list_models(family="cnn")) == {"z2cnn"}
     assert models.list_models() == sorted(models.list_models("*"))
+
+
+def test_load_model_rebuilds_a_checkpoint_with_the_models_package_alone():
+    """In a fresh interpreter: no module of the runner, the datasets or main is imported."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    shipped = next((REPO_ROOT / "saved").glob("rotDigits_model_z2sa_*_ep_30_*.pt"))
+    code = ("import sys, models; m = models.load_model(sys.argv[1]); "
+            "print(sum(p.numel() for p in m.parameters()), "
+            "sorted({n.split('.')[0] for n in sys.modules} & {'runner', 'datasets', 'main', 'trainer', 'tester'}))")
+    result = subprocess.run([sys.executable, "-c", code, str(shipped)], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["7560", "[]"]
+
+
+def test_load_model_of_an_original_state_dict_needs_the_names(tmp_path):
+    state = models.create_model("p4cnn", dataset="rotMNIST").state_dict()
+    torch.save({f"module.{key}": value for key, value in state.items()}, tmp_path / "model.pth")
+    with pytest.raises(models.CheckpointError, match="model=..., dataset=..."):
+        models.load_model(tmp_path / "model.pth")
+    loaded = models.load_model(tmp_path / "model.pth", model="p4cnn", dataset="rotMNIST")
+    assert all(torch.equal(value, state[key]) for key, value in loaded.state_dict().items())
+    with pytest.raises(ValueError, match="Unknown model 'p5cnn'"):
+        models.load_model(tmp_path / "model.pth", model="p5cnn", dataset="rotMNIST")
