@@ -180,7 +180,7 @@ def prepare_folder(best_path: pathlib.Path) -> None:
 
 
 def shipped_checkpoints() -> Dict[str, Dict[str, Any]]:
-    """File name -> record (model, dataset, sha256, ...) of every checkpoint shipped in saved/."""
+    """Path relative to saved/ -> record (model, dataset, sha256, ...) of every shipped checkpoint."""
     if not SHIPPED_MANIFEST.is_file():
         return {}
     return json.loads(SHIPPED_MANIFEST.read_text())["checkpoints"]
@@ -188,11 +188,12 @@ def shipped_checkpoints() -> Dict[str, Dict[str, Any]]:
 
 def is_shipped(path: pathlib.Path) -> bool:
     """Whether ``path`` is one of the shipped checkpoints (or its ``last`` companion)."""
-    resolved = pathlib.Path(path).resolve()
-    if resolved.parent != SHIPPED_MANIFEST.parent:
+    try:
+        relative = pathlib.Path(path).resolve().relative_to(SHIPPED_MANIFEST.parent.resolve())
+    except ValueError:
         return False
-    names = set(shipped_checkpoints())
-    return resolved.name in names | {last_checkpoint_path(pathlib.Path(n)).name for n in names}
+    names = [pathlib.Path(name) for name in shipped_checkpoints()]
+    return relative in set(names) | {last_checkpoint_path(name) for name in names}
 
 
 def check_run_files(best_path: pathlib.Path, identity: Mapping[str, Any], family: str, *,

@@ -84,12 +84,13 @@ def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(t
     for name, record in manifest.items():
         runs = [row for row in rows if row["model"] == record["model"]]
         best = max(runs, key=lambda row: float(row["best_val_accuracy"]))
-        assert name.startswith(f"rotMNIST5k_model_{record['model']}_") and f"seed_{best['seed']}_" in name
+        assert name.startswith(f"pretrained/rotMNIST5k_model_{record['model']}_") and f"seed_{best['seed']}_" in name
         assert record["sha256"] == file_sha256(shipped_dir / name)
         assert record["test_accuracy"] == float(best["test_accuracy"])
         assert f"--config.seed={best['seed']}" in record["flags"]
         assert type(main.load_model(shipped_dir / name)).__name__ in ("GroupTransformer", "RotMNISTCNN")
-    assert sorted(path.name for path in shipped_dir.iterdir()) == sorted([*manifest, "manifest.json"])
+    written = sorted(str(path.relative_to(shipped_dir)) for path in shipped_dir.rglob("*") if path.is_file())
+    assert written == sorted([*manifest, "manifest.json"])
 
 
 def test_arguments_other_than_config_fields_are_refused(capsys):

@@ -16,7 +16,8 @@ so an interrupted table goes on where it stopped; ``--overwrite`` retrains.
 Writes to ``--output-dir``:
 
 * ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle,
-  parameters, seconds per training epoch (median over the epochs), best epoch, checkpoint);
+  parameters, seconds of the fastest training epoch (the least disturbed by other work), best
+  epoch, checkpoint);
 * ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
   accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
   by the other 15-degree steps (interpolated), the lowest accuracy over all angles, the
@@ -27,9 +28,10 @@ Extra ``--config.<field>=<value>`` arguments are passed to every run (e.g.
 ``--config.max_examples=64 --config.epochs=1`` for a smoke test).
 
 ``--ship`` then copies the best GSA-Net and the best attentive G-CNN of the table into
-``saved/`` under the names the runner derives from their configuration (so
-``--config.pretrained=True`` finds them) and records each in ``saved/manifest.json`` with its
-sha256, flags, validation and test accuracy. "Best" is decided on the validation part only: the
+``saved/pretrained/`` under the names the runner derives from their configuration (so
+``--config.save_dir=saved/pretrained --config.pretrained=True`` finds them, and a run of the same
+configuration trains into ``saved/`` beside them) and records each in ``saved/manifest.json``
+with its sha256, flags, validation and test accuracy (the whole configuration is in the file). "Best" is decided on the validation part only: the
 model with the highest mean best-validation accuracy over the seeds, and its seed with the
 highest best-validation accuracy.
 """
@@ -54,6 +56,7 @@ SEEDS = (0, 1, 2)
 NUM_ANGLES = 24  # every 15 degrees
 EXACT_ANGLES = (90.0, 180.0, 270.0)
 SHIPPED_KINDS = ("GSA-Net", "attentive G-CNN")  # the best model of each is shipped
+SHIPPED_FOLDER = "pretrained"  # under saved/
 
 
 def run_prefix(save_dir: pathlib.Path, model: str, seed: int) -> pathlib.Path:
@@ -92,7 +95,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "test_accuracy": report["accuracy"],
         **{f"accuracy_{angle:g}deg": curve[angle] for angle in sorted(curve)},
         "parameters": sum(p.numel() for p in network.parameters()),
-        "seconds_per_epoch": statistics.median(float(row["train_seconds"]) for row in history),
+        "seconds_per_epoch": min(float(row["train_seconds"]) for row in history),
         "epochs": len(history),
         "best_val_accuracy": float(best["best_val_accuracy"]),
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
@@ -192,7 +195,7 @@ def best_run(rows: Sequence[Mapping[str, object]], kind: str) -> Mapping[str, ob
 
 
 def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
-    """Copies the checkpoint of ``row`` into ``saved_dir`` and records it in its manifest.
+    """Copies the checkpoint of ``row`` into ``saved_dir/pretrained`` and records it in the manifest.
 
     The file gets the name the runner derives for the run's configuration, and both files are
     written to a temporary file first and then renamed.
@@ -205,18 +208,20 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     source = REPO_ROOT / str(row["checkpoint"])
     saved = checkpoint.read(source)
     config = config_dict.ConfigDict(saved["config"])
-    config.path, config.save_dir = "", str(saved_dir)
+    config.path, config.save_dir = "", str(saved_dir / SHIPPED_FOLDER)
     target = paths.best_checkpoint_path(config, models.get_model_spec(saved["model"]).family)
+    target.parent.mkdir(exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, temporary)
     temporary.replace(target)
     manifest_path = saved_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"checkpoints": {}}
-    manifest["checkpoints"][target.name] = {
+    manifest["checkpoints"][f"{SHIPPED_FOLDER}/{target.name}"] = {
         "model": saved["model"],
         "dataset": config.dataset,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "flags": f"--config.dataset={config.dataset} --config.model={saved['model']} --config.seed={config.seed}",
+        "flags": (f"--config.dataset={config.dataset} --config.model={saved['model']} --config.seed={config.seed} "
+                  f"--config.save_dir=saved/{SHIPPED_FOLDER}"),
         "validation_accuracy": float(row["best_val_accuracy"]),
         "test_accuracy": float(row["test_accuracy"]),
     }
