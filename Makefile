@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-QUICK_EPOCHS ?= 3
+QUICK_EPOCHS ?= 2
 
 .PHONY: setup run test clean
 
@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 
 # Each `make run` trains the quick start afresh (overwrite), so it can be run again and again.
 run: setup
-	$(PY) main.py --config.epochs=$(QUICK_EPOCHS) --config.overwrite=True
+	$(PY) main.py --config.epochs=$(QUICK_EPOCHS) --config.rotation_angles=4 --config.overwrite=True
 
 test: setup
 	$(PY) -m pytest -q -n 2 tests
