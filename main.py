@@ -86,7 +86,9 @@ def input_spec(config: config_dict.ConfigDict, data: models.DataSpec,
     try:
         resized = model_input(data, spec, config.get("image_size", 0))
     except ValueError as error:
-        raise ConfigError(f"{error} (--config.image_size)") from error
+        raise ConfigError(f"Model {config.model!r} needs images of at least {spec.min_image_size}x"
+                          f"{spec.min_image_size} pixels; use --config.image_size={spec.min_image_size} "
+                          "or larger (or 0).") from error
     if resized.image_size != data.image_size:
         logging.info("Resizing the %dx%d images of %s to %dx%d for %s.", data.image_size, data.image_size,
                      data.name, resized.image_size, resized.image_size, config.model)
