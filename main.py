@@ -122,10 +122,6 @@ def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
     logging.info("Loaded pretrained weights from %s.", source)
 
 
-
-
-
-
 def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "") -> torch.nn.Module:
     """:func:`models.load_model`, with an unknown model or dataset name reported as a ConfigError."""
     try:

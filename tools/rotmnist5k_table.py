@@ -163,12 +163,6 @@ def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> N
     pyplot.close(figure)
 
 
-def write_csv(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> None:
-    """Writes ``rows`` with the columns of the first one."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def kind_of(model: str) -> str:
@@ -251,6 +245,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str]) -> None:
+    from runner import reporting  # rounded floats, written atomically
+
     args = parse_args(argv)
     prefixes = {}
     for seed in args.seeds:  # seed by seed, so that a table cut short has every model
@@ -258,7 +254,7 @@ def main(argv: Sequence[str]) -> None:
             prefixes[model, seed] = train_and_test(model, seed, args.save_dir.resolve(), args.extra, args.overwrite)
     rows = [read_run(model, seed, prefixes[model, seed]) for model in args.models for seed in args.seeds]
     args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(rows, args.output_dir / "runs.csv")
+    reporting.write_csv(rows, args.output_dir / "runs.csv")
     table = markdown(summary_rows(rows))
     (args.output_dir / "table.md").write_text(table)
     plot_rotation(rows, args.output_dir / "rotation.png")
