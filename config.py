@@ -23,7 +23,7 @@ def get_config() -> config_dict.ConfigDict:
     # package, no download), rotMNIST, CIFAR10, PCam, MNIST or rotDigits (scikit-learn's 8x8
     # digits, enlarged to 16x16 and rotated; embedded).
     config.dataset = "rotMNIST5k"
-    # Model name as registered in models/ (see models.list_models()), e.g. p4sa, z2cnn.
+    # Model name as registered in g_selfatt_models/ (see models.list_models()), e.g. p4sa, z2cnn.
     config.model = "p4sa"
     # Free text appended to the checkpoint file name to tell runs apart.
     config.comment = ""

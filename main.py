@@ -29,12 +29,12 @@ from absl import app, logging
 from ml_collections import config_dict, config_flags
 
 import datasets
-import models
+import g_selfatt_models as models
 import tester
 import trainer
 from g_selfatt.nn import fused_attention
 from g_selfatt.nn.attention import SelfAttentionCore
-from models.checkpoints import load_weights, model_input
+from g_selfatt_models.checkpoints import load_weights, model_input
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, build_loaders
 from runner.defaults import check_field_names, field_help, resolve_config
@@ -78,7 +78,7 @@ def input_spec(config: config_dict.ConfigDict, data: models.DataSpec,
     """The DataSpec of the images as the model sees them, after resizing.
 
     ``config.image_size`` (0: the dataset's side, enlarged to ``spec.min_image_size`` where
-    that is larger) sets their side (:func:`models.checkpoints.model_input`).
+    that is larger) sets their side (:func:`g_selfatt_models.checkpoints.model_input`).
 
     Raises:
         ConfigError: an image size below the model's minimum.
@@ -282,7 +282,8 @@ def report_user_error(error: BaseException) -> None:
 def resume_command(argv: Sequence[str]) -> str:
     """The command line that continues the run started by ``argv``."""
     kept = [arg for arg in argv[1:] if not arg.startswith(("--config.resume", "--config.overwrite"))]
-    return shlex.join(["python", argv[0], *kept, "--config.resume=True"])
+    command = ["python", argv[0]] if argv[0].endswith(".py") else [pathlib.Path(argv[0]).name]
+    return shlex.join([*command, *kept, "--config.resume=True"])
 
 
 def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) -> int:

@@ -123,8 +123,8 @@ def _layer_case(kind: str, group_name: str, channels: int, mid: int, extent: int
 def _model_case(case: str, impl: str, device, batch: Optional[int] = None) -> Callable[[], None]:
     import torch
 
-    from models import DataSpec, create_model
-    from models.gsa_zoo import GSA_DEFAULTS
+    from g_selfatt_models import DataSpec, create_model
+    from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
 
     dataset, group, attention_type, case_batch, channels, classes, side = MODEL_CASES[case]
     batch = batch or case_batch

@@ -62,8 +62,8 @@ def measure(formulation: str, batch_size: int, image_size: int, chunk_size: int,
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     import torch
 
-    import models.attgconv_zoo  # noqa: F401  (registers the models)
-    from models.registry import DataSpec, create_model
+    import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers the models)
+    from g_selfatt_models.registry import DataSpec, create_model
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

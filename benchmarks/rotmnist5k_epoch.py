@@ -35,9 +35,9 @@ import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait po
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import models  # noqa: E402
+import g_selfatt_models as models  # noqa: E402
 from g_selfatt.nn.attention import SelfAttentionCore  # noqa: E402
-from models.protocols import ROTMNIST5K  # noqa: E402
+from g_selfatt_models.protocols import ROTMNIST5K  # noqa: E402
 
 TRAIN_IMAGES = 3500
 

@@ -1,7 +1,7 @@
 """Datasets of the GSA-Nets and attentive G-CNN experiments.
 
 ``load_splits(name, root)`` returns the train, validation and test datasets of one of
-:data:`DATASET_NAMES` together with its :class:`~models.registry.DataSpec` and the batch
+:data:`DATASET_NAMES` together with its :class:`~g_selfatt_models.registry.DataSpec` and the batch
 transforms the training loop applies::
 
     splits = load_splits("CIFAR10", "./data", download=True)
@@ -43,7 +43,7 @@ from datasets.errors import (
 )
 from datasets.records import check_records
 from datasets.transforms import BatchTransform, Compose, Normalize, RandomCropFlip, Resize, rotate_images
-from models.registry import DATA_SPECS, DataSpec
+from g_selfatt_models.registry import DATA_SPECS, DataSpec
 
 VALIDATION_MODES = ("held_out", "test")
 

@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, Subset
 from datasets.base import TensorImageDataset
 from datasets.errors import CorruptFileError, RecordError
 from datasets.pcam import PCamHDF5, PCamImageFolder
-from models.registry import DataSpec
+from g_selfatt_models.registry import DataSpec
 
 SHOWN = 5  # bad records listed in a message
 

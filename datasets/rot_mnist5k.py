@@ -17,8 +17,8 @@ Recipe (fixed, independent of the experiment's seed), the rotMNIST protocol:
 
 Images are ``float32`` in [0, 1], shape (1, 28, 28), normalised like rotMNIST (mean 0.1307,
 std 0.3081). Its architecture ``"rotMNIST5k"`` is that of rotMNIST for the CNNs and attentive
-G-CNNs, and a small GSA-Net layout (:data:`models.gsa_zoo.ARCHITECTURES`); every model trains
-under one protocol (:data:`models.protocols.ROTMNIST5K`).
+G-CNNs, and a small GSA-Net layout (:data:`g_selfatt_models.gsa_zoo.ARCHITECTURES`); every model trains
+under one protocol (:data:`g_selfatt_models.protocols.ROTMNIST5K`).
 """
 
 from __future__ import annotations

@@ -1,35 +1,9 @@
-"""Models, the registry of their command-line names, and loading their checkpoints."""
+"""The model layer under the top-level name of a checkout, ``models``.
 
-from models import attgconv_zoo, gsa_zoo
-from models.checkpoints import CheckpointError, load_model
-from models.cnn import CNN
-from models.group_transformer import GroupTransformer
-from models.registry import (
-    DATA_SPECS,
-    DataSpec,
-    ModelSpec,
-    check_defined_for,
-    create_model,
-    get_data_spec,
-    get_model_spec,
-    list_models,
-    register_model,
-)
+The package is :mod:`g_selfatt_models`; this folder only gives it the name that scripts run
+from the repository root (and the originals' clients) import. Installed, the distribution
+ships ``g_selfatt_models`` alone, so a project with its own ``models/`` folder is unaffected.
+"""
 
-__all__ = [
-    "CNN",
-    "CheckpointError",
-    "DATA_SPECS",
-    "attgconv_zoo",
-    "DataSpec",
-    "GroupTransformer",
-    "ModelSpec",
-    "check_defined_for",
-    "create_model",
-    "get_data_spec",
-    "get_model_spec",
-    "gsa_zoo",
-    "list_models",
-    "load_model",
-    "register_model",
-]
+from g_selfatt_models import *  # noqa: F401,F403  (the same objects, not a second copy)
+from g_selfatt_models import __all__  # noqa: F401

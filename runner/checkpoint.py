@@ -1,4 +1,4 @@
-"""Writing the runner's checkpoints (reading and loading them is :mod:`models.checkpoints`).
+"""Writing the runner's checkpoints (reading and loading them is :mod:`g_selfatt_models.checkpoints`).
 
 A checkpoint written by the runner is a dict (see :func:`make_checkpoint`) with the model's
 name, architecture, the full configuration, the weights, and the training state (epoch, step,
@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping
 
 import torch
 
-from models.checkpoints import (  # noqa: F401  (the runner reads checkpoints through this module)
+from g_selfatt_models.checkpoints import (  # noqa: F401  (the runner reads checkpoints through this module)
     CHECKSUM_KEY,
     FORMAT,
     REQUIRED_KEYS,

@@ -23,7 +23,7 @@ import config as config_file
 from attgconv.attentive import FORMULATIONS
 from datasets import VALIDATION_MODES
 from g_selfatt.nn.attention import ATTENTION_IMPLS, GROUP_AXIS_INDICES, check_patch_size
-from models.gsa_zoo import ATTENTION_TYPES
+from g_selfatt_models.gsa_zoo import ATTENTION_TYPES
 from runner.distributed import DEVICES
 from runner.errors import ConfigError
 from runner.precision import AMP_DTYPES

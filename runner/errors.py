@@ -1,10 +1,10 @@
 """Errors caused by the user's input rather than by a bug.
 
 ``main.py`` prints these as one paragraph and exits non-zero without a traceback. A checkpoint
-that cannot be used raises :class:`models.checkpoints.CheckpointError`, re-exported here.
+that cannot be used raises :class:`g_selfatt_models.checkpoints.CheckpointError`, re-exported here.
 """
 
-from models.checkpoints import CheckpointError  # noqa: F401
+from g_selfatt_models.checkpoints import CheckpointError  # noqa: F401
 
 
 class RunnerError(Exception):

@@ -33,3 +33,11 @@ def reference_files(prefix: str):
             f"No {prefix}*.pt records in {REFERENCE_DIR}; the shared reference data must sit beside the repository."
         )
     return files
+
+
+@pytest.fixture(scope="session")
+def wheel_env(tmp_path_factory):
+    """A fresh venv with the built wheel and a package named ``datasets`` (see tests/wheel_env.py)."""
+    from tests import wheel_env as module
+
+    return module.create(tmp_path_factory.mktemp("wheel_env"))

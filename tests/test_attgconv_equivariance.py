@@ -20,9 +20,9 @@ import torch
 from torch import nn
 
 import attgconv as ag
-import models.attgconv_zoo  # noqa: F401  (registers the models)
+import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers the models)
 from g_selfatt.testing import assert_equivariant, equivariance_errors
-from models.registry import DataSpec, create_model, get_model_spec, list_models
+from g_selfatt_models.registry import DataSpec, create_model, get_model_spec, list_models
 
 GROUPS = ("p4", "p4m")
 DTYPES = (torch.float32, torch.float64)

@@ -21,10 +21,10 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
-import models
+import g_selfatt_models as models
 from attgconv import AttentiveGroupConv, AttentiveLiftingConv
-from models import protocols
-from models.registry import DataSpec, create_model, get_model_spec
+from g_selfatt_models import protocols
+from g_selfatt_models.registry import DataSpec, create_model, get_model_spec
 from tests.conftest import REFERENCE_DIR, REPO_ROOT
 
 ATTGCONV_MODELS = models.list_models(family="attgconv")

@@ -1,7 +1,7 @@
 """Parity of attgconv with the original attentive G-CNN code on the shared reference data.
 
 Every ``att_*.pt`` record is rebuilt by ``tools/check_parity.py`` (through
-:mod:`models.attgconv_records`), loaded strictly and run in float32 (README tolerance) and
+:mod:`g_selfatt_models.attgconv_records`), loaded strictly and run in float32 (README tolerance) and
 float64 (against ``output_float64``). The authors' released checkpoints, read from
 ``../shared/reference/att_gconvs_pretrained/``, are loaded into the registered models,
 directly and through ``main.py`` (``--config.pretrained=True --config.checkpoint=PATH``),
@@ -21,8 +21,8 @@ import torch
 import config as config_file
 import fixture_data
 import main
-from models.attgconv_records import build_from_record, convert_state_dict, strip_prefix
-from models.registry import DataSpec, create_model, get_model_spec
+from g_selfatt_models.attgconv_records import build_from_record, convert_state_dict, strip_prefix
+from g_selfatt_models.registry import DataSpec, create_model, get_model_spec
 from runner.errors import CheckpointError
 from tests.conftest import REFERENCE_DIR, REPO_ROOT, reference_files
 from tools import check_parity
@@ -121,7 +121,7 @@ def _checkpoint(record: Dict) -> Dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("case", sorted(PRETRAINED))
 def test_released_checkpoint_reproduces_outputs(case):
-    import models.attgconv_zoo  # noqa: F401  (registers the models)
+    import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers the models)
 
     record = _load(REFERENCE / f"{case}.pt")
     name, data = PRETRAINED[case]
@@ -138,7 +138,7 @@ def test_released_checkpoint_reproduces_outputs(case):
 
 
 def test_plain_pcam_checkpoint_is_refused_by_the_attentive_model():
-    import models.attgconv_zoo  # noqa: F401
+    import g_selfatt_models.attgconv_zoo  # noqa: F401
 
     record = _load(REFERENCE / "att_pcam_pretrained_p4mdensenet.pt")
     convert = get_model_spec("f_att_p4m_densenet").convert_checkpoint

@@ -53,8 +53,8 @@ from g_selfatt.nn import (
 from g_selfatt.nn.attention import ATTENTION_IMPLS
 from g_selfatt.nn.efficient_attention import dropout_mask
 from g_selfatt.testing import assert_equivariant
-from models import DataSpec, create_model
-from models.gsa_zoo import GSA_DEFAULTS
+from g_selfatt_models import DataSpec, create_model
+from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
 from tests.conftest import REPO_ROOT
 
 GROUPS = ["z2", "p4", "mz2", "p4m", "p8"]

@@ -14,7 +14,7 @@ import config as config_file
 import datasets
 import fixture_data
 import main
-import models
+import g_selfatt_models as models
 from runner import checkpoint
 from runner.errors import ConfigError
 

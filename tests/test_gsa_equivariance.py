@@ -13,7 +13,7 @@ from g_selfatt.groups import GROUPS, get_group
 from g_selfatt.nn import GroupLocalSelfAttention, GroupSelfAttention, LiftLocalSelfAttention, LiftSelfAttention
 from g_selfatt.nn.efficient_attention import positional_table
 from g_selfatt.testing import assert_equivariant, equivariance_errors, transforms_for
-from models import GroupTransformer
+from g_selfatt_models import GroupTransformer
 
 DTYPES = [torch.float32, torch.float64]
 LAYERS = {
@@ -191,10 +191,10 @@ def test_reference_impl_group_transformer_logits_are_invariant(name, patch_size,
 def test_rotmnist_model_logits_are_invariant(architecture, name, dtype):
     """The paper's rotMNIST architecture (local patch 5) at full size, and the small rotMNIST5k one
     (BatchNorm in eval mode, logits averaged over space)."""
-    import models
+    import g_selfatt_models as models
     from ml_collections import ConfigDict
 
-    config = ConfigDict(dict(models.gsa_zoo.GSA_DEFAULTS[architecture], patch_size=5))
+    config = ConfigDict(dict(g_selfatt_models.gsa_zoo.GSA_DEFAULTS[architecture], patch_size=5))
     model = models.create_model(f"{name}sa", config, models.DataSpec(architecture, 1, 10, 28, architecture))
     model = model.to(dtype).eval()
     x = torch.randn(1, 1, 28, 28, dtype=dtype)

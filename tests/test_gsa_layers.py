@@ -24,8 +24,8 @@ from g_selfatt.nn import (
     get_activation,
     get_norm,
 )
-from models import DataSpec, create_model
-from models.gsa_zoo import GSA_DEFAULTS
+from g_selfatt_models import DataSpec, create_model
+from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
 from tests.conftest import REPO_ROOT
 
 SPECS = {
@@ -123,7 +123,7 @@ def test_model_output_shapes():
 
 
 def _pooled_logits(pooling):
-    from models.group_transformer import GroupTransformer
+    from g_selfatt_models.group_transformer import GroupTransformer
 
     torch.manual_seed(0)
     model = GroupTransformer(
@@ -262,7 +262,7 @@ def test_crop_and_block_shapes():
 
 def test_importing_the_library_has_no_side_effects():
     code = (
-        "import sys, torch, g_selfatt, g_selfatt.testing, models\n"
+        "import sys, torch, g_selfatt, g_selfatt.testing, g_selfatt_models\n"
         "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
         "assert 'wandb' not in sys.modules, 'wandb imported'\n"
         "assert not torch.cuda.is_initialized(), 'CUDA initialised'\n"

@@ -76,7 +76,7 @@ NEW_RECORDS = {
 
 def _write_record(directory, case, module_name, input_shape, kwargs):
     """A record in the format of ../shared/reference, made with this project's modules."""
-    from models.gsa_records import build_from_record
+    from g_selfatt_models.gsa_records import build_from_record
 
     record = {"case": case, "origin": "g_selfatt", "module": module_name, "kwargs": kwargs}
     module = build_from_record(record)

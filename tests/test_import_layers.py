@@ -16,7 +16,8 @@ from tests.conftest import REPO_ROOT
 
 # Layer of each top-level name; every other module of the project is an experiment (layer 2).
 LIBRARIES = ("g_selfatt", "attgconv")
-LAYERS = {**{name: 0 for name in LIBRARIES}, "models": 1}
+# ``models`` is the checkout's alias of ``g_selfatt_models`` (the originals' package name).
+LAYERS = {**{name: 0 for name in LIBRARIES}, "g_selfatt_models": 1, "models": 1}
 LAYER_NAMES = ("library", "models", "experiments")
 NOT_MODULES = {".venv", "tests", "build", "demo", ".git"}
 
@@ -108,19 +109,26 @@ def test_no_modules_import_each_other_in_a_cycle():
     assert cycles(import_graph()) == []
 
 
+def test_the_project_does_not_import_the_checkout_alias():
+    # Only users' code may import ``models``; the project's modules use the installed name.
+    importers = sorted(module for module, targets in import_graph().items()
+                       if module.split(".")[0] != "models" and any(t.split(".")[0] == "models" for t in targets))
+    assert importers == []
+
+
 def test_the_checker_sees_lazy_relative_and_upward_imports(tmp_path):
     # A library module importing models inside a function, relatively spelled siblings, a cycle.
-    graph = {"g_selfatt.nn.a": {"models.registry"}, "models.registry": set(),
+    graph = {"g_selfatt.nn.a": {"g_selfatt_models.registry"}, "g_selfatt_models.registry": set(),
              "datasets.x": {"datasets.y"}, "datasets.y": {"datasets.x"}}
-    assert upward_imports(graph) == ["g_selfatt.nn.a (library) imports models.registry (models)"]
+    assert upward_imports(graph) == ["g_selfatt.nn.a (library) imports g_selfatt_models.registry (models)"]
     assert cycles(graph) == [["datasets.x", "datasets.y"]]
     source = tmp_path / "g_selfatt" / "nn" / "b.py"
     source.parent.mkdir(parents=True)
-    source.write_text("def f():\n    from . import attention\n    from ..groups import Group\n    import models.cnn\n")
+    source.write_text("def f():\n    from . import attention\n    from ..groups import Group\n    import g_selfatt_models.cnn\n")
     names = set(_imported_names(source, "g_selfatt.nn.b", {"g_selfatt.nn.attention", "g_selfatt.groups"}))
-    assert names == {"g_selfatt.nn.attention", "g_selfatt.groups", "models.cnn"}
+    assert names == {"g_selfatt.nn.attention", "g_selfatt.groups", "g_selfatt_models.cnn"}
 
 
-@pytest.mark.parametrize("module", ["g_selfatt.nn.attention", "models.registry", "main"])
+@pytest.mark.parametrize("module", ["g_selfatt.nn.attention", "g_selfatt_models.registry", "main"])
 def test_the_project_modules_are_found(module):
     assert module in project_modules()

@@ -11,7 +11,7 @@ import torch
 import config as config_file
 import fixture_data
 import main
-import models.attgconv_zoo  # noqa: F401  (registers allcnnc and densenet)
+import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers allcnnc and densenet)
 from runner import checkpoint, paths
 from runner.errors import CheckpointError
 

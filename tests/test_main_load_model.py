@@ -7,7 +7,7 @@ import torch
 
 import main
 from conftest import REFERENCE_DIR, REPO_ROOT
-from models import GroupTransformer
+from g_selfatt_models import GroupTransformer
 from runner.errors import CheckpointError, ConfigError
 
 RELEASED = REFERENCE_DIR / "att_gconvs_pretrained"

@@ -1,11 +1,13 @@
 """The models package's public API: create_model without a configuration, list_models patterns."""
 
+import sys
+
 import pytest
 import torch
 
 import datasets
-import models
-from models.gsa_zoo import GSA_DEFAULTS
+import g_selfatt_models as models
+from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
 from tests.test_gsa_layers import PAPER_PARAMETER_COUNTS
 
 
@@ -88,3 +90,28 @@ def test_load_model_of_an_original_state_dict_needs_the_names(tmp_path):
     assert all(torch.equal(value, state[key]) for key, value in loaded.state_dict().items())
     with pytest.raises(ValueError, match="Unknown model 'p5cnn'"):
         models.load_model(tmp_path / "model.pth", model="p5cnn", dataset="rotMNIST")
+
+
+@pytest.mark.parametrize("name", models.list_models())
+def test_every_model_is_the_function_of_its_name(name):
+    # As in timm: a reader finds `def f_att_p4m_densenet` in the module that registers it.
+    builder = models.get_model_spec(name).builder
+    assert builder.__name__ == name
+    assert getattr(sys.modules[builder.__module__], name) is builder
+    assert models.get_model_spec(name).description
+
+
+def test_every_group_has_its_gsa_net():
+    from g_selfatt.groups import GROUPS
+
+    assert set(models.list_models(family="gsa")) == {f"{group}sa" for group in GROUPS}
+
+
+def test_zoo_names_are_parsed_into_attention_group_and_architecture():
+    from g_selfatt_models.attgconv_zoo.zoo import parse_name
+
+    assert parse_name("f_att_p4m_densenet") == ("feature", "p4m", "densenet")
+    assert parse_name("ch_att_p4cnn") == ("channel", "p4", "rotMNIST")
+    assert parse_name("allcnnc") == ("none", None, "allcnnc")
+    with pytest.raises(ValueError, match="does not follow"):
+        parse_name("att_p8_allcnnc")

@@ -72,7 +72,7 @@ def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(t
     import json
 
     import main
-    from models.released import file_sha256
+    from g_selfatt_models.released import file_sha256
 
     table, argv, run_path = table_run
     shipped_dir = tmp_path / "shipped"
@@ -156,7 +156,7 @@ def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
     assert (model["model"], model["batch"], cnn["model"]) == ("z2sa", 32, "z2cnn")
     assert model["epoch_s"] == pytest.approx(model["step_s"] * 110, abs=0.1)  # 3,500 digits in batches of 32
     from g_selfatt.nn.attention import SelfAttentionCore
-    import models
+    import g_selfatt_models as models
 
     network = models.create_model("z2sa", dataset="rotMNIST5k")
     attention = [name for name, module in network.named_modules() if isinstance(module, SelfAttentionCore)]

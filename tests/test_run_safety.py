@@ -23,7 +23,7 @@ import config as config_file
 import fixture_data
 import main
 from datasets import pcam
-from models import released
+from g_selfatt_models import released
 from runner import checkpoint, files, paths
 from runner.errors import CheckpointError, ConfigError
 from test_main_e2e import make_config

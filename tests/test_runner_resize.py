@@ -9,7 +9,7 @@ import torch.nn.functional as F
 import config as config_file
 import datasets
 import main
-import models
+import g_selfatt_models as models
 from runner import paths
 from runner.data import build_loaders
 from runner.distributed import Context

@@ -15,11 +15,11 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 import config as config_file
-import models
-import models.attgconv_zoo  # noqa: F401  (registers the attentive G-CNNs)
+import g_selfatt_models as models
+import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers the attentive G-CNNs)
 import tester
 import trainer
-from models.registry import DataSpec
+from g_selfatt_models.registry import DataSpec
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, ShardSampler
 from runner.defaults import FALLBACKS, placeholder_fields, resolve_config

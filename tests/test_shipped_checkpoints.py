@@ -14,8 +14,8 @@ import config as config_file
 import datasets
 import main
 import tester
-from models import create_model
-from models.released import file_sha256
+from g_selfatt_models import create_model
+from g_selfatt_models.released import file_sha256
 from runner import checkpoint, paths
 from runner.defaults import resolve_config
 from tests.conftest import REPO_ROOT

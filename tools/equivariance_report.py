@@ -44,7 +44,7 @@ from g_selfatt.groups import GROUPS, Group, get_group
 from g_selfatt.nn import (GroupLocalSelfAttention, GroupSelfAttention, LiftLocalSelfAttention, LiftSelfAttention,
                           whitening_init_)
 from g_selfatt.testing import equivariance_errors, rotation_errors, transforms_for
-from models import GroupTransformer
+from g_selfatt_models import GroupTransformer
 
 EXACT_SIZE = 7  # side of the random inputs of the exact check
 MODEL_SIZE = 8  # the model pools once, which commutes with rotations only on even sides

@@ -7,7 +7,7 @@ Usage::
                                      [--save-dir saved/rotMNIST5k_table] [--output-dir runs/rotMNIST5k]
 
 Every run is one ``main.py`` process (``--config.dataset=rotMNIST5k --config.model=M
---config.seed=S``) under the one protocol of the dataset (:data:`models.protocols.ROTMNIST5K`:
+--config.seed=S``) under the one protocol of the dataset (:data:`g_selfatt_models.protocols.ROTMNIST5K`:
 the same optimiser, learning rate, batch, epochs and schedule for every model; the epoch is
 selected on the validation part), with the test accuracy measured at every 15 degrees of
 rotation (``--config.rotation_angles=24``). A run whose test report exists is not trained again,
@@ -167,8 +167,8 @@ def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> N
 
 def kind_of(model: str) -> str:
     """``"GSA-Net"``, ``"attentive G-CNN"`` or ``"other"`` (CNN, plain G-CNN)."""
-    import models
-    from models.attgconv_zoo.zoo import ATTENTION_PREFIXES
+    import g_selfatt_models as models
+    from g_selfatt_models.attgconv_zoo.zoo import ATTENTION_PREFIXES
 
     family = models.get_model_spec(model).family
     if family == "gsa":
@@ -196,7 +196,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     """
     from ml_collections import config_dict
 
-    import models
+    import g_selfatt_models as models
     from runner import checkpoint, paths
 
     source = REPO_ROOT / str(row["checkpoint"])

@@ -8,7 +8,7 @@ whenever it is read, so a damaged copy (one flipped bit) is reported instead of 
 Weights are always loaded strictly. Besides the project's checkpoints, :func:`weights_from`
 accepts a bare ``state_dict`` as saved by the original implementations, with or without the
 ``module.`` prefix of ``nn.DataParallel``, translated by the model's ``convert_checkpoint``;
-the authors' released files are recognised by their sha256 (:mod:`models.released`).
+the authors' released files are recognised by their sha256 (:mod:`g_selfatt_models.released`).
 
     model = load_model("saved/rotMNIST5k_model_p4sa_....pt").eval()
     model = load_model("model.pth", model="att_p4cnn", dataset="rotMNIST").eval()
@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from g_selfatt.nn.attention import derived_state_shapes
-from models import released
-from models.registry import (DataSpec, ModelSpec, check_defined_for, create_model, get_data_spec, get_model_spec,
+from g_selfatt_models import released
+from g_selfatt_models.registry import (DataSpec, ModelSpec, check_defined_for, create_model, get_data_spec, get_model_spec,
                              model_settings)
 
 logger = logging.getLogger(__name__)

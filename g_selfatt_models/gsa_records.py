@@ -16,8 +16,8 @@ from torch import nn
 
 import g_selfatt.nn as gsa_nn
 from g_selfatt.groups import E2, SE2, Group
-from models.cnn import CNN
-from models.group_transformer import GroupTransformer
+from g_selfatt_models.cnn import CNN
+from g_selfatt_models.group_transformer import GroupTransformer
 
 _GROUP_CLASSES = {"SE2": SE2, "E2": E2}
 _LIFTING = ("LiftSelfAttention", "LiftLocalSelfAttention")

@@ -1,10 +1,12 @@
 """A registry of models keyed by the name users type on the command line.
 
 Every model is built by a function ``builder(config, data) -> nn.Module``
-registered under its CLI name, e.g. ``p4sa`` or ``p4cnn``::
+registered under its CLI name, the function's own name, e.g. ``p4sa`` or ``p4cnn``::
 
-    @register_model("p4sa", family="gsa", description="GSA-Net on p4")
-    def p4sa(config, data): ...
+    @register_model(family="gsa")
+    def p4sa(config, data):
+        '''GSA-Net on p4.'''  # the first line of the docstring is the description
+        ...
 
 Models are built in one of two ways::
 
@@ -99,18 +101,26 @@ class ModelSpec:
 _REGISTRY: Dict[str, ModelSpec] = {}
 
 
-def register_model(name: str, *, family: str, description: str = "",
+def register_model(name: Optional[str] = None, *, family: str, description: str = "",
                    defaults: Optional[Mapping[str, Mapping[str, Any]]] = None,
                    datasets: Tuple[str, ...] = (),
                    convert_checkpoint: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None,
                    min_image_size: int = 1) -> Callable[[Builder], Builder]:
-    """Registers ``builder`` under ``name``; raises if the name is taken."""
+    """Registers the decorated builder under ``name`` (default: the builder's own name).
+
+    The description defaults to the first line of the builder's docstring.
+
+    Raises:
+        ValueError: the name is taken.
+    """
 
     def decorator(builder: Builder) -> Builder:
-        if name in _REGISTRY:
-            raise ValueError(f"A model named {name!r} is already registered.")
-        _REGISTRY[name] = ModelSpec(name, builder, family, description, dict(defaults or {}),
-                                    tuple(datasets), convert_checkpoint, min_image_size)
+        key = name or builder.__name__
+        if key in _REGISTRY:
+            raise ValueError(f"A model named {key!r} is already registered.")
+        summary = description or (builder.__doc__ or "").strip().split("\n", 1)[0]
+        _REGISTRY[key] = ModelSpec(key, builder, family, summary, dict(defaults or {}),
+                                   tuple(datasets), convert_checkpoint, min_image_size)
         return builder
 
     return decorator

@@ -21,8 +21,8 @@ Behaviours of the original reproduced here on purpose:
   branch is unreachable as shipped); All-CNN-C nets ``squeeze()`` their output;
   ``fA_P4MResNet`` mirrors its input along the width first.
 
-Model records are built with the networks of the model zoo (:mod:`models.attgconv_zoo`) and,
-for ``Z2CNN``, :class:`models.cnn.CNN`.
+Model records are built with the networks of the model zoo (:mod:`g_selfatt_models.attgconv_zoo`) and,
+for ``Z2CNN``, :class:`g_selfatt_models.cnn.CNN`.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ from torch import Tensor, nn
 
 import attgconv
 from attgconv.groups import PlanarGrid, get_grid
-from models.attgconv_zoo.layers import LayerFactory
-from models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
-from models.cnn import CNN, convert_z2cnn_checkpoint
+from g_selfatt_models.attgconv_zoo.layers import LayerFactory
+from g_selfatt_models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
+from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
 
 ROMHOG = "attgconv.RomHog_attention."
 

@@ -1,6 +1,6 @@
 """GSA-Net models registered under their command-line names.
 
-``<group>sa`` is a :class:`~models.group_transformer.GroupTransformer` on the
+``<group>sa`` is a :class:`~g_selfatt_models.group_transformer.GroupTransformer` on the
 group of that CLI name (``z2sa``, ``mz2sa``, ``p4sa``, ``p8sa``, ``p12sa``,
 ``p16sa``, ``p4msa``, ``p8msa``; see :mod:`g_selfatt.groups`), and ``z2cnn``
 is the CNN baseline. The architecture of each dataset is data, in
@@ -10,15 +10,15 @@ in :data:`GSA_DEFAULTS`.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 from torch import nn
 
-from g_selfatt.groups import GROUPS, get_group
-from models.cnn import CNN, convert_z2cnn_checkpoint
-from models import protocols
-from models.group_transformer import GroupTransformer
-from models.registry import DataSpec, register_model
+from g_selfatt.groups import get_group
+from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
+from g_selfatt_models import protocols
+from g_selfatt_models.group_transformer import GroupTransformer
+from g_selfatt_models.registry import DataSpec, register_model
 
 # The layout of GroupTransformer per dataset (original model.py; rotDigits and
 # rotMNIST5k are this project's small layouts for CPU training).
@@ -103,20 +103,61 @@ def build_group_transformer(group_name: str, config: Any, data: DataSpec) -> Gro
     )
 
 
-def _register_gsa(group_name: str) -> None:
-    def builder(config: Any, data: DataSpec) -> nn.Module:
-        return build_group_transformer(group_name, config, data)
-
-    register_model(f"{group_name}sa", family="gsa", defaults=GSA_DEFAULTS,
-                   description=f"GSA-Net (GroupTransformer) on {group_name}")(builder)
+def _gsa_model(builder: Callable[[Any, DataSpec], nn.Module]) -> Callable[[Any, DataSpec], nn.Module]:
+    """Registers a GSA-Net builder under its own name, with the paper's defaults."""
+    return register_model(family="gsa", defaults=GSA_DEFAULTS)(builder)
 
 
-for _name in GROUPS:
-    _register_gsa(_name)
+@_gsa_model
+def z2sa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on z2: translations only (no rotation)."""
+    return build_group_transformer("z2", config, data)
+
+
+@_gsa_model
+def mz2sa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on mz2: translations and mirroring."""
+    return build_group_transformer("mz2", config, data)
+
+
+@_gsa_model
+def p4sa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on p4: rotations by multiples of 90 degrees."""
+    return build_group_transformer("p4", config, data)
+
+
+@_gsa_model
+def p8sa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on p8: rotations by multiples of 45 degrees."""
+    return build_group_transformer("p8", config, data)
+
+
+@_gsa_model
+def p12sa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on p12: rotations by multiples of 30 degrees."""
+    return build_group_transformer("p12", config, data)
+
+
+@_gsa_model
+def p16sa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on p16: rotations by multiples of 22.5 degrees."""
+    return build_group_transformer("p16", config, data)
+
+
+@_gsa_model
+def p4msa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on p4m: rotations by 90 degrees and mirroring."""
+    return build_group_transformer("p4m", config, data)
+
+
+@_gsa_model
+def p8msa(config: Any, data: DataSpec) -> nn.Module:
+    """GSA-Net (GroupTransformer) on p8m: rotations by 45 degrees and mirroring."""
+    return build_group_transformer("p8m", config, data)
 
 
 @register_model(
-    "z2cnn", family="cnn", datasets=("rotMNIST", "rotMNIST5k"), convert_checkpoint=convert_z2cnn_checkpoint,
+    family="cnn", datasets=("rotMNIST", "rotMNIST5k"), convert_checkpoint=convert_z2cnn_checkpoint,
     description="Z2 CNN baseline (Cohen & Welling 2016), 28x28 inputs",
     defaults={"rotMNIST": dict(optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128,
                                epochs=300, scheduler="constant"),

@@ -1,7 +1,7 @@
 """The attentive G-CNN architectures: rotMNIST CNN, All-CNN-C, ResNet44 and DenseNet.
 
 Each network is written once and filled with layers by a
-:class:`~models.attgconv_zoo.layers.LayerFactory` (plain CNN, p4 or p4m G-CNN,
+:class:`~g_selfatt_models.attgconv_zoo.layers.LayerFactory` (plain CNN, p4 or p4m G-CNN,
 full, channel-only, spatial-only or feature-map attention). Module names follow
 the original implementation (``c1``, ``bn1``, ``layers_nc16.0.c1``,
 ``block_layers.2.conv``, ...), so its checkpoints load unchanged.
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from g_selfatt.functional import average_pooling_rd, average_pooling_rd_on_G, max_pooling_rd, max_pooling_rd_on_G
-from models.attgconv_zoo.layers import LayerFactory
+from g_selfatt_models.attgconv_zoo.layers import LayerFactory
 
 
 def _pool2(x: Tensor, kind: str) -> Tensor:

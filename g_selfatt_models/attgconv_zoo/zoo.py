@@ -1,0 +1,275 @@
+"""Attentive G-CNN models registered under the command-line names of the original experiments.
+
+rotMNIST (the original's own names): ``p4cnn``, ``att_p4cnn`` (full attention),
+``ch_att_p4cnn`` (channel only), ``sp_att_p4cnn`` (spatial only), ``f_att_p4cnn``
+(feature-map attention). The plain ``z2cnn`` baseline is registered with the GSA
+models (:mod:`g_selfatt_models.gsa_zoo`).
+
+CIFAR-10 and PCam follow one pattern, that of the original ``--model`` choices::
+
+    [<attention>_][<group>_]<architecture>
+
+    attention     ""  plain | att  full (channel + spatial) | ch_att  channel only
+                  | sp_att  spatial only | f_att  feature-map attention ("fA")
+    group         ""  no symmetry (plain CNN) | p4 | p4m
+    architecture  allcnnc (CIFAR-10) | resnet44 (CIFAR-10) | densenet (PCam)
+
+Each model is the function of its name below (``f_att_p4m_densenet``, ...), registered by
+:func:`_zoo_model`, which reads the attention, group and architecture from that name.
+
+Every model accepts any number of input channels and classes
+(``data.in_channels``, ``data.num_classes``) and raises a ValueError naming the
+minimum image side where an architecture cannot shrink that far (rotMNIST CNN:
+28, DenseNet: 80); each registers that side as ``min_image_size``, to which the
+runner enlarges smaller images. The full attentive All-CNN-C here downsamples with max-pools
+like the other All-CNN-C models (the original's stride-2 version is rebuilt by
+:mod:`g_selfatt_models.attgconv_records` only) and uses the memory-lean ``"chunked"`` formulation;
+``config.attention_formulation = "full"`` selects the original one.
+
+``defaults`` are the hyper-parameters of the paper and the original scripts, per
+architecture (``sched_decay_factor`` divides the learning rate; the plateau
+scheduler of PCam watches the validation accuracy with ``sched_patience`` epochs;
+the CIFAR-10 runs train with random crops and flips, as the authors' released run did).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+
+from torch import Tensor, nn
+
+from attgconv import get_grid
+from g_selfatt_models import protocols
+from g_selfatt_models.attgconv_zoo.layers import LayerFactory
+from g_selfatt_models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
+from g_selfatt_models.registry import Builder, DataSpec, register_model
+
+_COMMON = dict(optimizer_momentum=0.0, scheduler="constant", sched_decay_steps=(), sched_decay_factor=1.0)
+
+DEFAULTS: Dict[str, Dict[str, Any]] = {
+    "rotMNIST": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=100),
+    "allcnnc": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=1e-3,
+                    batch_size=128, epochs=350, scheduler="multistep", sched_decay_steps=(200, 250, 300),
+                    sched_decay_factor=10.0, augment=True),
+    "resnet44": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=0.0,
+                     batch_size=128, epochs=300, scheduler="multistep", sched_decay_steps=(50, 100, 150),
+                     sched_decay_factor=10.0, augment=True),
+    "densenet": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=64, epochs=100,
+                     scheduler="plateau", sched_decay_factor=2.0, sched_patience=20),
+}
+
+# The smallest image side of each architecture (the runner enlarges smaller images to it): valid
+# convolutions shrink the images of the rotMNIST CNN and of DenseNet; All-CNN-C and ResNet44 pad
+# their convolutions and pool twice by 2.
+MIN_IMAGE_SIZES = {"rotMNIST": RotMNISTCNN.min_size, "allcnnc": AllCNNC.min_size, "resnet44": ResNet.min_size,
+                   "densenet": DenseNet.minimum_input_size(5)}
+
+ATTENTION_PREFIXES = {"": "none", "att_": "full", "ch_att_": "channel", "sp_att_": "spatial", "f_att_": "feature"}
+
+
+def _factory(config: Any, group: Optional[str], attention: str, wscale: float) -> LayerFactory:
+    formulation = getattr(config, "attention_formulation", "chunked")
+    return LayerFactory(None if group is None else get_grid(group), attention, wscale, wscale, formulation)
+
+
+def _refuse_plain_checkpoint(plain_name: str) -> Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]:
+    """A checkpoint converter for attentive models that rejects checkpoints without attention weights."""
+
+    def convert(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
+        if not any("attention" in key for key in state_dict):
+            raise ValueError(
+                f"This checkpoint has no attention weights, so it belongs to the plain model {plain_name!r}; "
+                f"load it with that model (the original PCam script, for one, trained a plain P4MDenseNet "
+                f"under the name f_att_p4m_densenet)."
+            )
+        return dict(state_dict)
+
+    return convert
+
+
+ARCHITECTURE_DATASETS = {"rotMNIST": "rotMNIST", "allcnnc": "CIFAR10", "resnet44": "CIFAR10", "densenet": "PCam"}
+
+
+def parse_name(name: str) -> Tuple[str, Optional[str], str]:
+    """``(attention, group, architecture)`` of a zoo name ``[<attention>_][<group>_]<architecture>``.
+
+    ``p4cnn`` and its attentive variants are the rotMNIST architecture on p4.
+    """
+    prefix = max((p for p in ATTENTION_PREFIXES if name.startswith(p)), key=len)
+    rest = name[len(prefix):]
+    if rest == "p4cnn":
+        return ATTENTION_PREFIXES[prefix], "p4", "rotMNIST"
+    group, _, architecture = rest.rpartition("_")
+    if architecture not in ARCHITECTURE_DATASETS or group not in ("", "p4", "p4m"):
+        raise ValueError(f"{name!r} does not follow [<attention>_][<group>_]<architecture>.")
+    return ATTENTION_PREFIXES[prefix], group or None, architecture
+
+
+def _zoo_model(builder: Builder) -> Builder:
+    """Registers an attentive G-CNN builder under its own name, described and defaulted by that name."""
+    attention, group, architecture = parse_name(builder.__name__)
+    dataset = ARCHITECTURE_DATASETS[architecture]
+    plain_name = "p4cnn" if architecture == "rotMNIST" else f"{group}_{architecture}" if group else architecture
+    defaults = {dataset: DEFAULTS[architecture]}
+    if architecture == "rotMNIST":  # the rotMNIST CNNs also train on rotMNIST5k, under its protocol
+        defaults["rotMNIST5k"] = protocols.ROTMNIST5K
+    return register_model(
+        family="attgconv", defaults=defaults, min_image_size=MIN_IMAGE_SIZES[architecture],
+        description=(f"rotMNIST P4CNN, attention: {attention}" if architecture == "rotMNIST" else
+                     f"{dataset} {architecture} on {group or 'Z2'}, attention: {attention}"),
+        convert_checkpoint=None if attention == "none" else _refuse_plain_checkpoint(plain_name),
+    )(builder)
+
+
+def _check_image_size(data: DataSpec, minimum: int, name: str) -> None:
+    if data.image_size < minimum:
+        raise ValueError(f"{name} needs images of at least {minimum}x{minimum} pixels; "
+                         f"{data.name} has {data.image_size}x{data.image_size}.")
+
+
+# --------------------------------------------------------------------- rotMNIST
+
+
+def rotmnist_p4cnn(config: Any, data: DataSpec, attention: str) -> nn.Module:
+    """The rotMNIST P4CNN with ``attention`` (the feature-map variant lifts with dilation 4)."""
+    _check_image_size(data, RotMNISTCNN.min_size, "The rotMNIST G-CNN")
+    return RotMNISTCNN(_factory(config, "p4", attention, 1.0), data.in_channels, data.num_classes,
+                       lifting_spatial_dilation=4 if attention == "feature" else 1)
+
+
+@_zoo_model
+def p4cnn(config: Any, data: DataSpec) -> nn.Module:
+    return rotmnist_p4cnn(config, data, "none")
+
+
+@_zoo_model
+def att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
+    return rotmnist_p4cnn(config, data, "full")
+
+
+@_zoo_model
+def ch_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
+    return rotmnist_p4cnn(config, data, "channel")
+
+
+@_zoo_model
+def sp_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
+    return rotmnist_p4cnn(config, data, "spatial")
+
+
+@_zoo_model
+def f_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
+    return rotmnist_p4cnn(config, data, "feature")
+
+
+# -------------------------------------------------------------------- CIFAR-10
+
+_ALLCNNC_WIDTHS = {None: 96, "p4": 48, "p4m": 32}
+_RESNET_WIDTHS = {None: (32, 64, 128), "p4m": (11, 23, 45)}
+
+
+def all_cnn_c(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
+    """All-CNN-C on ``group`` (``None``: Z2) with ``attention``, widths keeping the parameter count."""
+    _check_image_size(data, AllCNNC.min_size, "All-CNN-C")
+    return AllCNNC(_factory(config, group, attention, 0.035), data.in_channels, data.num_classes,
+                   channels=_ALLCNNC_WIDTHS[group])
+
+
+@_zoo_model
+def allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, None, "none")
+
+
+@_zoo_model
+def p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, "p4", "none")
+
+
+@_zoo_model
+def p4m_allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, "p4m", "none")
+
+
+@_zoo_model
+def att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, "p4", "full")
+
+
+@_zoo_model
+def ch_att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, "p4", "channel")
+
+
+@_zoo_model
+def sp_att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, "p4", "spatial")
+
+
+@_zoo_model
+def f_att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, "p4", "feature")
+
+
+@_zoo_model
+def f_att_p4m_allcnnc(config: Any, data: DataSpec) -> nn.Module:
+    return all_cnn_c(config, data, "p4m", "feature")
+
+
+def resnet_44(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
+    """ResNet44 (7 blocks a stage) on ``group`` with ``attention``."""
+    _check_image_size(data, ResNet.min_size, "ResNet44")
+    return ResNet(_factory(config, group, attention, math.sqrt(2)), data.in_channels, data.num_classes,
+                  num_blocks=7, widths=_RESNET_WIDTHS[group])
+
+
+@_zoo_model
+def resnet44(config: Any, data: DataSpec) -> nn.Module:
+    return resnet_44(config, data, None, "none")
+
+
+@_zoo_model
+def p4m_resnet44(config: Any, data: DataSpec) -> nn.Module:
+    return resnet_44(config, data, "p4m", "none")
+
+
+@_zoo_model
+def f_att_p4m_resnet44(config: Any, data: DataSpec) -> nn.Module:
+    return resnet_44(config, data, "p4m", "feature")
+
+
+# ------------------------------------------------------------------------ PCam
+
+_DENSENET_CHANNELS = {None: 26, "p4": 13, "p4m": 9}
+
+
+def dense_net(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
+    """The PCam DenseNet on ``group`` with ``attention``."""
+    _check_image_size(data, DenseNet.minimum_input_size(5), "DenseNet")
+    return DenseNet(_factory(config, group, attention, math.sqrt(2)), data.in_channels, data.num_classes,
+                    n_channels=_DENSENET_CHANNELS[group])
+
+
+@_zoo_model
+def densenet(config: Any, data: DataSpec) -> nn.Module:
+    return dense_net(config, data, None, "none")
+
+
+@_zoo_model
+def p4_densenet(config: Any, data: DataSpec) -> nn.Module:
+    return dense_net(config, data, "p4", "none")
+
+
+@_zoo_model
+def p4m_densenet(config: Any, data: DataSpec) -> nn.Module:
+    return dense_net(config, data, "p4m", "none")
+
+
+@_zoo_model
+def f_att_p4_densenet(config: Any, data: DataSpec) -> nn.Module:
+    return dense_net(config, data, "p4", "feature")
+
+
+@_zoo_model
+def f_att_p4m_densenet(config: Any, data: DataSpec) -> nn.Module:
+    return dense_net(config, data, "p4m", "feature")
