@@ -21,13 +21,13 @@ Behaviours of the original reproduced here on purpose:
   branch is unreachable as shipped); All-CNN-C nets ``squeeze()`` their output;
   ``fA_P4MResNet`` mirrors its input along the width first.
 
-Model records are built with the networks of the model zoo (:mod:`g_selfatt_models.attgconv_zoo`) and,
-for ``Z2CNN``, :class:`g_selfatt_models.cnn.CNN`.
+Model records are built by the model zoo's one builder per architecture
+(:func:`~g_selfatt_models.attgconv_zoo.zoo.all_cnn_c` and its siblings) and, for ``Z2CNN``,
+:class:`g_selfatt_models.cnn.CNN`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
@@ -35,8 +35,7 @@ from torch import Tensor, nn
 
 import attgconv
 from attgconv.groups import PlanarGrid, get_grid
-from g_selfatt_models.attgconv_zoo.layers import LayerFactory
-from g_selfatt_models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
+from g_selfatt_models.attgconv_zoo import zoo
 from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
 
 ROMHOG = "attgconv.RomHog_attention."
@@ -149,22 +148,13 @@ def _f_spatial_attention(cls: type, kw: Mapping[str, Any], size_key: str, romhog
 # ------------------------------------------------------------ model builders
 
 
-def _factory(grid_name: Optional[str], attention: str = "none", wscale: float = 1.0,
-             attention_wscale: float = 1.0, bias: bool = False):
-    return LayerFactory(None if grid_name is None else get_grid(grid_name), attention, wscale, attention_wscale,
-                        bias=bias)
-
-
 def _z2cnn(kw: Mapping[str, Any]) -> nn.Module:
     return CNN(in_channels=1, num_channels=20, bn_epsilon=2e-5, dropout_rate=0.3,
                use_bias=kw.get("use_bias", False))
 
 
-def _rotmnist(grid_name: str, attention: str, lifting_dilation: int = 1) -> Callable[[Mapping[str, Any]], nn.Module]:
-    def build(kw: Mapping[str, Any]) -> nn.Module:
-        return RotMNISTCNN(_factory(grid_name, attention), lifting_spatial_dilation=lifting_dilation)
-
-    return build
+def _rotmnist(attention: str) -> Callable[[Mapping[str, Any]], nn.Module]:
+    return lambda kw: zoo.rotmnist_p4cnn(attention)
 
 
 def _squeeze_output(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
@@ -179,22 +169,19 @@ def _mirror_input(module: nn.Module, inputs: Any) -> Any:
 
 def _allcnnc(grid_name: Optional[str], attention: str = "none", downsampling: str = "pool"):
     def build(kw: Mapping[str, Any]) -> nn.Module:
-        channels = {None: 96, "p4": 48, "p4m": 32}[grid_name]
         # Only the plain AllCNNC uses its use_bias argument; the group versions ignore it.
         bias = grid_name is None and kw.get("use_bias", False)
-        model = AllCNNC(_factory(grid_name, attention, 0.035, 0.035, bias), channels=channels,
-                        downsampling=downsampling)
+        model = zoo.all_cnn_c(grid_name, attention, bias=bias, downsampling=downsampling)
         model.register_forward_hook(_squeeze_output)
         return model
 
     return build
 
 
-def _resnet(grid_name: Optional[str], attention: str = "none", widths=(32, 64, 128), mirror_input: bool = False):
+def _resnet(grid_name: Optional[str], attention: str = "none", mirror_input: bool = False):
     def build(kw: Mapping[str, Any]) -> nn.Module:
-        stage_widths = tuple(kw.get(key, default) for key, default in zip(("nc32", "nc16", "nc8"), widths))
-        model = ResNet(_factory(grid_name, attention, math.sqrt(2), math.sqrt(2)),
-                       num_blocks=kw.get("num_blocks", 7), widths=stage_widths)
+        widths = tuple(kw.get(key, default) for key, default in zip(("nc32", "nc16", "nc8"), zoo.RESNET_WIDTHS[grid_name]))
+        model = zoo.resnet_44(grid_name, attention, num_blocks=kw.get("num_blocks", 7), widths=widths)
         if mirror_input:
             model.register_forward_pre_hook(_mirror_input)
         return model
@@ -203,11 +190,9 @@ def _resnet(grid_name: Optional[str], attention: str = "none", widths=(32, 64, 1
 
 
 def _densenet(grid_name: Optional[str], attention: str = "none"):
-    def build(kw: Mapping[str, Any]) -> nn.Module:
-        return DenseNet(_factory(grid_name, attention, math.sqrt(2), math.sqrt(2)),
-                        num_blocks=kw.get("num_blocks", 5), n_channels=kw.get("n_channels", 24))
-
-    return build
+    # The original DenseNet classes default to 24 channels, where the experiments passed their own.
+    return lambda kw: zoo.dense_net(grid_name, attention, num_blocks=kw.get("num_blocks", 5),
+                                    n_channels=kw.get("n_channels", 24))
 
 
 BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
@@ -235,12 +220,12 @@ BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
                                                                     "input_h_grid", True),
     # rotMNIST
     "Z2CNN": _z2cnn,
-    "P4CNN": _rotmnist("p4", "none"),
-    "A_P4CNN": _rotmnist("p4", "full"),
-    "A_Ch_P4CNN": _rotmnist("p4", "channel"),
-    "A_Sp_P4CNN": _rotmnist("p4", "spatial"),
-    "fA_P4CNN": _rotmnist("p4", "feature", lifting_dilation=4),
-    "RomHog_fA_P4CNN": _rotmnist("p4", "romhog"),
+    "P4CNN": _rotmnist("none"),
+    "A_P4CNN": _rotmnist("full"),
+    "A_Ch_P4CNN": _rotmnist("channel"),
+    "A_Sp_P4CNN": _rotmnist("spatial"),
+    "fA_P4CNN": _rotmnist("feature"),
+    "RomHog_fA_P4CNN": _rotmnist("romhog"),
     # CIFAR-10
     "AllCNNC": _allcnnc(None),
     "P4AllCNNC": _allcnnc("p4"),
@@ -249,8 +234,8 @@ BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "fA_P4MAllCNNC": _allcnnc("p4m", "feature"),
     "A_P4AllCNNC": _allcnnc("p4", "full", downsampling="stride"),
     "ResNet": _resnet(None),
-    "P4MResNet": _resnet("p4m", widths=(11, 23, 45)),
-    "fA_P4MResNet": _resnet("p4m", "feature", widths=(11, 23, 45), mirror_input=True),
+    "P4MResNet": _resnet("p4m"),
+    "fA_P4MResNet": _resnet("p4m", "feature", mirror_input=True),
     # PCam
     "DenseNet": _densenet(None),
     "P4DenseNet": _densenet("p4"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import pathlib
 import shutil
 import subprocess
 import sys
@@ -237,6 +239,27 @@ def test_help_lists_every_field_with_its_default_and_meaning():
         assert f"--config.{name}={shown}" in text, name
     assert "--config.checkpoint_every='10min' Write a resumable checkpoint every N" in text
     assert "Run control:" in text
+
+
+def test_the_console_command_runs_main_from_a_users_folder(tmp_path):
+    # `g-selfatt-train` (installed by `make setup`) from a folder with its own config.py and models/.
+    command = pathlib.Path(sys.executable).with_name("g-selfatt-train")
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "__init__.py").write_text("raise ImportError('the user models package')\n")
+    (tmp_path / "config.py").write_text("raise ImportError('the user config')\n")
+    help_text = subprocess.run([str(command), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    main_help = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
+                               timeout=120)
+    assert help_text.returncode == main_help.returncode  # absl exits 1 after --help
+    assert help_text.stdout.split("--config:", 1)[1] == main_help.stdout.split("--config:", 1)[1]
+
+    run = subprocess.run([str(command), "--config.dataset=rotDigits", "--config.model=z2sa", "--config.max_examples=4",
+                          "--config.epochs=1", "--config.rotation_angles=0", "--config.device=cpu",
+                          f"--config.save_dir={tmp_path / 'saved'}", f"--config.data_root={tmp_path / 'data'}"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr
+    assert len(list((tmp_path / "saved").glob("rotDigits_model_z2sa_*.log"))) == 1  # the run, next to its checkpoint
 
 
 # ----- data records -----------------------------------------------------------------------------

@@ -68,9 +68,18 @@ MIN_IMAGE_SIZES = {"rotMNIST": RotMNISTCNN.min_size, "allcnnc": AllCNNC.min_size
 ATTENTION_PREFIXES = {"": "none", "att_": "full", "ch_att_": "channel", "sp_att_": "spatial", "f_att_": "feature"}
 
 
-def _factory(config: Any, group: Optional[str], attention: str, wscale: float) -> LayerFactory:
-    formulation = getattr(config, "attention_formulation", "chunked")
-    return LayerFactory(None if group is None else get_grid(group), attention, wscale, wscale, formulation)
+def _layers(group: Optional[str], attention: str, wscale: float, formulation: str, bias: bool = False
+            ) -> LayerFactory:
+    return LayerFactory(None if group is None else get_grid(group), attention, wscale, wscale, formulation, bias=bias)
+
+
+def _inputs(config: Any, data: DataSpec, minimum: int, name: str) -> Dict[str, Any]:
+    """The builders' data and configuration arguments; raises where the images are too small."""
+    if data.image_size < minimum:
+        raise ValueError(f"{name} needs images of at least {minimum}x{minimum} pixels; "
+                         f"{data.name} has {data.image_size}x{data.image_size}.")
+    return dict(in_channels=data.in_channels, num_classes=data.num_classes,
+                formulation=getattr(config, "attention_formulation", "chunked"))
 
 
 def _refuse_plain_checkpoint(plain_name: str) -> Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]:
@@ -122,154 +131,170 @@ def _zoo_model(builder: Builder) -> Builder:
     )(builder)
 
 
-def _check_image_size(data: DataSpec, minimum: int, name: str) -> None:
-    if data.image_size < minimum:
-        raise ValueError(f"{name} needs images of at least {minimum}x{minimum} pixels; "
-                         f"{data.name} has {data.image_size}x{data.image_size}.")
-
-
 # --------------------------------------------------------------------- rotMNIST
 
 
-def rotmnist_p4cnn(config: Any, data: DataSpec, attention: str) -> nn.Module:
+def rotmnist_p4cnn(attention: str, *, in_channels: int = 1, num_classes: int = 10,
+                   formulation: str = "chunked") -> RotMNISTCNN:
     """The rotMNIST P4CNN with ``attention`` (the feature-map variant lifts with dilation 4)."""
-    _check_image_size(data, RotMNISTCNN.min_size, "The rotMNIST G-CNN")
-    return RotMNISTCNN(_factory(config, "p4", attention, 1.0), data.in_channels, data.num_classes,
+    return RotMNISTCNN(_layers("p4", attention, 1.0, formulation), in_channels, num_classes,
                        lifting_spatial_dilation=4 if attention == "feature" else 1)
+
+
+def _p4cnn(config: Any, data: DataSpec, attention: str) -> nn.Module:
+    return rotmnist_p4cnn(attention, **_inputs(config, data, RotMNISTCNN.min_size, "The rotMNIST G-CNN"))
 
 
 @_zoo_model
 def p4cnn(config: Any, data: DataSpec) -> nn.Module:
-    return rotmnist_p4cnn(config, data, "none")
+    return _p4cnn(config, data, "none")
 
 
 @_zoo_model
 def att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
-    return rotmnist_p4cnn(config, data, "full")
+    return _p4cnn(config, data, "full")
 
 
 @_zoo_model
 def ch_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
-    return rotmnist_p4cnn(config, data, "channel")
+    return _p4cnn(config, data, "channel")
 
 
 @_zoo_model
 def sp_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
-    return rotmnist_p4cnn(config, data, "spatial")
+    return _p4cnn(config, data, "spatial")
 
 
 @_zoo_model
 def f_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
-    return rotmnist_p4cnn(config, data, "feature")
+    return _p4cnn(config, data, "feature")
 
 
 # -------------------------------------------------------------------- CIFAR-10
 
-_ALLCNNC_WIDTHS = {None: 96, "p4": 48, "p4m": 32}
-_RESNET_WIDTHS = {None: (32, 64, 128), "p4m": (11, 23, 45)}
+# Widths per group that keep the parameter count of the plain network.
+ALLCNNC_WIDTHS = {None: 96, "p4": 48, "p4m": 32}
+RESNET_WIDTHS = {None: (32, 64, 128), "p4m": (11, 23, 45)}
 
 
-def all_cnn_c(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
-    """All-CNN-C on ``group`` (``None``: Z2) with ``attention``, widths keeping the parameter count."""
-    _check_image_size(data, AllCNNC.min_size, "All-CNN-C")
-    return AllCNNC(_factory(config, group, attention, 0.035), data.in_channels, data.num_classes,
-                   channels=_ALLCNNC_WIDTHS[group])
+def all_cnn_c(group: Optional[str], attention: str, *, in_channels: int = 3, num_classes: int = 10,
+              formulation: str = "chunked", bias: bool = False, downsampling: str = "pool") -> AllCNNC:
+    """All-CNN-C on ``group`` (``None``: Z2) with ``attention``.
+
+    ``bias`` puts biases in the plain convolutions; ``downsampling="stride"`` is the original
+    full attentive network's stride-2 downsampling.
+    """
+    return AllCNNC(_layers(group, attention, 0.035, formulation, bias), in_channels, num_classes,
+                   channels=ALLCNNC_WIDTHS[group], downsampling=downsampling)
+
+
+def _allcnnc(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
+    return all_cnn_c(group, attention, **_inputs(config, data, AllCNNC.min_size, "All-CNN-C"))
 
 
 @_zoo_model
 def allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, None, "none")
+    return _allcnnc(config, data, None, "none")
 
 
 @_zoo_model
 def p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, "p4", "none")
+    return _allcnnc(config, data, "p4", "none")
 
 
 @_zoo_model
 def p4m_allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, "p4m", "none")
+    return _allcnnc(config, data, "p4m", "none")
 
 
 @_zoo_model
 def att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, "p4", "full")
+    return _allcnnc(config, data, "p4", "full")
 
 
 @_zoo_model
 def ch_att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, "p4", "channel")
+    return _allcnnc(config, data, "p4", "channel")
 
 
 @_zoo_model
 def sp_att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, "p4", "spatial")
+    return _allcnnc(config, data, "p4", "spatial")
 
 
 @_zoo_model
 def f_att_p4_allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, "p4", "feature")
+    return _allcnnc(config, data, "p4", "feature")
 
 
 @_zoo_model
 def f_att_p4m_allcnnc(config: Any, data: DataSpec) -> nn.Module:
-    return all_cnn_c(config, data, "p4m", "feature")
+    return _allcnnc(config, data, "p4m", "feature")
 
 
-def resnet_44(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
-    """ResNet44 (7 blocks a stage) on ``group`` with ``attention``."""
-    _check_image_size(data, ResNet.min_size, "ResNet44")
-    return ResNet(_factory(config, group, attention, math.sqrt(2)), data.in_channels, data.num_classes,
-                  num_blocks=7, widths=_RESNET_WIDTHS[group])
+def resnet_44(group: Optional[str], attention: str, *, in_channels: int = 3, num_classes: int = 10,
+              formulation: str = "chunked", num_blocks: int = 7,
+              widths: Optional[Tuple[int, int, int]] = None) -> ResNet:
+    """ResNet44 (``num_blocks`` blocks a stage, widths of :data:`RESNET_WIDTHS`) on ``group``."""
+    return ResNet(_layers(group, attention, math.sqrt(2), formulation), in_channels, num_classes,
+                  num_blocks=num_blocks, widths=widths or RESNET_WIDTHS[group])
+
+
+def _resnet44(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
+    return resnet_44(group, attention, **_inputs(config, data, ResNet.min_size, "ResNet44"))
 
 
 @_zoo_model
 def resnet44(config: Any, data: DataSpec) -> nn.Module:
-    return resnet_44(config, data, None, "none")
+    return _resnet44(config, data, None, "none")
 
 
 @_zoo_model
 def p4m_resnet44(config: Any, data: DataSpec) -> nn.Module:
-    return resnet_44(config, data, "p4m", "none")
+    return _resnet44(config, data, "p4m", "none")
 
 
 @_zoo_model
 def f_att_p4m_resnet44(config: Any, data: DataSpec) -> nn.Module:
-    return resnet_44(config, data, "p4m", "feature")
+    return _resnet44(config, data, "p4m", "feature")
 
 
 # ------------------------------------------------------------------------ PCam
 
-_DENSENET_CHANNELS = {None: 26, "p4": 13, "p4m": 9}
+DENSENET_CHANNELS = {None: 26, "p4": 13, "p4m": 9}
 
 
-def dense_net(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
-    """The PCam DenseNet on ``group`` with ``attention``."""
-    _check_image_size(data, DenseNet.minimum_input_size(5), "DenseNet")
-    return DenseNet(_factory(config, group, attention, math.sqrt(2)), data.in_channels, data.num_classes,
-                    n_channels=_DENSENET_CHANNELS[group])
+def dense_net(group: Optional[str], attention: str, *, in_channels: int = 3, num_classes: int = 2,
+              formulation: str = "chunked", num_blocks: int = 5, n_channels: Optional[int] = None) -> DenseNet:
+    """The PCam DenseNet on ``group`` with ``attention`` (growth of :data:`DENSENET_CHANNELS`)."""
+    return DenseNet(_layers(group, attention, math.sqrt(2), formulation), in_channels, num_classes,
+                    num_blocks=num_blocks, n_channels=n_channels or DENSENET_CHANNELS[group])
+
+
+def _densenet(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
+    return dense_net(group, attention, **_inputs(config, data, DenseNet.minimum_input_size(5), "DenseNet"))
 
 
 @_zoo_model
 def densenet(config: Any, data: DataSpec) -> nn.Module:
-    return dense_net(config, data, None, "none")
+    return _densenet(config, data, None, "none")
 
 
 @_zoo_model
 def p4_densenet(config: Any, data: DataSpec) -> nn.Module:
-    return dense_net(config, data, "p4", "none")
+    return _densenet(config, data, "p4", "none")
 
 
 @_zoo_model
 def p4m_densenet(config: Any, data: DataSpec) -> nn.Module:
-    return dense_net(config, data, "p4m", "none")
+    return _densenet(config, data, "p4m", "none")
 
 
 @_zoo_model
 def f_att_p4_densenet(config: Any, data: DataSpec) -> nn.Module:
-    return dense_net(config, data, "p4", "feature")
+    return _densenet(config, data, "p4", "feature")
 
 
 @_zoo_model
 def f_att_p4m_densenet(config: Any, data: DataSpec) -> nn.Module:
-    return dense_net(config, data, "p4m", "feature")
+    return _densenet(config, data, "p4m", "feature")
