@@ -48,8 +48,8 @@ def transform_kernels(weight: Tensor, grid: PlanarGrid, permutations: Optional[T
         ``(O, G, C, k, k)`` or ``(O, G, C, K, k, k)``.
     """
     copies = []
-    for position in range(len(grid)):
-        copy = grid.transform_image(weight, position)
+    for position, element in enumerate(grid.elements):
+        copy = grid.group.transform_image(weight, element)
         if permutations is not None:
             copy = copy.index_select(2, permutations[position])
         copies.append(copy)

@@ -1,8 +1,8 @@
-"""The groups p4 and p4m as they index the group axis of attentive G-CNN feature maps.
+"""The layout of p4 and p4m along the group axis of attentive G-CNN feature maps.
 
-The group structure (element matrices, Cayley table, action on images) comes
-from :mod:`g_selfatt.groups`; this module only fixes the *order* in which the
-elements are laid out along the group axis of a feature map ``(B, C, G, H, W)``:
+The group itself, its structure and its actions are :class:`g_selfatt.groups.Group`'s (one
+group abstraction for both families); a :class:`PlanarGrid` only fixes the *order* in which
+the elements lie along the group axis of a feature map ``(B, C, G, H, W)``:
 
 * ``p4`` (``SE2(4)``): the rotations by 0, 90, 180 and 270 degrees.
 * ``p4m`` (``E2(8)``): the four rotations ``R^k``, then the four mirrored elements
@@ -11,12 +11,14 @@ elements are laid out along the group axis of a feature map ``(B, C, G, H, W)``:
 This is the order of the original attentive G-CNN code, so its weights (whose
 input-group axis uses it) and its feature maps carry over unchanged.
 
-Feature maps of all attgconv layers transform under the left-regular action
+Feature maps of all attgconv layers transform under the group's left-regular action
+(``action="left"`` of :meth:`g_selfatt.groups.Group.transform_feature_map`),
 
     [u . f](g, x) = f(u^-1 g, M_u^-1 x),
 
-which :meth:`PlanarGrid.transform_feature_map` implements; images transform by
-``x -> x(M_u^-1 .)`` (:meth:`g_selfatt.groups.Group.transform_image`).
+and images by ``x -> x(M_u^-1 .)`` (:meth:`g_selfatt.groups.Group.transform_image`).
+Elements are named by their index in the group everywhere; positions on the axis appear
+only inside the permutation tables.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ _ROW_FLIP = torch.tensor([[-1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
 
 
 class PlanarGrid:
-    """A finite planar group with the element order of a feature map's group axis.
+    """The element order of a feature map's group axis for p4 or p4m.
 
     Args:
         name: ``"p4"`` or ``"p4m"``.
@@ -46,6 +48,7 @@ class PlanarGrid:
     """
 
     NAMES = ("p4", "p4m")
+    ACTION = "left"
 
     def __init__(self, name: str):
         if name not in self.NAMES:
@@ -53,17 +56,6 @@ class PlanarGrid:
         self.name = name
         self.group: Group = get_group(name)
         self.elements: List[int] = self._axis_elements()
-        position = {element: axis for axis, element in enumerate(self.elements)}
-        table = self.group.cayley_table()
-        # product[a, b] = axis position of (element a)(element b).
-        self.product = torch.tensor(
-            [[position[int(table[ea, eb])] for eb in self.elements] for ea in self.elements]
-        )
-        self.inverse = torch.tensor(
-            [int((self.product[a] == 0).nonzero()) for a in range(len(self.elements))]
-        )
-        # (quarter turns, mirrored) of each position, as Group.transform_image derives them.
-        self._image_actions = [(self.group.rotation_steps(e), self.group.is_mirror(e)) for e in self.elements]
 
     def _axis_elements(self) -> List[int]:
         rotations = [index for index in range(self.group.num_elements) if not self.group.is_mirror(index)]
@@ -92,12 +84,12 @@ class PlanarGrid:
         return mirror_states * 2 * math.pi / self.num_rotations
 
     def left_permutations(self) -> Tensor:
-        """``perm[h, g] = `` axis position of ``h^-1 g``, ``(G, G)`` long.
+        """``perm[p, q] = `` axis position of ``h^-1 g``, ``h`` and ``g`` at positions ``p`` and ``q``.
 
-        A kernel on the group transformed by ``h`` reads its input-group axis at
-        ``perm[h]``: ``[h . w](g) = w(h^-1 g)``.
+        ``(G, G)`` long. A kernel on the group transformed by ``h`` reads its input-group axis
+        at ``perm[p]``: ``[h . w](g) = w(h^-1 g)``.
         """
-        return self.product[self.inverse]
+        return torch.stack([self.group.axis_permutation(h, self.ACTION, self.elements) for h in self.elements])
 
     def cyclic_permutations(self) -> Tensor:
         """``perm[h, g] = (g - h) mod G``: a cyclic shift by the axis position of ``h``.
@@ -107,19 +99,8 @@ class PlanarGrid:
         positions = torch.arange(len(self))
         return (positions.view(1, -1) - positions.view(-1, 1)) % len(self)
 
-    def transform_image(self, x: Tensor, position: int) -> Tensor:
-        """``x(M_h^-1 .)`` for the element at axis ``position``; ``x`` is ``(..., H, W)``.
-
-        The same action as :meth:`g_selfatt.groups.Group.transform_image` (a mirror flips the
-        columns, then the rotation turns), with the element's parameters looked up once.
-        """
-        steps, mirrored = self._image_actions[position]
-        if mirrored:
-            x = torch.flip(x, dims=[-1])
-        return torch.rot90(x, steps, dims=(-2, -1))
-
     def transform_feature_map(self, x: Tensor, element: int, group_dim: int = -3) -> Tensor:
-        """``[u . f](g, x) = f(u^-1 g, M_u^-1 x)`` for ``f`` of shape ``(..., G, H, W)``.
+        """``[u . f](g, x) = f(u^-1 g, M_u^-1 x)`` for ``f`` of shape ``(..., G, H, W)`` in this layout.
 
         Args:
             x: the feature map.
@@ -127,10 +108,7 @@ class PlanarGrid:
                 passes it).
             group_dim: the group axis of ``x``.
         """
-        u = self.elements.index(element)
-        permutation = self.product[self.inverse[u]]  # g -> u^-1 g
-        x = torch.index_select(x, group_dim, permutation.to(x.device))
-        return self.group.transform_image(x, element)
+        return self.group.transform_feature_map(x, element, group_dim, self.ACTION, self.elements)
 
 
 _GRIDS: Dict[str, PlanarGrid] = {}

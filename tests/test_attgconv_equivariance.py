@@ -168,8 +168,7 @@ def test_response_attention_gates_are_equivariant(group, dtype):
 
 
 def _permute_groups(grid: ag.PlanarGrid, t: torch.Tensor, element: int) -> torch.Tensor:
-    u = grid.elements.index(element)
-    permutation = grid.product[grid.inverse[u]]
+    permutation = grid.group.axis_permutation(element, "left", grid.elements)
     return t.index_select(2, permutation).index_select(4, permutation)
 
 
@@ -186,23 +185,43 @@ def test_original_cyclic_channel_attention_breaks_p4m_equivariance():
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_grid_acts_on_images_as_its_group(group):
+def test_grid_layout_is_the_originals(group):
+    # p4: rotations by 0..270 degrees; p4m: the rotations R^k, then F R^k (F flips the rows).
     grid = ag.get_grid(group)
-    x = torch.randn(2, 5, 5)
-    for position, element in enumerate(grid.elements):
-        torch.testing.assert_close(grid.transform_image(x, position), grid.group.transform_image(x, element),
-                                   rtol=0, atol=0)
+    x = torch.arange(9.0).view(3, 3)
+    expected = [torch.rot90(x, k, dims=(0, 1)) for k in range(4)]
+    if group == "p4m":
+        expected += [torch.flip(image, dims=[0]) for image in expected]
+    for element, image in zip(grid.elements, expected):
+        torch.testing.assert_close(grid.group.transform_image(x, element), image, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("group", GROUPS)
-def test_feature_map_action_is_a_representation(group):
+def test_left_permutations_are_the_left_action_on_positions(group):
+    # Independent of axis_permutation: look h^-1 g up by matrices, p and q being axis positions.
+    grid = ag.get_grid(group)
+    matrices = grid.group.matrices()
+    for p, h in enumerate(grid.elements):
+        for q, g in enumerate(grid.elements):
+            product = torch.linalg.inv(matrices[h]) @ matrices[g]
+            expected = grid.elements.index(grid.group.index_of_matrix(product))
+            assert int(grid.left_permutations()[p, q]) == expected
+
+
+@pytest.mark.parametrize("action", ["left", "right"])
+@pytest.mark.parametrize("group", GROUPS)
+def test_feature_map_action_is_a_representation(group, action):
     grid = ag.get_grid(group)
     x = torch.randn(1, 2, len(grid), 5, 5, dtype=torch.float64)
+    table = grid.group.cayley_table()
+
+    def act(t, u):
+        return grid.group.transform_feature_map(t, u, action=action, axis_order=grid.elements)
+
     for a in grid.elements:
         for b in grid.elements:
-            ab = grid.elements[int(grid.product[grid.elements.index(a), grid.elements.index(b)])]
-            torch.testing.assert_close(grid.transform_feature_map(grid.transform_feature_map(x, b), a),
-                                       grid.transform_feature_map(x, ab), rtol=0, atol=0)
+            ab = int(table[a, b])
+            torch.testing.assert_close(act(act(x, b), a), act(x, ab), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------ chunked vs full

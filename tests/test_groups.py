@@ -42,14 +42,30 @@ def test_relative_index_is_invariant_under_joint_right_multiplication(name):
         assert rel[table[g, u], table[m, u]] == rel[g, m]
 
 
+@pytest.mark.parametrize("action", ["right", "left"])
 @pytest.mark.parametrize("name", ALL_GROUPS)
-def test_feature_map_action_is_a_representation(name):
+def test_feature_map_action_is_a_representation(name, action):
     group = get_group(name)
     x = torch.randn(2, 3, group.num_elements, 6, 6, dtype=torch.float64)
     table = group.cayley_table()
     for u1, u2 in itertools.product(group.grid_exact(), repeat=2):
-        twice = group.transform_feature_map(group.transform_feature_map(x, u2), u1)
-        torch.testing.assert_close(twice, group.transform_feature_map(x, int(table[u1, u2])), rtol=0, atol=0)
+        twice = group.transform_feature_map(group.transform_feature_map(x, u2, action=action), u1, action=action)
+        torch.testing.assert_close(twice, group.transform_feature_map(x, int(table[u1, u2]), action=action),
+                                   rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ALL_GROUPS)
+def test_the_two_actions_read_g_u_and_u_inverse_g(name):
+    # Checked against the matrices, independently of the Cayley table.
+    group = get_group(name)
+    mats = group.matrices()
+    for u in range(group.num_elements):
+        right, left = group.axis_permutation(u, "right"), group.axis_permutation(u, "left")
+        for g in range(group.num_elements):
+            assert int(right[g]) == group.index_of_matrix(mats[g] @ mats[u])
+            assert int(left[g]) == group.index_of_matrix(torch.linalg.inv(mats[u]) @ mats[g])
+    with pytest.raises(ValueError, match="Unknown action 'up'"):
+        group.axis_permutation(0, "up")
 
 
 @pytest.mark.parametrize("name", ALL_GROUPS)

@@ -194,7 +194,7 @@ def test_rotmnist_model_logits_are_invariant(architecture, name, dtype):
     import g_selfatt_models as models
     from ml_collections import ConfigDict
 
-    config = ConfigDict(dict(g_selfatt_models.gsa_zoo.GSA_DEFAULTS[architecture], patch_size=5))
+    config = ConfigDict(dict(models.gsa_zoo.GSA_DEFAULTS[architecture], patch_size=5))
     model = models.create_model(f"{name}sa", config, models.DataSpec(architecture, 1, 10, 28, architecture))
     model = model.to(dtype).eval()
     x = torch.randn(1, 1, 28, 28, dtype=dtype)

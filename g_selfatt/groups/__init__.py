@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
 
-from g_selfatt.groups.group import Group, fractional_rotation_matrix, rotation_matrix
+from g_selfatt.groups.group import ACTIONS, Group, fractional_rotation_matrix, rotation_matrix
 from g_selfatt.groups.planar import E2, SE2
 
 GROUPS: Dict[str, Tuple[Callable[[int], Group], int]] = {
@@ -56,6 +56,7 @@ def get_group(name: str) -> Group:
 
 
 __all__ = [
+    "ACTIONS",
     "E2",
     "GROUPS",
     "Group",

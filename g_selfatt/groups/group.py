@@ -5,12 +5,19 @@ planar offset ``d = (row, col)`` by an orthogonal 2x2 matrix ``M_h``. Feature
 maps on the group are tensors of shape ``(B, C, G, H, W)``. Group self-attention
 evaluates its positional encoding at ``M_g (j - i)`` for the output element ``g``
 (as the original implementation does), so its feature maps transform under the
-right-regular representation
+right-regular representation; the group convolutions of :mod:`attgconv` transform
+their kernels by ``h^-1 g``, so theirs transform under the left-regular one. Both are
+actions of one group, named by :data:`ACTIONS` and passed to
+:meth:`Group.transform_feature_map`:
 
-    [u . f](g, x) = f(g u, M_u^-1 x),
+    "right":  [u . f](g, x) = f(g u, M_u^-1 x)        (GSA-Nets, the default)
+    "left":   [u . f](g, x) = f(u^-1 g, M_u^-1 x)     (attentive G-CNNs)
 
-where ``x`` is the pixel position relative to the image centre. It is a
-representation: ``u1 . (u2 . f) = (u1 u2) . f``. Only elements
+where ``x`` is the pixel position relative to the image centre. Each is a
+representation: ``u1 . (u2 . f) = (u1 u2) . f``. Images transform by
+``x -> x(M_u^-1 .)`` (:meth:`Group.transform_image`) under both. A feature map may lay
+its elements out along the group axis in another order than the group's own
+(``axis_order``, as :class:`attgconv.groups.PlanarGrid` does for p4m). Only elements
 whose matrix maps the pixel grid onto itself (rotations by multiples of 90
 degrees and mirrors) act exactly on sampled images; :meth:`Group.grid_exact`
 says which.
@@ -25,11 +32,13 @@ original implementation, so its checkpoints load unchanged.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
+# The two actions of a group on feature maps (module docstring).
+ACTIONS = ("right", "left")
 _TOLERANCE = 1e-9
 
 
@@ -230,17 +239,43 @@ class Group(nn.Module):
 
         A mirrored element ``M_u = R F`` first flips the columns (``F``), then rotates.
         """
-        steps = self.rotation_steps(index)
-        if self.is_mirror(index):
+        steps, mirrored = self._image_action(index)
+        if mirrored:
             x = torch.flip(x, dims=[-1])
         return torch.rot90(x, steps, dims=(-2, -1))
 
-    def transform_feature_map(self, x: Tensor, index: int, group_dim: int = -3) -> Tensor:
+    def _image_action(self, index: int) -> Tuple[int, bool]:
+        """``(quarter turns, mirrored)`` of a grid-exact element, computed once."""
+        actions = self._structure_cache.setdefault("image_actions", {})
+        if index not in actions:
+            actions[index] = (self.rotation_steps(index), self.is_mirror(index))
+        return actions[index]
+
+    def axis_permutation(self, index: int, action: str = "right",
+                         axis_order: Optional[Sequence[int]] = None) -> Tensor:
+        """Where the action of element ``u`` reads the group axis: ``(G,)`` long.
+
+        ``perm[p]`` is the axis position of ``g u`` (``action="right"``) or ``u^-1 g``
+        (``"left"``), ``g`` being the element at position ``p``; ``axis_order[p]`` is the
+        element at position ``p`` (default: the group's own order).
+        """
+        if action not in ACTIONS:
+            raise ValueError(f"Unknown action {action!r}; expected one of {ACTIONS}.")
+        order = torch.arange(self.num_elements) if axis_order is None else torch.as_tensor(list(axis_order))
+        position = torch.empty_like(order)
+        position[order] = torch.arange(self.num_elements)
+        table = self.cayley_table()
+        source = table[order, index] if action == "right" else table[self.inverse_indices()[index], order]
+        return position[source]
+
+    def transform_feature_map(self, x: Tensor, index: int, group_dim: int = -3, action: str = "right",
+                              axis_order: Optional[Sequence[int]] = None) -> Tensor:
         """Acts with a grid-exact element ``u`` on a group feature map ``(..., G, H, W)``.
 
-        ``[u . f](g, x) = f(g u, M_u^-1 x)``: the image part is transformed as in
-        :meth:`transform_image` and the group axis is permuted.
+        ``[u . f](g, x) = f(g u, M_u^-1 x)`` (``action="right"``) or ``f(u^-1 g, M_u^-1 x)``
+        (``"left"``): the group axis is permuted (:meth:`axis_permutation`), the image part
+        transformed as in :meth:`transform_image`.
         """
-        permutation = self.cayley_table()[:, index]  # g -> g u
+        permutation = self.axis_permutation(index, action, axis_order)
         x = torch.index_select(x, group_dim, permutation.to(x.device))
         return self.transform_image(x, index)
