@@ -22,7 +22,8 @@ from ml_collections import config_dict
 import config as config_file
 from attgconv.attentive import FORMULATIONS
 from datasets import VALIDATION_MODES
-from g_selfatt.nn.attention import ATTENTION_IMPLS, GROUP_AXIS_INDICES, check_patch_size
+from g_selfatt.nn.attention import GROUP_AXIS_INDICES, check_patch_size
+from g_selfatt.nn.dispatch import ATTENTION_IMPLS
 from g_selfatt_models.gsa_zoo import ATTENTION_TYPES
 from runner.distributed import DEVICES
 from runner.errors import ConfigError

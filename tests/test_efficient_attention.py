@@ -50,7 +50,7 @@ from g_selfatt.nn import (
     LiftLocalSelfAttention,
     LiftSelfAttention,
 )
-from g_selfatt.nn.attention import ATTENTION_IMPLS
+from g_selfatt.nn.dispatch import ATTENTION_IMPLS
 from g_selfatt.nn.efficient_attention import dropout_mask
 from g_selfatt.testing import assert_equivariant
 from g_selfatt_models import DataSpec, create_model

@@ -11,7 +11,6 @@ import torch
 
 from g_selfatt.groups import GROUPS, get_group
 from g_selfatt.nn import GroupLocalSelfAttention, GroupSelfAttention, LiftLocalSelfAttention, LiftSelfAttention
-from g_selfatt.nn.efficient_attention import positional_table
 from g_selfatt.testing import assert_equivariant, equivariance_errors, transforms_for
 from g_selfatt_models import GroupTransformer
 
@@ -104,7 +103,8 @@ def test_acted_encodings_are_consistent_under_the_grid_exact_subgroup(name, exte
     group = get_group(name)
     layer = make_layer(group, "group", extent).double()
     table = layer.offset_table  # (V, 2, S, S)
-    embeddings = positional_table(layer).movedim(-1, 1)  # (V, 2D, S, S)
+    side = table.shape[-1]
+    embeddings = layer.attention_tables().positional.unflatten(1, (side, side)).movedim(-1, 1)  # (V, 2D, S, S)
     cayley, inverse = group.cayley_table(), group.inverse_indices()
     eps = torch.finfo(table.dtype).eps
     for v, u in itertools.product(range(group.num_elements), group.grid_exact()):

@@ -448,7 +448,8 @@ def test_write_csv_rounds_floats_and_replaces_atomically(tmp_path):
 
 def test_load_strict_accepts_the_derived_buffers_of_older_files_and_checks_their_shape(tmp_path):
     model = models.create_model("p4sa", dataset="rotDigits")
-    older = {**model.state_dict(), "lifting_self_attention.row_indices": model.lifting_self_attention.row_indices}
+    shape = model.lifting_self_attention.derived_buffer_shapes()["row_indices"]
+    older = {**model.state_dict(), "lifting_self_attention.row_indices": torch.zeros(shape)}
     checkpoint.load_strict(models.create_model("p4sa", dataset="rotDigits"), older, tmp_path / "older.pt")
     wrong = dict(older, **{"lifting_self_attention.row_indices": torch.zeros(4, 3, 3)})
     with pytest.raises(checkpoint.CheckpointError, match=r"Shape mismatches \(1\): lifting_self_attention.row_indices"):

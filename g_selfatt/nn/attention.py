@@ -46,23 +46,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from g_selfatt.functional.encoding import flat_relative_offsets
 from g_selfatt.groups import Group
-from g_selfatt.nn import flex_attention, fused_attention
+from g_selfatt.nn.dispatch import ATTENTION_IMPLS, resolve_impl
+from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.efficient_attention import efficient_attention
-from g_selfatt.nn.positional_encoding import (
-    PositionalMLP,
-    acted_offset_table,
-    global_offset_table,
-    relative_index_grids,
-)
+from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
 GROUP_AXIS_INDICES = ("relative", "original")
-ATTENTION_IMPLS = ("auto", "fused", "flex", "efficient", "reference")
 
-# Buffers that are functions of the constructor arguments, so they are not saved. Checkpoints of
-# the original code (and older ones of this project) hold them: loading accepts them where their
-# shape is the layer's own (a different patch size or image side shows only there) and never
-# takes their values (the original's group index is not equivariant).
+# Index tables that are functions of the constructor arguments, so they are not saved. Checkpoints
+# of the original code (and older ones of this project) hold them: loading accepts them where their
+# shape is the layer's own (a different patch size or image side shows only there) and never takes
+# their values (the original's group index is not equivariant). Only g_indices is used (a
+# non-persistent buffer); the original's row and column tables are read by nothing, so only their
+# shapes are known here.
 DERIVED_BUFFERS = ("row_indices", "col_indices", "g_indices")
 
 
@@ -163,19 +161,22 @@ class SelfAttentionCore(nn.Module):
     def _register_indices(self) -> None:
         table = acted_offset_table(self.group, self.radius)  # (V, 2, S, S) float64
         self.register_buffer("offset_table", table.to(torch.float32), persistent=False)
-        if self.local:
-            full = table.to(torch.float32)  # (V, 2, P, P)
-        else:
-            full = global_offset_table(self.group, self.max_pos_embedding)  # (V, 2, M, M, M, M)
-        self.register_buffer("row_indices", full[:, 0].contiguous(), persistent=False)
-        self.register_buffer("col_indices", full[:, 1].contiguous(), persistent=False)
         if not self.lifting:
             make = relative_group_indices if self.group_axis_index == "relative" else original_group_indices
             self.register_buffer("g_indices", make(self.group), persistent=False)
 
     def derived_buffer_shapes(self) -> Dict[str, torch.Size]:
-        """Name -> shape of the derived buffers a checkpoint may hold for this layer."""
-        return {name: getattr(self, name).shape for name in DERIVED_BUFFERS if hasattr(self, name)}
+        """Name -> shape of the derived tables a checkpoint may hold for this layer.
+
+        The original's ``row_indices`` / ``col_indices``: ``(V, P, P)`` for local layers,
+        ``(V, M, M, M, M)`` (``M = max_pos_embedding``) for global ones; ``g_indices``: ``(V, G, M)``.
+        """
+        elements = self.group.num_elements
+        extent = (self.patch_size,) * 2 if self.local else (self.max_pos_embedding,) * 4
+        shapes = {name: torch.Size((elements, *extent)) for name in ("row_indices", "col_indices")}
+        if not self.lifting:
+            shapes["g_indices"] = self.g_indices.shape
+        return shapes
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
                               unexpected_keys, error_msgs):
@@ -209,7 +210,7 @@ class SelfAttentionCore(nn.Module):
         v = self._project(self.value, x)
         impl = self.resolved_impl(q)
         if impl != "reference":
-            out = efficient_attention(self, q, k, v, x.shape[1], impl=impl)  # (B, C, N, V, H, W)
+            out = efficient_attention(self.attention_tables(), q, k, v, x.shape[1], impl=impl)  # (B, C, N, V, H, W)
             out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
             return self.wout(out)  # (B, C_out, V, H, W)
         probs = self.dropout_attention(self._probabilities(q, k, x.shape[1]))  # (B, N, V, G, H, W, M, K)
@@ -220,49 +221,12 @@ class SelfAttentionCore(nn.Module):
         return self.wout(out)  # (B, C_out, V, H, W)
 
     def resolved_impl(self, q: Tensor) -> str:
-        """The implementation that runs for projections like ``q``: ``attention_impl`` with ``"auto"`` resolved.
-
-        ``"auto"`` is ``"fused"`` where the fused kernel handles the input (CPU, float32 or
-        float64 or autocast, a compiled kernel), ``"flex"`` on CUDA without active attention
-        dropout, and ``"efficient"`` elsewhere. An explicit choice that cannot run here raises
-        ``ValueError``, naming the choice that can.
-        """
-        if self.attention_impl == "auto":
-            if q.device.type == "cuda":
-                return "flex" if flex_attention.supports(q, self._active_dropout()) else "efficient"
-            return "fused" if self._fused_handles(q) else "efficient"
-        if self.attention_impl == "fused":
-            self._check_fused(q)
-        elif self.attention_impl == "flex":
-            self._check_flex(q)
-        return self.attention_impl
+        """The implementation that runs for projections like ``q`` (:func:`~g_selfatt.nn.dispatch.resolve_impl`)."""
+        key_elements = 1 if self.lifting else self.group.num_elements
+        return resolve_impl(self.attention_impl, q, key_elements, self._active_dropout())
 
     def _active_dropout(self) -> float:
         return self.dropout_attention.p if self.training else 0.0
-
-    def _fused_handles(self, q: Tensor) -> bool:
-        key_elements = 1 if self.lifting else self.group.num_elements
-        return fused_attention.supports(q, key_elements, autocast=torch.is_autocast_enabled(q.device.type))
-
-    def _check_fused(self, q: Tensor) -> None:
-        if self._fused_handles(q):
-            return
-        reason = fused_attention.build_report().error if q.device.type == "cpu" else None
-        raise ValueError(
-            f"attention_impl='fused' runs on the CPU in float32/float64, got a {q.dtype} tensor on "
-            f"{q.device}{f' ({reason})' if reason else ''}; use attention_impl='auto' or 'efficient'."
-        )
-
-    def _check_flex(self, q: Tensor) -> None:
-        if not flex_attention.available():
-            raise ValueError("attention_impl='flex' needs torch's FlexAttention, which this torch build lacks; "
-                             "use attention_impl='auto'.")
-        if q.device.type != "cuda" and q.requires_grad:
-            raise ValueError(f"attention_impl='flex' trains on CUDA only (FlexAttention has no backward pass "
-                             f"on {q.device.type}); use attention_impl='auto'.")
-        if self._active_dropout() > 0:
-            raise ValueError("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
-                             "(which runs 'efficient' while attention dropout is active) or 'efficient'.")
 
     def attention_probabilities(self, x: Tensor) -> Tensor:
         """The attention probabilities of every query over its keys (before attention dropout).
@@ -303,40 +267,54 @@ class SelfAttentionCore(nn.Module):
             ``(B, N, V, G, H, W, M, K)``; keys outside the image are ``-inf``.
         """
         height, width = q.shape[-2:]
+        tables = self.attention_tables()
         keys = self._key_subscripts()
         content = torch.einsum(f"bcngij,bcnmk{keys}->bngijmk", q, self._neighbourhood(k))
-        d = 2 * self.dim_pos_encoding
+        d = tables.pos_channels
         pos_subscripts = "" if self.local else "ij"
         positional = torch.einsum(
-            f"bcngij,v{pos_subscripts}kc->bnvgijk", q[:, :d], self.positional_embeddings(height, width)
+            f"bcngij,v{pos_subscripts}kc->bnvgijk", q[:, :d], self.positional_embeddings(height, width, tables)
         )
         logits = content.unsqueeze(2) + positional.unsqueeze(-2)
-        if not self.lifting:
-            group_embeddings = self.group_embedding(self.g_indices)  # (V, G, M, D_g)
-            logits = logits + torch.einsum("bcngij,vgmc->bnvgijm", q[:, d:], group_embeddings).unsqueeze(-1)
+        if tables.group is not None:  # (V, G, M, D_g)
+            logits = logits + torch.einsum("bcngij,vgmc->bnvgijm", q[:, d:], tables.group).unsqueeze(-1)
         logits = logits / math.sqrt(in_channels)
         if self.local:
             inside = self._inside_image(height, width, q.device)  # (H, W, K)
             logits = logits.masked_fill(~inside[:, :, None, :], float("-inf"))
         return logits
 
-    def positional_embeddings(self, height: int, width: int) -> Tensor:
+    def attention_tables(self) -> AttentionTables:
+        """The layer's tables, as every implementation receives them (built once per call).
+
+        The positional table is the row and column encodings of :attr:`offset_table`
+        (``M_v d / r``), ``(V, S S, 2D)``; the group table the group embedding at
+        :attr:`g_indices`, ``(V, G, M, D_g)``.
+        """
+        table = self.offset_table  # (V, 2, S, S)
+        positional = torch.cat(
+            [self.row_embedding.embed(table[:, 0]), self.col_embedding.embed(table[:, 1])], dim=-1
+        )  # (V, S, S, 2D)
+        return AttentionTables(
+            positional=positional.flatten(1, 2),
+            group=None if self.lifting else self.group_embedding(self.g_indices),
+            radius=self.radius,
+            patch_size=self.patch_size,
+            dropout=self._active_dropout(),
+        )
+
+    def positional_embeddings(self, height: int, width: int, tables: Optional[AttentionTables] = None) -> Tensor:
         """Row and column encodings of the acted offsets, concatenated along ``D``.
 
         Returns:
             ``(V, K, 2 D)`` for local layers (the same for every query) and
             ``(V, H, W, K, 2 D)`` for global layers.
         """
-        table = self.offset_table  # (V, 2, S, S)
-        embeddings = torch.cat(
-            [self.row_embedding.embed(table[:, 0]), self.col_embedding.embed(table[:, 1])], dim=-1
-        )  # (V, S, S, 2D)
+        positional = (tables or self.attention_tables()).positional  # (V, S S, 2D)
         if self.local:
-            return embeddings.flatten(1, 2)  # (V, K, 2D)
-        rows, cols = relative_index_grids(height, width, self.radius)
-        rows, cols = rows.to(table.device), cols.to(table.device)
-        gathered = embeddings[:, rows[:, None, :, None], cols[None, :, None, :]]  # (V, H, W, H, W, 2D)
-        return gathered.flatten(3, 4)  # (V, H, W, K, 2D)
+            return positional  # (V, K, 2D)
+        index = flat_relative_offsets(height, width, self.radius, positional.device)  # (H W, H W)
+        return positional[:, index].view(positional.shape[0], height, width, height * width, -1)  # (V, H, W, K, 2D)
 
     # ------------------------------------------------------------ helpers
     def _key_subscripts(self) -> str:

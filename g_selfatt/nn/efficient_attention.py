@@ -33,9 +33,10 @@ zero-padded keys and values (keys outside the image get ``-inf`` logits, as in
 the reference); global layers see all ``H W`` keys.
 
 :func:`efficient_attention` is also the entry point of ``"fused"`` and ``"flex"``
-(:mod:`g_selfatt.nn.fused_attention`, :mod:`g_selfatt.nn.flex_attention`): the
-positional and group tables, the scaled queries and the dropout seed are made once
-here and handed to whichever implementation runs.
+(:mod:`g_selfatt.nn.fused_attention`, :mod:`g_selfatt.nn.flex_attention`). It receives
+the layer's tables as one :class:`AttentionTables` (built once per call by the core,
+:meth:`~g_selfatt.nn.attention.SelfAttentionCore.attention_tables`), makes the scaled
+queries and the dropout seed and hands them to whichever implementation runs.
 
 On CPU the chunk loop can be given its own number of intra-op threads,
 :data:`CHUNK_THREADS` (default: torch's setting), see there.
@@ -63,6 +64,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from g_selfatt.functional.encoding import flat_relative_offsets
+from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.flex_attention import flex_self_attention
 from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention
 from g_selfatt.nn.layouts import pixel_major
@@ -148,21 +151,6 @@ def neighbourhood_index(height: int, width: int, patch_size: int, device: torch.
     inside = ((rows >= radius) & (rows < height + radius) & (cols >= radius) & (cols < width + radius))
     bias = torch.zeros(inside.shape, device=device).masked_fill_(~inside, float("-inf"))  # (H, W, P, P)
     return index, bias.reshape(height * width, patch_size ** 2)
-
-
-def offset_index(height: int, width: int, radius: int, device: torch.device) -> Tensor:
-    """Flat index into the ``S x S`` offset table of every (query, key) pair, ``(H W, H W)``.
-
-    ``index[ij, kl] = (k - i + r) S + (l - j + r)`` with ``S = 2 r + 1``, the layout of
-    :func:`~g_selfatt.nn.positional_encoding.relative_index_grids`.
-    """
-    side = 2 * radius + 1
-    rows = torch.arange(height, device=device)
-    cols = torch.arange(width, device=device)
-    row_offset = rows.view(1, -1) - rows.view(-1, 1) + radius  # (H, H): [i, k]
-    col_offset = cols.view(1, -1) - cols.view(-1, 1) + radius  # (W, W): [j, l]
-    index = row_offset[:, None, :, None] * side + col_offset[None, :, None, :]  # (H, W, H, W)
-    return index.reshape(height * width, height * width)
 
 
 # ---------------------------------------------------------------- neighbourhoods
@@ -442,12 +430,6 @@ def _accumulate_positional(geometry: _Geometry, grad_table: Tensor, grad_embeddi
 
 
 # ---------------------------------------------------------------- entry point
-def positional_table(layer) -> Tensor:
-    """Row and column encodings of the layer's acted offsets, ``(V, S, S, 2D)``."""
-    table = layer.offset_table  # (V, 2, S, S)
-    return torch.cat([layer.row_embedding.embed(table[:, 0]), layer.col_embedding.embed(table[:, 1])], dim=-1)
-
-
 def key_layout(t: Tensor, radius: int) -> Tensor:
     """``(B, C, N, M, H, W)`` -> ``(B N, HW', M, C)``, zero-padded by ``radius`` on each side."""
     if radius:
@@ -461,13 +443,16 @@ def chunk_size(heads_batch: int, scores_per_query: int, budget: Optional[int] = 
     return max(1, budget // (heads_batch * scores_per_query))
 
 
-def efficient_attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int,
+def efficient_attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_channels: int,
                         chunk_elements: Optional[int] = None, impl: str = "efficient") -> Tensor:
-    """The attention of ``layer`` (a :class:`SelfAttentionCore`) before ``wout``.
+    """Self-attention of projections ``q, k, v`` with a layer's ``tables``, before ``wout``.
+
+    Equivariance is the layer's (:mod:`g_selfatt.nn.attention`): every implementation
+    computes the reference's function of the same tables.
 
     Args:
-        layer: the self-attention module (its encodings, indices and dropout are used).
-        q, k, v: projections ``(B, C, N, G, H, W)``.
+        tables: the layer's positional and group encodings, extent and dropout.
+        q, k, v: projections ``(B, C, N, G, H, W)`` (``M`` key elements for ``k`` and ``v``).
         in_channels: input channels (the logits are divided by their root).
         chunk_elements: score entries per chunk (default :data:`CHUNK_ELEMENTS`).
         impl: ``"efficient"`` (the chunk loop), ``"fused"`` (the CPU kernel of
@@ -479,59 +464,52 @@ def efficient_attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int
     """
     device_type = q.device.type
     if torch.is_autocast_enabled(device_type):
-        pos_table = positional_table(layer)
-        group_table = None if layer.lifting else layer.group_embedding(layer.g_indices)
         with torch.autocast(device_type, enabled=False):
-            return _attention(layer, q.float(), k.float(), v.float(), in_channels, pos_table.float(),
-                              None if group_table is None else group_table.float(), chunk_elements, impl)
-    group_table = None if layer.lifting else layer.group_embedding(layer.g_indices)  # (V, G, M, D_g)
-    return _attention(layer, q, k, v, in_channels, positional_table(layer), group_table, chunk_elements, impl)
+            return _attention(tables.to_float(), q.float(), k.float(), v.float(), in_channels, chunk_elements, impl)
+    return _attention(tables, q, k, v, in_channels, chunk_elements, impl)
 
 
-def _attention(layer, q: Tensor, k: Tensor, v: Tensor, in_channels: int, pos_table: Tensor,
-               group_table: Optional[Tensor], chunk_elements: Optional[int], impl: str) -> Tensor:
+def _attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_channels: int,
+               chunk_elements: Optional[int], impl: str) -> Tensor:
     batch, channels, heads, elements, height, width = q.shape
-    num_out = layer.group.num_elements
+    num_out = tables.num_out
     if batch == 0:  # nothing to attend; keep the graph so that backward gives empty gradients
         return q.new_zeros(0, channels, heads, num_out, height, width) + 0 * (q.sum() + k.sum() + v.sum())
     key_elements = k.shape[3]
-    dropout = layer.dropout_attention.p if layer.training else 0.0
-    seed = int(torch.randint(0, 2 ** 62, ())) if dropout > 0 else 0
+    seed = int(torch.randint(0, 2 ** 62, ())) if tables.dropout > 0 else 0
     scaled_q = pixel_major(q * in_channels ** -0.5)  # (BN, H W, G, C)
     if impl in ("fused", "flex"):
         geometry = FusedGeometry(
             heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,
             num_key_elements=key_elements, num_out=num_out, channels=channels,
-            pos_channels=2 * layer.dim_pos_encoding, local=layer.local, patch_size=layer.patch_size or 0,
-            radius=layer.radius, dropout=dropout, seed=seed,
+            pos_channels=tables.pos_channels, local=tables.local, patch_size=tables.patch_size or 0,
+            radius=tables.radius, dropout=tables.dropout, seed=seed,
         )
         if impl == "fused":
-            out = fused_attention(geometry, scaled_q, k, v, pos_table.flatten(1, 2), group_table)
+            out = fused_attention(geometry, scaled_q, k, v, tables.positional, tables.group)
         else:
-            out = flex_self_attention(geometry, scaled_q, pixel_major(k), pixel_major(v), pos_table.flatten(1, 2),
-                                      group_table)
+            out = flex_self_attention(geometry, scaled_q, pixel_major(k), pixel_major(v), tables.positional,
+                                      tables.group)
         return _output_layout(out, batch, heads, height, width)  # from (BN, H W, V, C)
-    if layer.local:
-        radius = layer.patch_size // 2
-        key_index, outside_bias = neighbourhood_index(height, width, layer.patch_size, q.device)
+    if tables.local:
+        radius = tables.radius
+        key_index, outside_bias = neighbourhood_index(height, width, tables.patch_size, q.device)
         outside_bias = outside_bias.to(q.dtype)
-        pos_table = pos_table.flatten(1, 2)  # (V, K, 2D)
     else:
         radius = 0
-        key_index = offset_index(height, width, layer.radius, q.device)
+        key_index = flat_relative_offsets(height, width, tables.radius, q.device)  # (H W, H W) into S S
         outside_bias = None
-        pos_table = pos_table.flatten(1, 2)  # (V, S S, 2D)
     num_keys = key_index.shape[1]
     geometry = _Geometry(
         heads_batch=batch * heads, num_queries=height * width, num_out=num_out,
         num_query_elements=elements, num_key_elements=key_elements, num_keys=num_keys,
-        pos_channels=2 * layer.dim_pos_encoding, local=layer.local, key_index=key_index,
+        pos_channels=tables.pos_channels, local=tables.local, key_index=key_index,
         outside_bias=outside_bias,
         chunk=chunk_size(batch * heads, num_out * elements * num_keys * key_elements, chunk_elements),
-        dropout=dropout, seed=seed,
+        dropout=tables.dropout, seed=seed,
     )
     out = ChunkedAttention.apply(geometry, scaled_q, key_layout(k, radius), key_layout(v, radius),
-                                 pos_table, group_table)  # (BN, H W, V, C)
+                                 tables.positional, tables.group)  # (BN, H W, V, C)
     return _output_layout(out, batch, heads, height, width)
 
 

@@ -65,29 +65,3 @@ def acted_offset_table(group: Group, radius: int) -> Tensor:
     matrices = group.matrices()[:, :, :, None, None]  # (G, 2, 2, 1, 1)
     acted = matrices[:, :, 0] * offsets[0] + matrices[:, :, 1] * offsets[1]  # (G, 2, S, S)
     return acted / radius
-
-
-def global_offset_table(group: Group, max_pos_embedding: int) -> Tensor:
-    """The original's layout of global relative positions.
-
-    Returns:
-        float32 tensor ``(G, 2, M, M, M, M)`` with ``M = max_pos_embedding``:
-        ``[g, :, i, j, k, l]`` is the acted offset from query ``(i, j)`` to key ``(k, l)``.
-    """
-    table = acted_offset_table(group, max_pos_embedding - 1).to(torch.float32)
-    rows, cols = relative_index_grids(max_pos_embedding, max_pos_embedding, max_pos_embedding - 1)
-    # (G, 2, M, M, M, M): rows index (i, k), cols index (j, l).
-    gathered = table[:, :, rows[:, None, :, None], cols[None, :, None, :]]
-    return gathered
-
-
-def relative_index_grids(height: int, width: int, radius: int) -> tuple:
-    """Indices into an offset table for every (query, key) pair of an ``H x W`` image.
-
-    Returns:
-        ``(rows, cols)`` with ``rows[i, k] = k - i + r`` of shape ``(H, H)`` and
-        ``cols[j, l] = l - j + r`` of shape ``(W, W)``.
-    """
-    rows = torch.arange(height).view(1, -1) - torch.arange(height).view(-1, 1) + radius
-    cols = torch.arange(width).view(1, -1) - torch.arange(width).view(-1, 1) + radius
-    return rows, cols
