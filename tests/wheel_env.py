@@ -43,15 +43,18 @@ def _pip(*args: str) -> None:
                    check=True, capture_output=True, text=True)
 
 
+# What a build of the wheel reads: the packaging files and the packages.
+_BUILD_FILES = ("pyproject.toml", "README.md", "LICENSE", "g_selfatt_cli.py")
+_PACKAGES = ("g_selfatt", "attgconv", "g_selfatt_models")
+
+
 def _source_copy(target: pathlib.Path) -> pathlib.Path:
-    """The checkout's tracked and new files, copied (a build writes into its source folder)."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO_ROOT, check=True,
-                            capture_output=True, text=True).stdout.splitlines()
-    for name in listed:
-        source = REPO_ROOT / name
-        if source.is_file() and not name.startswith(("saved/", "demo/", "tests/", "runs/")):
-            (target / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, target / name)
+    """The files a build reads, copied (a build writes into its source folder)."""
+    target.mkdir(parents=True)
+    for name in _BUILD_FILES:
+        shutil.copy2(REPO_ROOT / name, target / name)
+    for package in _PACKAGES:
+        shutil.copytree(REPO_ROOT / package, target / package, ignore=shutil.ignore_patterns("__pycache__"))
     return target
 
 
