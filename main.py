@@ -25,7 +25,7 @@ from typing import Any, Dict, Sequence
 
 import numpy as np
 import torch
-from absl import app, logging
+from absl import app, flags, logging
 from ml_collections import config_dict, config_flags
 
 import datasets
@@ -306,6 +306,17 @@ def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) 
     return 0
 
 
+def log_to_directory(log_dir: str) -> None:
+    """absl's ``--log_dir``: its log files go to ``log_dir`` as well (the lines still reach stderr).
+
+    Every run also writes its own ``<checkpoint stem>.log`` next to its checkpoint.
+    """
+    if not log_dir:
+        return
+    pathlib.Path(log_dir).mkdir(parents=True, exist_ok=True)
+    logging.get_absl_handler().use_absl_log_file("g_selfatt", log_dir)
+
+
 def cli() -> None:
     """The command line: checks the names of the ``--config`` flags, lets absl parse them, runs.
 
@@ -326,6 +337,7 @@ def cli() -> None:
             raise app.UsageError(f"Unexpected arguments {argv[1:]}; use --config.<field>=<value>.")
         logging.set_verbosity(logging.INFO)
         logging.set_stderrthreshold(logging.INFO)
+        log_to_directory(flags.FLAGS.log_dir)
         sys.exit(run_cli(config_flag.value, sys.argv))
 
     app.run(main)

@@ -16,6 +16,7 @@ the authors' released files are recognised by their sha256 (:mod:`g_selfatt_mode
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -27,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from g_selfatt.nn.attention import derived_state_shapes
+from g_selfatt.nn.attention import derived_state_shapes, recorded_group_axis_index
 from g_selfatt_models import released
 from g_selfatt_models.registry import (DataSpec, ModelSpec, check_defined_for, create_model, get_data_spec, get_model_spec,
                              model_settings)
@@ -204,8 +205,13 @@ def weights_from(obj: Any, *, model_name: str, architecture: str,
 
 
 def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                source: pathlib.Path) -> None:
+                source: pathlib.Path, *, index_recorded: bool = True) -> None:
     """Loads every parameter and buffer of ``model`` from ``state_dict``.
+
+    ``index_recorded``: the model was built with the group-axis index its weights were trained
+    with (the runner's checkpoints record it); ``False`` for files of the original
+    implementations, whose group self-attention layers then load with the original index
+    (:mod:`g_selfatt.nn.attention`).
 
     Raises:
         CheckpointError: listing missing keys, unexpected keys and shape mismatches, when the
@@ -229,7 +235,8 @@ def load_strict(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
             f"Unexpected keys ({len(unexpected)}): {_abridge(unexpected)}. "
             f"Shape mismatches ({len(mismatched)}): {_abridge(mismatched)}."
         )
-    model.load_state_dict(state_dict, strict=True)
+    with recorded_group_axis_index() if index_recorded else contextlib.nullcontext():
+        model.load_state_dict(state_dict, strict=True)
 
 
 def _abridge(items: list, limit: int = 20) -> str:
@@ -288,7 +295,7 @@ def load_weights(model: nn.Module, saved: Any, model_name: str, spec: ModelSpec,
                                convert=spec.convert_checkpoint, source=source)
     except ValueError as error:
         raise CheckpointError(f"Cannot use {source} for {model_name!r}: {error}") from error
-    load_strict(model, weights, source)
+    load_strict(model, weights, source, index_recorded=is_project_checkpoint(saved))
 
 
 def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "") -> nn.Module:

@@ -15,6 +15,7 @@ from g_selfatt.nn import (
     GroupSelfAttention,
     LiftLocalSelfAttention,
     LiftSelfAttention,
+    SelfAttentionCore,
     TransformerBlock,
     get_activation,
     get_norm,
@@ -109,7 +110,7 @@ class GroupTransformer(nn.Module):
         self.attention_dropout_rate = attention_dropout_rate
         self.value_dropout_rate = value_dropout_rate
         self.num_classes = num_classes
-        self.group_axis_index = group_axis_index
+        self._group_axis_index = group_axis_index
         self.attention_impl = attention_impl
         if spatial_pooling not in SPATIAL_POOLINGS:
             raise ValueError(f"Unknown spatial_pooling {spatial_pooling!r}; expected one of {SPATIAL_POOLINGS}.")
@@ -162,7 +163,7 @@ class GroupTransformer(nn.Module):
         layer = GroupLocalSelfAttention if self.patch_size else GroupSelfAttention
         extent = self.patch_size if self.patch_size else image_size
         attention = layer(self.group, in_channels, out_channels // 2, out_channels, self.num_heads,
-                          extent, self.attention_dropout_rate, group_axis_index=self.group_axis_index,
+                          extent, self.attention_dropout_rate, group_axis_index=self._group_axis_index,
                           attention_impl=self.attention_impl)
         return TransformerBlock(
             in_channels=in_channels,
@@ -178,6 +179,13 @@ class GroupTransformer(nn.Module):
     def initialize_network(self, whitening_scale: float) -> None:
         """Draws convolution weights from N(0, (whitening_scale / sqrt(fan_in))^2), zero biases."""
         whitening_init_(self, whitening_scale)
+
+    @property
+    def group_axis_index(self) -> str:
+        """The group-axis index of the group layers (``"original"`` after loading an original state dict)."""
+        kinds = {module.group_axis_index for module in self.modules()
+                 if isinstance(module, SelfAttentionCore) and not module.lifting}
+        return kinds.pop() if len(kinds) == 1 else self._group_axis_index
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(B, num_classes)`` of images ``(B, C, H, W)``."""

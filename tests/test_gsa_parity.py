@@ -104,22 +104,73 @@ def test_parity_tool_handles_new_records(tmp_path):
         assert all(line.startswith(str(path)) and line.endswith("PASS") for line, path in zip(lines, paths))
 
 
-def test_loading_an_original_checkpoint_keeps_the_equivariant_group_index():
+def _original_layer_record():
+    return torch.load(REFERENCE_DIR / "gsa_group_sa_e2_8.pt", weights_only=True)
+
+
+def _fresh_group_layer():
     from g_selfatt.groups import E2
     from g_selfatt.nn import GroupSelfAttention
-    from g_selfatt.nn.attention import original_group_indices, relative_group_indices
 
-    state = torch.load(REFERENCE_DIR / "gsa_group_sa_e2_8.pt", weights_only=True)["state_dict"]
-    layer = GroupSelfAttention(E2(8), 4, 6, 8, 2, 6, 0.0)
-    layer.load_state_dict(state, strict=True)
-    assert torch.equal(layer.g_indices, relative_group_indices(E2(8)))
-    assert not torch.equal(layer.g_indices, original_group_indices(E2(8)))
-    assert torch.equal(layer.query.weight, state["query.weight"])
+    return GroupSelfAttention(E2(8), 4, 6, 8, 2, 6, 0.0)  # the record's layer, default (equivariant) index
+
+
+def test_an_original_state_dict_loads_with_the_original_index_and_says_so(caplog):
+    from g_selfatt.groups import E2
+    from g_selfatt.nn.attention import original_group_indices
+
+    record = _original_layer_record()
+    layer = _fresh_group_layer()
+    with caplog.at_level("WARNING"):
+        layer.load_state_dict(record["state_dict"], strict=True)
+    assert layer.group_axis_index == "original"
+    assert torch.equal(layer.g_indices, original_group_indices(E2(8)))
+    notices = [r.getMessage() for r in caplog.records if "group-axis index" in r.getMessage()]
+    assert len(notices) == 1 and "set_group_axis_index(model, 'relative')" in notices[0]
+    # It reproduces the original's output (float64 record, the reference README's float64 tolerance).
+    with torch.no_grad():
+        out = layer.double().eval()(record["input"].double())
+    expected = record["output_float64"]
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(out, expected, rtol=1e-7, atol=1e-7 * scale)
+
+
+def test_a_state_dict_of_this_project_or_a_vouched_load_keeps_the_index(caplog):
+    from g_selfatt.groups import E2
+    from g_selfatt.nn import recorded_group_axis_index, set_group_axis_index
+    from g_selfatt.nn.attention import relative_group_indices
+
+    record = _original_layer_record()
+    with caplog.at_level("WARNING"):
+        saved_here = _fresh_group_layer().state_dict()  # records version 2
+        layer = _fresh_group_layer()
+        layer.load_state_dict(saved_here, strict=True)
+        assert layer.group_axis_index == "relative"
+        with recorded_group_axis_index():  # the runner's way: it built the model with the recorded index
+            layer.load_state_dict(record["state_dict"], strict=True)
+        assert layer.group_axis_index == "relative"
+    assert not [r for r in caplog.records if "group-axis index" in r.getMessage()]
+    original = _fresh_group_layer()
+    original.load_state_dict(record["state_dict"])
+    set_group_axis_index(original, "relative")
+    assert torch.equal(original.g_indices, relative_group_indices(E2(8)))
+    assert torch.equal(original.query.weight, record["state_dict"]["query.weight"])
+
+
+def test_a_gsa_net_built_by_hand_loads_original_weights_with_the_original_index():
+    # The originals' own code builds GroupTransformer(...) itself and calls load_state_dict.
+    import g_selfatt_models as models
+
+    model = models.create_model("p4sa", dataset="rotDigits")
+    weights = {key: value.clone() for key, value in model.state_dict().items()}  # a plain dict: no versions
+    model.load_state_dict(weights)
+    assert model.group_axis_index == "original"
+    assert models.create_model("p4sa", dataset="rotDigits").group_axis_index == "relative"  # built fresh
 
 
 def test_derived_buffers_are_not_saved_but_older_files_holding_them_load():
     from g_selfatt.groups import E2
-    from g_selfatt.nn import GroupLocalSelfAttention
+    from g_selfatt.nn import GroupLocalSelfAttention, recorded_group_axis_index
     from g_selfatt.nn.attention import DERIVED_BUFFERS, derived_state_shapes
 
     layer = GroupLocalSelfAttention(E2(8), 4, 6, 8, 2, 3, 0.0)
@@ -127,7 +178,8 @@ def test_derived_buffers_are_not_saved_but_older_files_holding_them_load():
     assert set(derived_state_shapes(torch.nn.Sequential(layer))) == {f"0.{name}" for name in DERIVED_BUFFERS}
     older = {**layer.state_dict(), **{name: torch.zeros(shape) for name, shape in layer.derived_buffer_shapes().items()}}
     fresh = GroupLocalSelfAttention(E2(8), 4, 6, 8, 2, 3, 0.0)
-    fresh.load_state_dict(older, strict=True)
+    with recorded_group_axis_index():  # as the runner loads its older files
+        fresh.load_state_dict(older, strict=True)
     assert torch.equal(fresh.g_indices, layer.g_indices)  # derived again, not the zeros of the file
     wrong = dict(older, row_indices=torch.zeros(8, 5, 5))  # saved by a layer of patch size 5
     with pytest.raises(RuntimeError, match="size mismatch for row_indices"):

@@ -43,3 +43,36 @@ def test_bad_requests_name_the_problem():
         main.load_model(released, model="p5cnn", dataset="rotMNIST")
     with pytest.raises(CheckpointError, match="No checkpoint"):
         main.load_model(REPO_ROOT / "saved" / "missing.pt")
+
+
+def test_original_gsa_weights_reproduce_the_original_logits_by_default(caplog):
+    import g_selfatt_models as models
+    from g_selfatt_models.checkpoints import load_strict
+
+    record = torch.load(REFERENCE_DIR / "gsa_gt_rotmnist_p4sa.pt", weights_only=True)
+    ref = record["output"]
+    bound = dict(rtol=1e-4, atol=5e-5 * max(1.0, ref.abs().max().item()))  # the reference README's
+    outputs = {}
+    for recorded in (False, True):
+        model = models.create_model("p4sa", dataset="rotMNIST", patch_size=5, dropout_att=0.0, dropout_values=0.0,
+                                    whitening_scale=1.0)
+        load_strict(model, dict(record["state_dict"]), REFERENCE_DIR / "x.pt", index_recorded=recorded)
+        with torch.no_grad():
+            outputs[recorded] = model.eval()(record["input"])
+        assert model.group_axis_index == ("relative" if recorded else "original")
+    torch.testing.assert_close(outputs[False], ref, **bound)
+    with pytest.raises(AssertionError):  # the equivariant index computes other logits from the same weights
+        torch.testing.assert_close(outputs[True], ref, **bound)
+
+
+def test_load_model_of_a_plain_state_dict_uses_the_original_index_and_of_a_checkpoint_its_own(tmp_path, caplog):
+    import g_selfatt_models as models
+
+    shipped = models.load_model(next((REPO_ROOT / "saved").glob("rotDigits_model_p4sa_*.pt")))
+    assert shipped.group_axis_index == "relative"
+    plain = tmp_path / "model.pth"
+    torch.save(dict(shipped.state_dict()), plain)  # the originals' torch.save(model.state_dict()), no versions
+    with caplog.at_level("WARNING"):
+        loaded = models.load_model(plain, model="p4sa", dataset="rotDigits")
+    assert loaded.group_axis_index == "original"
+    assert any("group_axis_index='original'" in record.getMessage() for record in caplog.records)

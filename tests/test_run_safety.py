@@ -251,15 +251,24 @@ def test_the_console_command_runs_main_from_a_users_folder(tmp_path):
     main_help = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
                                timeout=120)
     assert help_text.returncode == main_help.returncode  # absl exits 1 after --help
-    assert help_text.stdout.split("--config:", 1)[1] == main_help.stdout.split("--config:", 1)[1]
+    import g_selfatt_cli  # the checkout the command runs (this one, after `make setup` here)
+
+    def fields(text: str, checkout: pathlib.Path) -> str:
+        return text.split("--config:", 1)[1].replace(str(checkout), "<checkout>")
+
+    assert fields(help_text.stdout, g_selfatt_cli.CHECKOUT) == fields(main_help.stdout, REPO_ROOT)
 
     run = subprocess.run([str(command), "--config.dataset=rotDigits", "--config.model=z2sa", "--config.max_examples=4",
                           "--config.epochs=1", "--config.rotation_angles=0", "--config.device=cpu",
-                          f"--config.save_dir={tmp_path / 'saved'}", f"--config.data_root={tmp_path / 'data'}"],
+                          f"--config.save_dir={tmp_path / 'saved'}", f"--config.data_root={tmp_path / 'data'}",
+                          f"--log_dir={tmp_path / 'logs'}"],
                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert run.returncode == 0, run.stderr
-    assert len(list((tmp_path / "saved").glob("rotDigits_model_z2sa_*.log"))) == 1  # the run, next to its checkpoint
+    (run_log,) = (tmp_path / "saved").glob("rotDigits_model_z2sa_*.log")  # the run's own, next to its checkpoint
+    assert "Test accuracy" in run_log.read_text() and "Test accuracy" in run.stderr
+    absl_logs = [path for path in (tmp_path / "logs").iterdir() if path.is_file() and not path.is_symlink()]
+    assert any("Test accuracy" in path.read_text() for path in absl_logs)  # --log_dir is honoured
 
 
 # ----- data records -----------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from g_selfatt.nn.attention import (
     LiftLocalSelfAttention,
     LiftSelfAttention,
     SelfAttentionCore,
+    recorded_group_axis_index,
+    set_group_axis_index,
 )
 from g_selfatt.nn.cropping import Crop
 from g_selfatt.nn.init import whitening_init_
@@ -33,5 +35,7 @@ __all__ = [
     "activations",
     "get_activation",
     "get_norm",
+    "recorded_group_axis_index",
+    "set_group_axis_index",
     "whitening_init_",
 ]

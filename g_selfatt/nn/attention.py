@@ -35,12 +35,24 @@ group feature map with the same law, ``[u . f](x) = f(M_u^-1 x)``.
 The original implementation indexes the group encoding by ``(m + v - g) mod n``
 instead, which breaks equivariance; ``group_axis_index="original"`` reproduces
 it (for loading its checkpoints and for comparison).
+
+A state dict cannot say which index its weights were trained with, except through the
+version torch records per module in its metadata: this project's layers save version 2.
+A state dict without it (the original implementation's, or this project's before the
+version existed) loads with ``group_axis_index="original"``, which reproduces the outputs
+it was trained to give, and one notice says so;
+``set_group_axis_index(model, "relative")`` gives the equivariant variant. Code that knows
+the index (this project's runner, which records it with the weights) loads inside
+:func:`recorded_group_axis_index`, which keeps the index the layers were built with.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import logging
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +74,38 @@ GROUP_AXIS_INDICES = ("relative", "original")
 # non-persistent buffer); the original's row and column tables are read by nothing, so only their
 # shapes are known here.
 DERIVED_BUFFERS = ("row_indices", "col_indices", "g_indices")
+
+
+logger = logging.getLogger(__name__)
+
+# The state_dict version of the attention layers: 2 marks the files of this project.
+STATE_VERSION = 2
+_INDEX_IS_RECORDED = contextvars.ContextVar("group_axis_index_is_recorded", default=False)
+_last_notice = [0]  # id of the last state dict the notice was given for (one notice per load)
+
+ORIGINAL_INDEX_NOTICE = (
+    "Loaded a state dict without a record of its group-axis index (the original implementation's, or "
+    "one written before this project recorded it): its group self-attention layers use "
+    "group_axis_index='original', which reproduces the outputs it was trained to give. For the exactly "
+    "equivariant variant call g_selfatt.nn.set_group_axis_index(model, 'relative') (and fine-tune).")
+
+
+@contextlib.contextmanager
+def recorded_group_axis_index() -> Iterator[None]:
+    """Loads inside keep the index the layers were built with (for callers that recorded it)."""
+    token = _INDEX_IS_RECORDED.set(True)
+    try:
+        yield
+    finally:
+        _INDEX_IS_RECORDED.reset(token)
+
+
+def set_group_axis_index(model: nn.Module, group_axis_index: str) -> nn.Module:
+    """Switches every group self-attention layer of ``model`` to ``group_axis_index``; returns ``model``."""
+    for module in model.modules():
+        if isinstance(module, SelfAttentionCore) and not module.lifting:
+            module.use_group_axis_index(group_axis_index)
+    return model
 
 
 def original_group_indices(group: Group) -> Tensor:
@@ -102,6 +146,7 @@ class SelfAttentionCore(nn.Module):
     """
 
     lifting: bool = False
+    _version = STATE_VERSION
 
     def __init__(
         self,
@@ -162,8 +207,18 @@ class SelfAttentionCore(nn.Module):
         table = acted_offset_table(self.group, self.radius)  # (V, 2, S, S) float64
         self.register_buffer("offset_table", table.to(torch.float32), persistent=False)
         if not self.lifting:
-            make = relative_group_indices if self.group_axis_index == "relative" else original_group_indices
-            self.register_buffer("g_indices", make(self.group), persistent=False)
+            self.use_group_axis_index(self.group_axis_index)
+
+    def use_group_axis_index(self, group_axis_index: str) -> None:
+        """Indexes the group encoding by ``group_axis_index`` from now on (group layers only)."""
+        if group_axis_index not in GROUP_AXIS_INDICES:
+            raise ValueError(f"Unknown group_axis_index {group_axis_index!r}; expected one of {GROUP_AXIS_INDICES}.")
+        if self.lifting:
+            raise ValueError("Lifting layers have no group axis to index.")
+        make = relative_group_indices if group_axis_index == "relative" else original_group_indices
+        device = self.offset_table.device
+        self.register_buffer("g_indices", make(self.group).to(device), persistent=False)
+        self.group_axis_index = group_axis_index
 
     def derived_buffer_shapes(self) -> Dict[str, torch.Size]:
         """Name -> shape of the derived tables a checkpoint may hold for this layer.
@@ -191,8 +246,19 @@ class SelfAttentionCore(nn.Module):
             elif saved != own[name]:
                 error_msgs.append(f"size mismatch for {key}: copying a param with shape {saved} from checkpoint, "
                                   f"the shape in current model is {own[name]}.")
+        if self._trained_with_original_index(local_metadata):
+            self.use_group_axis_index("original")
+            if _last_notice[0] != id(state_dict):
+                _last_notice[0] = id(state_dict)
+                logger.warning(ORIGINAL_INDEX_NOTICE)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+    def _trained_with_original_index(self, local_metadata: Dict) -> bool:
+        """A state dict of unknown index (no version 2) loaded where no caller vouches for the index."""
+        unknown = (local_metadata.get("version") or 1) < STATE_VERSION
+        return (unknown and not self.lifting and self.group_axis_index == "relative"
+                and not _INDEX_IS_RECORDED.get())
 
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
