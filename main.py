@@ -34,7 +34,7 @@ import tester
 import trainer
 from g_selfatt.nn import fused_attention
 from g_selfatt.nn.attention import SelfAttentionCore
-from g_selfatt_models.checkpoints import load_weights, model_input
+from g_selfatt_models.checkpoints import checkpoint_file, load_weights, model_input
 from runner import checkpoint, distributed, paths
 from runner.data import Loaders, build_loaders
 from runner.defaults import check_field_names, field_help, resolve_config
@@ -118,6 +118,7 @@ def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
             "configuration first (without --config.pretrained), or give the file with "
             "--config.checkpoint=PATH."
         )
+    source = str(checkpoint_file(source))  # a released run folder of the originals: its model.pth
     load_weights(model, checkpoint.read(source), config.model, spec, data, source)
     logging.info("Loaded pretrained weights from %s.", source)
 

@@ -77,6 +77,22 @@ def _tensors(obj: Any, path: str) -> Iterator[tuple]:
             yield from _tensors(item, f"{path}/{index}")
 
 
+# The file inside a run folder of the original implementations (``saved/model_<...>_seed_0/``).
+ORIGINAL_FILE_NAME = "model.pth"
+
+
+def checkpoint_file(path: Union[str, pathlib.Path]) -> pathlib.Path:
+    """``path``, or the ``model.pth`` inside it when it is a run folder of the originals, as released."""
+    path = pathlib.Path(path)
+    if path.is_dir():
+        inside = path / ORIGINAL_FILE_NAME
+        if not inside.is_file():
+            raise CheckpointError(f"The checkpoint path {path} is a folder without a {ORIGINAL_FILE_NAME}; "
+                                  "give the checkpoint file itself.")
+        return inside
+    return path
+
+
 def read(path: pathlib.Path) -> Any:
     """Loads a checkpoint file on the CPU, tensors and plain Python values only.
 
@@ -87,9 +103,7 @@ def read(path: pathlib.Path) -> Any:
             other Python objects than tensors and plain values, or is a checkpoint of this
             project whose content does not match its checksum or lacks keys.
     """
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"The checkpoint path {path} is a folder, not a file.")
+    path = checkpoint_file(path)
     if not path.is_file():
         raise CheckpointError(f"No checkpoint at {path}.")
     size = path.stat().st_size
@@ -323,6 +337,7 @@ def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "
             ``model`` and ``dataset``, or weights that do not fit.
         ValueError: an unknown model or dataset name.
     """
+    path = checkpoint_file(path)
     saved = read(path)
     if is_project_checkpoint(saved):
         config = dict(saved["config"])

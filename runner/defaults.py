@@ -17,6 +17,7 @@ import os
 import re
 from typing import Any, Dict, Mapping, Sequence, Tuple
 
+from absl import logging
 from ml_collections import config_dict
 
 import config as config_file
@@ -72,6 +73,10 @@ CHOICES: Dict[str, tuple] = {
     "attention_formulation": FORMULATIONS,
 }
 
+# Values of the original g_selfatt config.py that this configuration spells otherwise: the same
+# meaning, read as ours (its default device "" ran on the CPU).
+ORIGINAL_VALUES: Dict[str, Dict[Any, Any]] = {"device": {"": "cpu"}}
+
 # Numeric fields that may not be negative (0 means "off" or "all" for most of them).
 NON_NEGATIVE = ("optimizer_momentum", "weight_decay", "grad_clip", "warmup_epochs",
                 "sched_patience", "max_examples", "max_steps", "num_workers", "num_threads",
@@ -126,8 +131,18 @@ def resolve_config(config: config_dict.ConfigDict,
         else:
             config[name] = FALLBACKS[name]
             origins[name] = "fallback"
+    _read_original_values(config)
     check_config(config)
     return origins
+
+
+def _read_original_values(config: config_dict.ConfigDict) -> None:
+    """Replaces the original configuration's spellings (:data:`ORIGINAL_VALUES`) by ours."""
+    for name, spellings in ORIGINAL_VALUES.items():
+        if config[name] in spellings:
+            logging.info("config.%s=%r (the original configuration's value) means %r here.", name,
+                         config[name], spellings[config[name]])
+            config[name] = spellings[config[name]]
 
 
 def _as_field_type(value: Any) -> Any:
@@ -190,10 +205,11 @@ def check_config(config: config_dict.ConfigDict) -> None:
 
 def _check_schedule(config: config_dict.ConfigDict) -> None:
     """The decay settings of the schedulers that use them."""
-    if config.scheduler in ("multistep", "plateau") and config.sched_decay_factor <= 1:
+    if config.scheduler in ("multistep", "plateau") and config.sched_decay_factor < 1:
         raise ConfigError(
             f"The {config.scheduler} scheduler divides the learning rate by "
-            f"config.sched_decay_factor, which must be above 1; got {config.sched_decay_factor}."
+            f"config.sched_decay_factor, which must be at least 1 (1, the original configuration's "
+            f"default, keeps the learning rate); got {config.sched_decay_factor}."
         )
     steps = config.sched_decay_steps
     if not (isinstance(steps, tuple) and all(isinstance(s, int) and not isinstance(s, bool)

@@ -76,3 +76,25 @@ def test_load_model_of_a_plain_state_dict_uses_the_original_index_and_of_a_check
         loaded = models.load_model(plain, model="p4sa", dataset="rotDigits")
     assert loaded.group_axis_index == "original"
     assert any("group_axis_index='original'" in record.getMessage() for record in caplog.records)
+
+
+def test_a_released_run_folder_loads_as_it_is():
+    # The originals' layout: saved/model_<name>_..._seed_0/model.pth; the folder is given.
+    folder = RELEASED / "model_att_p4cnn_optim_adam_lr_0.001_wd_0.0001_seed_0"
+    model = main.load_model(folder, model="att_p4cnn", dataset="rotMNIST").eval()
+    record = torch.load(REFERENCE_DIR / "att_rotmnist_pretrained_att_p4cnn.pt", weights_only=True)
+    with torch.no_grad():
+        out = model(record["input"])
+    ref = record["output"]
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=5e-5 * max(1.0, ref.abs().max().item()))
+
+
+def test_the_runner_tests_a_released_run_folder_given_as_it_is(tmp_path):
+    import fixture_data
+    from test_main_e2e import make_config
+
+    fixture_data.make_rotmnist5k(tmp_path / "data")
+    folder = RELEASED / "model_att_p4cnn_optim_adam_lr_0.001_wd_0.0001_seed_0"
+    config = make_config(tmp_path, dataset="rotMNIST5k", model="att_p4cnn", train=False, pretrained=True,
+                         checkpoint=str(folder), max_examples=4, valid_size=2, rotation_angles=0)
+    assert main.run_cli(config) == 0

@@ -141,7 +141,7 @@ def _flip_one_weight_bit(source, target):
     ("text", "not a PyTorch checkpoint but a text file"),
     ("no_model", "lacks ['model']"),
     ("flipped_bit", "is damaged: its tensors do not match the sha256 checksum"),
-    ("folder", "is a folder, not a file"),
+    ("folder", "is a folder without a model.pth"),
 ])
 def test_a_damaged_checkpoint_is_one_paragraph_that_names_the_file(tmp_path, trained, capsys,
                                                                    damage, fragment):
@@ -269,6 +269,21 @@ def test_the_console_command_runs_main_from_a_users_folder(tmp_path):
     assert "Test accuracy" in run_log.read_text() and "Test accuracy" in run.stderr
     absl_logs = [path for path in (tmp_path / "logs").iterdir() if path.is_file() and not path.is_symlink()]
     assert any("Test accuracy" in path.read_text() for path in absl_logs)  # --log_dir is honoured
+
+
+def test_run_experiment_runs_main_with_the_original_configurations_values(tmp_path):
+    # g_selfatt's entry point and config defaults: device "" (the CPU), multistep with factor 1.0.
+    run = subprocess.run([sys.executable, "run_experiment.py", "--config.device=", "--config.dataset=rotDigits",
+                          "--config.model=z2sa", "--config.max_examples=4", "--config.epochs=1",
+                          "--config.rotation_angles=0", "--config.scheduler=multistep",
+                          "--config.sched_decay_factor=1.0", f"--config.save_dir={tmp_path / 'saved'}"],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode == 0, run.stderr
+    assert "config.device='' (the original configuration's value) means 'cpu' here." in run.stderr
+    (saved,) = [path for path in (tmp_path / "saved").glob("rotDigits_model_z2sa_*_sched_multistep_*.pt")
+                if not path.name.endswith(".last.pt")]
+    assert checkpoint.read(saved)["config"]["device"] == "cpu"
 
 
 # ----- data records -----------------------------------------------------------------------------

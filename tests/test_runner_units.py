@@ -199,6 +199,15 @@ def test_multistep_divides_by_the_decay_factor():
     assert _lrs(config, 2, 4) == pytest.approx([1.0, 0.1, 0.01, 0.01])
 
 
+def test_the_original_configurations_values_keep_their_meaning():
+    # g_selfatt's config.py: device "" ran on the CPU; multistep with its default factor 1.0 kept the lr.
+    assert resolved(device="").device == "cpu"
+    config = resolved(scheduler="multistep", sched_decay_steps=(2,), sched_decay_factor=1.0, lr=1.0)
+    assert _lrs(config, 2, 4) == pytest.approx([1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ConfigError, match="at least 1"):
+        resolved(scheduler="multistep", sched_decay_factor=0.5)
+
+
 def test_plateau_halves_after_patience():
     config = resolved(scheduler="plateau", sched_patience=1, lr=1.0)
     assert _lrs(config, 1, 4, metrics=[0.5, 0.5, 0.5, 0.9]) == pytest.approx([1, 1, 0.5, 0.5])
