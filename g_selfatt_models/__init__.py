@@ -3,7 +3,9 @@
 from g_selfatt_models import attgconv_zoo, gsa_zoo
 from g_selfatt_models.checkpoints import CheckpointError, load_model
 from g_selfatt_models.cnn import CNN
-from g_selfatt_models.group_transformer import GroupTransformer
+from g_selfatt_models import transformer
+from g_selfatt_models.group_transformer import Activation, GroupTransformer, NormType
+from g_selfatt_models.transformer import Transformer
 from g_selfatt_models.registry import (
     DATA_SPECS,
     DataSpec,
@@ -17,6 +19,7 @@ from g_selfatt_models.registry import (
 )
 
 __all__ = [
+    "Activation",
     "CNN",
     "CheckpointError",
     "DATA_SPECS",
@@ -24,6 +27,8 @@ __all__ = [
     "DataSpec",
     "GroupTransformer",
     "ModelSpec",
+    "NormType",
+    "Transformer",
     "check_defined_for",
     "create_model",
     "get_data_spec",
@@ -32,4 +37,5 @@ __all__ = [
     "list_models",
     "load_model",
     "register_model",
+    "transformer",
 ]

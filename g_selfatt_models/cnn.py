@@ -7,6 +7,8 @@ from typing import Dict, List, Mapping
 import torch
 from torch import Tensor, nn
 
+__all__ = ["CNN", "convert_z2cnn_checkpoint"]
+
 
 def _conv_bn_relu(in_channels: int, out_channels: int, eps: float, bias: bool) -> List[nn.Module]:
     return [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import itertools
 from typing import Iterator, List, Optional, Sequence, Union
 
@@ -21,6 +22,22 @@ from g_selfatt.nn import (
     get_norm,
     whitening_init_,
 )
+
+__all__ = ["Activation", "GroupTransformer", "NormType"]
+
+
+class NormType(str, enum.Enum):
+    """The ``norm_type`` names (the original's enum; plain strings work too)."""
+
+    BATCH_NORM = "BatchNorm"
+    LAYERN_NORM = "LayerNorm"  # (sic) the original's member name
+
+
+class Activation(str, enum.Enum):
+    """The ``activation_function`` names (the original's enum; plain strings work too)."""
+
+    RELU = "ReLU"
+    SWISH = "Swish"
 
 
 def _values(value: Union[int, Sequence[int]], count: int, name: str) -> Iterator[int]:

@@ -13,30 +13,14 @@ validated epoch (:meth:`LRSchedule.after_epoch`) and reacts to the one it is def
 
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from ml_collections import config_dict
 
+from g_selfatt.utils.schedulers import warmup_cosine_factor
+
 SCHEDULERS = ("constant", "multistep", "linear_warmup_cosine", "plateau")  # config.scheduler
-
-
-def warmup_cosine_factor(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """The multiplier of the base learning rate after ``step`` optimizer steps.
-
-    Args:
-        warmup_steps: steps of linear increase from 0 to 1.
-        total_steps: steps after which the cosine reaches 0.
-    """
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return step / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    return factor
 
 
 class LRSchedule:

@@ -19,7 +19,9 @@ from __future__ import annotations
 from typing import Callable, Dict, Tuple
 
 from g_selfatt.groups.group import ACTIONS, Group, fractional_rotation_matrix, rotation_matrix
-from g_selfatt.groups.planar import E2, SE2
+# Through the original module paths g_selfatt.groups.E2 / .SE2, which bind the names to the classes.
+from g_selfatt.groups.E2 import E2
+from g_selfatt.groups.SE2 import SE2
 
 GROUPS: Dict[str, Tuple[Callable[[int], Group], int]] = {
     "z2": (SE2, 1),

@@ -121,6 +121,12 @@ class Group(nn.Module):
     def identity(self) -> Tensor:
         return self._identity
 
+    def check_element(self, element: Tensor) -> None:
+        """Raises ``ValueError`` unless ``element`` is one of :attr:`elements`."""
+        if not any(torch.equal(element.to(stored.dtype).reshape(stored.shape), stored)
+                   for stored in self._elements if element.numel() == stored.numel()):
+            raise ValueError(f"Unknown group element '{element}'.")
+
     def absolute_determinant(self, h: Tensor) -> float:
         """|det| of the Jacobian of ``h``'s action: 1 for rotations and mirrors."""
         return 1.0

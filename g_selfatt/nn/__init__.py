@@ -16,6 +16,7 @@ from g_selfatt.nn.cropping import Crop
 from g_selfatt.nn.init import whitening_init_
 from g_selfatt.nn.layers import Conv2d1x1, Conv3d1x1, LayerNorm, get_norm
 from g_selfatt.nn.positional_encoding import PositionalMLP
+from g_selfatt.nn.rd_self_attention import RdSelfAttention
 from g_selfatt.nn.transformer_block import TransformerBlock
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "LiftLocalSelfAttention",
     "LiftSelfAttention",
     "PositionalMLP",
+    "RdSelfAttention",
     "SelfAttentionCore",
     "Swish",
     "TransformerBlock",

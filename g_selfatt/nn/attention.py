@@ -63,6 +63,7 @@ from g_selfatt.groups import Group
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS, resolve_impl
 from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.efficient_attention import efficient_attention
+from g_selfatt.nn.original_api import OriginalLayerAPI
 from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
 GROUP_AXIS_INDICES = ("relative", "original")
@@ -120,7 +121,7 @@ def relative_group_indices(group: Group) -> Tensor:
     return table.unsqueeze(0).expand(group.num_elements, -1, -1).contiguous()
 
 
-class SelfAttentionCore(nn.Module):
+class SelfAttentionCore(OriginalLayerAPI, nn.Module):
     """The shared implementation of the four self-attention layers.
 
     Subclasses choose ``lifting`` (input ``(B, C, H, W)``, no group encoding)
@@ -278,13 +279,17 @@ class SelfAttentionCore(nn.Module):
         if impl != "reference":
             out = efficient_attention(self.attention_tables(), q, k, v, x.shape[1], impl=impl)  # (B, C, N, V, H, W)
             out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
-            return self.wout(out)  # (B, C_out, V, H, W)
+            return self._output(out)  # (B, C_out, V, H, W)
         probs = self.dropout_attention(self._probabilities(q, k, x.shape[1]))  # (B, N, V, G, H, W, M, K)
         keys = self._key_subscripts()
         out = torch.einsum(f"bnvgijmk,bcnmk{keys}->bcnvij", probs, self._neighbourhood(v))
         batch = x.shape[0]
         out = out.reshape(batch, self.mid_channels * self.num_heads, self.group.num_elements, height, width)
-        return self.wout(out)  # (B, C_out, V, H, W)
+        return self._output(out)  # (B, C_out, V, H, W)
+
+    def _output(self, out: Tensor) -> Tensor:
+        """The output projection ``wout`` of ``(B, C N, V, H, W)``."""
+        return self.wout(out)
 
     def resolved_impl(self, q: Tensor) -> str:
         """The implementation that runs for projections like ``q`` (:func:`~g_selfatt.nn.dispatch.resolve_impl`)."""
@@ -357,10 +362,7 @@ class SelfAttentionCore(nn.Module):
         (``M_v d / r``), ``(V, S S, 2D)``; the group table the group embedding at
         :attr:`g_indices`, ``(V, G, M, D_g)``.
         """
-        table = self.offset_table  # (V, 2, S, S)
-        positional = torch.cat(
-            [self.row_embedding.embed(table[:, 0]), self.col_embedding.embed(table[:, 1])], dim=-1
-        )  # (V, S, S, 2D)
+        positional = self.positional_encodings()  # (V, S, S, 2D)
         return AttentionTables(
             positional=positional.flatten(1, 2),
             group=None if self.lifting else self.group_embedding(self.g_indices),
@@ -368,6 +370,11 @@ class SelfAttentionCore(nn.Module):
             patch_size=self.patch_size,
             dropout=self._active_dropout(),
         )
+
+    def positional_encodings(self) -> Tensor:
+        """The row and column encodings of the acted offsets :attr:`offset_table`, ``(V, S, S, 2D)``."""
+        table = self.offset_table  # (V, 2, S, S)
+        return torch.cat([self.row_embedding.embed(table[:, 0]), self.col_embedding.embed(table[:, 1])], dim=-1)
 
     def positional_embeddings(self, height: int, width: int, tables: Optional[AttentionTables] = None) -> Tensor:
         """Row and column encodings of the acted offsets, concatenated along ``D``.
