@@ -34,6 +34,8 @@ from typing import Callable, Dict, Optional, Tuple, Union
 from torch.utils.data import Dataset
 
 from datasets import cifar10, mnist, pcam, rot_digits, rot_mnist, rot_mnist5k
+from datasets.mnist_rot import MNIST_rot
+from datasets.pcam import PCam
 from datasets.errors import (
     ChecksumError,
     CorruptFileError,
@@ -170,7 +172,9 @@ __all__ = [
     "CorruptFileError",
     "DatasetNotFoundError",
     "DownloadError",
+    "MNIST_rot",
     "Normalize",
+    "PCam",
     "RandomCropFlip",
     "RecordError",
     "Resize",

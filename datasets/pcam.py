@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import h5py
 import numpy as np
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datasets.errors import CorruptFileError, missing_files_error
+from datasets.errors import CorruptFileError, DatasetNotFoundError, missing_files_error
 
 FOLDER = "PCam"
 SPLITS = ("train", "valid", "test")
@@ -63,6 +63,38 @@ class PCamImageFolder(Dataset):
         with Image.open(path) as image:
             pixels = np.asarray(image.convert("RGB"))  # (H, W, C)
         return torch.from_numpy(pixels.copy()).permute(2, 0, 1), label
+
+
+class PCam(PCamImageFolder):
+    """The original GSA-Nets code's PCam class: ``<root>/PCam/{train,valid,test}/<class>/*.png``.
+
+    Yields ``(PIL image, label)`` through the optional transforms, as its ImageFolder did.
+
+    Raises:
+        ValueError: ``valid=True`` with ``train=True`` (the valid split is not a training split).
+        DatasetNotFoundError: the split's folder is missing.
+    """
+
+    def __init__(self, root: Union[str, Path], train: bool = True, transform: Optional[Callable] = None,
+                 target_transform: Optional[Callable] = None, download: bool = False, valid: bool = False):
+        if train and valid:
+            raise ValueError("PCam 'valid' split available only when train=False.")
+        directory = Path(root) / FOLDER / ("train" if train else ("valid" if valid else "test"))
+        if not directory.is_dir():
+            raise DatasetNotFoundError(f"No PCam split at {directory}; see datasets.pcam for the layout "
+                                       "and how to get the files.")
+        super().__init__(directory)
+        self.transform, self.target_transform = transform, target_transform
+
+    def __getitem__(self, index: int) -> Tuple[Any, Any]:
+        path, label = self.samples[index]
+        with Image.open(path) as image:
+            sample = image.convert("RGB")
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            label = self.target_transform(label)
+        return sample, label
 
 
 class PCamHDF5(Dataset):

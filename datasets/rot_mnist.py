@@ -5,7 +5,9 @@ label. ``..._train_valid.amat`` has 12,000 lines, ``..._test.amat`` 50,000. As i
 original implementations, each row is reshaped row-major to 28 x 28 without transposing.
 
 Pixels are stored as ``uint8`` (``round(255 * x)``); the parsed tensors are cached in
-``<root>/rotMNIST/rotMNIST.pt``. Delete that file to parse the raw data again.
+``<root>/rotMNIST/rotMNIST.pt``. Delete that file to parse the raw data again. Where none of
+these files exist but the original GSA-Nets code's processed files do
+(``<root>/MNIST_rot/processed/{training,test}.pt``, :mod:`datasets.mnist_rot`), those are read.
 
 Splits (``validation="held_out"``): valid = the last ``valid_size`` (default 2,000)
 train+valid rows, train = the rows before them (10,000 by default), test = the 50,000 test
@@ -17,12 +19,14 @@ unused, as in the original GSA-Nets code.
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
+from datasets import mnist_rot
 from datasets.archives import read_zip_members
 from datasets.base import TensorImageDataset, resolve_valid_size, split_tail
 from datasets.download import Resource, fetch_resource, load_cache, save_cache
@@ -40,6 +44,7 @@ CACHE_FILE = "rotMNIST.pt"
 DEFAULT_VALID_SIZE = 2000
 IMAGE_SIZE = 28
 _CACHE_KEYS = ("train_valid_images", "train_valid_labels", "test_images", "test_labels")
+logger = logging.getLogger(__name__)
 
 
 def parse_amat(text: bytes, source: str) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +105,8 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
     """
     folder = Path(root) / FOLDER
     cache = load_cache(folder / CACHE_FILE, _CACHE_KEYS)
+    if cache is None and not download and not _has_raw_files(folder) and _has_original_files(root):
+        return _original_processed(root)
     if cache is None:
         texts, origin = _raw_texts(folder, download)
         train_images, train_labels = parse_amat(texts[TRAIN_VALID_FILE],
@@ -109,6 +116,29 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
         save_cache(cache, folder / CACHE_FILE)
     return (TensorImageDataset(cache["train_valid_images"], cache["train_valid_labels"], folder),
             TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
+
+
+def _has_raw_files(folder: Path) -> bool:
+    return (folder / ARCHIVE.filename).exists() or all((folder / name).exists() for name in (TRAIN_VALID_FILE, TEST_FILE))
+
+
+def _has_original_files(root: Path) -> bool:
+    folder = mnist_rot.processed_folder(root)
+    return (folder / mnist_rot.TRAINING_FILE).is_file() and (folder / mnist_rot.TEST_FILE).is_file()
+
+
+def _original_processed(root: Path) -> Tuple[TensorImageDataset, TensorImageDataset]:
+    """The original GSA-Nets code's processed files (``<root>/MNIST_rot/processed/``), as train+valid and test.
+
+    Their training file holds the first 10,000 train+valid rows (the original dropped the other 2,000),
+    so the held-out validation split is the last ``valid_size`` of those.
+    """
+    folder = mnist_rot.processed_folder(root)
+    parts = [mnist_rot.read_processed(folder / name) for name in (mnist_rot.TRAINING_FILE, mnist_rot.TEST_FILE)]
+    logger.info("rotMNIST: reading the original code's processed files in %s (%d training rows, %d test rows).",
+                folder, len(parts[0][0]), len(parts[1][0]))
+    return tuple(TensorImageDataset(images.unsqueeze(1).contiguous(), labels.long(), folder)  # (N, 1, 28, 28)
+                 for images, labels in parts)
 
 
 def build_splits(root: Path, *, validation: str, download: bool, seed: int,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import functools
 import itertools
-from typing import Iterator, List, Optional, Sequence, Union
+from typing import Callable, Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -196,6 +197,24 @@ class GroupTransformer(nn.Module):
     def initialize_network(self, whitening_scale: float) -> None:
         """Draws convolution weights from N(0, (whitening_scale / sqrt(fan_in))^2), zero biases."""
         whitening_init_(self, whitening_scale)
+
+    # The original's names for the pieces it was built from.
+    def transformer_layer(self, *, max_pos_embedding: int, crop_size: int, in_channels: int,
+                          out_channels: int) -> TransformerBlock:
+        """One block (``max_pos_embedding``: the image side of global layers; local ones use the patch)."""
+        return self._block(in_channels, out_channels, crop_size, max_pos_embedding)
+
+    @property
+    def Norm(self) -> Callable[[int], nn.Module]:  # noqa: N802  (the original's attribute)
+        return functools.partial(get_norm, self.norm_type)
+
+    @property
+    def Activation(self) -> Callable[[], nn.Module]:  # noqa: N802
+        return functools.partial(get_activation, self.activation_function)
+
+    @property
+    def GroupSA(self) -> type:  # noqa: N802
+        return GroupLocalSelfAttention if self.patch_size else GroupSelfAttention
 
     @property
     def group_axis_index(self) -> str:

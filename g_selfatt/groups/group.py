@@ -134,6 +134,10 @@ class Group(nn.Module):
     def discretize_group(self, num_elements: int) -> Tensor:
         raise NotImplementedError
 
+    def construct_relative_positions(self) -> Tensor:
+        """The original's table of relative group indices (defined by each group)."""
+        raise NotImplementedError
+
     def element_matrix(self, h: Tensor) -> Tensor:
         """Returns the float64 orthogonal matrix ``M_h`` acting on ``(row, col)``."""
         raise NotImplementedError

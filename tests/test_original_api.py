@@ -1,0 +1,241 @@
+"""The original implementations' public API, name by name, on this project.
+
+``tests/original_api/*.json`` lists every public module, class, function, constructor
+parameter, method, property and constructor-set attribute of an original package
+(``python tools/original_api.py <checkout> <packages>``); each must exist here, so a name
+that goes missing fails. The demo workflows of the originals run on top: build, forward,
+attention scores in the original layout, equivariance.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import math
+from typing import Any, Callable, Dict, Iterator, Tuple
+
+import pytest
+import torch
+
+import fixture_data
+from conftest import REPO_ROOT
+
+MANIFESTS = sorted((REPO_ROOT / "tests" / "original_api").glob("*.json"))
+
+
+def _entries() -> Iterator[Tuple[str, str, Dict[str, Any]]]:
+    for manifest in MANIFESTS:
+        for module, names in json.loads(manifest.read_text()).items():
+            for name, entry in names.items():
+                yield module, name, entry
+
+
+ENTRIES = list(_entries())
+CLASSES = [(m, n, e) for m, n, e in ENTRIES if e["kind"] == "class"]
+CALLABLES = [(m, n, e) for m, n, e in ENTRIES if e["kind"] in ("class", "function")]
+
+
+def _object(module: str, name: str) -> Any:
+    return getattr(importlib.import_module(module), name)
+
+
+def _accepts(function: Callable, parameters) -> list:
+    """The parameter names ``function`` does not accept."""
+    signature = inspect.signature(function)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return []
+    return [name for name in parameters if name not in signature.parameters]
+
+
+@pytest.mark.parametrize("module, name, entry", ENTRIES, ids=[f"{m}.{n}" for m, n, _ in ENTRIES])
+def test_every_original_name_exists(module, name, entry):
+    assert hasattr(importlib.import_module(module), name), f"{module}.{name}"
+
+
+@pytest.mark.parametrize("module, name, entry", CALLABLES, ids=[f"{m}.{n}" for m, n, _ in CALLABLES])
+def test_every_original_parameter_is_accepted(module, name, entry):
+    assert _accepts(_object(module, name), entry["parameters"]) == []
+
+
+@pytest.mark.parametrize("module, name, entry", CLASSES, ids=[f"{m}.{n}" for m, n, _ in CLASSES])
+def test_every_original_method_and_property_exists(module, name, entry):
+    cls = _object(module, name)
+    assert [m for m in entry["methods"] + entry["properties"] if not hasattr(cls, m)] == []
+
+
+# One instance of every original class that sets attributes, built as the originals' clients do.
+def _p4():
+    from g_selfatt.groups import SE2
+
+    return SE2(4)
+
+
+def _rotated_mnist_files(root):
+    folder = root / "MNIST_rot" / "processed"
+    folder.mkdir(parents=True)
+    for name, rows in (("training.pt", 6), ("test.pt", 4)):
+        torch.save((torch.randint(0, 256, (rows, 28, 28), dtype=torch.uint8), torch.arange(rows) % 10),
+                   folder / name)
+    return root
+
+
+INSTANCES: Dict[str, Callable[[Any], Any]] = {
+    "MNIST_rot": lambda tmp: _object("datasets", "MNIST_rot")(_rotated_mnist_files(tmp)),
+    "PCam": lambda tmp: (fixture_data.make_pcam_imagefolder(tmp), _object("datasets", "PCam")(tmp, train=True))[1],
+    "Crop": lambda tmp: _object("g_selfatt.nn", "Crop")(crop_size=1),
+    "LayerNorm": lambda tmp: _object("g_selfatt.nn", "LayerNorm")(num_channels=4),
+    "LiftSelfAttention": lambda tmp: _object("g_selfatt.nn", "LiftSelfAttention")(
+        group=_p4(), in_channels=2, mid_channels=4, out_channels=6, num_heads=2, max_pos_embedding=5,
+        attention_dropout_rate=0.0),
+    "LiftLocalSelfAttention": lambda tmp: _object("g_selfatt.nn", "LiftLocalSelfAttention")(
+        group=_p4(), in_channels=2, mid_channels=4, out_channels=6, num_heads=2, patch_size=3,
+        attention_dropout_rate=0.0),
+    "GroupSelfAttention": lambda tmp: _object("g_selfatt.nn", "GroupSelfAttention")(
+        group=_p4(), in_channels=6, mid_channels=6, out_channels=6, num_heads=2, max_pos_embedding=5,
+        attention_dropout_rate=0.0),
+    "GroupLocalSelfAttention": lambda tmp: _object("g_selfatt.nn", "GroupLocalSelfAttention")(
+        group=_p4(), in_channels=6, mid_channels=6, out_channels=6, num_heads=2, patch_size=3,
+        attention_dropout_rate=0.0),
+    "RdSelfAttention": lambda tmp: _object("g_selfatt.nn", "RdSelfAttention")(
+        in_channels=2, mid_channels=4, out_channels=6, num_heads=2, max_pos_embedding=5, attention_dropout_rate=0.0),
+    "TransformerBlock": lambda tmp: _object("g_selfatt.nn", "TransformerBlock")(
+        in_channels=6, out_channels=6, attention_layer=INSTANCES["GroupLocalSelfAttention"](tmp),
+        norm_type="LayerNorm", activation_function="Swish", crop_size=0, value_dropout_rate=0.0, dim_mlp_conv=3),
+    "CNN": lambda tmp: _object("models", "CNN")(in_channels=1, num_channels=20, bn_epsilon=2e-5, dropout_rate=0.3,
+                                                 use_bias=False, num_classes=10),
+    "GroupTransformer": lambda tmp: _object("models", "GroupTransformer")(
+        group=_p4(), in_channels=1, num_channels=12, block_sizes=[1], expansion_per_block=1, crop_per_layer=0,
+        image_size=12, num_classes=10, dropout_rate_after_maxpooling=0.0, maxpool_after_last_block=False,
+        normalize_between_layers=True, patch_size=3, num_heads=2, norm_type="LayerNorm",
+        activation_function="Swish", attention_dropout_rate=0.0, value_dropout_rate=0.0, whitening_scale=1.0),
+    "Transformer": lambda tmp: _object("models", "Transformer")(
+        in_channels=1, num_channels=8, kernel_size=2, image_size=28, attention_dropout_rate=0.0,
+        value_dropout_rate=0.0, use_bias=False, norm_type="LayerNorm"),
+}
+WITH_ATTRIBUTES = [(m, n, e) for m, n, e in CLASSES if e["attributes"]]
+
+
+@pytest.mark.parametrize("module, name, entry", WITH_ATTRIBUTES, ids=[f"{m}.{n}" for m, n, _ in WITH_ATTRIBUTES])
+def test_every_original_attribute_is_set(module, name, entry, tmp_path):
+    instance = INSTANCES[name](tmp_path)
+    assert isinstance(instance, _object(module, name))
+    assert [a for a in entry["attributes"] + entry["properties"] if not hasattr(instance, a)] == []
+
+
+# ----- the originals' workflows ------------------------------------------------------------------
+def _original_forward(layer, x):
+    """The original forward, written from its attention scores: softmax over the keys, values, wout."""
+    scores = layer.compute_attention_scores(x)
+    key_dims = 2 if layer.lifting else 3  # (k, l) or (m, k, l)
+    probs = scores.flatten(-key_dims).softmax(-1).view_as(scores)
+    b, (h, w) = x.shape[0], x.shape[-2:]
+    values = layer.value(x)  # (B, C N, [G,] H, W)
+    if layer.local:
+        p = layer.patch_size
+        patches = layer.unfold(values.reshape(b, -1, h, w))
+        if layer.lifting:
+            v = patches.view(b, layer.mid_channels, layer.num_heads, p, p, h, w)
+            out = torch.einsum("bhgijkl,bchklij->bchgij", probs, v)
+        else:
+            v = patches.view(b, layer.mid_channels, layer.num_heads, -1, p, p, h, w)
+            out = torch.einsum("bhvgijmkl,bchmklij->bchvij", probs, v)
+    elif layer.lifting:
+        out = torch.einsum("bhgijkl,bchkl->bchgij", probs, values.view(b, layer.mid_channels, layer.num_heads, h, w))
+    else:
+        v = values.view(b, layer.mid_channels, layer.num_heads, -1, h, w)
+        out = torch.einsum("bhvgijmkl,bchmkl->bchvij", probs, v)
+    return layer.wout(out.reshape(b, -1, layer.group.num_elements, h, w))
+
+
+@pytest.mark.parametrize("name", ["LiftSelfAttention", "LiftLocalSelfAttention", "GroupSelfAttention",
+                                  "GroupLocalSelfAttention"])
+def test_attention_scores_in_the_original_layout_give_the_layer_output(name, tmp_path):
+    torch.manual_seed(0)
+    layer = INSTANCES[name](tmp_path).double().eval()
+    lifting = name.startswith("Lift")
+    x = torch.randn(2, 2, 5, 5, dtype=torch.float64) if lifting else torch.randn(2, 6, 4, 5, 5, dtype=torch.float64)
+    scores = layer.compute_attention_scores(x)
+    assert scores.shape[:3] == (2, 2, 4) and scores.dim() == (7 if lifting else 9)
+    with torch.no_grad():
+        torch.testing.assert_close(_original_forward(layer, x), layer(x), rtol=0, atol=1e-12)
+
+
+def test_handle_values_outside_image_sets_the_outside_keys_to_minus_inf(tmp_path):
+    layer = INSTANCES["LiftLocalSelfAttention"](tmp_path)
+    scores = torch.zeros(1, 2, 4, 5, 5, 3, 3)
+    layer.handle_values_outside_image(scores, 5, 5)
+    corner, centre = scores[0, 0, 0, 0, 0], scores[0, 0, 0, 2, 2]
+    assert torch.isinf(corner[0]).all() and torch.isinf(corner[:, 0]).all() and (corner[1:, 1:] == 0).all()
+    assert (centre == 0).all() and layer.inf_outside.shape == (5, 5, 3, 3)
+
+
+def test_rd_self_attention_is_the_originals_formula():
+    """Scores <q, k> + <q_row, E_row[k - i]> + <q_col, E_col[l - j]>, over sqrt(C_in), as the original wrote them."""
+    from g_selfatt.nn import RdSelfAttention
+
+    torch.manual_seed(0)
+    layer = RdSelfAttention(3, 4, 5, 2, 6, 0.0).double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    b, _, w, h = x.shape
+    q, k = layer.query(x).view(b, 4, 2, w, h), layer.key(x).view(b, 4, 2, w, h)
+    rows = layer.row_embedding(layer.relative_indices[:w, :w].reshape(-1)).t().reshape(-1, w, w)
+    cols = layer.col_embedding(layer.relative_indices[:h, :h].reshape(-1)).t().reshape(-1, h, h)
+    scores = (torch.einsum("bchij,cik->bhijk", q[:, :2], rows).unsqueeze(-1)
+              + torch.einsum("bchij,cjl->bhijl", q[:, 2:], cols).unsqueeze(-2)
+              + torch.einsum("bchij,bchkl->bhijkl", q, k)) / math.sqrt(3)
+    probs = scores.flatten(-2).softmax(-1).view_as(scores)
+    out = torch.einsum("bhijkl,bchkl->bchij", probs, layer.value(x).view(b, 4, 2, w, h))
+    expected = layer.wout(out.reshape(b, 8, w, h))
+    with torch.no_grad():
+        torch.testing.assert_close(layer.compute_attention_scores(x), scores, rtol=0, atol=1e-12)
+        for impl in ("reference", "efficient", "fused"):
+            layer.attention_impl = impl
+            torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-12)
+    assert sorted(layer.state_dict()) == ["col_embedding.weight", "key.bias", "key.weight", "query.bias",
+                                          "query.weight", "relative_indices", "row_embedding.weight",
+                                          "value.bias", "value.weight", "wout.bias", "wout.weight"]
+
+
+def test_the_deprecated_transformer_builds_and_loads_its_own_state_dict_strictly(tmp_path):
+    model = INSTANCES["Transformer"](tmp_path).eval()
+    assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+    type(model)(1, 8, 2, 28, 0.0, 0.0, False, "LayerNorm").load_state_dict(dict(model.state_dict()), strict=True)
+
+
+def test_the_utils_are_the_originals():
+    from torch.optim import SGD
+
+    from g_selfatt.utils import linear_warmup_cosine_lr_scheduler, normalize_tensor, normalize_tensor_one_minone, num_params
+
+    torch.testing.assert_close(normalize_tensor_one_minone(torch.arange(5)), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    torch.testing.assert_close(normalize_tensor(torch.arange(5)), torch.arange(5) / 4.0)
+    assert num_params(torch.nn.Linear(3, 2)) == 8
+    optimizer = SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    scheduler = linear_warmup_cosine_lr_scheduler(optimizer, warmup_time_ratio=0.2, T_max=10)
+    seen = []
+    for _ in range(10):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected = [t / 2 if t < 2 else 0.5 * (1 + math.cos(math.pi * (t - 2) / 8)) for t in range(10)]
+    assert seen == pytest.approx(expected)
+
+
+def test_the_original_data_classes_and_folders(tmp_path):
+    import datasets
+
+    root = _rotated_mnist_files(tmp_path / "data")
+    image, label = datasets.MNIST_rot(root, train=True, transform=lambda im: im.size)[3]
+    assert image == (28, 28) and label == 3
+    splits = datasets.load_splits("rotMNIST", root, valid_size=2)  # only the original's processed files there
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (4, 2, 4)
+    original = torch.load(root / "MNIST_rot" / "processed" / "training.pt", weights_only=True)[0]
+    assert torch.equal(splits.train[1][0][0], original[1])
+    fixture_data.make_pcam_imagefolder(tmp_path / "pcam")
+    pcam = datasets.PCam(tmp_path / "pcam", train=False, valid=True)
+    assert pcam[0][0].mode == "RGB" and pcam[0][1] in (0, 1)
+    with pytest.raises(ValueError, match="valid"):
+        datasets.PCam(tmp_path / "pcam", train=True, valid=True)
+    with pytest.raises(datasets.DatasetNotFoundError, match="load_splits"):
+        datasets.MNIST_rot(root, download=True)

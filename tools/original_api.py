@@ -1,0 +1,104 @@
+"""Lists the public names of an original implementation's packages, for the compatibility tests.
+
+Reads the sources of a checkout of the original code (its ``.py`` files, with ``ast``; nothing
+is imported or run) and prints, per module: the public classes and functions it defines or
+re-exports, each function's parameter names, and each class's constructor parameters, public
+methods, properties and the public attributes its constructor sets. ``tests/test_original_api.py``
+checks every one of them against this project::
+
+    python tools/original_api.py /path/to/g_selfatt g_selfatt models datasets \\
+        > tests/original_api/g_selfatt.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import pathlib
+import sys
+from typing import Any, Dict, List
+
+
+def _parameters(function: ast.FunctionDef) -> List[str]:
+    names = [a.arg for a in function.args.posonlyargs + function.args.args + function.args.kwonlyargs]
+    return [name for name in names if name not in ("self", "cls")]
+
+
+def _instance_attributes(function: ast.FunctionDef) -> List[str]:
+    found = set()
+    for node in ast.walk(function):
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AnnAssign, ast.AugAssign)) else []
+        for target in targets:
+            if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                    and target.value.id == "self" and not target.attr.startswith("_")):
+                found.add(target.attr)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "register_buffer"
+                and node.args and isinstance(node.args[0], ast.Constant) and not str(node.args[0].value).startswith("_")):
+            found.add(node.args[0].value)
+    return sorted(found)
+
+
+def _class(node: ast.ClassDef) -> Dict[str, Any]:
+    methods, properties, attributes, init = [], [], [], None
+    for item in node.body:
+        if isinstance(item, ast.FunctionDef):
+            if item.name == "__init__":
+                init = item
+            elif any(isinstance(d, ast.Name) and d.id == "property" for d in item.decorator_list):
+                properties.append(item.name)
+            elif not item.name.startswith("_"):
+                methods.append(item.name)
+        elif isinstance(item, ast.ClassDef) and not item.name.startswith("_"):
+            methods.append(item.name)  # a nested class (H.grid_global) is an attribute of the class
+    if init is not None:
+        attributes = _instance_attributes(init)
+    return {"kind": "class", "parameters": _parameters(init) if init else [], "methods": sorted(methods),
+            "properties": sorted(properties), "attributes": attributes}
+
+
+def module_names(path: pathlib.Path) -> Dict[str, Any]:
+    """The public names of one source file."""
+    tree = ast.parse(path.read_text(), str(path))
+    names: Dict[str, Any] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+            names[node.name] = _class(node)
+        elif isinstance(node, ast.FunctionDef) and not node.name.startswith("_"):
+            names[node.name] = {"kind": "function", "parameters": _parameters(node)}
+        elif isinstance(node, ast.ImportFrom) and (node.level or path.name == "__init__.py"):
+            for alias in node.names:
+                if alias.name != "*" and not (alias.asname or alias.name).startswith("_"):
+                    names.setdefault(alias.asname or alias.name, {"kind": "reexport"})
+        elif isinstance(node, ast.Import) and path.name == "__init__.py":
+            for alias in node.names:
+                names.setdefault((alias.asname or alias.name).split(".")[-1], {"kind": "reexport"})
+    return names
+
+
+def package_names(root: pathlib.Path, packages: List[str]) -> Dict[str, Any]:
+    """Module path -> its public names, for every module of ``packages`` under ``root``."""
+    modules = {}
+    for package in packages:
+        for path in sorted((root / package).rglob("*.py")):
+            if ".ipynb_checkpoints" in path.parts:
+                continue
+            parts = list(path.relative_to(root).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = module_names(path)
+    return modules
+
+
+def main(argv: List[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("root", type=pathlib.Path, help="a checkout of the original implementation")
+    parser.add_argument("packages", nargs="+", help="its top-level packages to list")
+    args = parser.parse_args(argv)
+    json.dump(package_names(args.root, args.packages), sys.stdout, indent=1, sort_keys=True)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
