@@ -33,7 +33,24 @@ from attgconv.attentive import (
 from attgconv.conv import GroupConv, GroupKernel, LiftingConv, transform_kernels
 from attgconv.groups import PlanarGrid, get_grid
 
+# The original API (its module paths and names; see attgconv.original): ``attgconv.layers(group)``.
+from attgconv.layers import (  # noqa: E402  (after the layers it subclasses)
+    AttConvGGLayer,
+    AttConvRnGLayer,
+    ConvGGLayer,
+    ConvRnGLayer,
+    ConvRnRnLayer,
+    fAttConvGGLayer,
+    fAttConvRnGLayer,
+    layers,
+)
+
 __all__ = [
+    "AttConvGGLayer",
+    "AttConvRnGLayer",
+    "ConvGGLayer",
+    "ConvRnGLayer",
+    "ConvRnRnLayer",
     "FORMULATIONS",
     "AttentiveGroupConv",
     "AttentiveLiftingConv",
@@ -52,6 +69,9 @@ __all__ = [
     "PlanarGrid",
     "SpatialAttention",
     "attenuate",
+    "fAttConvGGLayer",
+    "fAttConvRnGLayer",
+    "layers",
     "average_pooling_rd_on_G",
     "get_grid",
     "max_pooling_group",

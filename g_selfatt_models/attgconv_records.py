@@ -28,121 +28,39 @@ Model records are built by the model zoo's one builder per architecture
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
-import attgconv
-from attgconv.groups import PlanarGrid, get_grid
+from attgconv import RomHog_attention, attention_layers
 from g_selfatt_models.attgconv_zoo import zoo
 from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
 
 ROMHOG = "attgconv.RomHog_attention."
-
-# The original group modules and grid sizes, by grid name.
-_GROUPS = {("SE2", 4): "p4", ("E2", 8): "p4m"}
-# Grid sizes of the original's attention modules that are given no group.
-_GRID_BY_SIZE = {4: "p4", 8: "p4m"}
-
-
-# ------------------------------------------------------------------- helpers
-
-
-def _grid(kwargs: Mapping[str, Any], size_key: str = "h_grid") -> PlanarGrid:
-    group, size = kwargs.get("group"), kwargs.get(size_key)
-    if (group, size) not in _GROUPS:
-        raise ValueError(
-            f"Unsupported group {group!r} with {size_key}={size!r}; the original layers act exactly only for "
-            f"{sorted(_GROUPS)} (p4 and p4m)."
-        )
-    return get_grid(_GROUPS[(group, size)])
-
-
-def _grid_of_size(size: int) -> PlanarGrid:
-    if size not in _GRID_BY_SIZE:
-        raise ValueError(f"Unsupported group size {size!r}; expected 4 (p4) or 8 (p4m).")
-    return get_grid(_GRID_BY_SIZE[size])
-
-
-def _check_same_grid(kwargs: Mapping[str, Any]) -> None:
-    if kwargs.get("input_h_grid", kwargs.get("h_grid")) != kwargs.get("h_grid"):
-        raise ValueError("Input and output grids of a group layer must agree (h_grid == input_h_grid).")
-
-
-def _check_conv_groups(kwargs: Mapping[str, Any], key: str = "conv_groups") -> None:
-    if kwargs.get(key, 1) != 1:
-        raise ValueError(f"{key}={kwargs[key]!r} is not supported; only 1 (a dense convolution) is.")
-
-
-def _conv_args(kwargs: Mapping[str, Any]) -> Dict[str, Any]:
-    return dict(stride=kwargs.get("stride", 1), padding=kwargs.get("padding", 1),
-                dilation=kwargs.get("dilation", 1), wscale=kwargs.get("wscale", 1.0))
-
+# The original classes a record may name, from attgconv's modules of the original API.
+_LAYERS = ("ConvRnRnLayer", "ConvRnGLayer", "ConvGGLayer", "AttConvRnGLayer", "AttConvGGLayer", "fAttConvRnGLayer",
+           "fAttConvGGLayer")
+_ATTENTION = ("ChannelAttention", "ChannelAttentionGG", "SpatialAttention", "SpatialAttentionGG",
+              "fChannelAttention", "fChannelAttentionGG", "fSpatialAttention", "fSpatialAttentionGG")
+_ROMHOG = ("fSpatialAttention", "fSpatialAttentionGG")
 
 def _attention(spec: Optional[Mapping[str, Any]]) -> Optional[nn.Module]:
     return None if spec is None else build_from_record(spec)
 
 
-# ------------------------------------------------------------ layer builders
+def _original(cls: type) -> Callable[[Mapping[str, Any]], nn.Module]:
+    """Builds the original class ``cls`` of :mod:`attgconv` from a record's keyword arguments."""
 
+    def build(kw: Mapping[str, Any]) -> nn.Module:
+        kw = dict(kw)
+        for key in ("channel_attention", "spatial_attention"):
+            if key in kw:
+                kw[key] = _attention(kw[key])
+        return cls(**kw)
 
-def _conv_rn_rn(kw: Mapping[str, Any]) -> nn.Module:
-    return nn.Conv2d(kw["N_in"], kw["N_out"], kw["kernel_size"], stride=kw.get("stride", 1),
-                     padding=kw.get("padding", 1), dilation=kw.get("dilation", 1),
-                     groups=kw.get("conv_groups", 1), bias=False)
-
-
-def _conv_rn_g(kw: Mapping[str, Any]) -> nn.Module:
-    _check_conv_groups(kw)
-    return attgconv.LiftingConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
-
-
-def _conv_g_g(kw: Mapping[str, Any]) -> nn.Module:
-    _check_conv_groups(kw)
-    _check_same_grid(kw)
-    return attgconv.GroupConv(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"], **_conv_args(kw))
-
-
-def _att_conv(cls: type, kw: Mapping[str, Any]) -> nn.Module:
-    _check_same_grid(kw)
-    return cls(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"],
-               channel_attention=_attention(kw.get("channel_attention")),
-               spatial_attention=_attention(kw.get("spatial_attention")), **_conv_args(kw))
-
-
-def _f_att_conv(cls: type, kw: Mapping[str, Any]) -> nn.Module:
-    _check_same_grid(kw)
-    args = _conv_args(kw)
-    args.pop("dilation")  # the original fAtt layers always use dilation 1
-    return cls(_grid(kw), kw["N_in"], kw["N_out"], kw["kernel_size"],
-               channel_attention=_attention(kw.get("channel_attention")),
-               spatial_attention=_attention(kw.get("spatial_attention")), **args)
-
-
-def _channel_attention_gg(kw: Mapping[str, Any]) -> nn.Module:
-    if kw["N_h"] != kw["N_h_in"]:
-        raise ValueError("ChannelAttentionGG needs N_h == N_h_in.")
-    return attgconv.GroupChannelAttention(_grid_of_size(kw["N_h"]), kw["N_out"], kw["N_in"], kw.get("ratio", 1),
-                                 permutations="cyclic")
-
-
-def _f_channel_attention_gg(kw: Mapping[str, Any]) -> nn.Module:
-    grid = _grid({"group": kw.get("group", "SE2"), "h_grid": kw["N_h_in"]})
-    return attgconv.FeatureGroupChannelAttention(grid, kw["N_in"], kw.get("ratio", 1))
-
-
-def _spatial_attention(cls: type, kw: Mapping[str, Any], size_key: str) -> nn.Module:
-    _check_same_grid(kw)
-    return cls(_grid(kw, size_key), kw["N_out"], kw["kernel_size"], stride=kw.get("stride", 1),
-               dilation=kw.get("dilation", 1), wscale=kw.get("wscale", 1.0))
-
-
-def _f_spatial_attention(cls: type, kw: Mapping[str, Any], size_key: str, romhog: bool) -> nn.Module:
-    _check_conv_groups(kw, "groups")
-    return cls(_grid(kw, size_key), 1 if romhog else kw["kernel_size"], stride=kw.get("stride", 1),
-               dilation=kw.get("dilation", 1), in_channels=kw["N_in"] if romhog else None,
-               wscale=kw.get("wscale", 1.0))
+    return build
 
 
 # ------------------------------------------------------------ model builders
@@ -197,27 +115,11 @@ def _densenet(grid_name: Optional[str], attention: str = "none"):
 
 BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     # layers
-    "ConvRnRnLayer": _conv_rn_rn,
-    "ConvRnGLayer": _conv_rn_g,
-    "ConvGGLayer": _conv_g_g,
-    "AttConvRnGLayer": lambda kw: _att_conv(attgconv.AttentiveLiftingConv, kw),
-    "AttConvGGLayer": lambda kw: _att_conv(attgconv.AttentiveGroupConv, kw),
-    "fAttConvRnGLayer": lambda kw: _f_att_conv(attgconv.FeatureAttentiveLiftingConv, kw),
-    "fAttConvGGLayer": lambda kw: _f_att_conv(attgconv.FeatureAttentiveGroupConv, kw),
-    # attention
-    "ChannelAttention": lambda kw: attgconv.ChannelAttention(kw["N_out"], kw["N_in"], kw.get("ratio", 1)),
-    "ChannelAttentionGG": _channel_attention_gg,
-    "SpatialAttention": lambda kw: _spatial_attention(attgconv.SpatialAttention, kw, "h_grid"),
-    "SpatialAttentionGG": lambda kw: _spatial_attention(attgconv.GroupSpatialAttention, kw, "h_grid"),
-    "fChannelAttention": lambda kw: attgconv.FeatureChannelAttention(kw["N_in"], kw.get("ratio", 1)),
-    "fChannelAttentionGG": _f_channel_attention_gg,
-    "fSpatialAttention": lambda kw: _f_spatial_attention(attgconv.FeatureSpatialAttention, kw, "h_grid", False),
-    "fSpatialAttentionGG": lambda kw: _f_spatial_attention(attgconv.FeatureGroupSpatialAttention, kw,
-                                                           "input_h_grid", False),
-    ROMHOG + "fSpatialAttention": lambda kw: _f_spatial_attention(attgconv.FeatureSpatialAttention, kw, "h_grid",
-                                                                  True),
-    ROMHOG + "fSpatialAttentionGG": lambda kw: _f_spatial_attention(attgconv.FeatureGroupSpatialAttention, kw,
-                                                                    "input_h_grid", True),
+    # layers and attention: the original classes of attgconv (attgconv.layers, .attention_layers)
+    # (the module attgconv.layers; the package attribute of that name is its factory class)
+    **{name: _original(getattr(importlib.import_module("attgconv.layers"), name)) for name in _LAYERS},
+    **{name: _original(getattr(attention_layers, name)) for name in _ATTENTION},
+    **{ROMHOG + name: _original(getattr(RomHog_attention, name)) for name in _ROMHOG},
     # rotMNIST
     "Z2CNN": _z2cnn,
     "P4CNN": _rotmnist("none"),
