@@ -56,8 +56,21 @@ def _hidden_size(in_channels: int, ratio: int) -> int:
 def _mlp_weight(*shape: int) -> nn.Parameter:
     """A bias-free MLP weight, initialised like ``nn.Linear`` (kaiming uniform, a = sqrt(5))."""
     weight = nn.Parameter(torch.empty(*shape))
-    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+    _initialise(weight)
     return weight
+
+
+def _initialise(weight: Tensor) -> None:
+    nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+
+
+class _MLPAttention(nn.Module):
+    """Channel attention with the MLP weights ``weight_fc1`` and ``weight_fc2``."""
+
+    def reset_parameters(self) -> None:
+        """Draws both MLP weights again."""
+        for weight in (self.weight_fc1, self.weight_fc2):
+            _initialise(weight)
 
 
 def _channel_gate(x: Tensor, mlp: Callable[[Tensor], Tensor]) -> Tensor:
@@ -80,7 +93,7 @@ def _transformed_mlp_weight(weight: Tensor, permutations: Tensor) -> Tensor:
 # ------------------------------------------------------- channel attention
 
 
-class ChannelAttention(nn.Module):
+class ChannelAttention(_MLPAttention):
     """Channel attention on the responses of a lifting convolution.
 
     One MLP per output channel ``o`` weighs the ``C`` contributions to it:
@@ -108,7 +121,7 @@ class ChannelAttention(nn.Module):
         return _channel_gate(responses, mlp)
 
 
-class GroupChannelAttention(nn.Module):
+class GroupChannelAttention(_MLPAttention):
     """Channel attention on the responses of a group convolution.
 
     For every output channel ``o``, output element ``h`` and input element ``k`` an
@@ -144,7 +157,7 @@ class GroupChannelAttention(nn.Module):
         return _channel_gate(responses, mlp)
 
 
-class FeatureChannelAttention(nn.Module):
+class FeatureChannelAttention(_MLPAttention):
     """Channel attention on an image: ``(B, C, H, W) -> (B, C, 1, 1)``.
 
     Invariant under rotations and mirrors of the image.
@@ -167,7 +180,7 @@ class FeatureChannelAttention(nn.Module):
         return _channel_gate(x, mlp)
 
 
-class FeatureGroupChannelAttention(nn.Module):
+class FeatureGroupChannelAttention(_MLPAttention):
     """Channel attention on a group feature map: ``(B, C, G, H, W) -> (B, C, G, 1, 1)``.
 
     The MLP is a pair of 1x1 group convolutions on the pooled statistics, so the

@@ -113,6 +113,46 @@ INSTANCES: Dict[str, Callable[[Any], Any]] = {
         in_channels=1, num_channels=8, kernel_size=2, image_size=28, attention_dropout_rate=0.0,
         value_dropout_rate=0.0, use_bias=False, norm_type="LayerNorm"),
 }
+
+
+def _se2():
+    import attgconv.group.SE2 as SE2
+
+    return SE2
+
+
+def _p4_grid():
+    return _se2().H.grid_global(4)
+
+
+def _att_layers():
+    import attgconv
+
+    return attgconv.layers(_se2())
+
+
+INSTANCES.update({
+    "ChannelAttention": lambda tmp: _object("attgconv.attention_layers", "ChannelAttention")(N_out=5, N_in=4, ratio=2),
+    "ChannelAttentionGG": lambda tmp: _object("attgconv.attention_layers", "ChannelAttentionGG")(
+        N_h=4, N_out=5, N_h_in=4, N_in=4, ratio=2),
+    "fChannelAttention": lambda tmp: _object("attgconv.attention_layers", "fChannelAttention")(N_in=4, ratio=2),
+    "fChannelAttentionGG": lambda tmp: _object("attgconv.attention_layers", "fChannelAttentionGG")(
+        N_h_in=4, N_in=4, ratio=2, group="SE2"),
+    "ConvRnRnLayer": lambda tmp: _att_layers().ConvRnRn(N_in=3, N_out=4, kernel_size=3),
+    "ConvRnGLayer": lambda tmp: _att_layers().ConvRnG(N_in=3, N_out=4, kernel_size=3, h_grid=_p4_grid()),
+    "ConvGGLayer": lambda tmp: _att_layers().ConvGG(N_in=4, N_out=4, kernel_size=3, h_grid=_p4_grid()),
+    "AttConvRnGLayer": lambda tmp: _att_layers().AttConvRnG(
+        N_in=3, N_out=4, kernel_size=3, h_grid=_p4_grid(),
+        channel_attention=INSTANCES["ChannelAttention"](tmp).__class__(N_out=4, N_in=3)),
+    "AttConvGGLayer": lambda tmp: _att_layers().AttConvGG(
+        N_in=4, N_out=5, kernel_size=3, h_grid=_p4_grid(), channel_attention=INSTANCES["ChannelAttentionGG"](tmp)),
+    "fAttConvRnGLayer": lambda tmp: _att_layers().fAttConvRnG(
+        N_in=3, N_out=4, kernel_size=3, h_grid=_p4_grid(),
+        channel_attention=_object("attgconv.attention_layers", "fChannelAttention")(N_in=3)),
+    "fAttConvGGLayer": lambda tmp: _att_layers().fAttConvGG(
+        N_in=4, N_out=4, kernel_size=3, h_grid=_p4_grid(), channel_attention=INSTANCES["fChannelAttentionGG"](tmp)),
+    "layers": lambda tmp: _att_layers(),
+})
 WITH_ATTRIBUTES = [(m, n, e) for m, n, e in CLASSES if e["attributes"]]
 
 
@@ -239,3 +279,39 @@ def test_the_original_data_classes_and_folders(tmp_path):
         datasets.PCam(tmp_path / "pcam", train=True, valid=True)
     with pytest.raises(datasets.DatasetNotFoundError, match="load_splits"):
         datasets.MNIST_rot(root, download=True)
+
+
+def test_the_attgconv_demo_workflow(tmp_path):
+    """The original's demo: layers(SE2), a lifting and a group convolution, kernel(h) over h_grid.grid."""
+    from attgconv.groups import get_grid
+    from g_selfatt.testing import assert_equivariant
+
+    torch.manual_seed(0)
+    factory = _att_layers()
+    grid = factory.H.grid_global(4)
+    lifting = factory.ConvRnG(N_in=1, N_out=3, kernel_size=5, h_grid=grid)
+    group = factory.ConvGG(N_in=3, N_out=2, kernel_size=5, h_grid=grid)
+    for h in grid.grid:  # the lifting kernel rotated by h: torch.rot90 by its quarter turns
+        turns = round(float(h) / (math.pi / 2))
+        torch.testing.assert_close(lifting.kernel(h), torch.rot90(lifting.weight, turns, dims=(-2, -1)), rtol=0, atol=0)
+    # a group kernel (O, C, G, k, k) transformed by h: rotated, and its group axis shifted by h
+    h = grid.grid[1]
+    torch.testing.assert_close(group.kernel(h), torch.roll(torch.rot90(group.weight, 1, dims=(-2, -1)), 1, dims=2),
+                               rtol=0, atol=0)
+    net = torch.nn.Sequential(lifting, torch.nn.ReLU(), group).double()
+    p4 = get_grid("p4")
+    assert_equivariant(net, torch.randn(2, 1, 11, 11, dtype=torch.float64), p4.group, input_kind="image",
+                       output_kind="group", transform_out=p4.transform_feature_map)
+
+
+def test_factory_layers_load_the_originals_state_dict_names(tmp_path):
+    from g_selfatt_models.attgconv_records import build_from_record
+
+    record = torch.load(REPO_ROOT.parent / "shared" / "reference" / "att_layer_attconvgg_se2_p4.pt", weights_only=True)
+    built = build_from_record({"module": record["module"], "kwargs": record["kwargs"]})
+    built.load_state_dict(record["state_dict"], strict=True)
+    assert type(built).__name__ == "AttConvGGLayer" and built.N_h == 4 and built.kernel_type == "G"
+    ref = record["output"]
+    with torch.no_grad():
+        out = built(record["input"])
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=5e-5 * max(1.0, ref.abs().max().item()))
