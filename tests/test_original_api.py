@@ -315,3 +315,16 @@ def test_factory_layers_load_the_originals_state_dict_names(tmp_path):
     with torch.no_grad():
         out = built(record["input"])
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=5e-5 * max(1.0, ref.abs().max().item()))
+
+
+def test_the_runs_readme_table_of_original_names_is_current():
+    import sys
+
+    sys.path.insert(0, str(REPO_ROOT / "tools"))
+    try:
+        import original_api
+    finally:
+        sys.path.remove(str(REPO_ROOT / "tools"))
+    text = (REPO_ROOT / "runs" / "README.md").read_text()
+    shown = text.split("<!-- original-names:start -->\n", 1)[1].split("<!-- original-names:end -->", 1)[0]
+    assert shown == original_api.table(MANIFESTS)

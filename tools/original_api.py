@@ -8,6 +8,11 @@ checks every one of them against this project::
 
     python tools/original_api.py /path/to/g_selfatt g_selfatt models datasets \\
         > tests/original_api/g_selfatt.json
+
+``--table`` prints instead, from those lists, the Markdown table of ``runs/README.md`` that says
+where each original name lives here::
+
+    python tools/original_api.py --table tests/original_api/*.json
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ import ast
 import json
 import pathlib
 import sys
+import types
 from typing import Any, Dict, List
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _parameters(function: ast.FunctionDef) -> List[str]:
@@ -91,7 +99,53 @@ def package_names(root: pathlib.Path, packages: List[str]) -> Dict[str, Any]:
     return modules
 
 
+def where_here(module: str, name: str) -> str:
+    """Where the object an original ``module.name`` stands for is defined in this project."""
+    import importlib
+
+    obj = getattr(importlib.import_module(module), name)
+    if isinstance(obj, types.ModuleType):
+        return obj.__name__
+    qualname = getattr(obj, "__qualname__", name)
+    if "<locals>" in qualname:
+        return f"`{module}.{name}` (made by `{obj.__module__}`)"
+    here = f"`{obj.__module__}.{qualname}`"
+    implementation = _implementation(obj)
+    return f"{here}, on `{implementation}`" if implementation else here
+
+
+# Modules that hold the originals' classes as subclasses of this project's layers.
+COMPATIBILITY_MODULES = ("attgconv.layers", "attgconv.attention_layers", "attgconv.RomHog_attention",
+                         "g_selfatt.nn.rd_self_attention")
+
+
+def _implementation(obj: Any) -> str:
+    """For a class of a compatibility module: the first class of this project below it (not a mixin)."""
+    if not isinstance(obj, type) or obj.__module__ not in COMPATIBILITY_MODULES:
+        return ""
+    for base in obj.__mro__[1:]:
+        if (base.__module__.split(".")[0] in ("g_selfatt", "attgconv", "g_selfatt_models", "datasets")
+                and base.__module__ != obj.__module__ and not base.__name__.startswith("_")):
+            return f"{base.__module__}.{base.__qualname__}"
+    return ""
+
+
+def table(manifests: List[pathlib.Path]) -> str:
+    """``| original | here |`` for every class and function the manifests list (re-exports omitted)."""
+    rows = ["| original name | here |", "|---|---|"]
+    for manifest in manifests:
+        for module, names in sorted(json.loads(manifest.read_text()).items()):
+            for name, entry in sorted(names.items()):
+                if entry["kind"] != "reexport":
+                    rows.append(f"| `{module}.{name}` | {where_here(module, name)} |")
+    return "\n".join(rows) + "\n"
+
+
 def main(argv: List[str]) -> None:
+    if argv[:1] == ["--table"]:
+        sys.path.insert(0, str(REPO_ROOT))  # the checkout's packages (datasets, models) by their names
+        sys.stdout.write(table([pathlib.Path(path) for path in argv[1:]]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("root", type=pathlib.Path, help="a checkout of the original implementation")
     parser.add_argument("packages", nargs="+", help="its top-level packages to list")
