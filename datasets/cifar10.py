@@ -90,9 +90,11 @@ def _raw_batches(folder: Path, download: bool) -> Tuple[Dict[str, bytes], Path]:
         The contents by batch name, and the folder or archive they were read from.
     """
     names: List[str] = [*TRAIN_BATCHES, TEST_BATCH]
-    extracted = folder / EXTRACTED_FOLDER
-    if all((extracted / name).exists() for name in names):
-        return {name: (extracted / name).read_bytes() for name in names}, extracted
+    # <root>/CIFAR10/cifar-10-batches-py, or where torchvision (and so the original code) put it:
+    # <root>/cifar-10-batches-py.
+    for extracted in (folder / EXTRACTED_FOLDER, folder.parent / EXTRACTED_FOLDER):
+        if all((extracted / name).exists() for name in names):
+            return {name: (extracted / name).read_bytes() for name in names}, extracted
     archive = folder / ARCHIVE.filename
     if download:
         fetch_resource(ARCHIVE, folder)

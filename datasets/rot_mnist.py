@@ -7,7 +7,8 @@ original implementations, each row is reshaped row-major to 28 x 28 without tran
 Pixels are stored as ``uint8`` (``round(255 * x)``); the parsed tensors are cached in
 ``<root>/rotMNIST/rotMNIST.pt``. Delete that file to parse the raw data again. Where none of
 these files exist but the original GSA-Nets code's processed files do
-(``<root>/MNIST_rot/processed/{training,test}.pt``, :mod:`datasets.mnist_rot`), those are read.
+(``<root>/MNIST_rot/processed/{training,test}.pt``, :mod:`datasets.mnist_rot`), those are read;
+else att_gconvs' ``train_all.npz`` and ``test.npz`` (in ``<root>/`` or ``<root>/rotMNIST/``).
 
 Splits (``validation="held_out"``): valid = the last ``valid_size`` (default 2,000)
 train+valid rows, train = the rows before them (10,000 by default), test = the 50,000 test
@@ -105,8 +106,12 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
     """
     folder = Path(root) / FOLDER
     cache = load_cache(folder / CACHE_FILE, _CACHE_KEYS)
-    if cache is None and not download and not _has_raw_files(folder) and _has_original_files(root):
-        return _original_processed(root)
+    if cache is None and not download and not _has_raw_files(folder):
+        if _has_original_files(root):
+            return _original_processed(root)
+        npz = _attgconv_files(root)
+        if npz is not None:
+            return _attgconv_arrays(*npz)
     if cache is None:
         texts, origin = _raw_texts(folder, download)
         train_images, train_labels = parse_amat(texts[TRAIN_VALID_FILE],
@@ -139,6 +144,34 @@ def _original_processed(root: Path) -> Tuple[TensorImageDataset, TensorImageData
                 folder, len(parts[0][0]), len(parts[1][0]))
     return tuple(TensorImageDataset(images.unsqueeze(1).contiguous(), labels.long(), folder)  # (N, 1, 28, 28)
                  for images, labels in parts)
+
+
+# att_gconvs' rotMNIST files (Cohen & Welling's preprocessing), in <root>/ or <root>/rotMNIST/.
+NPZ_FILES = ("train_all.npz", "test.npz")
+
+
+def _attgconv_files(root: Path) -> Optional[Tuple[Path, Path]]:
+    for folder in (Path(root), Path(root) / FOLDER):
+        if all((folder / name).is_file() for name in NPZ_FILES):
+            return folder / NPZ_FILES[0], folder / NPZ_FILES[1]
+    return None
+
+
+def _attgconv_arrays(train_path: Path, test_path: Path) -> Tuple[TensorImageDataset, TensorImageDataset]:
+    """att_gconvs' ``train_all.npz`` (the 12,000 train+valid rows) and ``test.npz``: ``data`` in [0, 1]
+    ``(N, 1, 28, 28)`` (or ``(N, 28, 28)``) and ``labels``, read as float images."""
+    parts = []
+    for path in (train_path, test_path):
+        try:
+            with np.load(path) as arrays:
+                images, labels = arrays["data"], arrays["labels"]
+        except (OSError, KeyError, ValueError) as error:
+            raise CorruptFileError(f"{path} is not an .npz file with arrays 'data' and 'labels': {error}") from error
+        images = torch.from_numpy(np.asarray(images, dtype=np.float32)).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+        parts.append(TensorImageDataset(images, torch.from_numpy(np.asarray(labels)).long(), path.parent))
+    logger.info("rotMNIST: reading att_gconvs' %s and %s (%d and %d rows).", train_path, test_path,
+                len(parts[0]), len(parts[1]))
+    return parts[0], parts[1]
 
 
 def build_splits(root: Path, *, validation: str, download: bool, seed: int,

@@ -328,3 +328,28 @@ def test_the_runs_readme_table_of_original_names_is_current():
     text = (REPO_ROOT / "runs" / "README.md").read_text()
     shown = text.split("<!-- original-names:start -->\n", 1)[1].split("<!-- original-names:end -->", 1)[0]
     assert shown == original_api.table(MANIFESTS)
+
+
+def test_the_original_data_folders_of_cifar10_and_att_gconvs_rotmnist(tmp_path):
+    import tarfile
+
+    import numpy as np
+
+    import datasets
+
+    # torchvision's layout, where the original code downloaded CIFAR10: <root>/cifar-10-batches-py/.
+    fixture = fixture_data.make_cifar10(tmp_path / "packed")
+    with tarfile.open(fixture.paths["archive"]) as archive:
+        archive.extractall(tmp_path / "root", filter="data")
+    splits = datasets.load_splits("CIFAR10", tmp_path / "root", valid_size=2)
+    assert len(splits.train) + len(splits.valid) == 20 and len(splits.test) == 6
+    # att_gconvs' rotMNIST files: <root>/train_all.npz and <root>/test.npz.
+    rng = np.random.default_rng(0)
+    (tmp_path / "npz").mkdir()
+    for name, rows in (("train_all.npz", 7), ("test.npz", 3)):
+        np.savez(tmp_path / "npz" / name, data=rng.random((rows, 1, 28, 28), dtype=np.float32),
+                 labels=np.arange(rows) % 10)
+    splits = datasets.load_splits("rotMNIST", tmp_path / "npz", valid_size=2)
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (5, 2, 3)
+    stored = np.load(tmp_path / "npz" / "train_all.npz")["data"]
+    torch.testing.assert_close(splits.train[4][0], torch.from_numpy(stored[4]), rtol=0, atol=0)
