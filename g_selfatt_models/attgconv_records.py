@@ -17,8 +17,10 @@ Behaviours of the original reproduced here on purpose:
   action for p4 but not for p4m (``permutations="cyclic"``).
 * ``AttConvGG`` weighs its sum with ``2 pi / |H|``, the other group convolutions
   with the ``haar_meas`` of the group (see :class:`attgconv.conv.GroupConv`).
-* ``A_P4AllCNNC`` downsamples with stride-2 convolutions (its equivariant max-pool
-  branch is unreachable as shipped); All-CNN-C nets ``squeeze()`` their output;
+* ``A_P4AllCNNC`` and ``A_Ch_P4AllCNNC`` downsample with stride-2 convolutions (their forward
+  reads ``really_equivariant``, which their constructors never set, so the original runs them only
+  with it set to False); ``A_Sp_P4AllCNNC`` strides *and* max-pools (its constructor sets it True);
+  All-CNN-C nets ``squeeze()`` their output;
   ``fA_P4MResNet`` mirrors its input along the width first.
 
 Model records are built by the model zoo's one builder per architecture
@@ -135,6 +137,8 @@ BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "P4MAllCNNC": _allcnnc("p4m"),
     "fA_P4MAllCNNC": _allcnnc("p4m", "feature"),
     "A_P4AllCNNC": _allcnnc("p4", "full", downsampling="stride"),
+    "A_Ch_P4AllCNNC": _allcnnc("p4", "channel", downsampling="stride"),
+    "A_Sp_P4AllCNNC": _allcnnc("p4", "spatial", downsampling="stride_and_pool"),
     "ResNet": _resnet(None),
     "P4MResNet": _resnet("p4m"),
     "fA_P4MResNet": _resnet("p4m", "feature", mirror_input=True),

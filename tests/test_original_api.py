@@ -353,3 +353,17 @@ def test_the_original_data_folders_of_cifar10_and_att_gconvs_rotmnist(tmp_path):
     assert (len(splits.train), len(splits.valid), len(splits.test)) == (5, 2, 3)
     stored = np.load(tmp_path / "npz" / "train_all.npz")["data"]
     torch.testing.assert_close(splits.train[4][0], torch.from_numpy(stored[4]), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, side", [("P4AllCNNC", 8), ("A_P4AllCNNC", 8), ("A_Ch_P4AllCNNC", 8),
+                                        ("A_Sp_P4AllCNNC", 2)])
+def test_every_original_allcnnc_is_rebuilt_by_its_name_with_its_downsampling(name, side):
+    # Pooled (P4AllCNNC), strided (A_, A_Ch_) or strided and pooled (A_Sp_): the side after c6 on 32x32.
+    from g_selfatt_models.attgconv_records import build_from_record
+
+    model = build_from_record({"module": name, "kwargs": {}}).eval()
+    seen = []
+    model.c7.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[-1]))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 32, 32)).shape == (10,)  # the originals squeeze their logits
+    assert seen == [side]

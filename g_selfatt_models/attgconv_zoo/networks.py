@@ -105,7 +105,7 @@ class RotMNISTCNN(nn.Module):
 
 # -------------------------------------------------------------------- All-CNN-C
 
-DOWNSAMPLING = ("pool", "stride")
+DOWNSAMPLING = ("pool", "stride", "stride_and_pool")
 
 
 class AllCNNC(nn.Module):
@@ -121,8 +121,9 @@ class AllCNNC(nn.Module):
         num_classes: logits.
         channels: width of the first stage (the second has twice as many).
         ratio: channel-attention ratio of the group layers.
-        downsampling: ``"pool"`` (3x3 stride-1 convolution, then 2x2 max-pool; equivariant)
-            or ``"stride"`` (stride-2 convolution, as the original full attentive net).
+        downsampling: ``"pool"`` (3x3 stride-1 convolution, then 2x2 max-pool; equivariant),
+            ``"stride"`` (stride-2 convolution: the original full and channel attentive nets) or
+            ``"stride_and_pool"`` (both, each halving the side: the original spatial attentive net).
     """
 
     min_size = 4
@@ -132,8 +133,8 @@ class AllCNNC(nn.Module):
         super().__init__()
         if downsampling not in DOWNSAMPLING:
             raise ValueError(f"Unknown downsampling {downsampling!r}; expected one of {DOWNSAMPLING}.")
-        self.pool = downsampling == "pool"
-        stride = 1 if self.pool else 2
+        self.pool = downsampling in ("pool", "stride_and_pool")
+        stride = 1 if downsampling == "pool" else 2
         wide = 2 * channels
         specs = [  # (in, out, kernel, stride)
             (channels, channels, 3, 1), (channels, channels, 3, stride), (channels, wide, 3, 1),
