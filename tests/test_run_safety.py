@@ -251,12 +251,14 @@ def test_the_console_command_runs_main_from_a_users_folder(tmp_path):
     main_help = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO_ROOT, capture_output=True, text=True,
                                timeout=120)
     assert help_text.returncode == main_help.returncode  # absl exits 1 after --help
-    import g_selfatt_cli  # the checkout the command runs (this one, after `make setup` here)
+    # The checkout the command runs (this one after `make setup` here), as its installation says.
+    command_checkout = subprocess.run([sys.executable, "-c", "import g_selfatt_cli; print(g_selfatt_cli.CHECKOUT)"],
+                                      cwd=tmp_path, capture_output=True, text=True, timeout=60).stdout.strip()
 
-    def fields(text: str, checkout: pathlib.Path) -> str:
+    def fields(text: str, checkout) -> str:
         return text.split("--config:", 1)[1].replace(str(checkout), "<checkout>")
 
-    assert fields(help_text.stdout, g_selfatt_cli.CHECKOUT) == fields(main_help.stdout, REPO_ROOT)
+    assert fields(help_text.stdout, command_checkout) == fields(main_help.stdout, REPO_ROOT)
 
     run = subprocess.run([str(command), "--config.dataset=rotDigits", "--config.model=z2sa", "--config.max_examples=4",
                           "--config.epochs=1", "--config.rotation_angles=0", "--config.device=cpu",
