@@ -171,7 +171,7 @@ def test_a_gsa_net_built_by_hand_loads_original_weights_with_the_original_index(
 def test_derived_buffers_are_not_saved_but_older_files_holding_them_load():
     from g_selfatt.groups import E2
     from g_selfatt.nn import GroupLocalSelfAttention, recorded_group_axis_index
-    from g_selfatt.nn.attention import DERIVED_BUFFERS, derived_state_shapes
+    from g_selfatt.nn.attention_state import DERIVED_BUFFERS, derived_state_shapes
 
     layer = GroupLocalSelfAttention(E2(8), 4, 6, 8, 2, 3, 0.0)
     assert not set(DERIVED_BUFFERS) & set(layer.state_dict())

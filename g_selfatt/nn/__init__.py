@@ -9,9 +9,8 @@ from g_selfatt.nn.attention import (
     LiftLocalSelfAttention,
     LiftSelfAttention,
     SelfAttentionCore,
-    recorded_group_axis_index,
-    set_group_axis_index,
 )
+from g_selfatt.nn.attention_state import recorded_group_axis_index, set_group_axis_index
 from g_selfatt.nn.cropping import Crop
 from g_selfatt.nn.init import whitening_init_
 from g_selfatt.nn.layers import Conv2d1x1, Conv3d1x1, LayerNorm, get_norm

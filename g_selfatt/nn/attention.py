@@ -36,23 +36,14 @@ The original implementation indexes the group encoding by ``(m + v - g) mod n``
 instead, which breaks equivariance; ``group_axis_index="original"`` reproduces
 it (for loading its checkpoints and for comparison).
 
-A state dict cannot say which index its weights were trained with, except through the
-version torch records per module in its metadata: this project's layers save version 2.
-A state dict without it (the original implementation's, or this project's before the
-version existed) loads with ``group_axis_index="original"``, which reproduces the outputs
-it was trained to give, and one notice says so;
-``set_group_axis_index(model, "relative")`` gives the equivariant variant. Code that knows
-the index (this project's runner, which records it with the weights) loads inside
-:func:`recorded_group_axis_index`, which keeps the index the layers were built with.
+How the layers' state dicts are saved and loaded (the derived index tables, the original
+checkpoints' group-axis index) is :mod:`g_selfatt.nn.attention_state`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import logging
 import math
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,51 +54,11 @@ from g_selfatt.groups import Group
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS, resolve_impl
 from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.efficient_attention import efficient_attention
+from g_selfatt.nn.attention_state import StateDictCompatibility
 from g_selfatt.nn.original_api import OriginalLayerAPI
 from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
 GROUP_AXIS_INDICES = ("relative", "original")
-
-# Index tables that are functions of the constructor arguments, so they are not saved. Checkpoints
-# of the original code (and older ones of this project) hold them: loading accepts them where their
-# shape is the layer's own (a different patch size or image side shows only there) and never takes
-# their values (the original's group index is not equivariant). Only g_indices is used (a
-# non-persistent buffer); the original's row and column tables are read by nothing, so only their
-# shapes are known here.
-DERIVED_BUFFERS = ("row_indices", "col_indices", "g_indices")
-
-
-logger = logging.getLogger(__name__)
-
-# The state_dict version of the attention layers: 2 marks the files of this project.
-STATE_VERSION = 2
-_INDEX_IS_RECORDED = contextvars.ContextVar("group_axis_index_is_recorded", default=False)
-_last_notice = [0]  # id of the last state dict the notice was given for (one notice per load)
-
-ORIGINAL_INDEX_NOTICE = (
-    "Loaded a state dict without a record of its group-axis index (the original implementation's, or "
-    "one written before this project recorded it): its group self-attention layers use "
-    "group_axis_index='original', which reproduces the outputs it was trained to give. For the exactly "
-    "equivariant variant call g_selfatt.nn.set_group_axis_index(model, 'relative') (and fine-tune).")
-
-
-@contextlib.contextmanager
-def recorded_group_axis_index() -> Iterator[None]:
-    """Loads inside keep the index the layers were built with (for callers that recorded it)."""
-    token = _INDEX_IS_RECORDED.set(True)
-    try:
-        yield
-    finally:
-        _INDEX_IS_RECORDED.reset(token)
-
-
-def set_group_axis_index(model: nn.Module, group_axis_index: str) -> nn.Module:
-    """Switches every group self-attention layer of ``model`` to ``group_axis_index``; returns ``model``."""
-    for module in model.modules():
-        if isinstance(module, SelfAttentionCore) and not module.lifting:
-            module.use_group_axis_index(group_axis_index)
-    return model
-
 
 def original_group_indices(group: Group) -> Tensor:
     """The original's group-axis index ``(m + v - g) mod n`` (for rotations), ``(V, G, M)``."""
@@ -121,7 +72,7 @@ def relative_group_indices(group: Group) -> Tensor:
     return table.unsqueeze(0).expand(group.num_elements, -1, -1).contiguous()
 
 
-class SelfAttentionCore(OriginalLayerAPI, nn.Module):
+class SelfAttentionCore(StateDictCompatibility, OriginalLayerAPI, nn.Module):
     """The shared implementation of the four self-attention layers.
 
     Subclasses choose ``lifting`` (input ``(B, C, H, W)``, no group encoding)
@@ -147,7 +98,6 @@ class SelfAttentionCore(OriginalLayerAPI, nn.Module):
     """
 
     lifting: bool = False
-    _version = STATE_VERSION
 
     def __init__(
         self,
@@ -220,46 +170,6 @@ class SelfAttentionCore(OriginalLayerAPI, nn.Module):
         device = self.offset_table.device
         self.register_buffer("g_indices", make(self.group).to(device), persistent=False)
         self.group_axis_index = group_axis_index
-
-    def derived_buffer_shapes(self) -> Dict[str, torch.Size]:
-        """Name -> shape of the derived tables a checkpoint may hold for this layer.
-
-        The original's ``row_indices`` / ``col_indices``: ``(V, P, P)`` for local layers,
-        ``(V, M, M, M, M)`` (``M = max_pos_embedding``) for global ones; ``g_indices``: ``(V, G, M)``.
-        """
-        elements = self.group.num_elements
-        extent = (self.patch_size,) * 2 if self.local else (self.max_pos_embedding,) * 4
-        shapes = {name: torch.Size((elements, *extent)) for name in ("row_indices", "col_indices")}
-        if not self.lifting:
-            shapes["g_indices"] = self.g_indices.shape
-        return shapes
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
-                              unexpected_keys, error_msgs):
-        own = self.derived_buffer_shapes()
-        for name in DERIVED_BUFFERS:
-            key = prefix + name
-            if key not in state_dict:
-                continue
-            saved = state_dict.pop(key).shape
-            if name not in own:
-                unexpected_keys.append(key)
-            elif saved != own[name]:
-                error_msgs.append(f"size mismatch for {key}: copying a param with shape {saved} from checkpoint, "
-                                  f"the shape in current model is {own[name]}.")
-        if self._trained_with_original_index(local_metadata):
-            self.use_group_axis_index("original")
-            if _last_notice[0] != id(state_dict):
-                _last_notice[0] = id(state_dict)
-                logger.warning(ORIGINAL_INDEX_NOTICE)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
-
-    def _trained_with_original_index(self, local_metadata: Dict) -> bool:
-        """A state dict of unknown index (no version 2) loaded where no caller vouches for the index."""
-        unknown = (local_metadata.get("version") or 1) < STATE_VERSION
-        return (unknown and not self.lifting and self.group_axis_index == "relative"
-                and not _INDEX_IS_RECORDED.get())
 
     # ------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
@@ -556,14 +466,3 @@ class GroupLocalSelfAttention(SelfAttentionCore):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, patch_size=patch_size,
                          group_axis_index=group_axis_index, attention_impl=attention_impl)
-
-
-def derived_state_shapes(model: nn.Module) -> Dict[str, torch.Size]:
-    """State_dict key -> shape of every derived buffer of ``model``'s attention layers.
-
-    These keys are not in ``model.state_dict()``, but ``model.load_state_dict`` accepts them (see
-    :data:`DERIVED_BUFFERS`); a strict check of a checkpoint's keys must allow them too.
-    """
-    return {f"{prefix}{'.' if prefix else ''}{name}": shape
-            for prefix, module in model.named_modules() if isinstance(module, SelfAttentionCore)
-            for name, shape in module.derived_buffer_shapes().items()}
