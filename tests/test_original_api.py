@@ -367,3 +367,17 @@ def test_every_original_allcnnc_is_rebuilt_by_its_name_with_its_downsampling(nam
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (10,)  # the originals squeeze their logits
     assert seen == [side]
+
+
+def test_the_original_rebuttal_model_has_its_experiment_name():
+    # att_gconvs' rot_mnist experiment --model RomHog_att_p4cnn built RomHog_fA_P4CNN.
+    import g_selfatt_models as models
+    from g_selfatt_models.attgconv_records import build_from_record
+
+    torch.manual_seed(0)
+    model = models.create_model("RomHog_att_p4cnn", dataset="rotMNIST").eval()
+    original = build_from_record({"module": "RomHog_fA_P4CNN", "kwargs": {}}).eval()
+    original.load_state_dict(model.state_dict(), strict=True)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)

@@ -2,7 +2,8 @@
 
 rotMNIST (the original's own names): ``p4cnn``, ``att_p4cnn`` (full attention),
 ``ch_att_p4cnn`` (channel only), ``sp_att_p4cnn`` (spatial only), ``f_att_p4cnn``
-(feature-map attention). The plain ``z2cnn`` baseline is registered with the GSA
+(feature-map attention), ``RomHog_att_p4cnn`` (the original's rebuttal experiment,
+``RomHog_fA_P4CNN``: feature-map attention with 1x1 spatial attention). The plain ``z2cnn`` baseline is registered with the GSA
 models (:mod:`g_selfatt_models.gsa_zoo`).
 
 CIFAR-10 and PCam follow one pattern, that of the original ``--model`` choices::
@@ -65,7 +66,8 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
 MIN_IMAGE_SIZES = {"rotMNIST": RotMNISTCNN.min_size, "allcnnc": AllCNNC.min_size, "resnet44": ResNet.min_size,
                    "densenet": DenseNet.minimum_input_size(5)}
 
-ATTENTION_PREFIXES = {"": "none", "att_": "full", "ch_att_": "channel", "sp_att_": "spatial", "f_att_": "feature"}
+ATTENTION_PREFIXES = {"": "none", "att_": "full", "ch_att_": "channel", "sp_att_": "spatial", "f_att_": "feature",
+                      "RomHog_att_": "romhog"}
 
 
 def _layers(group: Optional[str], attention: str, wscale: float, formulation: str, bias: bool = False
@@ -168,6 +170,12 @@ def sp_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
 @_zoo_model
 def f_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:
     return _p4cnn(config, data, "feature")
+
+
+@_zoo_model
+def RomHog_att_p4cnn(config: Any, data: DataSpec) -> nn.Module:  # noqa: N802  (the original experiment's name)
+    """The original's rebuttal model RomHog_fA_P4CNN: 1x1 feature-map attention (Romero & Hoogendoorn 2020)."""
+    return _p4cnn(config, data, "romhog")
 
 
 # -------------------------------------------------------------------- CIFAR-10
