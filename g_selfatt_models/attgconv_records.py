@@ -23,7 +23,9 @@ Behaviours of the original reproduced here on purpose:
   All-CNN-C nets ``squeeze()`` their output;
   ``fA_P4MResNet`` mirrors its input along the width first.
 
-Model records are built by the model zoo's one builder per architecture
+Layer and attention records are built by the original classes of :mod:`attgconv`'s
+compatibility modules (``attgconv.layers``, ``attgconv.attention_layers``,
+``attgconv.RomHog_attention``), model records by the model zoo's one builder per architecture
 (:func:`~g_selfatt_models.attgconv_zoo.zoo.all_cnn_c` and its siblings) and, for ``Z2CNN``,
 :class:`g_selfatt_models.cnn.CNN`.
 """
