@@ -95,7 +95,9 @@ def get_config() -> config_dict.ConfigDict:
     # Download missing dataset files (rotMNIST, CIFAR10, MNIST) into data_root.
     config.download = False
     # Split used for model selection: "held_out" (part of the training data, or the official
-    # validation split) or "test" (the original code's choice: selection on the test set).
+    # validation split), "test" (the original code's choice: selection on the test set), or
+    # "att_gconvs" (rotMNIST, CIFAR10: the attentive G-CNN experiments' whole input pipeline, to
+    # reproduce one of their runs: selection on the test set, all training rows, their normalisation).
     config.validation = "held_out"
     # Size of the held-out validation split (unset = the dataset's usual size).
     config.valid_size = placeholder(int)

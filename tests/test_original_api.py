@@ -381,3 +381,31 @@ def test_the_original_rebuttal_model_has_its_experiment_name():
     x = torch.randn(2, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(model(x), original(x), rtol=0, atol=0)
+
+
+def test_the_att_gconvs_input_pipeline(tmp_path):
+    """validation='att_gconvs': all training rows, selection on the test set, the experiments' normalisation."""
+    import datasets
+
+    fixture = fixture_data.make_rotmnist(tmp_path / "data")  # 12 train+valid rows, 5 test rows
+    splits = datasets.load_splits("rotMNIST", tmp_path / "data", validation="att_gconvs")
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (12, 5, 5)
+    pixels = torch.from_numpy(fixture.images["train_valid"]).double() / 255
+    normalised = splits.batch_transform(splits.train.images).double()
+    torch.testing.assert_close(normalised, (pixels - pixels.mean()) / pixels.std(unbiased=False), rtol=1e-5, atol=1e-5)
+    fixture_data.make_cifar10(tmp_path / "data")
+    cifar = datasets.load_splits("CIFAR10", tmp_path / "data", validation="att_gconvs")
+    assert len(cifar.train) == 20 and cifar.valid is cifar.test
+    assert cifar.batch_transform.mean == (0.485, 0.456, 0.406) and cifar.batch_transform.std == (0.229, 0.224, 0.225)
+    with pytest.raises(ValueError, match="no such pipeline"):
+        datasets.load_splits("rotDigits", tmp_path / "data", validation="att_gconvs")
+
+
+def test_the_runner_reproduces_an_att_gconvs_run_by_one_flag(tmp_path):
+    import main
+    from test_main_e2e import make_config
+
+    fixture_data.make_rotmnist(tmp_path / "data")
+    result = main.run(make_config(tmp_path, dataset="rotMNIST", model="p4cnn", validation="att_gconvs",
+                                  max_examples=4, rotation_angles=0))
+    assert "select_att_gconvs" in result.checkpoint.name
