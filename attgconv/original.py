@@ -49,8 +49,7 @@ def planar_grid(group: Any, h_grid: Any) -> PlanarGrid:
         if size not in _BY_SIZE:
             raise ValueError(f"Unsupported group size {size}; expected 4 (p4) or 8 (p4m).")
         return get_grid(_BY_SIZE[size])
-    key = (group if isinstance(group, str) else group.G.name, size)
-    key = {("SE2", 4): ("SE(2)", 4), ("E2", 8): ("E(2)", 8)}.get(key, key)
+    key = (group_module(group).G.name, size)
     if key not in GROUPS:
         raise ValueError(f"Unsupported group {key[0]!r} with {size} elements; the layers act exactly only for "
                          "p4 and p4m (SE2 with 4, E2 with 8 elements).")
