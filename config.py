@@ -88,6 +88,11 @@ def get_config() -> config_dict.ConfigDict:
     # Computation of the full attentive convolutions: "chunked" (memory-lean) or "full" (as
     # the original code; same result, much more memory).
     config.attention_formulation = "chunked"
+    # Build the model as the original experiment scripts did for its name, deviations included:
+    # stride-2 downsampling in att_p4_allcnnc and ch_att_p4_allcnnc (strides and max-pools in
+    # sp_att_p4_allcnnc), the plain p4m DenseNet that f_att_p4m_densenet trained, the mirrored input
+    # of f_att_p4m_resnet44 (the same logits). False: the paper's models, exactly equivariant.
+    config.original_architecture = False
 
     # ----- Data --------------------------------------------------------------------------
     # Folder holding (or receiving) the dataset files.

@@ -58,6 +58,11 @@ def model_spec(config: config_dict.ConfigDict, architecture: str) -> models.Mode
         models.check_defined_for(spec, architecture)
     except ValueError as error:
         raise ConfigError(f"{error} (--config.model={config.model}, --config.dataset={config.dataset})") from error
+    if config.get("original_architecture", False) and spec.family == "gsa":
+        raise ConfigError(
+            f"--config.original_architecture=True rebuilds the original attentive G-CNN networks; "
+            f"{config.model!r} is a GSA-Net, which the original code built as here except for its "
+            "group-axis index: use --config.group_axis_index=original for that.")
     return spec
 
 
@@ -119,14 +124,16 @@ def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
             "--config.checkpoint=PATH."
         )
     source = str(checkpoint_file(source))  # a released run folder of the originals: its model.pth
-    load_weights(model, checkpoint.read(source), config.model, spec, data, source)
+    load_weights(model, checkpoint.read(source), config.model, spec, data, source,
+                 original_architecture=config.original_architecture)
     logging.info("Loaded pretrained weights from %s.", source)
 
 
-def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "") -> torch.nn.Module:
+def load_model(path: str | pathlib.Path, model: str = "", dataset: str = "", *,
+               original_architecture: bool = False) -> torch.nn.Module:
     """:func:`models.load_model`, with an unknown model or dataset name reported as a ConfigError."""
     try:
-        return models.load_model(path, model=model, dataset=dataset)
+        return models.load_model(path, model=model, dataset=dataset, original_architecture=original_architecture)
     except ValueError as error:
         raise ConfigError(str(error)) from error
 

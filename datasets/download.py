@@ -151,8 +151,9 @@ def fetch_resource(resource: Resource, folder: Path) -> Path:
     )
 
 
-def save_cache(tensors: Dict[str, torch.Tensor], path: Path) -> None:
-    """Atomically saves ``tensors`` to ``path`` (temporary file, then :func:`os.replace`), creating its folder."""
+def save_cache(tensors: Any, path: Path) -> None:
+    """Atomically ``torch.save``s ``tensors`` (a dict or tuple of them) to ``path`` (temporary file, then
+    :func:`os.replace`), creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = _temporary_path(path)

@@ -4,8 +4,9 @@ The original processed the ``.amat`` files once into ``<root>/MNIST_rot/processe
 and ``test.pt`` (``torch.save((images, labels))``: ``uint8`` images ``(N, 28, 28)``, the first
 10,000 train+valid rows for training, the 50,000 test rows). This class reads those files as the
 original did and yields what its ``__getitem__`` yielded, ``(PIL image, int label)`` through the
-optional transforms. The runner reads the same files (``--config.dataset=rotMNIST`` finds them
-under ``--config.data_root``); downloading and parsing the raw archive is :mod:`datasets.rot_mnist`'s.
+optional transforms; ``download=True`` downloads the archive and writes those files
+(:func:`datasets.rot_mnist.write_original_processed`). The runner reads the same files
+(``--config.dataset=rotMNIST`` finds them under ``--config.data_root``).
 """
 
 from __future__ import annotations
@@ -17,31 +18,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from datasets.errors import CorruptFileError, DatasetNotFoundError
-
-FOLDER = "MNIST_rot"
-TRAINING_FILE = "training.pt"
-TEST_FILE = "test.pt"
-
-
-def processed_folder(root: Union[str, Path]) -> Path:
-    return Path(root) / FOLDER / "processed"
-
-
-def read_processed(path: Path) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(uint8 images (N, 28, 28), labels (N,))`` of one processed file.
-
-    Raises:
-        CorruptFileError: not a pair of tensors of those shapes.
-    """
-    try:
-        images, labels = torch.load(path, weights_only=True)
-    except Exception as error:  # noqa: BLE001  (any unreadable file is reported the same way)
-        raise CorruptFileError(f"{path} is not a processed MNIST_rot file (a pair of tensors): {error}") from error
-    if images.dim() != 3 or images.shape[1:] != (28, 28) or labels.shape != images.shape[:1]:
-        raise CorruptFileError(f"{path} holds images {tuple(images.shape)} and labels {tuple(labels.shape)}; "
-                               "expected (N, 28, 28) and (N,).")
-    return images, labels
+from datasets import rot_mnist
+from datasets.errors import DatasetNotFoundError
 
 
 class MNIST_rot(Dataset):  # noqa: N801  (the original's name)
@@ -51,8 +29,12 @@ class MNIST_rot(Dataset):  # noqa: N801  (the original's name)
         root: the folder that holds ``MNIST_rot/processed/``.
         train: the training file (10,000 rows) or the test file (50,000).
         transform, target_transform: applied to the PIL image and to the label.
-        download: not supported here; download with ``python main.py --config.dataset=rotMNIST
-            --config.download=True`` (or ``datasets.load_splits("rotMNIST", root, download=True)``).
+        download: download the archive (md5-verified) and write the processed files first,
+            where they are not there yet.
+
+    Raises:
+        DatasetNotFoundError: no processed files and ``download=False``.
+        DownloadError, ChecksumError, CorruptFileError: the download failed or the files are damaged.
     """
 
     classes = [f"{digit} - {name}" for digit, name in enumerate(
@@ -60,32 +42,28 @@ class MNIST_rot(Dataset):  # noqa: N801  (the original's name)
 
     def __init__(self, root: Union[str, Path], train: bool = True, transform: Optional[Callable] = None,
                  target_transform: Optional[Callable] = None, download: bool = False):
-        if download:
-            self.download()
         self.root, self.train = str(root), train
         self.transform, self.target_transform = transform, target_transform
-        path = processed_folder(root) / (TRAINING_FILE if train else TEST_FILE)
+        if download:
+            self.download()
+        path = Path(self.processed_folder) / rot_mnist.ORIGINAL_FILES[0 if train else 1]
         if not path.is_file():
-            raise DatasetNotFoundError(f"Dataset not found: no {path}. The original code's processed files "
-                                       f"go to {processed_folder(root)}; or use datasets.load_splits('rotMNIST', "
-                                       "root, download=True).")
-        self.data, self.targets = read_processed(path)
+            raise DatasetNotFoundError(f"Dataset not found: no {path}. Use MNIST_rot({self.root!r}, download=True) "
+                                       "to download and process it.")
+        self.data, self.targets = rot_mnist.read_original_processed(path)
 
-    @staticmethod
-    def download() -> None:
-        """Not supported: raises, naming the replacement."""
-        raise DatasetNotFoundError(
-            "MNIST_rot(download=True) is not supported: download and parse the archive with "
-            "datasets.load_splits('rotMNIST', root, download=True) (or python main.py "
-            "--config.dataset=rotMNIST --config.download=True), which need no processed files.")
+    def download(self) -> None:
+        """Downloads and processes the archive, unless both processed files are there."""
+        if not all((Path(self.processed_folder) / name).is_file() for name in rot_mnist.ORIGINAL_FILES):
+            rot_mnist.write_original_processed(Path(self.root))
 
     @property
     def raw_folder(self) -> str:
-        return str(Path(self.root) / FOLDER / "raw")
+        return str(Path(self.root) / rot_mnist.ORIGINAL_FOLDER / "raw")
 
     @property
     def processed_folder(self) -> str:
-        return str(processed_folder(self.root))
+        return str(rot_mnist.original_processed_folder(Path(self.root)))
 
     def extra_repr(self) -> str:
         return f"Split: {'Train' if self.train else 'Test'}"

@@ -27,7 +27,6 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 import torch
 
-from datasets import mnist_rot
 from datasets.archives import read_zip_members
 from datasets.base import TensorImageDataset, resolve_valid_size, split_tail
 from datasets.download import Resource, fetch_resource, load_cache, save_cache
@@ -127,9 +126,58 @@ def _has_raw_files(folder: Path) -> bool:
     return (folder / ARCHIVE.filename).exists() or all((folder / name).exists() for name in (TRAIN_VALID_FILE, TEST_FILE))
 
 
+# ----- the original GSA-Nets code's processed files: <root>/MNIST_rot/processed/{training,test}.pt,
+# each torch.save((uint8 images (N, 28, 28), labels (N,))); training: the first 10,000 train+valid rows.
+ORIGINAL_FOLDER = "MNIST_rot"
+ORIGINAL_FILES = ("training.pt", "test.pt")
+ORIGINAL_TRAINING_ROWS = 10_000
+
+
+def original_processed_folder(root: Path) -> Path:
+    """``<root>/MNIST_rot/processed``, where the original code kept its processed files."""
+    return Path(root) / ORIGINAL_FOLDER / "processed"
+
+
+def read_original_processed(path: Path) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(uint8 images (N, 28, 28), labels (N,))`` of one processed file.
+
+    Raises:
+        CorruptFileError: not a pair of tensors of those shapes.
+    """
+    try:
+        images, labels = torch.load(path, weights_only=True)
+    except Exception as error:  # noqa: BLE001  (any unreadable file is reported the same way)
+        raise CorruptFileError(Path(path), f"not a processed MNIST_rot file (a pair of tensors): {error}") from error
+    if images.dim() != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or labels.shape != images.shape[:1]:
+        raise CorruptFileError(Path(path), f"holds images {tuple(images.shape)} and labels {tuple(labels.shape)}; "
+                               "expected (N, 28, 28) and (N,).")
+    return images, labels
+
+
+def write_original_processed(root: Path) -> Path:
+    """Downloads (md5-verified) and parses the archive into the original code's processed files.
+
+    The raw archive goes to ``<root>/MNIST_rot/raw/``; each file is written to a temporary file and
+    renamed. Pixels are ``round(255 x)`` (the original's ``round(256 x)`` wrapped the brightest
+    pixels, ``x = 1``, around to 0 in ``uint8``); labels are ``uint8``, as the original's.
+
+    Returns:
+        The processed folder.
+    """
+    raw = Path(root) / ORIGINAL_FOLDER / "raw"
+    fetch_resource(ARCHIVE, raw)
+    texts = read_zip_members(raw / ARCHIVE.filename, [TRAIN_VALID_FILE, TEST_FILE])
+    folder = original_processed_folder(root)
+    for name, text, rows in ((ORIGINAL_FILES[0], texts[TRAIN_VALID_FILE], ORIGINAL_TRAINING_ROWS),
+                             (ORIGINAL_FILES[1], texts[TEST_FILE], None)):
+        images, labels = parse_amat(text, str(raw / ARCHIVE.filename))  # (N, 1, 28, 28)
+        save_cache((images[:rows, 0].contiguous(), labels[:rows].to(torch.uint8)), folder / name)
+    return folder
+
+
 def _has_original_files(root: Path) -> bool:
-    folder = mnist_rot.processed_folder(root)
-    return (folder / mnist_rot.TRAINING_FILE).is_file() and (folder / mnist_rot.TEST_FILE).is_file()
+    folder = original_processed_folder(root)
+    return all((folder / name).is_file() for name in ORIGINAL_FILES)
 
 
 def _original_processed(root: Path) -> Tuple[TensorImageDataset, TensorImageDataset]:
@@ -138,8 +186,8 @@ def _original_processed(root: Path) -> Tuple[TensorImageDataset, TensorImageData
     Their training file holds the first 10,000 train+valid rows (the original dropped the other 2,000),
     so the held-out validation split is the last ``valid_size`` of those.
     """
-    folder = mnist_rot.processed_folder(root)
-    parts = [mnist_rot.read_processed(folder / name) for name in (mnist_rot.TRAINING_FILE, mnist_rot.TEST_FILE)]
+    folder = original_processed_folder(root)
+    parts = [read_original_processed(folder / name) for name in ORIGINAL_FILES]
     logger.info("rotMNIST: reading the original code's processed files in %s (%d training rows, %d test rows).",
                 folder, len(parts[0][0]), len(parts[1][0]))
     return tuple(TensorImageDataset(images.unsqueeze(1).contiguous(), labels.long(), folder)  # (N, 1, 28, 28)

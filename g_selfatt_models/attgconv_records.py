@@ -21,7 +21,8 @@ Behaviours of the original reproduced here on purpose:
   reads ``really_equivariant``, which their constructors never set, so the original runs them only
   with it set to False); ``A_Sp_P4AllCNNC`` strides *and* max-pools (its constructor sets it True);
   All-CNN-C nets ``squeeze()`` their output;
-  ``fA_P4MResNet`` mirrors its input along the width first.
+  ``fA_P4MResNet`` mirrors its input along the width first. (The zoo builds the same networks
+  under their CLI names with ``original_architecture=True``.)
 
 Layer and attention records are built by the original classes of :mod:`attgconv`'s
 compatibility modules (``attgconv.layers``, ``attgconv.attention_layers``,
@@ -35,7 +36,6 @@ from __future__ import annotations
 import importlib
 from typing import Any, Callable, Dict, Mapping, Optional, Union
 
-import torch
 from torch import Tensor, nn
 
 from attgconv import RomHog_attention, attention_layers
@@ -84,15 +84,11 @@ def _squeeze_output(module: nn.Module, inputs: Any, output: Tensor) -> Tensor:
     return output.squeeze()
 
 
-def _mirror_input(module: nn.Module, inputs: Any) -> Any:
-    """Forward pre-hook: the original ``fA_P4MResNet`` mirrors its input along the width first."""
-    return (torch.flip(inputs[0], dims=[-1]),) + tuple(inputs[1:])
-
-
-def _allcnnc(grid_name: Optional[str], attention: str = "none", downsampling: str = "pool"):
+def _allcnnc(grid_name: Optional[str], attention: str = "none"):
     def build(kw: Mapping[str, Any]) -> nn.Module:
         # Only the plain AllCNNC uses its use_bias argument; the group versions ignore it.
         bias = grid_name is None and kw.get("use_bias", False)
+        downsampling = zoo.ORIGINAL_ALLCNNC_DOWNSAMPLING.get(attention, "pool")
         model = zoo.all_cnn_c(grid_name, attention, bias=bias, downsampling=downsampling)
         model.register_forward_hook(_squeeze_output)
         return model
@@ -103,10 +99,8 @@ def _allcnnc(grid_name: Optional[str], attention: str = "none", downsampling: st
 def _resnet(grid_name: Optional[str], attention: str = "none", mirror_input: bool = False):
     def build(kw: Mapping[str, Any]) -> nn.Module:
         widths = tuple(kw.get(key, default) for key, default in zip(("nc32", "nc16", "nc8"), zoo.RESNET_WIDTHS[grid_name]))
-        model = zoo.resnet_44(grid_name, attention, num_blocks=kw.get("num_blocks", 7), widths=widths)
-        if mirror_input:
-            model.register_forward_pre_hook(_mirror_input)
-        return model
+        return zoo.resnet_44(grid_name, attention, num_blocks=kw.get("num_blocks", 7), widths=widths,
+                             mirror_input=mirror_input)
 
     return build
 
@@ -138,9 +132,9 @@ BUILDERS: Dict[str, Callable[[Mapping[str, Any]], nn.Module]] = {
     "fA_P4AllCNNC": _allcnnc("p4", "feature"),
     "P4MAllCNNC": _allcnnc("p4m"),
     "fA_P4MAllCNNC": _allcnnc("p4m", "feature"),
-    "A_P4AllCNNC": _allcnnc("p4", "full", downsampling="stride"),
-    "A_Ch_P4AllCNNC": _allcnnc("p4", "channel", downsampling="stride"),
-    "A_Sp_P4AllCNNC": _allcnnc("p4", "spatial", downsampling="stride_and_pool"),
+    "A_P4AllCNNC": _allcnnc("p4", "full"),
+    "A_Ch_P4AllCNNC": _allcnnc("p4", "channel"),
+    "A_Sp_P4AllCNNC": _allcnnc("p4", "spatial"),
     "ResNet": _resnet(None),
     "P4MResNet": _resnet("p4m"),
     "fA_P4MResNet": _resnet("p4m", "feature", mirror_input=True),

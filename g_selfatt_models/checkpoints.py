@@ -273,8 +273,10 @@ def model_input(data: DataSpec, spec: ModelSpec, requested: int = 0) -> DataSpec
     return dataclasses.replace(data, image_size=size)
 
 
-def report_origin(path: pathlib.Path, model_name: str) -> None:
-    """Logs whether a file that this project did not write is one of the authors' released files.
+def report_origin(path: pathlib.Path, model_name: str, original_architecture: bool = False) -> None:
+    """Logs whether a file that this project did not write is one of the authors' released files,
+    and warns where it holds another network than ``model_name`` (built with
+    ``original_architecture``).
 
     Raises:
         CheckpointError: a damaged copy of a released file.
@@ -289,30 +291,52 @@ def report_origin(path: pathlib.Path, model_name: str) -> None:
         return
     logger.info("%s is the authors' released %s checkpoint (%s, sha256 verified).", path,
                 entry.model, entry.dataset)
-    if entry.model != model_name:
-        logger.warning("The released file of folder %s holds %s (%s); it loads into --config.model=%s, "
-                       "not %s.", entry.folder, entry.model, entry.note or "as its name says",
-                       entry.model, model_name)
+    if not entry.loads_into(model_name, original_architecture):
+        also = (f", or into --config.model={entry.original_name} with --config.original_architecture=True "
+                "(the original script's network for that name)" if entry.original_name else "")
+        logger.warning("The released file of folder %s holds %s (%s); it loads into --config.model=%s%s, "
+                       "not into %s.", entry.folder, entry.model, entry.note or "as its name says",
+                       entry.model, also, model_name)
+
+
+def check_attention_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], spec: ModelSpec,
+                            source: Union[str, pathlib.Path]) -> None:
+    """Refuses, with the model it belongs to, a checkpoint without attention weights for a model with them.
+
+    Raises:
+        CheckpointError: ``spec`` is attentive, ``model`` has attention weights and ``weights`` none.
+    """
+    if not spec.plain_model or not any("attention" in key for key in model.state_dict()):
+        return
+    if not any("attention" in key for key in weights):
+        raise CheckpointError(
+            f"The checkpoint {source} has no attention weights, so it belongs to the plain model "
+            f"{spec.plain_model!r}; load it with --config.model={spec.plain_model} (or, where the original "
+            f"script trained {spec.name!r} without attention, with --config.original_architecture=True).")
 
 
 def load_weights(model: nn.Module, saved: Any, model_name: str, spec: ModelSpec,
-                 data: DataSpec, source: Union[str, pathlib.Path]) -> None:
+                 data: DataSpec, source: Union[str, pathlib.Path], *, original_architecture: bool = False) -> None:
     """Loads what :func:`read` returned strictly into ``model``.
+
+    ``original_architecture``: ``model`` was built as the original scripts built ``model_name``.
 
     Raises:
         CheckpointError: a checkpoint of another model, or weights that do not fit.
     """
     if not is_project_checkpoint(saved):
-        report_origin(pathlib.Path(source), model_name)
+        report_origin(pathlib.Path(source), model_name, original_architecture)
     try:
         weights = weights_from(saved, model_name=model_name, architecture=data.architecture,
                                convert=spec.convert_checkpoint, source=source)
     except ValueError as error:
         raise CheckpointError(f"Cannot use {source} for {model_name!r}: {error}") from error
+    check_attention_weights(model, weights, spec, source)
     load_strict(model, weights, source, index_recorded=is_project_checkpoint(saved))
 
 
-def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "") -> nn.Module:
+def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "", *,
+               original_architecture: bool = False) -> nn.Module:
     """Builds a model and loads a checkpoint into it strictly.
 
     A checkpoint written by this project's runner names its model and holds its whole
@@ -331,6 +355,8 @@ def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "
         path: the checkpoint file.
         model: registered model name (for files of the original implementations).
         dataset: dataset name, which selects the architecture (likewise).
+        original_architecture: build ``model`` as the original scripts built that name
+            (likewise; e.g. the released ``f_att_p4m_densenet`` folder holds a plain P4MDenseNet).
 
     Raises:
         CheckpointError: no such file, a file of the original implementations without
@@ -353,7 +379,9 @@ def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "
         settings: Any = types.SimpleNamespace(**config)
         data_in = model_input(data, spec, config.get("image_size", 0))  # absent from older files
     else:
-        settings, data_in = model_settings(model, data, {}), model_input(data, spec)
+        settings = model_settings(model, data, {"original_architecture": original_architecture})
+        data_in = model_input(data, spec)
     network = create_model(model, settings, data_in)
-    load_weights(network, saved, model, spec, data, path)
+    load_weights(network, saved, model, spec, data, path,
+                 original_architecture=getattr(settings, "original_architecture", False))
     return network

@@ -63,7 +63,7 @@ DATA_SPECS: Dict[str, DataSpec] = {spec.name: spec for spec in (
 # Settings of the builders that no model's defaults set: the equivariant group-axis index, the
 # automatic attention implementation, the memory-lean attentive convolutions.
 BUILD_DEFAULTS: Dict[str, Any] = {"group_axis_index": "relative", "attention_impl": "auto",
-                                  "attention_formulation": "chunked"}
+                                  "attention_formulation": "chunked", "original_architecture": False}
 
 Builder = Callable[[Any, DataSpec], nn.Module]
 
@@ -86,6 +86,8 @@ class ModelSpec:
             names; ``None`` when the names already agree.
         min_image_size: the smallest image side the model accepts; the runner enlarges
             smaller images of a dataset to it.
+        plain_model: for an attentive model, the name of the same network without attention
+            (where a checkpoint without attention weights belongs); ``""`` otherwise.
     """
 
     name: str
@@ -96,6 +98,7 @@ class ModelSpec:
     datasets: Tuple[str, ...] = ()
     convert_checkpoint: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None
     min_image_size: int = 1
+    plain_model: str = ""
 
 
 _REGISTRY: Dict[str, ModelSpec] = {}
@@ -105,7 +108,7 @@ def register_model(name: Optional[str] = None, *, family: str, description: str 
                    defaults: Optional[Mapping[str, Mapping[str, Any]]] = None,
                    datasets: Tuple[str, ...] = (),
                    convert_checkpoint: Optional[Callable[[Mapping[str, Any]], Dict[str, Any]]] = None,
-                   min_image_size: int = 1) -> Callable[[Builder], Builder]:
+                   min_image_size: int = 1, plain_model: str = "") -> Callable[[Builder], Builder]:
     """Registers the decorated builder under ``name`` (default: the builder's own name).
 
     The description defaults to the first line of the builder's docstring.
@@ -120,7 +123,7 @@ def register_model(name: Optional[str] = None, *, family: str, description: str 
             raise ValueError(f"A model named {key!r} is already registered.")
         summary = description or (builder.__doc__ or "").strip().split("\n", 1)[0]
         _REGISTRY[key] = ModelSpec(key, builder, family, summary, dict(defaults or {}),
-                                   tuple(datasets), convert_checkpoint, min_image_size)
+                                   tuple(datasets), convert_checkpoint, min_image_size, plain_model)
         return builder
 
     return decorator

@@ -23,12 +23,19 @@ class ReleasedCheckpoint:
         model: the registry name of the model the weights load into.
         dataset: the dataset the run trained on.
         note: what the file holds, where its folder name says otherwise.
+        original_name: the name the original script trained it under, where that name builds
+            another network here; with ``original_architecture=True`` it builds this one.
     """
 
     folder: str
     model: str
     dataset: str
     note: str = ""
+    original_name: str = ""
+
+    def loads_into(self, model: str, original_architecture: bool = False) -> bool:
+        """Whether the weights are meant for ``model`` built with ``original_architecture``."""
+        return model == self.model or (original_architecture and model == self.original_name)
 
 
 RELEASED: Dict[str, ReleasedCheckpoint] = {
@@ -42,7 +49,8 @@ RELEASED: Dict[str, ReleasedCheckpoint] = {
         "model_f_att_p4cnn_optim_adam_lr_0.001_wd_0.0001_seed_0", "f_att_p4cnn", "rotMNIST"),
     "a6d0666669b87d8a7591ad9374e105f6abe3f3eb7ed1f3ec4b014476af266ead": ReleasedCheckpoint(
         "model_f_att_p4m_densenet_optim_adam_lr_0.001_wd_0.0001_seed_1_dilatedkernelseverywhere_pat20onmaxacc",
-        "p4m_densenet", "PCam", note="a plain p4m DenseNet, although the folder names f_att_p4m_densenet"),
+        "p4m_densenet", "PCam", note="a plain p4m DenseNet, although the folder names f_att_p4m_densenet",
+        original_name="f_att_p4m_densenet"),
 }
 _BY_FOLDER = {entry.folder: digest for digest, entry in RELEASED.items()}
 

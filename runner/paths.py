@@ -6,8 +6,8 @@ Swish_norm_LayerNorm_white_1.41421356_optim_Adam_lr_0.001_bs_8_ep_300_wd_0.0001_
 constant``, followed by ``_`` and the first eight hex digits of the sha256 of the run's
 *identity*: every resolved field that changes the data, the trained weights or their selection
 (:func:`run_identity`). Settings this project added appear in the readable part only when they
-differ from their default, and all of them are in the hash, so two configurations never share
-a file.
+differ from their default, and all of them are in the hash (those added after runs had been
+named, :data:`SET_ONLY_IDENTITY`, only when set), so two configurations never share a file.
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ NOT_IDENTITY = ("train", "pretrained", "checkpoint", "resume", "overwrite", "sav
 # Fields of the self-attention architecture, part of the identity of GSA-Nets only.
 GSA_FIELDS = ("norm_type", "attention_type", "activation_function", "patch_size", "dropout_att",
               "dropout_values", "whitening_scale", "group_axis_index")
+# Fields added after runs had been named: at their default a run is the one it was before they
+# existed, so they join the identity only when they differ from it (and old names stay valid).
+SET_ONLY_IDENTITY = ("original_architecture",)
 # Fields a resumed run may change: the length of training (more epochs, another step limit).
 RESUMABLE_CHANGES = ("epochs", "max_steps")
 HASH_DIGITS = 8
@@ -81,6 +84,8 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
         parts.append(f"schdec_{config.sched_decay_factor}")
         if config.scheduler == "multistep":
             parts.append(f"schsteps_{config.sched_decay_steps}")
+    if config.get("original_architecture", False):
+        parts.append("arch_original")
     if config.validation != "held_out":
         parts.append(f"select_{config.validation}")
     if config.comment:
@@ -105,6 +110,7 @@ def run_identity(config: Mapping[str, Any], family: str) -> Dict[str, Any]:
         excluded |= set(GSA_FIELDS)
     elif values["attention_type"] == "Global":
         excluded.add("patch_size")
+    excluded |= {name for name in SET_ONLY_IDENTITY if values[name] == defaults[name]}
     identity = {name: _plain(value) for name, value in values.items() if name not in excluded}
     identity["data_root"] = os.path.normpath(str(identity["data_root"]))
     if values["pretrained"] and values["train"]:  # fine-tuning starts from other weights

@@ -138,12 +138,22 @@ def test_released_checkpoint_reproduces_outputs(case):
 
 
 def test_plain_pcam_checkpoint_is_refused_by_the_attentive_model():
-    import g_selfatt_models.attgconv_zoo  # noqa: F401
+    import g_selfatt_models as models
 
     record = _load(REFERENCE / "att_pcam_pretrained_p4mdensenet.pt")
-    convert = get_model_spec("f_att_p4m_densenet").convert_checkpoint
-    with pytest.raises(ValueError, match="p4m_densenet"):
-        convert(_checkpoint(record))
+    with pytest.raises(CheckpointError, match="plain model 'p4m_densenet'.*original_architecture=True"):
+        models.load_model(REFERENCE / record["pretrained_file"], model="f_att_p4m_densenet", dataset="PCam")
+
+
+def test_released_pcam_folder_loads_under_its_name_as_the_original_script_built_it():
+    # The original PCam script trained a plain P4MDenseNet (9 channels) for --model f_att_p4m_densenet.
+    import g_selfatt_models as models
+
+    record = _load(REFERENCE / "att_pcam_pretrained_p4mdensenet.pt")
+    folder = (REFERENCE / record["pretrained_file"]).parent
+    model = models.load_model(folder, model="f_att_p4m_densenet", dataset="PCam", original_architecture=True).eval()
+    with torch.no_grad():
+        assert_matches_float32(model(record["input"][:EXTRA_SAMPLES]), record["output"][:EXTRA_SAMPLES])
 
 
 # ------------------------------------------- released checkpoints through main.py
@@ -176,11 +186,24 @@ def test_released_checkpoint_reproduces_outputs_through_main(tmp_path, case):
         assert_matches_float32(model(record["input"][samples]), record["output"][samples])
 
 
-def test_plain_pcam_checkpoint_is_refused_through_main(tmp_path):
+def test_plain_pcam_checkpoint_is_refused_through_main(tmp_path, caplog):
     record = _load(REFERENCE / "att_pcam_pretrained_p4mdensenet.pt")
     config = _pretrained_config(tmp_path, "f_att_p4m_densenet", "PCam", REFERENCE / record["pretrained_file"])
-    with pytest.raises(CheckpointError, match="'p4m_densenet'"):
+    with caplog.at_level("WARNING"), pytest.raises(CheckpointError, match="'p4m_densenet'"):
         main.run(config)
+    assert "loads into --config.model=p4m_densenet, or into --config.model=f_att_p4m_densenet" in caplog.text
+
+
+def test_released_pcam_folder_runs_under_its_name_with_the_original_architecture(tmp_path, caplog):
+    record = _load(REFERENCE / "att_pcam_pretrained_p4mdensenet.pt")
+    folder = (REFERENCE / record["pretrained_file"]).parent
+    config = _pretrained_config(tmp_path, "f_att_p4m_densenet", "PCam", folder)
+    config.original_architecture = True
+    with caplog.at_level("WARNING"):
+        model = main.run(config).model.eval()
+    assert "loads into" not in caplog.text  # no warning that the file holds another network
+    with torch.no_grad():
+        assert_matches_float32(model(record["input"][:EXTRA_SAMPLES]), record["output"][:EXTRA_SAMPLES])
 
 
 def _sha256(path: pathlib.Path) -> str:

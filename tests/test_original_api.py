@@ -13,6 +13,7 @@ import importlib
 import inspect
 import json
 import math
+import pathlib
 from typing import Any, Callable, Dict, Iterator, Tuple
 
 import pytest
@@ -277,8 +278,33 @@ def test_the_original_data_classes_and_folders(tmp_path):
     assert pcam[0][0].mode == "RGB" and pcam[0][1] in (0, 1)
     with pytest.raises(ValueError, match="valid"):
         datasets.PCam(tmp_path / "pcam", train=True, valid=True)
-    with pytest.raises(datasets.DatasetNotFoundError, match="load_splits"):
-        datasets.MNIST_rot(root, download=True)
+    with pytest.raises(datasets.DatasetNotFoundError, match="download=True"):
+        datasets.MNIST_rot(tmp_path / "empty")
+
+
+def test_mnist_rot_downloads_and_writes_the_original_processed_files(tmp_path, monkeypatch):
+    import datasets
+    from datasets import rot_mnist
+    from datasets.download import Resource
+
+    served = fixture_data.make_rotmnist(tmp_path / "www", n_train_valid=9, n_test=4)  # the archive, as served
+    archive = served.paths["archive"]
+    monkeypatch.setattr(rot_mnist, "ARCHIVE", Resource(archive.name, (archive.as_uri(),), served.md5["archive"]))
+    monkeypatch.setattr(rot_mnist, "ORIGINAL_TRAINING_ROWS", 7)  # the original kept the first 10,000 of 12,000
+    train = datasets.MNIST_rot(tmp_path / "data", train=True, download=True)
+    test = datasets.MNIST_rot(tmp_path / "data", train=False)
+    assert (len(train), len(test)) == (7, 4)
+    assert torch.equal(train.data, torch.from_numpy(served.images["train_valid"][:7, 0]))  # (N, 28, 28) uint8
+    assert torch.equal(test.targets, torch.from_numpy(served.labels["test"]).to(torch.uint8))
+    assert train.raw_folder.endswith("MNIST_rot/raw") and (pathlib.Path(train.raw_folder) / archive.name).is_file()
+    assert sorted(path.name for path in pathlib.Path(train.processed_folder).iterdir()) == ["test.pt", "training.pt"]
+    splits = datasets.load_splits("rotMNIST", tmp_path / "data", valid_size=2)  # the runner reads them
+    assert (len(splits.train), len(splits.valid), len(splits.test)) == (5, 2, 4)
+    monkeypatch.setattr(rot_mnist, "ARCHIVE", Resource(archive.name, (archive.as_uri(),), "0" * 32))
+    datasets.MNIST_rot(tmp_path / "data", download=True)  # there already: nothing is downloaded again
+    with pytest.raises(datasets.ChecksumError):
+        datasets.MNIST_rot(tmp_path / "other", download=True)
+    assert not (tmp_path / "other" / "MNIST_rot" / "processed").exists()
 
 
 def test_the_attgconv_demo_workflow(tmp_path):
@@ -367,6 +393,71 @@ def test_every_original_allcnnc_is_rebuilt_by_its_name_with_its_downsampling(nam
     with torch.no_grad():
         assert model(torch.randn(1, 3, 32, 32)).shape == (10,)  # the originals squeeze their logits
     assert seen == [side]
+
+
+# att_gconvs' experiment scripts: the model classes each task exports and the network each of their
+# --model names built (python tools/original_api.py --experiments <checkout>).
+EXPERIMENTS = json.loads((REPO_ROOT / "tests" / "original_api" / "experiments" / "att_gconvs.json").read_text())
+EXPERIMENT_CLASSES = [(task, name) for task, entry in sorted(EXPERIMENTS.items()) for name in entry["classes"]]
+EXPERIMENT_NAMES = [(task, name, record) for task, entry in sorted(EXPERIMENTS.items())
+                    for name, record in sorted(entry["models"].items())]
+# Dataset, channels and a small image side of each task's inputs (the DenseNet's least is 80).
+TASK_INPUTS = {"rot_mnist": ("rotMNIST", 1, 28), "cifar10": ("CIFAR10", 3, 16), "pcam": ("PCam", 3, 80)}
+# The names whose network here (the paper's, exactly equivariant) computes other logits than the one
+# the original scripts built: their attentive All-CNN-C strides, their PCam script trained a plain net.
+# (Their fA_P4MResNet mirrors its input first, which changes nothing but round-off: the net is
+# invariant to mirrors.)
+NOT_THE_SCRIPTS_NETWORK = {"att_p4_allcnnc", "ch_att_p4_allcnnc", "sp_att_p4_allcnnc", "f_att_p4m_densenet"}
+
+
+def _with_batch_statistics(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.Module:
+    """``model`` in eval mode with its batch norms' statistics set to those of ``x`` (logits of order 1)."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average: after one batch, that batch's statistics
+    model.train()
+    with torch.no_grad():
+        model(x)
+    return model.eval()
+
+
+@pytest.mark.parametrize("task, name", EXPERIMENT_CLASSES, ids=[f"{t}.{n}" for t, n in EXPERIMENT_CLASSES])
+def test_every_original_experiment_model_class_is_rebuilt_by_its_name(task, name):
+    from g_selfatt_models.attgconv_records import build_from_record
+
+    _, channels, side = TASK_INPUTS[task]
+    model = build_from_record({"module": name, "kwargs": {}}).eval()
+    with torch.no_grad():
+        logits = model(torch.randn(2, channels, side, side))
+    assert logits.shape == (2, 2 if task == "pcam" else 10) and torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("task, name, record", EXPERIMENT_NAMES, ids=[n for _, n, _ in EXPERIMENT_NAMES])
+def test_every_original_experiment_name_builds_the_scripts_network(task, name, record):
+    """``--config.model=<name> --config.original_architecture=True`` is the network the original
+    script built for ``--model <name>`` (the class by its original name, same weights, same logits);
+    without the option the name is the paper's network, which differs only where the script's did."""
+    import g_selfatt_models as models
+    from g_selfatt_models.attgconv_records import build_from_record
+
+    dataset, channels, side = TASK_INPUTS[task]
+    torch.manual_seed(0)
+    x = torch.randn(2, channels, side, side)
+    ours = _with_batch_statistics(models.create_model(name, dataset=dataset, original_architecture=True), x)
+    original = build_from_record(record).eval()
+    original.load_state_dict(ours.state_dict(), strict=True)
+    paper = models.create_model(name, dataset=dataset).eval()
+    same_weights = paper.state_dict().keys() == ours.state_dict().keys()
+    if same_weights:
+        paper.load_state_dict(ours.state_dict(), strict=True)
+    with torch.no_grad():
+        logits = ours(x)
+        scale = logits.abs().max().item()
+        bound = dict(rtol=0, atol=1e3 * torch.finfo(torch.float32).eps * max(1.0, scale))
+        torch.testing.assert_close(logits, original(x), **bound)
+        differs = not same_weights or (paper(x) - logits).abs().max().item() > 0.01 * scale
+    assert differs == (name in NOT_THE_SCRIPTS_NETWORK)
 
 
 def test_the_original_rebuttal_model_has_its_experiment_name():

@@ -118,6 +118,25 @@ def test_checkpoint_name_follows_the_original_scheme():
         "_sched_multistep_schdec_2.0_schsteps_(10, 20)_select_test")
 
 
+def test_original_architecture_names_and_identifies_a_run_only_when_set():
+    config = resolved(dataset="CIFAR10", model="att_p4_allcnnc")
+    before = paths.run_identity(config, "attgconv")
+    assert "original_architecture" not in before  # the names of runs made before it existed stay valid
+    config.original_architecture = True
+    assert paths.run_identity(config, "attgconv") == {**before, "original_architecture": True}
+    assert "_arch_original" in paths.checkpoint_stem(config, "attgconv")
+    assert paths.run_name(config, "attgconv") != paths.run_name(resolved(dataset="CIFAR10", model="att_p4_allcnnc"),
+                                                                  "attgconv")
+
+
+def test_original_architecture_of_a_gsa_net_names_the_group_axis_index(tmp_path):
+    import main
+
+    config = resolved(dataset="rotMNIST", model="p4sa", original_architecture=True, data_root=str(tmp_path))
+    with pytest.raises(ConfigError, match="group_axis_index=original"):
+        main.model_spec(config, "rotMNIST")
+
+
 # ----- checkpoints -----------------------------------------------------------------------
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     target = tmp_path / "run.pt"

@@ -13,6 +13,13 @@ checks every one of them against this project::
 where each original name lives here::
 
     python tools/original_api.py --table tests/original_api/*.json
+
+``--experiments`` lists, per task of att_gconvs' ``experiments/``, the model classes its
+``models`` package exports and the class (with its arguments) that its ``run_experiment.py``
+builds for each ``--model`` name, also the names of lines commented out there::
+
+    python tools/original_api.py --experiments /path/to/att_gconvs \
+        > tests/original_api/experiments/att_gconvs.json
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import argparse
 import ast
 import json
 import pathlib
+import re
 import sys
 import types
 from typing import Any, Dict, List
@@ -99,6 +107,60 @@ def package_names(root: pathlib.Path, packages: List[str]) -> Dict[str, Any]:
     return modules
 
 
+# The lines of a run_experiment.py that choose the model: ``if 'allcnnc' in args.model:`` (the
+# architecture's plain model, built unless a later branch replaces it), ``if args.model == 'x':``
+# and ``model = models.Class(arguments)``, each possibly commented out.
+_KEYWORD = re.compile(r"^\s*(#)?\s*if '(\w+)' in args\.model\s*:")
+_NAME = re.compile(r"^\s*(#)?\s*(?:el)?if args\.model == '(\w+)'\s*:")
+_BUILD = re.compile(r"^\s*(#)?\s*model = models\.(\w+)\((.*)\)\s*$")
+
+
+def _arguments(text: str) -> Dict[str, Any]:
+    call = ast.parse(f"f({text})", mode="eval").body
+    return {keyword.arg: ast.literal_eval(keyword.value) for keyword in call.keywords}
+
+
+def experiment_models(script: str) -> Dict[str, Any]:
+    """``--model`` name -> ``{"module", "kwargs", "commented"}`` of one run_experiment.py's source."""
+    models: Dict[str, Any] = {}
+    pending = None
+    for line in script.splitlines():
+        match = _KEYWORD.match(line) or _NAME.match(line)
+        if match:
+            pending = (match.group(2), bool(match.group(1)))
+            continue
+        build = _BUILD.match(line)
+        if build and pending is not None and bool(build.group(1)) == pending[1]:
+            models[pending[0]] = {"module": build.group(2), "kwargs": _arguments(build.group(3)),
+                                  "commented": pending[1]}
+            pending = None
+    return models
+
+
+def exported_classes(package: pathlib.Path) -> List[str]:
+    """The classes an experiment's ``models/__init__.py`` exports (``*`` from a module: all of its classes)."""
+    exported = []
+    for node in ast.parse((package / "__init__.py").read_text()).body:
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        for alias in node.names:
+            if alias.name != "*":
+                exported.append(alias.asname or alias.name)
+                continue
+            source = package / f"{node.module.rsplit('.', 1)[-1]}.py"
+            exported += [item.name for item in ast.parse(source.read_text()).body if isinstance(item, ast.ClassDef)]
+    return sorted(exported)
+
+
+def experiments(root: pathlib.Path) -> Dict[str, Any]:
+    """Task -> its exported model classes and the model of each ``--model`` name."""
+    tasks = {}
+    for script in sorted((root / "experiments").glob("*/run_experiment.py")):
+        tasks[script.parent.name] = {"classes": exported_classes(script.parent / "models"),
+                                     "models": experiment_models(script.read_text())}
+    return tasks
+
+
 def where_here(module: str, name: str) -> str:
     """Where the object an original ``module.name`` stands for is defined in this project."""
     import importlib
@@ -142,6 +204,10 @@ def table(manifests: List[pathlib.Path]) -> str:
 
 
 def main(argv: List[str]) -> None:
+    if argv[:1] == ["--experiments"] and len(argv) == 2:
+        json.dump(experiments(pathlib.Path(argv[1])), sys.stdout, indent=1, sort_keys=True)
+        sys.stdout.write("\n")
+        return
     if argv[:1] == ["--table"]:
         sys.path.insert(0, str(REPO_ROOT))  # the checkout's packages (datasets, models) by their names
         sys.stdout.write(table([pathlib.Path(path) for path in argv[1:]]))

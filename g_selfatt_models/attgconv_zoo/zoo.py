@@ -23,9 +23,13 @@ Every model accepts any number of input channels and classes
 minimum image side where an architecture cannot shrink that far (rotMNIST CNN:
 28, DenseNet: 80); each registers that side as ``min_image_size``, to which the
 runner enlarges smaller images. The full attentive All-CNN-C here downsamples with max-pools
-like the other All-CNN-C models (the original's stride-2 version is rebuilt by
-:mod:`g_selfatt_models.attgconv_records` only) and uses the memory-lean ``"chunked"`` formulation;
+like the other All-CNN-C models and uses the memory-lean ``"chunked"`` formulation;
 ``config.attention_formulation = "full"`` selects the original one.
+
+``config.original_architecture = True`` builds, for each name, the network the original
+experiment scripts built for it (:data:`ORIGINAL_ALLCNNC_DOWNSAMPLING`,
+:data:`ORIGINAL_ATTENTION`, the mirrored input of ``f_att_p4m_resnet44``); the other names are
+already the original networks.
 
 ``defaults`` are the hyper-parameters of the paper and the original scripts, per
 architecture (``sched_decay_factor`` divides the learning rate; the plateau
@@ -36,8 +40,9 @@ the CIFAR-10 runs train with random crops and flips, as the authors' released ru
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from attgconv import get_grid
@@ -70,6 +75,21 @@ ATTENTION_PREFIXES = {"": "none", "att_": "full", "ch_att_": "channel", "sp_att_
                       "RomHog_att_": "romhog"}
 
 
+# The downsampling of the original attentive All-CNN-C classes (A_P4AllCNNC, A_Ch_P4AllCNNC,
+# A_Sp_P4AllCNNC): their forward reads an attribute their constructors never set, so they ran
+# with it False (stride-2 convolutions), except A_Sp_, which sets it and so strides *and* pools.
+# (The original CIFAR-10 script had these three names commented out, as too large for its GPUs.)
+ORIGINAL_ALLCNNC_DOWNSAMPLING = {"full": "stride", "channel": "stride", "spatial": "stride_and_pool"}
+# (architecture, group, attention) -> the attention the original script built for that name:
+# its PCam script trained a plain P4MDenseNet under the name f_att_p4m_densenet.
+ORIGINAL_ATTENTION = {("densenet", "p4m", "feature"): "none"}
+
+
+def _as_original(config: Any) -> bool:
+    """Whether ``config`` asks for the original scripts' network (``original_architecture``)."""
+    return bool(getattr(config, "original_architecture", False))
+
+
 def _layers(group: Optional[str], attention: str, wscale: float, formulation: str, bias: bool = False
             ) -> LayerFactory:
     return LayerFactory(None if group is None else get_grid(group), attention, wscale, wscale, formulation, bias=bias)
@@ -82,21 +102,6 @@ def _inputs(config: Any, data: DataSpec, minimum: int, name: str) -> Dict[str, A
                          f"{data.name} has {data.image_size}x{data.image_size}.")
     return dict(in_channels=data.in_channels, num_classes=data.num_classes,
                 formulation=getattr(config, "attention_formulation", "chunked"))
-
-
-def _refuse_plain_checkpoint(plain_name: str) -> Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]:
-    """A checkpoint converter for attentive models that rejects checkpoints without attention weights."""
-
-    def convert(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-        if not any("attention" in key for key in state_dict):
-            raise ValueError(
-                f"This checkpoint has no attention weights, so it belongs to the plain model {plain_name!r}; "
-                f"load it with that model (the original PCam script, for one, trained a plain P4MDenseNet "
-                f"under the name f_att_p4m_densenet)."
-            )
-        return dict(state_dict)
-
-    return convert
 
 
 ARCHITECTURE_DATASETS = {"rotMNIST": "rotMNIST", "allcnnc": "CIFAR10", "resnet44": "CIFAR10", "densenet": "PCam"}
@@ -129,7 +134,7 @@ def _zoo_model(builder: Builder) -> Builder:
         family="attgconv", defaults=defaults, min_image_size=MIN_IMAGE_SIZES[architecture],
         description=(f"rotMNIST P4CNN, attention: {attention}" if architecture == "rotMNIST" else
                      f"{dataset} {architecture} on {group or 'Z2'}, attention: {attention}"),
-        convert_checkpoint=None if attention == "none" else _refuse_plain_checkpoint(plain_name),
+        plain_model="" if attention == "none" else plain_name,
     )(builder)
 
 
@@ -189,15 +194,17 @@ def all_cnn_c(group: Optional[str], attention: str, *, in_channels: int = 3, num
               formulation: str = "chunked", bias: bool = False, downsampling: str = "pool") -> AllCNNC:
     """All-CNN-C on ``group`` (``None``: Z2) with ``attention``.
 
-    ``bias`` puts biases in the plain convolutions; ``downsampling="stride"`` is the original
-    full attentive network's stride-2 downsampling.
+    ``bias`` puts biases in the plain convolutions; ``downsampling`` is one of
+    :data:`~g_selfatt_models.attgconv_zoo.networks.DOWNSAMPLING` (``"pool"``: the equivariant one).
     """
     return AllCNNC(_layers(group, attention, 0.035, formulation, bias), in_channels, num_classes,
                    channels=ALLCNNC_WIDTHS[group], downsampling=downsampling)
 
 
 def _allcnnc(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
-    return all_cnn_c(group, attention, **_inputs(config, data, AllCNNC.min_size, "All-CNN-C"))
+    downsampling = ORIGINAL_ALLCNNC_DOWNSAMPLING.get(attention, "pool") if _as_original(config) else "pool"
+    return all_cnn_c(group, attention, downsampling=downsampling,
+                     **_inputs(config, data, AllCNNC.min_size, "All-CNN-C"))
 
 
 @_zoo_model
@@ -240,16 +247,31 @@ def f_att_p4m_allcnnc(config: Any, data: DataSpec) -> nn.Module:
     return _allcnnc(config, data, "p4m", "feature")
 
 
+def _mirror_width(module: nn.Module, inputs: Tuple[Tensor, ...]) -> Tuple[Tensor, ...]:
+    """Forward pre-hook: mirrors the input images along their width, as the original fA_P4MResNet."""
+    return (torch.flip(inputs[0], dims=[-1]),) + tuple(inputs[1:])
+
+
 def resnet_44(group: Optional[str], attention: str, *, in_channels: int = 3, num_classes: int = 10,
               formulation: str = "chunked", num_blocks: int = 7,
-              widths: Optional[Tuple[int, int, int]] = None) -> ResNet:
-    """ResNet44 (``num_blocks`` blocks a stage, widths of :data:`RESNET_WIDTHS`) on ``group``."""
-    return ResNet(_layers(group, attention, math.sqrt(2), formulation), in_channels, num_classes,
-                  num_blocks=num_blocks, widths=widths or RESNET_WIDTHS[group])
+              widths: Optional[Tuple[int, int, int]] = None, mirror_input: bool = False) -> ResNet:
+    """ResNet44 (``num_blocks`` blocks a stage, widths of :data:`RESNET_WIDTHS`) on ``group``.
+
+    ``mirror_input``: mirror every input along its width first, as the original fA_P4MResNet
+    did: ``f(x) = g(mirror(x))``, which equals ``g(x)`` up to round-off, ``g`` on p4m being
+    invariant to mirrors.
+    """
+    model = ResNet(_layers(group, attention, math.sqrt(2), formulation), in_channels, num_classes,
+                   num_blocks=num_blocks, widths=widths or RESNET_WIDTHS[group])
+    if mirror_input:
+        model.register_forward_pre_hook(_mirror_width)
+    return model
 
 
 def _resnet44(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
-    return resnet_44(group, attention, **_inputs(config, data, ResNet.min_size, "ResNet44"))
+    mirror_input = _as_original(config) and attention == "feature"
+    return resnet_44(group, attention, mirror_input=mirror_input,
+                     **_inputs(config, data, ResNet.min_size, "ResNet44"))
 
 
 @_zoo_model
@@ -280,6 +302,8 @@ def dense_net(group: Optional[str], attention: str, *, in_channels: int = 3, num
 
 
 def _densenet(config: Any, data: DataSpec, group: Optional[str], attention: str) -> nn.Module:
+    if _as_original(config):
+        attention = ORIGINAL_ATTENTION.get(("densenet", group, attention), attention)
     return dense_net(group, attention, **_inputs(config, data, DenseNet.minimum_input_size(5), "DenseNet"))
 
 
