@@ -54,7 +54,7 @@ class MNIST_rot(Dataset):  # noqa: N801  (the original's name)
 
     def download(self) -> None:
         """Downloads and processes the archive, unless both processed files are there."""
-        if not all((Path(self.processed_folder) / name).is_file() for name in rot_mnist.ORIGINAL_FILES):
+        if not rot_mnist.has_original_processed(Path(self.root)):
             rot_mnist.write_original_processed(Path(self.root))
 
     @property

@@ -106,7 +106,7 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
     folder = Path(root) / FOLDER
     cache = load_cache(folder / CACHE_FILE, _CACHE_KEYS)
     if cache is None and not download and not _has_raw_files(folder):
-        if _has_original_files(root):
+        if has_original_processed(root):
             return _original_processed(root)
         npz = _attgconv_files(root)
         if npz is not None:
@@ -175,7 +175,8 @@ def write_original_processed(root: Path) -> Path:
     return folder
 
 
-def _has_original_files(root: Path) -> bool:
+def has_original_processed(root: Path) -> bool:
+    """Whether both of the original code's processed files are under ``root``."""
     folder = original_processed_folder(root)
     return all((folder / name).is_file() for name in ORIGINAL_FILES)
 
