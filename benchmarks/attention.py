@@ -50,8 +50,16 @@ Cases:
     d: one training step of the paper's PCam p4sa (local, patch 5), batch 16, 96x96.
     e: one training step of the rotMNIST p4sa with global attention, batch 1.
     f: p4 local (patch 9) GroupLocalSelfAttention, 28x28, rotMNIST widths, batch 8.
-Layers run in train mode with attention dropout 0; the models use the paper's settings
-(attention dropout 0.1).
+    g: one training step of the rotMNIST5k p4sa (the quick start's model), batch 32.
+    h: one training step of the rotMNIST5k z2sa, batch 32.
+    i: one training step of the paper's rotMNIST p4sa layout at patch 5, batch 32, no dropout.
+    j: the PCam p4 lifting layer alone (local, patch 5), 96x96, batch 16.
+    k: one training step of the rotMNIST5k p4cnn, batch 32 (no attention: the G-CNN to compare with).
+Layers run in train mode with attention dropout 0; the models of cases a-e use the paper's settings
+(attention dropout 0.1), those of g-k their defaults for rotMNIST5k or as stated. Model cases also
+print ``layers``: each attention layer's forward and backward alone, on the input it sees in the
+step, its median time and its share of the step. Case ``k`` runs once (it has no attention), and
+the lines of ``g`` and ``h`` then carry ``over_p4cnn``, their time over that of ``k``.
 """
 
 from __future__ import annotations
@@ -84,6 +92,11 @@ CASES: Dict[str, str] = {
     "d": "PCam p4sa training step (local, patch 5), batch 16, 96x96",
     "e": "rotMNIST p4sa training step (global), batch 1",
     "f": "p4 local patch-9 group layer 28x28, 20ch, mid 10, 9 heads, batch 8",
+    "g": "rotMNIST5k p4sa training step (local, patch 5), batch 32",
+    "h": "rotMNIST5k z2sa training step (local, patch 5), batch 32",
+    "i": "rotMNIST p4sa training step (paper's layout, patch 5, no dropout), batch 32",
+    "j": "PCam p4 lifting layer 96x96 (local, patch 5), 3 -> 12 ch, mid 6, 9 heads, batch 16",
+    "k": "rotMNIST5k p4cnn training step, batch 32 (no attention)",
 }
 # (dataset, group, attention type, batch, in_channels, classes, image side) of the model cases.
 MODEL_CASES = {
@@ -91,7 +104,14 @@ MODEL_CASES = {
     "c": ("CIFAR10", "mz2", "Local", 24, 3, 10, 32),
     "d": ("PCam", "p4", "Local", 16, 3, 2, 96),
     "e": ("rotMNIST", "p4", "Global", 1, 1, 10, 28),
+    "i": ("rotMNIST", "p4", "Local", 32, 1, 10, 28),
 }
+# Settings of the model cases that differ from the dataset's defaults.
+MODEL_OVERRIDES = {"i": dict(patch_size=5, dropout_att=0.0, dropout_values=0.0)}
+# (model, dataset, batch) of the cases built as ``create_model(model, dataset=...)`` builds them.
+ZOO_CASES = {"g": ("p4sa", "rotMNIST5k", 32), "h": ("z2sa", "rotMNIST5k", 32), "k": ("p4cnn", "rotMNIST5k", 32)}
+NO_ATTENTION_CASES = ("k",)  # run once, whatever the implementations
+COMPARED_TO = {"g": "k", "h": "k"}  # cases whose lines carry over_p4cnn, their time over case k's
 # Bytes the reference keeps per score entry of a training step (logits, probabilities, dropout
 # and their gradients for every layer; measured: 9.1 GB for the 494 M entries of case a), and
 # the share of the machine's memory it may take: used to skip runs that cannot fit.
@@ -120,20 +140,56 @@ def _layer_case(kind: str, group_name: str, channels: int, mid: int, extent: int
     return step
 
 
-def _model_case(case: str, impl: str, device, batch: Optional[int] = None) -> Callable[[], None]:
+def _lift_case(group_name: str, in_channels: int, mid: int, out: int, heads: int, patch: int, side: int,
+               batch: int, impl: str, device) -> Callable[[], None]:
     import torch
 
+    from g_selfatt.groups import get_group
+    from g_selfatt.nn import LiftLocalSelfAttention
+
+    layer = LiftLocalSelfAttention(get_group(group_name), in_channels, mid, out, heads, patch, 0.0,
+                                   attention_impl=impl).to(device).train()
+    x = torch.randn(batch, in_channels, side, side, device=device, requires_grad=True)
+
+    def step() -> None:
+        layer.zero_grad(set_to_none=True)
+        x.grad = None
+        layer(x).square().mean().backward()
+
+    return step
+
+
+def _model_case(case: str, impl: str, device, batch: Optional[int] = None) -> Callable[[], None]:
     from g_selfatt_models import DataSpec, create_model
     from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
 
     dataset, group, attention_type, case_batch, channels, classes, side = MODEL_CASES[case]
     batch = batch or case_batch
-    settings = dict(GSA_DEFAULTS[dataset], attention_type=attention_type, attention_impl=impl)
+    settings = dict(GSA_DEFAULTS[dataset], attention_type=attention_type, attention_impl=impl,
+                    **MODEL_OVERRIDES.get(case, {}))
     if impl == "flex":
         settings["dropout_att"] = 0.0  # FlexAttention has no attention dropout
     config = types.SimpleNamespace(**settings)
     model = create_model(f"{group}sa", config, DataSpec(dataset, channels, classes, side, dataset))
-    model = model.to(device).train()
+    return _training_step(model.to(device).train(), config, batch, channels, classes, side, device)
+
+
+def _zoo_case(case: str, impl: str, device) -> Callable[[], None]:
+    from g_selfatt_models import create_model
+    from g_selfatt_models.registry import get_data_spec, model_settings
+
+    name, dataset, batch = ZOO_CASES[case]
+    overrides = {} if case in NO_ATTENTION_CASES else {"attention_impl": impl}
+    model = create_model(name, dataset=dataset, **overrides).to(device).train()
+    data = get_data_spec(dataset)
+    config = model_settings(name, data, {})
+    return _training_step(model, config, batch, data.in_channels, data.num_classes, data.image_size, device)
+
+
+def _training_step(model, config, batch: int, channels: int, classes: int, side: int, device) -> Callable[[], None]:
+    """One optimizer step of ``model`` on a random batch (the optimizer of ``config``)."""
+    import torch
+
     if config.optimizer == "Adam":
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     else:
@@ -154,6 +210,10 @@ def build(case: str, impl: str, device) -> Callable[[], None]:
     """The step function of a case (model, input and optimizer already built)."""
     if case in MODEL_CASES:
         return _model_case(case, impl, device)
+    if case in ZOO_CASES:
+        return _zoo_case(case, impl, device)
+    if case == "j":
+        return _lift_case("p4", 3, 6, 12, 9, 5, 96, 16, impl, device)
     if case == "b":
         return _layer_case("global", "p4", 20, 10, 28, 28, 1, impl, device)
     if case == "f":
@@ -295,6 +355,8 @@ def measure(case: str, impl: str, device_name: str, repeats: int, threads=None,
         peak_mb = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
     else:
         peak_mb = None  # the parent subtracts the peak of a build-only process from max_rss_mb
+    if times and (case in MODEL_CASES or case in ZOO_CASES) and case not in NO_ATTENTION_CASES:
+        counts["layers"] = layer_split(step, statistics.median(times), repeats, cuda)
     return dict({
         "case": case, "description": CASES[case], "impl": impl, "device": device_name,
         "time_s": round(statistics.median(times), 4) if times else None, "times_s": [round(t, 4) for t in times],
@@ -305,16 +367,59 @@ def measure(case: str, impl: str, device_name: str, repeats: int, threads=None,
     }, **counts)
 
 
-def _closure_modules(step: Callable[[], None]) -> List[object]:
-    """The modules reachable from a step function's closure (its model or layer)."""
+def layer_split(step: Callable[[], None], step_s: float, repeats: int, cuda: bool = False) -> List[Dict[str, object]]:
+    """Forward and backward of each attention layer of ``step`` alone, on the input it sees in the step.
+
+    Returns one record per layer: its name, input shape, median ``time_s`` over ``repeats``
+    calls after one warm-up call, and ``share_of_step``, that time over ``step_s``.
+    """
+    import torch
+
+    from g_selfatt.nn.attention import SelfAttentionCore
+
+    layers = {name: module for root in _closure_roots(step) for name, module in root.named_modules()
+              if isinstance(module, SelfAttentionCore)}
+    inputs: Dict[str, object] = {}
+    hooks = [module.register_forward_pre_hook(lambda _, args, name=name: inputs.setdefault(name, args[0].detach()))
+             for name, module in layers.items()]
+    try:
+        step()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    split = []
+    for name, module in layers.items():
+        x = inputs[name].clone().requires_grad_(True)
+
+        def layer_step() -> None:
+            module.zero_grad(set_to_none=True)
+            x.grad = None
+            module(x).square().mean().backward()
+
+        layer_step()
+        times = []
+        for _ in range(max(repeats, 1)):
+            start = time.perf_counter()
+            layer_step()
+            if cuda:
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - start)
+        seconds = statistics.median(times)
+        split.append({"layer": name, "input": list(x.shape), "time_s": round(seconds, 4),
+                      "share_of_step": round(seconds / step_s, 3)})
+    return split
+
+
+def _closure_roots(step: Callable[[], None]) -> List[object]:
+    """The modules a step function's closure holds (its model or layer)."""
     from torch import nn
 
-    found = []
-    for cell in step.__closure__ or ():
-        value = cell.cell_contents
-        if isinstance(value, nn.Module):
-            found.extend(value.modules())
-    return found
+    return [cell.cell_contents for cell in step.__closure__ or () if isinstance(cell.cell_contents, nn.Module)]
+
+
+def _closure_modules(step: Callable[[], None]) -> List[object]:
+    """The modules reachable from a step function's closure (its model or layer)."""
+    return [module for root in _closure_roots(step) for module in root.modules()]
 
 
 def _worker_command(case: str, impl: str, device: str, repeats: int, threads=None, build_only=False) -> List[str]:
@@ -460,8 +565,17 @@ def main(argv=None) -> None:
     rates = machine_rates(args.threads)
     print(json.dumps(dict(rates, machine=_machine())), flush=True)
     idle_a = {}
+    compared: Dict[str, Dict[str, object]] = {}
+    if any(case in COMPARED_TO for case in cases):  # the comparison first, so that the lines can carry it
+        cases = [COMPARED_TO[c] for c in cases if c in COMPARED_TO][:1] + [c for c in cases if c not in COMPARED_TO.values()]
     for case in cases:
         records = {}
+        if case in NO_ATTENTION_CASES:
+            # (no floor: the cost model does not count the G-CNN's functional group convolutions)
+            record = dict(_run_subprocess(case, impls[0], args.device, args.repeats, args.threads), impl="none")
+            compared[case] = record
+            print(json.dumps(record), flush=True)
+            continue
         for impl in sorted(impls, key=lambda name: name == "reference"):  # the reference last
             measured = [r for r in records.values() if "largest_layer_entries" in r]
             skip = _reference_fits(measured[0], args.device) if impl == "reference" and measured else None
@@ -471,6 +585,9 @@ def main(argv=None) -> None:
             records[impl] = _run_subprocess(case, impl, args.device, args.repeats, args.threads)
             records[impl]["floor_s"] = round(floor_seconds(records[impl], rates), 4)
             records[impl]["time_over_floor"] = round(records[impl]["time_s"] / records[impl]["floor_s"], 2)
+            if COMPARED_TO.get(case) in compared:
+                other = compared[COMPARED_TO[case]]
+                records[impl][f"over_{ZOO_CASES[other['case']][0]}"] = round(records[impl]["time_s"] / other["time_s"], 2)
         case_ratios = ratios(records)
         for impl in impls:
             print(json.dumps(dict(records[impl], **case_ratios)), flush=True)

@@ -11,7 +11,8 @@ and takes optimizer steps (Adam) on random 28x28 batches of the protocol's batch
 warm-up step, ``step_s`` is the median of ``--repeats`` timed steps and ``epoch_s`` the time of
 the 3,500 training digits' steps at that rate (no validation). For the self-attention models,
 one line per attention layer follows: forward + backward of that layer alone on the input it
-sees in the model (captured by a hook), its median time per step and its share of the step.
+sees in the model (captured by a hook), its median time per step and its share of the step
+(``layer_split`` of ``benchmarks/attention.py``).
 
 Prints one JSON line per model and per attention layer.
 """
@@ -25,18 +26,19 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, List, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.insert(0, str(REPO_ROOT))
+for _folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
 
 import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import g_selfatt_models as models  # noqa: E402
-from g_selfatt.nn.attention import SelfAttentionCore  # noqa: E402
+from attention import layer_split  # noqa: E402  (benchmarks/attention.py)
 from g_selfatt_models.protocols import ROTMNIST5K  # noqa: E402
 
 TRAIN_IMAGES = 3500
@@ -66,42 +68,16 @@ def training_step(model: nn.Module, batch: int) -> Callable[[], None]:
     return step
 
 
-def attention_inputs(model: nn.Module, batch: int) -> Dict[str, torch.Tensor]:
-    """The input of every attention layer of ``model`` in one forward pass, by module name."""
-    captured: Dict[str, torch.Tensor] = {}
-    hooks = [module.register_forward_pre_hook(lambda m, args, name=name: captured.setdefault(name, args[0].detach()))
-             for name, module in model.named_modules() if isinstance(module, SelfAttentionCore)]
-    with torch.no_grad():
-        model(torch.randn(batch, 1, 28, 28))
-    for hook in hooks:
-        hook.remove()
-    return captured
-
-
-def layer_step(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward and backward of one layer on a copy of its input."""
-    x = x.clone().requires_grad_()
-
-    def step() -> None:
-        layer.zero_grad(set_to_none=True)
-        layer(x).square().mean().backward()
-
-    return step
-
-
 def measure(name: str, repeats: int) -> List[dict]:
     torch.manual_seed(0)
     model = models.create_model(name, dataset="rotMNIST5k").train()
     batch = ROTMNIST5K["batch_size"]
-    step_s = median_seconds(training_step(model, batch), repeats)
+    step = training_step(model, batch)
+    step_s = median_seconds(step, repeats)
     lines = [{"model": name, "parameters": sum(p.numel() for p in model.parameters()), "batch": batch,
               "step_s": round(step_s, 4), "epoch_s": round(step_s * math.ceil(TRAIN_IMAGES / batch), 1),
               "threads": torch.get_num_threads()}]
-    modules = dict(model.named_modules())
-    for layer_name, x in attention_inputs(model, batch).items():
-        seconds = median_seconds(layer_step(modules[layer_name], x), repeats)
-        lines.append({"model": name, "layer": layer_name, "input": list(x.shape), "step_s": round(seconds, 4),
-                      "share_of_step": round(seconds / step_s, 3)})
+    lines += [dict(layer, model=name) for layer in layer_split(step, step_s, repeats)]
     return lines
 
 

@@ -74,9 +74,10 @@ LARGE_GROUPS = ["p12", "p16", "p8m"]
 LARGE_LOCAL_SHAPES = [(5, 3), (4, 3)]
 LARGE_GLOBAL_SIDES = [5, 4]
 SMALL_CHUNK = 700  # score entries per chunk: a few queries per chunk at these sizes
-# "fused-pixel-major": the fused kernel with its pixel-major layout forced (local layers only;
-# by default only local layers with many channels per head use it).
-FAST_IMPLS = ("efficient", "fused", "fused-pixel-major")
+# "fused-<layout>": the fused kernel with one of its layouts forced (local layers only; by default
+# the kernel chooses from the shapes, and these test shapes would not reach every layout).
+FORCED_LAYOUTS = {f"fused-{layout}": layout for layout in fused_attention.LAYOUTS}
+FAST_IMPLS = ("efficient", "fused", *FORCED_LAYOUTS)
 DEFAULT_CHUNK = efficient_attention.CHUNK_ELEMENTS
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 # The constant of the random-walk estimate eps * sqrt(n) * scale; it also covers the chains of a
@@ -103,7 +104,7 @@ def _cases(groups=GROUPS, local_shapes=LOCAL_SHAPES, global_sides=GLOBAL_SIDES):
     for name, (_, _, local) in KINDS.items():
         shapes = local_shapes if local else [(side, None) for side in global_sides]
         for impl, group, (side, patch) in itertools.product(FAST_IMPLS, groups, shapes):
-            if impl == "fused-pixel-major" and not local:
+            if impl in FORCED_LAYOUTS and not local:
                 continue
             yield pytest.param(impl, name, group, side, patch,
                                id=f"{impl}-{name}-{group}-{side}" + (f"-p{patch}" if patch else ""))
@@ -211,9 +212,9 @@ def test_flex_is_refused_where_it_cannot_train():
 
 
 def _select(impl, monkeypatch):
-    """The ``attention_impl`` of a test parameter (forcing the pixel-major layout if asked)."""
-    if impl == "fused-pixel-major":
-        monkeypatch.setattr(fused_attention, "PIXEL_MAJOR_CHANNELS", 1)
+    """The ``attention_impl`` of a test parameter (forcing a layout of the fused kernel if asked)."""
+    if impl in FORCED_LAYOUTS:
+        monkeypatch.setattr(fused_attention.FusedGeometry, "layout", property(lambda _: FORCED_LAYOUTS[impl]))
         return "fused"
     return impl
 
@@ -249,10 +250,18 @@ def test_efficient_is_equivariant(kind, group_name):
     assert_equivariant(layer, x, group, input_kind="image" if lifting else "group", output_kind="group")
 
 
-@pytest.mark.parametrize("impl", ["efficient", "fused"])
-@pytest.mark.parametrize("kind", list(KINDS))
-def test_dropout_runs_and_is_finite(kind, impl):
+def _dropout_cases(kinds):
+    for kind in kinds:
+        for impl in FAST_IMPLS:
+            if impl in FORCED_LAYOUTS and not KINDS[kind][2]:
+                continue
+            yield pytest.param(kind, impl, id=f"{kind}-{impl}")
+
+
+@pytest.mark.parametrize("kind,impl", list(_dropout_cases(KINDS)))
+def test_dropout_runs_and_is_finite(kind, impl, monkeypatch):
     patch = 3 if KINDS[kind][2] else None
+    impl = _select(impl, monkeypatch)
     reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32, dropout=0.5, impl=impl)
     for layer in (reference, efficient):
         layer.train()
@@ -303,11 +312,11 @@ def test_dropout_mask_extremes():
     assert torch.equal(dropout_mask(types.SimpleNamespace(seed=0, dropout=1.0), 0, like), torch.zeros(10, 7))
 
 
-@pytest.mark.parametrize("impl", ["efficient", "fused"])
-@pytest.mark.parametrize("kind", ["lift_local", "group", "group_local"])
-def test_dropout_gradient_is_exact(kind, impl):
+@pytest.mark.parametrize("kind,impl", list(_dropout_cases(["lift_local", "group", "group_local"])))
+def test_dropout_gradient_is_exact(kind, impl, monkeypatch):
     """With the RNG reset before each call the masks repeat, so gradcheck applies."""
     patch = 3 if KINDS[kind][2] else None
+    impl = _select(impl, monkeypatch)
     _, layer, x = _pair(kind, "p4", 4, patch, torch.float64, dropout=0.3, in_channels=2, heads=1, impl=impl)
     layer.train()
 
@@ -492,3 +501,68 @@ def test_an_empty_batch_gives_empty_outputs_and_gradients(kind, impl):
     out.sum().backward()
     assert out.shape == (0,) + efficient.eval()(x).shape[1:]
     assert empty.grad.shape == empty.shape
+
+
+@pytest.mark.parametrize("group_name,lifting", [("p4", True), ("p4", False), ("z2", False)])
+def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, monkeypatch):
+    """Every task of the lanes kernel adds into its own sums, added up in task order afterwards."""
+    _select("fused-lanes", monkeypatch)
+    order = get_group(group_name).num_elements
+    elements = 1 if lifting else order
+    batch, channels, heads, side, patch = 2, 6, 3, 9, 5
+    geometry = fused_attention.FusedGeometry(
+        heads_batch=batch * heads, height=side, width=side, num_query_elements=elements,
+        num_key_elements=elements, num_out=order, channels=channels, pos_channels=4, local=True,
+        patch_size=patch, radius=patch // 2, dropout=0.2, seed=11)
+    q, k, v = (torch.randn(batch, channels, heads, elements, side, side, requires_grad=True) for _ in range(3))
+    pos_table = torch.randn(order, patch * patch, 4, requires_grad=True)
+    group_table = None if lifting else torch.randn(order, elements, elements, channels - 4, requires_grad=True)
+    inputs = [t for t in (q, k, v, pos_table, group_table) if t is not None]
+    grad_out = torch.randn(batch, channels, heads, order, side, side)
+    runs = []
+    for threads in (1, 2, 3, 3):  # 6 head-batches: none is split into parts at these thread counts
+        torch.set_num_threads(threads)
+        out = fused_attention.fused_attention(geometry, q, k, v, pos_table, group_table)
+        runs.append([out.detach()] + list(torch.autograd.grad(out, inputs, grad_out)))
+    for run in runs[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+
+
+@pytest.mark.parametrize("model,layouts", [
+    ("p4sa", ["lanes", "channel_major", "pixel_major"]),  # 28x28 lifting, p4 at 14x14 (8 ch), at 7x7 (16 ch)
+    ("z2sa", ["lanes", "lanes", "lanes"]),
+])
+def test_the_kernel_chooses_its_layout_from_the_shapes(model, layouts, monkeypatch):
+    chosen = []
+    original = fused_attention.fused_attention
+
+    def spy(geometry, *args):
+        chosen.append(geometry.layout)
+        return original(geometry, *args)
+
+    monkeypatch.setattr(efficient_attention, "fused_attention", spy)
+    create_model(model, dataset="rotMNIST5k")(torch.randn(2, 1, 28, 28))
+    assert chosen == layouts
+
+
+def test_benchmark_builds_the_cases_people_train_and_compares_them_with_p4cnn(monkeypatch, capsys):
+    benchmark = _load_benchmark()
+    for case in "ghijk":
+        assert callable(benchmark.build(case, "fused", torch.device("cpu")))  # built, not run
+
+    def tiny(case, impl, device):
+        return benchmark._layer_case("local", "p4", 3, 6, 3, 6, 1, impl, device)
+
+    def in_process(case, impl, device, repeats, threads=None):
+        return dict(benchmark.measure(case, impl, device, repeats), peak_memory_mb=1.0)
+
+    monkeypatch.setattr(benchmark, "build", tiny)
+    monkeypatch.setattr(benchmark, "_run_subprocess", in_process)
+    benchmark.main(["--cases", "g,h", "--impls", "fused", "--repeats", "2"])
+    _, cnn, *records = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (cnn["case"], cnn["impl"]) == ("k", "none")  # measured first, once
+    assert [(r["case"], r["impl"]) for r in records] == [("g", "fused"), ("h", "fused")]
+    for record in records:
+        assert record["over_p4cnn"] == round(record["time_s"] / cnn["time_s"], 2)
+        (layer,) = record["layers"]  # the tiny case is one attention layer
+        assert layer["share_of_step"] == round(layer["time_s"] / record["time_s"], 3) and layer["time_s"] > 0

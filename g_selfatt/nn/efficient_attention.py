@@ -477,7 +477,6 @@ def _attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_chan
         return q.new_zeros(0, channels, heads, num_out, height, width) + 0 * (q.sum() + k.sum() + v.sum())
     key_elements = k.shape[3]
     seed = int(torch.randint(0, 2 ** 62, ())) if tables.dropout > 0 else 0
-    scaled_q = pixel_major(q * in_channels ** -0.5)  # (BN, H W, G, C)
     if impl in ("fused", "flex"):
         geometry = FusedGeometry(
             heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,
@@ -486,11 +485,11 @@ def _attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_chan
             radius=tables.radius, dropout=tables.dropout, seed=seed,
         )
         if impl == "fused":
-            out = fused_attention(geometry, scaled_q, k, v, tables.positional, tables.group)
-        else:
-            out = flex_self_attention(geometry, scaled_q, pixel_major(k), pixel_major(v), tables.positional,
-                                      tables.group)
+            return fused_attention(geometry, q * in_channels ** -0.5, k, v, tables.positional, tables.group)
+        out = flex_self_attention(geometry, pixel_major(q * in_channels ** -0.5), pixel_major(k), pixel_major(v),
+                                  tables.positional, tables.group)
         return _output_layout(out, batch, heads, height, width)  # from (BN, H W, V, C)
+    scaled_q = pixel_major(q * in_channels ** -0.5)  # (BN, H W, G, C)
     if tables.local:
         radius = tables.radius
         key_index, outside_bias = neighbourhood_index(height, width, tables.patch_size, q.device)

@@ -36,6 +36,9 @@
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <limits>
 #include <thread>
 #include <vector>
 
@@ -47,6 +50,8 @@ struct Problem {
   int64_t threads, block;        // worker threads; queries per task
   int64_t dropout;               // 1: apply the dropout mask
   int64_t pixel_major;           // layouts of keys, values and table: 1 pixel-major, 0 channel-major
+  int64_t lanes, key_lanes;      // lanes layout: L and LK (see "lanes" below)
+  int64_t padded_width;          // lanes layout: Wp = W + 2 r
   uint64_t seed;
   uint32_t threshold;            // an entry is kept when its 24-bit hash is below this
   double keep_scale;             // 2^24 / threshold (0 when everything is dropped)
@@ -84,14 +89,13 @@ inline bool kept(uint64_t key, uint32_t x, uint32_t threshold) {
   return (h >> 8) < threshold;
 }
 
-// exp for float32: Cody-Waite reduction and a degree-7 polynomial (about 1 ulp); written
-// without calls so that loops over it vectorise. Below -87 it is 0; NaN stays NaN.
-inline float exp_approx(float x) {
-  float xc = std::min(std::max(x, -87.0f), 88.0f);
-  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  float r = xc - n * 0.693145751953125f;
+// exp(x) / 2^n for float32 (or a vector of them), with n = round(x / ln 2) given: Cody-Waite
+// reduction of x by n ln 2, then a degree-7 polynomial (about 1 ulp).
+template <typename F>
+inline F exp_mantissa(F x, F n) {
+  F r = x - n * 0.693145751953125f;
   r = r - n * 1.42860682030941723212e-6f;
-  float p = 1.0f / 5040.0f;
+  F p = F{} + 1.0f / 5040.0f;
   p = p * r + 1.0f / 720.0f;
   p = p * r + 1.0f / 120.0f;
   p = p * r + 1.0f / 24.0f;
@@ -99,9 +103,17 @@ inline float exp_approx(float x) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
+  return p;
+}
+
+// exp for float32, written without calls so that loops over it vectorise. Below -87 it is 0;
+// NaN stays NaN.
+inline float exp_approx(float x) {
+  float xc = std::min(std::max(x, -87.0f), 88.0f);
+  float n = std::floor(xc * 1.44269504088896341f + 0.5f);
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   const float scale = __builtin_bit_cast(float, bits);
-  float result = p * scale;
+  float result = exp_mantissa(xc, n) * scale;
   result = x < -87.0f ? 0.0f : result;
   return x != x ? x : result;
 }
@@ -730,6 +742,439 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
   }
 }
 
+// ---------------------------------------------------------------- lanes: local layers at small widths
+// For local layers with few channels per head the work per query is tiny (a few hundred
+// multiply-adds), so the kernel runs the queries side by side instead: the vector lanes run
+// along neighbouring query pixels, and every contraction is a sum of shifted, contiguous
+// rows. With the image zero-padded by r = P / 2 on each side (padded width Wp = W + 2 r),
+// lane j stands for the query at (y, x) = (j / Wp, j % Wp) and its key at patch offset
+// (a, b) sits at padded position j + a Wp + b, for every lane alike: each offset is one
+// shift. Lanes with x >= W (and those past H Wp that fill the last tile) are padding; their
+// queries are zero and they take no gradient (the caller discards their outputs), so they
+// cost time but never change a result.
+//
+// Layouts (row-major, contiguous), L lanes (a multiple of LANES), LK = L + (P - 1) Wp + P - 1:
+//   ql         (BN, G, C, L)    queries, already divided by sqrt(C_in); zero on padding lanes
+//   kl, vl     (BN, M, C, LK)   keys and values on the padded grid (zero outside the image)
+//   bias       (LK)             0 inside the image, -BIG outside: keys outside get no weight
+//   pos        (V, T, D2)       T = P P, offset (a, b) at t = a P + b
+//   grp        (V, G, M, Dg)    absent for lifting layers
+//   out        (BN, V, C, L)
+//   lse        (BN, V, G, L)
+// A tile is LANES consecutive lanes, held as one vector (Vec); all its logits (G T M vectors)
+// stay in the caches. The logits are exponentiated directly, not factored: along the lanes the
+// exponentials vectorise and are not what limits. Dropout entry (t M + m) of a row is kept or
+// dropped by the same hash of (seed, row, entry) as in the other layouts, the row being that of
+// the query's pixel.
+
+constexpr int LANES = 8;  // one AVX2 register of float32
+
+template <typename T> struct VecOf;
+template <> struct VecOf<float> { typedef float type __attribute__((vector_size(LANES * sizeof(float)))); };
+template <> struct VecOf<double> { typedef double type __attribute__((vector_size(LANES * sizeof(double)))); };
+template <typename T>
+using Vec = typename VecOf<T>::type;  // LANES values of T, operated on as one
+
+template <typename T>
+inline Vec<T> splat(T x) {
+  return Vec<T>{} + x;
+}
+
+template <typename T>
+inline Vec<T> load(const T* p) {
+  Vec<T> v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename T>
+inline void store(T* p, const Vec<T>& v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
+template <typename V>
+inline V vmax(const V& a, const V& b) {
+  return a > b ? a : b;
+}
+
+template <typename V>
+inline auto sum_lanes(const V& x) {
+  auto total = x[0];
+  for (int l = 1; l < LANES; ++l) total += x[l];
+  return total;
+}
+
+// exp of every lane: float32 as exp_approx (vectorised), float64 lane by lane.
+inline Vec<float> exp_lanes(Vec<float> x) {
+  using I = int32_t __attribute__((vector_size(LANES * sizeof(int32_t))));
+  const Vec<float> xc = vmax(x < 88.0f ? x : splat(88.0f), splat(-87.0f));
+  const Vec<float> shifter = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const Vec<float> n = (xc * 1.44269504088896341f + shifter) - shifter;
+  const Vec<float> p = exp_mantissa(xc, n);
+  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
+  Vec<float> scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  const Vec<float> result = x < -87.0f ? Vec<float>{} : p * scale;
+  return x != x ? x : result;
+}
+
+inline Vec<double> exp_lanes(Vec<double> x) {
+  for (int l = 0; l < LANES; ++l) x[l] = std::exp(x[l]);
+  return x;
+}
+
+template <typename V>
+inline V log_lanes(V x) {
+  for (int l = 0; l < LANES; ++l) x[l] = std::log(x[l]);
+  return x;
+}
+
+// Calls body(nb, i) for i = 0, nb, ... over [0, n), in blocks of nb = 8, then 4, then 1 (a
+// compile-time constant), so that the body can keep nb independent accumulators in registers.
+template <typename F>
+inline void in_blocks(int64_t n, F body) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) body(std::integral_constant<int, 8>(), i);
+  for (; i + 4 <= n; i += 4) body(std::integral_constant<int, 4>(), i);
+  for (; i < n; ++i) body(std::integral_constant<int, 1>(), i);
+}
+
+// sum_{i < n} term(i) in four interleaved partial sums (four independent addition chains).
+template <typename V, typename F>
+inline V reduce(int64_t n, F term) {
+  V s0{}, s1{}, s2{}, s3{};
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    s0 += term(i);
+    s1 += term(i + 1);
+    s2 += term(i + 2);
+    s3 += term(i + 3);
+  }
+  for (; i < n; ++i) s0 += term(i);
+  return (s0 + s1) + (s2 + s3);
+}
+
+template <typename T>
+class LaneWorker {
+ public:
+  using V = Vec<T>;
+
+  LaneWorker(const Problem& p, const T* q, const T* k, const T* v, const T* bias, const T* pos, const T* grp)
+      : p_(p), q_(q), k_(k), v_(v), bias_(bias), pos_(pos), grp_(grp) {
+    G_ = p.g; M_ = p.m; V_ = p.v; C_ = p.c; D2_ = p.d2; Dg_ = p.dg;
+    T_ = p.patch * p.patch;
+    L_ = p.lanes;
+    LK_ = p.key_lanes;
+    offsets_.resize(T_);
+    for (int64_t a = 0; a < p.patch; ++a)
+      for (int64_t b = 0; b < p.patch; ++b) offsets_[a * p.patch + b] = a * p.padded_width + b;
+    c_.resize(G_ * T_ * M_);
+    e_.resize(T_ * M_);
+    acc_.resize(T_ * M_);
+    dpre_.resize(T_ * M_);
+    dpm_.resize(T_ * M_);
+    pl_.resize(T_);
+    gl_.resize(M_);
+  }
+
+  // out (V, C, tile) and lse (V, G, tile) of the tile at lane j0 of head-batch b.
+  void forward(int64_t b, int64_t j0, T* out, T* lse) {
+    content(b, j0);
+    const int64_t TM = T_ * M_;
+    for (int64_t v = 0; v < V_; ++v) {
+      V* psum = acc_.data();  // (T, M): the probabilities summed over g (after dropout)
+      std::fill(psum, psum + TM, V{});
+      for (int64_t g = 0; g < G_; ++g) {
+        V* e = e_.data();
+        const V mx = logits(b, j0, v, g);
+        const V total = reduce<V>(TM, [&](int64_t x) { return e[x] = exp_lanes(e[x] - mx); });
+        store(lse + (v * G_ + g) * L_ + j0, mx + log_lanes(total));
+        const V norm = T(1) / total;
+        if (p_.dropout) {
+          uint64_t keys[LANES];
+          row_keys(b, j0, v, g, keys);
+          const V keep = norm * static_cast<T>(p_.keep_scale);
+          for (int64_t x = 0; x < TM; ++x) psum[x] += e[x] * keep * mask(keys, x);
+        } else {
+          for (int64_t x = 0; x < TM; ++x) psum[x] += e[x] * norm;
+        }
+      }
+      // out[v, c] = sum_{t, m} psum[t, m] val[m, c] (shifted by the offset of t).
+      in_blocks(C_, [&](auto nb, int64_t c0) {
+        constexpr int NB = decltype(nb)::value;
+        V o[NB] = {};
+        for (int64_t t = 0; t < T_; ++t)
+          for (int64_t m = 0; m < M_; ++m) {
+            const V w = psum[t * M_ + m];
+            const T* val = row(v_, b, m, c0) + j0 + offsets_[t];
+            for (int i = 0; i < NB; ++i) o[i] += w * load(val + i * LK_);
+          }
+        for (int i = 0; i < NB; ++i) store(out + (v * C_ + c0 + i) * L_ + j0, o[i]);
+      });
+    }
+  }
+
+  // Gradients of the tile at lane j0 of head-batch b: writes grad_q (G, C, tile); adds into
+  // grad_k and grad_v (this head-batch's (M, C, LK) blocks) and into the lane accumulators
+  // of the tables, pos_acc (V, T, D2) and grp_acc (V, G, M, Dg).
+  void backward(int64_t b, int64_t j0, const T* grad_out, const T* lse, T* grad_q, T* grad_k, T* grad_v,
+                V* pos_acc, V* grp_acc) {
+    content(b, j0);
+    const int64_t TM = T_ * M_;
+    dc_.assign(G_ * TM, V{});
+    gq_.assign(G_ * C_, V{});
+    for (int64_t v = 0; v < V_; ++v) {
+      const T* gout = grad_out + v * C_ * L_ + j0;  // row c at gout + c L
+      // dP before dropout: dpre[t, m] = sum_c grad_out[v, c] val[m, c] (shifted).
+      for (int64_t m = 0; m < M_; ++m)
+        in_blocks(T_, [&](auto nb, int64_t t0) {
+          constexpr int NB = decltype(nb)::value;
+          V d[NB] = {};
+          for (int64_t ch = 0; ch < C_; ++ch) {
+            const V go = load(gout + ch * L_);
+            const T* val = row(v_, b, m, ch) + j0;
+            for (int i = 0; i < NB; ++i) d[i] += go * load(val + offsets_[t0 + i]);
+          }
+          for (int i = 0; i < NB; ++i) dpre_[(t0 + i) * M_ + m] = d[i];
+        });
+      V* dsum = acc_.data();  // (T, M): the probabilities after dropout summed over g
+      std::fill(dsum, dsum + TM, V{});
+      for (int64_t g = 0; g < G_; ++g) {
+        V* e = e_.data();  // logits, then probabilities, then dS
+        logits(b, j0, v, g);
+        const V lse_row = load(lse + (v * G_ + g) * L_ + j0);
+        const V* dp = dpre_.data();
+        V delta;
+        if (p_.dropout) {
+          uint64_t keys[LANES];
+          row_keys(b, j0, v, g, keys);
+          const T keep = static_cast<T>(p_.keep_scale);
+          delta = reduce<V>(TM, [&](int64_t x) {
+            e[x] = exp_lanes(e[x] - lse_row);
+            const V kept_scale = mask(keys, x) * keep;
+            dsum[x] += e[x] * kept_scale;
+            dpm_[x] = kept_scale * dpre_[x];
+            return e[x] * dpm_[x];
+          });
+          dp = dpm_.data();
+        } else {
+          delta = reduce<V>(TM, [&](int64_t x) {
+            e[x] = exp_lanes(e[x] - lse_row);
+            dsum[x] += e[x];
+            return e[x] * dp[x];
+          });
+        }
+        V* dc = dc_.data() + g * TM;
+        for (int64_t x = 0; x < TM; ++x) {
+          e[x] = e[x] * (dp[x] - delta);  // dS = P (dP - delta)
+          dc[x] += e[x];
+        }
+        positional_gradient(b, j0, v, g, pos_acc);
+        if (grp_ != nullptr) group_gradient(b, j0, v, g, grp_acc);
+      }
+      // grad_v[m, c] (shifted) += dsum[t, m] grad_out[v, c].
+      for (int64_t t = 0; t < T_; ++t)
+        for (int64_t ch = 0; ch < C_; ++ch) {
+          const V go = load(gout + ch * L_);
+          for (int64_t m = 0; m < M_; ++m) {
+            T* dst = grad_row(grad_v, m, ch) + j0 + offsets_[t];
+            store(dst, load(dst) + dsum[t * M_ + m] * go);
+          }
+        }
+    }
+    // Content: grad_q[g, c] += sum_{t, m} dC[g, t, m] k[m, c] (shifted); grad_k[m, c] (shifted)
+    // += sum_g dC[g, t, m] q[g, c].
+    for (int64_t g = 0; g < G_; ++g)
+      for (int64_t ch = 0; ch < C_; ++ch) {
+        const V* dc = dc_.data() + g * TM;
+        gq_[g * C_ + ch] += reduce<V>(M_, [&](int64_t m) {
+          const T* key = row(k_, b, m, ch) + j0;
+          return reduce<V>(T_, [&](int64_t t) { return dc[t * M_ + m] * load(key + offsets_[t]); });
+        });
+      }
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t ch = 0; ch < C_; ++ch)
+        for (int64_t m = 0; m < M_; ++m) {
+          V gk{};
+          for (int64_t g = 0; g < G_; ++g) gk += dc_[(g * T_ + t) * M_ + m] * load(query_row(b, g, ch) + j0);
+          T* dst = grad_row(grad_k, m, ch) + j0 + offsets_[t];
+          store(dst, load(dst) + gk);
+        }
+    for (int64_t gc = 0; gc < G_ * C_; ++gc) store(grad_q + gc * L_ + j0, gq_[gc]);
+  }
+
+ private:
+  const T* row(const T* base, int64_t b, int64_t m, int64_t ch) const { return base + ((b * M_ + m) * C_ + ch) * LK_; }
+  const T* query_row(int64_t b, int64_t g, int64_t ch) const { return q_ + ((b * G_ + g) * C_ + ch) * L_; }
+  // Row (m, c) of a head-batch's (M, C, LK) block of the key or value gradient.
+  T* grad_row(T* block, int64_t m, int64_t ch) const { return block + (m * C_ + ch) * LK_; }
+
+  // c_ (G, T, M): the content logits of the tile, the same for every v.
+  void content(int64_t b, int64_t j0) {
+    for (int64_t g = 0; g < G_; ++g)
+      for (int64_t m = 0; m < M_; ++m)
+        in_blocks(T_, [&](auto nb, int64_t t0) {
+          constexpr int NB = decltype(nb)::value;
+          V acc[NB] = {};
+          for (int64_t ch = 0; ch < C_; ++ch) {
+            const V qv = load(query_row(b, g, ch) + j0);
+            const T* key = row(k_, b, m, ch) + j0;
+            for (int i = 0; i < NB; ++i) acc[i] += qv * load(key + offsets_[t0 + i]);
+          }
+          for (int i = 0; i < NB; ++i) c_[(g * T_ + t0 + i) * M_ + m] = acc[i];
+        });
+  }
+
+  // e_ (T, M): the logits of row (v, g); returns their maximum over (t, m) per lane.
+  V logits(int64_t b, int64_t j0, int64_t v, int64_t g) {
+    in_blocks(T_, [&](auto nb, int64_t t0) {  // positional term plus the outside-image bias
+      constexpr int NB = decltype(nb)::value;
+      V acc[NB];
+      for (int i = 0; i < NB; ++i) acc[i] = load(bias_ + j0 + offsets_[t0 + i]);
+      const T* e = pos_ + (v * T_ + t0) * D2_;
+      for (int64_t d = 0; d < D2_; ++d) {
+        const V qd = load(query_row(b, g, d) + j0);
+        for (int i = 0; i < NB; ++i) acc[i] += e[i * D2_ + d] * qd;
+      }
+      for (int i = 0; i < NB; ++i) pl_[t0 + i] = acc[i];
+    });
+    for (int64_t m = 0; m < M_; ++m) {  // group term
+      const T* e = grp_ ? grp_ + ((v * G_ + g) * M_ + m) * Dg_ : nullptr;
+      gl_[m] = grp_ ? reduce<V>(Dg_, [&](int64_t d) { return e[d] * load(query_row(b, g, D2_ + d) + j0); }) : V{};
+    }
+    V mx0 = splat(-std::numeric_limits<T>::infinity()), mx1 = mx0;
+    const V* c = c_.data() + g * T_ * M_;
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t m = 0; m < M_; ++m) {
+        const V value = c[t * M_ + m] + pl_[t] + gl_[m];
+        e_[t * M_ + m] = value;
+        ((t & 1) ? mx1 : mx0) = vmax((t & 1) ? mx1 : mx0, value);
+      }
+    return vmax(mx0, mx1);
+  }
+
+  // dS (in e_) summed over m: the positional term's gradient, into grad_q and pos_acc.
+  void positional_gradient(int64_t b, int64_t j0, int64_t v, int64_t g, V* pos_acc) {
+    V* dpl = pl_.data();  // the logits' positional terms are no longer needed
+    for (int64_t t = 0; t < T_; ++t) dpl[t] = reduce<V>(M_, [&](int64_t m) { return e_[t * M_ + m]; });
+    const T* e = pos_ + v * T_ * D2_;
+    for (int64_t d = 0; d < D2_; ++d) {
+      const V qd = load(query_row(b, g, d) + j0);
+      gq_[g * C_ + d] += reduce<V>(T_, [&](int64_t t) { return dpl[t] * e[t * D2_ + d]; });
+      for (int64_t t = 0; t < T_; ++t) pos_acc[(v * T_ + t) * D2_ + d] += dpl[t] * qd;
+    }
+  }
+
+  // dS (in e_) summed over t: the group term's gradient, into grad_q and grp_acc.
+  void group_gradient(int64_t b, int64_t j0, int64_t v, int64_t g, V* grp_acc) {
+    V* dgl = gl_.data();  // the logits' group terms are no longer needed
+    std::fill(dgl, dgl + M_, V{});
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t m = 0; m < M_; ++m) dgl[m] += e_[t * M_ + m];
+    const T* e = grp_ + (v * G_ + g) * M_ * Dg_;
+    for (int64_t d = 0; d < Dg_; ++d) {
+      const V qd = load(query_row(b, g, D2_ + d) + j0);
+      gq_[g * C_ + D2_ + d] += reduce<V>(M_, [&](int64_t m) { return dgl[m] * e[m * Dg_ + d]; });
+      for (int64_t m = 0; m < M_; ++m) grp_acc[((v * G_ + g) * M_ + m) * Dg_ + d] += dgl[m] * qd;
+    }
+  }
+
+  // The dropout keys of row (v, g) for the tile's lanes (rows numbered by the query's pixel).
+  void row_keys(int64_t b, int64_t j0, int64_t v, int64_t g, uint64_t* keys) const {
+    const int64_t hw = p_.height * p_.width;
+    for (int l = 0; l < LANES; ++l) {
+      const int64_t j = j0 + l, y = j / p_.padded_width, x = j % p_.padded_width;
+      keys[l] = row_key(p_.seed, static_cast<uint64_t>(((b * hw + y * p_.width + x) * V_ + v) * G_ + g));
+    }
+  }
+
+  // 1 where entry x of the lanes' rows is kept, else 0.
+  V mask(const uint64_t* keys, int64_t x) const {
+    V out;
+    for (int l = 0; l < LANES; ++l) out[l] = kept(keys[l], uint32_t(x), p_.threshold) ? T(1) : T(0);
+    return out;
+  }
+
+  const Problem& p_;
+  const T *q_, *k_, *v_, *bias_, *pos_, *grp_;
+  int64_t G_ = 0, M_ = 0, V_ = 0, C_ = 0, D2_ = 0, Dg_ = 0, T_ = 0, L_ = 0, LK_ = 0;
+  std::vector<int64_t> offsets_;
+  std::vector<V> c_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_;
+};
+
+// Tasks of the lanes kernel: (head-batch, part), each part a contiguous run of tiles. A head-batch
+// is split only when there are too few of them to keep every thread busy.
+struct LaneTasks {
+  int64_t tiles, parts;
+  LaneTasks(const Problem& p) {
+    tiles = p.lanes / LANES;
+    const int64_t threads = std::max<int64_t>(1, p.threads);
+    parts = p.bn >= 2 * threads ? 1 : std::min<int64_t>(tiles, (2 * threads + p.bn - 1) / p.bn);
+  }
+  int64_t count(const Problem& p) const { return p.bn * parts; }
+  int64_t first(int64_t part) const { return part * tiles / parts; }
+  int64_t last(int64_t part) const { return (part + 1) * tiles / parts; }
+};
+
+template <typename T>
+void lanes_forward_impl(const Problem& p, const T* q, const T* k, const T* v, const T* bias, const T* pos,
+                        const T* grp, T* out, T* lse) {
+  const LaneTasks tasks(p);
+  std::vector<LaneWorker<T>*> workers(std::max<int64_t>(1, p.threads), nullptr);
+  parallel_tasks(p.threads, tasks.count(p), true, [&](int64_t thread, int64_t task) {
+    if (!workers[thread]) workers[thread] = new LaneWorker<T>(p, q, k, v, bias, pos, grp);
+    const int64_t b = task / tasks.parts, part = task % tasks.parts;
+    for (int64_t tile = tasks.first(part); tile < tasks.last(part); ++tile)
+      workers[thread]->forward(b, tile * LANES, out + b * p.v * p.c * p.lanes, lse + b * p.v * p.g * p.lanes);
+  });
+  for (auto* w : workers) delete w;
+}
+
+// Every task adds into its own accumulators (the tables' gradients, and the key and value
+// gradients of a head-batch split into parts), summed afterwards in task order: the result
+// does not depend on which thread ran which task.
+template <typename T>
+void lanes_backward_impl(const Problem& p, const T* q, const T* k, const T* v, const T* bias, const T* pos,
+                         const T* grp, const T* grad_out, const T* lse, T* grad_q, T* grad_k, T* grad_v,
+                         T* grad_pos, T* grad_grp) {
+  const LaneTasks tasks(p);
+  const int64_t count = tasks.count(p), T_ = p.patch * p.patch;
+  const int64_t pos_size = p.v * T_ * p.d2, grp_size = grp ? p.v * p.g * p.m * p.dg : 0;
+  const int64_t kv_size = p.m * p.c * p.key_lanes;  // one head-batch of grad_k
+  std::vector<std::vector<T>> pos_sum(count), grp_sum(count), k_part(count), v_part(count);
+  std::vector<LaneWorker<T>*> workers(std::max<int64_t>(1, p.threads), nullptr);
+  parallel_tasks(p.threads, count, true, [&](int64_t thread, int64_t task) {
+    if (!workers[thread]) workers[thread] = new LaneWorker<T>(p, q, k, v, bias, pos, grp);
+    const int64_t b = task / tasks.parts, part = task % tasks.parts;
+    std::vector<Vec<T>> pos_acc(pos_size), grp_acc(grp_size);
+    T *gk = grad_k + b * kv_size, *gv = grad_v + b * kv_size;
+    if (tasks.parts > 1) {
+      k_part[task].assign(kv_size, T(0));
+      v_part[task].assign(kv_size, T(0));
+      gk = k_part[task].data();
+      gv = v_part[task].data();
+    }
+    const int64_t lanes = p.lanes;
+    for (int64_t tile = tasks.first(part); tile < tasks.last(part); ++tile)
+      workers[thread]->backward(b, tile * LANES, grad_out + b * p.v * p.c * lanes, lse + b * p.v * p.g * lanes,
+                                grad_q + b * p.g * p.c * lanes, gk, gv, pos_acc.data(), grp_acc.data());
+    pos_sum[task].resize(pos_size);
+    for (int64_t j = 0; j < pos_size; ++j) pos_sum[task][j] = sum_lanes(pos_acc[j]);
+    grp_sum[task].resize(grp_size);
+    for (int64_t j = 0; j < grp_size; ++j) grp_sum[task][j] = sum_lanes(grp_acc[j]);
+  });
+  for (int64_t task = 0; task < count; ++task) {
+    for (int64_t j = 0; j < pos_size; ++j) grad_pos[j] += pos_sum[task][j];
+    for (int64_t j = 0; j < grp_size; ++j) grad_grp[j] += grp_sum[task][j];
+    if (tasks.parts > 1) {
+      const int64_t b = task / tasks.parts;
+      for (int64_t j = 0; j < kv_size; ++j) grad_k[b * kv_size + j] += k_part[task][j];
+      for (int64_t j = 0; j < kv_size; ++j) grad_v[b * kv_size + j] += v_part[task][j];
+    }
+  }
+  for (auto* w : workers) delete w;
+}
+
 // Calls fn.template operator()<M>() for the key-group size p.m (the orders of the groups).
 template <typename F>
 int dispatch(int64_t m, F fn) {
@@ -762,6 +1207,27 @@ int dispatch(int64_t m, F fn) {
 
 DEFINE_ENTRY_POINTS(float, f32)
 DEFINE_ENTRY_POINTS(double, f64)
+
+#define DEFINE_LANES_ENTRY_POINTS(T, SUFFIX)                                                                     \
+  extern "C" int fused_lanes_forward_##SUFFIX(const Problem* p, const T* q, const T* k, const T* v,             \
+                                              const T* bias, const T* pos, const T* grp, T* out, T* lse) {      \
+    lanes_forward_impl<T>(*p, q, k, v, bias, pos, grp, out, lse);                                               \
+    return 0;                                                                                                    \
+  }                                                                                                              \
+  extern "C" int fused_lanes_backward_##SUFFIX(const Problem* p, const T* q, const T* k, const T* v,            \
+                                               const T* bias, const T* pos, const T* grp, const T* grad_out,    \
+                                               const T* lse, T* grad_q, T* grad_k, T* grad_v, T* grad_pos,      \
+                                               T* grad_grp) {                                                    \
+    lanes_backward_impl<T>(*p, q, k, v, bias, pos, grp, grad_out, lse, grad_q, grad_k, grad_v, grad_pos,        \
+                           grad_grp);                                                                            \
+    return 0;                                                                                                    \
+  }
+
+// Lanes per tile of the lanes layout: the caller pads the lanes to a multiple of this.
+extern "C" int64_t fused_lanes_tile() { return LANES; }
+
+DEFINE_LANES_ENTRY_POINTS(float, f32)
+DEFINE_LANES_ENTRY_POINTS(double, f64)
 
 // The kept flags of `rows` softmax rows of `length` entries (rows numbered from 0), as the
 // kernels draw them; for testing the mask's statistics.

@@ -2,21 +2,26 @@
 
 ``attention_impl="fused"`` computes what ``"reference"`` and ``"efficient"`` compute
 (see :mod:`g_selfatt.nn.efficient_attention` for the formula) in a small C++ kernel,
-``fused_attention.cpp`` beside this file, that works on one query at a time: the three
-logit terms, their softmax, attention dropout, the sum over ``g`` and the value
-contraction (and, in the backward pass, every gradient) stay in the caches, with no
-tensor of scores at all. Two things make it cheap:
+``fused_attention.cpp`` beside this file: the three logit terms, their softmax, attention
+dropout, the sum over ``g`` and the value contraction (and, in the backward pass, every
+gradient) stay in the caches, with no tensor of scores at all. It walks the data in one of
+three layouts (:data:`LAYOUTS`), chosen from the shapes by :attr:`FusedGeometry.layout`:
 
-* the exponentials factor, ``exp(c + p + g) = exp(c) exp(p) exp(g)``, so they are taken at
-  the sizes of the three terms instead of at the size of the scores (a row whose factored
-  sum underflows is recomputed directly);
-* keys outside the image are skipped instead of padded and masked.
+* ``"lanes"`` (local layers at small widths): the vector lanes run along neighbouring query
+  pixels of the zero-padded image, where every key offset of the patch is one shift, so
+  each contraction is a sum of contiguous rows however few channels and keys a query has;
+* ``"channel_major"`` and ``"pixel_major"`` (global layers, local layers with many group
+  elements on small images): one query at a time, with the exponentials factored,
+  ``exp(c + p + g) = exp(c) exp(p) exp(g)``, so that they are taken at the sizes of the three
+  terms instead of at the size of the scores (a row whose factored sum underflows is
+  recomputed directly), and keys outside the image skipped.
 
-The forward pass keeps each softmax row's log-sum-exp, ``(BN, H W, V, G)``, so the
-backward pass recomputes the probabilities without a second normalisation. Dropout
+The forward pass keeps each softmax row's log-sum-exp, so the backward pass recomputes the
+probabilities without a second normalisation. Dropout
 keeps an entry when a 24-bit hash of ``(seed, row, entry)`` lies below
 ``round(keep * 2^24)``, and scales kept entries by the exact inverse of that fraction:
-the same entries in the forward and backward pass, for any number of threads.
+the same entries in the forward and backward pass, for any number of threads (the entries
+of a row are numbered by the layout: compact keys, or patch offsets in the lanes layout).
 
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else
 ``g++``/``c++``/``clang++``) and cached on disk (``$G_SELFATT_CACHE``, else
@@ -41,6 +46,7 @@ from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
@@ -52,16 +58,25 @@ FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fope
 DTYPES = (torch.float32, torch.float64)
 KEY_ELEMENTS = (1, 2, 4, 8, 12, 16)  # the kernel's compiled key-group sizes: the groups' orders
 QUERY_BLOCK = 16  # queries per task of the kernel's thread pool
-# Local layers with at least this many channels per head use the pixel-major layout: their
-# contractions run along the channels instead of along the few keys of a neighbourhood.
+# The kernel's three ways of walking the data (FusedGeometry.layout chooses from the shapes):
+# "lanes", local layers with queries side by side in the vector lanes; "pixel_major" and
+# "channel_major", one query at a time, with contractions along the channels or along the keys.
+LAYOUTS = ("lanes", "pixel_major", "channel_major")
+# Local group layers use the lanes layout while it pads at most this many lanes per query (the
+# padding columns of a small image cost more than the lanes save; its exponentials are not
+# factored, which the one-query layouts do for groups); measured on the rotMNIST and CIFAR10 layers.
+LANES_PADDING = 1.25
+# Local layers outside the lanes layout with at least this many channels per head use the
+# pixel-major layout: their contractions run along the channels instead of along the keys.
 PIXEL_MAJOR_CHANNELS = 16
+OUTSIDE_BIAS = -1e30  # the logit bias of keys outside the image in the lanes layout
 _HASH_BITS = 24
 
 
 class _Problem(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("bn", "height", "width", "g", "m", "v", "c", "d2", "dg", "local", "patch", "radius", "threads",
-                 "block", "dropout", "pixel_major")] + [
+                 "block", "dropout", "pixel_major", "lanes", "key_lanes", "padded_width")] + [
         ("seed", ctypes.c_uint64), ("threshold", ctypes.c_uint32), ("keep_scale", ctypes.c_double)]
 
 
@@ -172,16 +187,20 @@ def supports(t: Tensor, key_elements: int, autocast: bool = False) -> bool:
             and available())
 
 
+# The kernel's entry points (each in f32 and f64) and the number of tensors they take after the problem.
+_ENTRY_POINTS = {"fused_forward": 7, "fused_backward": 12, "fused_lanes_forward": 8, "fused_lanes_backward": 13}
+
+
 def _load(path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(path))
     pointer = ctypes.c_void_p
-    for suffix in ("f32", "f64"):
-        forward = getattr(lib, f"fused_forward_{suffix}")
-        forward.argtypes = [ctypes.POINTER(_Problem)] + [pointer] * 7
-        forward.restype = ctypes.c_int
-        backward = getattr(lib, f"fused_backward_{suffix}")
-        backward.argtypes = [ctypes.POINTER(_Problem)] + [pointer] * 12
-        backward.restype = ctypes.c_int
+    for name, tensors in _ENTRY_POINTS.items():
+        for suffix in ("f32", "f64"):
+            function = getattr(lib, f"{name}_{suffix}")
+            function.argtypes = [ctypes.POINTER(_Problem)] + [pointer] * tensors
+            function.restype = ctypes.c_int
+    lib.fused_lanes_tile.argtypes = []
+    lib.fused_lanes_tile.restype = ctypes.c_int64
     lib.fused_dropout_flags.argtypes = [ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32, pointer]
     lib.fused_dropout_flags.restype = None
     return lib
@@ -227,18 +246,45 @@ class FusedGeometry:
         return self.patch_size if self.local else 2 * self.radius + 1
 
     @property
-    def pixel_major(self) -> bool:
-        """The layout of keys, values and the offset table (see :func:`fused_attention`)."""
-        return self.local and self.channels >= PIXEL_MAJOR_CHANNELS
+    def layout(self) -> str:
+        """How the kernel lays out and walks the data, chosen from the shapes (see :data:`LAYOUTS`).
+
+        Local layers run in the lanes layout when they have one key element (lifting and ``z2``
+        layers) or when its padding lanes are few (at most :data:`LANES_PADDING` lanes per query);
+        otherwise, and for global layers, one query at a time.
+        """
+        if self.local and (self.num_key_elements == 1 or self.lanes <= LANES_PADDING * self.height * self.width):
+            return "lanes"
+        if self.local and self.channels >= PIXEL_MAJOR_CHANNELS:
+            return "pixel_major"
+        return "channel_major"
+
+    @property
+    def padded_width(self) -> int:
+        """``Wp = W + 2 r``: the row length of the zero-padded grid of the lanes layout."""
+        return self.width + 2 * self.radius
+
+    @property
+    def lanes(self) -> int:
+        """``L``: lanes of the lanes layout, ``H Wp`` rounded up to whole tiles of the kernel."""
+        tile = library().fused_lanes_tile()
+        return -(-self.height * self.padded_width // tile) * tile
+
+    @property
+    def key_lanes(self) -> int:
+        """``LK``: the padded key grid, long enough for the last lane's farthest key."""
+        return self.lanes + 2 * self.radius * (self.padded_width + 1)
 
     def problem(self) -> _Problem:
         threshold, scale = dropout_threshold(self.dropout)
+        lanes = self.layout == "lanes"
         return _Problem(
             bn=self.heads_batch, height=self.height, width=self.width, g=self.num_query_elements,
             m=self.num_key_elements, v=self.num_out, c=self.channels, d2=self.pos_channels,
             dg=self.channels - self.pos_channels, local=int(self.local), patch=self.patch_size, radius=self.radius,
             threads=torch.get_num_threads(), block=QUERY_BLOCK, dropout=int(self.dropout > 0),
-            pixel_major=int(self.pixel_major),
+            pixel_major=int(self.layout == "pixel_major"), lanes=self.lanes if lanes else 0,
+            key_lanes=self.key_lanes if lanes else 0, padded_width=self.padded_width if lanes else 0,
             seed=self.seed % 2 ** 64, threshold=threshold, keep_scale=scale,
         )
 
@@ -259,7 +305,7 @@ class FusedAttention(torch.autograd.Function):
     """``out[bn, ij, v, c]`` from ``q (BN, HW, G, C)``, keys, values and the tables.
 
     Keys and values are ``(BN, C, HW, M)`` and ``pos_table`` ``(V, 2D, T)`` (channel-major) or
-    ``(BN, HW, M, C)`` and ``(V, T, 2D)`` (pixel-major), as ``geometry.pixel_major`` says;
+    ``(BN, HW, M, C)`` and ``(V, T, 2D)`` (pixel-major), as ``geometry.layout`` says;
     ``group_table`` is ``(V, G, M, D_g)`` or ``None``.
     """
 
@@ -285,23 +331,99 @@ class FusedAttention(torch.autograd.Function):
         return (None, *grads)
 
 
+class LanesAttention(torch.autograd.Function):
+    """``out (BN, V, C, L)`` from the lanes layout: ``q (BN, G, C, L)``, keys and values ``(BN, M, C, LK)``.
+
+    ``bias`` is ``(LK,)`` (0 inside the image, :data:`OUTSIDE_BIAS` outside), ``pos_table``
+    ``(V, T, 2D)`` and ``group_table`` ``(V, G, M, D_g)`` or ``None``. Lanes that stand for no
+    pixel must have zero queries; their outputs are meaningless and must get a zero gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, pos_table: Tensor,
+                group_table: Optional[Tensor]) -> Tensor:
+        g = geometry
+        out = q.new_empty(g.heads_batch, g.num_out, g.channels, g.lanes)
+        lse = q.new_empty(g.heads_batch, g.num_out, g.num_query_elements, g.lanes)
+        _call("fused_lanes_forward", q.dtype, g.problem(), q, k, v, bias, pos_table, group_table, out, lse)
+        ctx.geometry = geometry
+        ctx.save_for_backward(q, k, v, bias, pos_table, group_table, lse)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, bias, pos_table, group_table, lse = ctx.saved_tensors
+        grads = [torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(pos_table),
+                 None if group_table is None else torch.zeros_like(group_table)]
+        _call("fused_lanes_backward", q.dtype, ctx.geometry.problem(), q, k, v, bias, pos_table, group_table,
+              grad_out.contiguous(), lse, *grads)
+        return (None, grads[0], grads[1], grads[2], None, grads[3], grads[4])
+
+
+def _lane_queries(geometry: FusedGeometry, q: Tensor) -> Tensor:
+    """``(B, C, N, G, H, W)`` -> ``(B N, G, C, L)``: each row padded by ``2 r`` zeros, then to ``L`` lanes."""
+    batch, channels, heads, elements, height, width = q.shape
+    t = F.pad(q.permute(0, 2, 3, 1, 4, 5), (0, 2 * geometry.radius))  # (B, N, G, C, H, Wp)
+    t = t.reshape(batch * heads, elements, channels, height * geometry.padded_width)
+    return F.pad(t, (0, geometry.lanes - t.shape[-1]))  # (BN, G, C, L)
+
+
+def _lane_keys(geometry: FusedGeometry, t: Tensor) -> Tensor:
+    """``(B, C, N, M, H, W)`` -> ``(B N, M, C, LK)``: the zero-padded grid, flattened and extended to ``LK``."""
+    batch, channels, heads, elements = t.shape[:4]
+    r = geometry.radius
+    t = F.pad(t.permute(0, 2, 3, 1, 4, 5), (r, r, r, r))  # (B, N, M, C, Hp, Wp)
+    t = t.reshape(batch * heads, elements, channels, -1)
+    return F.pad(t, (0, geometry.key_lanes - t.shape[-1]))  # (BN, M, C, LK)
+
+
+def _lane_bias(geometry: FusedGeometry, like: Tensor) -> Tensor:
+    """``(LK,)``: 0 where the padded key grid lies inside the image, :data:`OUTSIDE_BIAS` elsewhere."""
+    r = geometry.radius
+    inside = F.pad(like.new_ones(geometry.height, geometry.width), (r, r, r, r)).flatten()
+    inside = F.pad(inside, (0, geometry.key_lanes - inside.numel()))
+    return (1 - inside) * OUTSIDE_BIAS
+
+
+def _lanes_output(geometry: FusedGeometry, out: Tensor, batch: int, heads: int) -> Tensor:
+    """``(B N, V, C, L)`` -> ``(B, C, N, V, H, W)``, dropping the padding lanes."""
+    g = geometry
+    out = out[..., :g.height * g.padded_width].reshape(batch, heads, g.num_out, g.channels, g.height, g.padded_width)
+    return out[..., :g.width].permute(0, 3, 1, 2, 4, 5)
+
+
+def _pixel_major_output(out: Tensor, batch: int, heads: int, height: int, width: int) -> Tensor:
+    """``(B N, H W, V, C)`` -> ``(B, C, N, V, H, W)``."""
+    out = out.view(batch, heads, height, width, out.shape[2], out.shape[3])  # (B, N, H, W, V, C)
+    return out.permute(0, 5, 1, 4, 2, 3)
+
+
 def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
                     group_table: Optional[Tensor]) -> Tensor:
     """The fused attention before ``wout``.
 
     Args:
         geometry: sizes, dropout rate and seed.
-        q: queries ``(BN, H W, G, C)``, already divided by ``sqrt(C_in)``.
+        q: queries ``(B, C, N, G, H, W)``, already divided by ``sqrt(C_in)``.
         k, v: keys and values ``(B, C, N, M, H, W)``.
         pos_table: encodings of the acted offsets, ``(V, T, 2D)``.
         group_table: ``(V, G, M, D_g)`` or ``None`` (lifting layers).
 
     Returns:
-        ``(BN, H W, V, C)``.
+        ``(B, C, N, V, H, W)``.
     """
+    batch, heads = q.shape[0], q.shape[2]
     group_table = None if group_table is None else group_table.contiguous()
-    if geometry.pixel_major:
-        layout, pos_table = pixel_major, pos_table.contiguous()  # (V, T, 2D)
+    layout = geometry.layout
+    if layout == "lanes":
+        out = LanesAttention.apply(geometry, _lane_queries(geometry, q), _lane_keys(geometry, k),
+                                   _lane_keys(geometry, v), _lane_bias(geometry, q), pos_table.contiguous(),
+                                   group_table)  # (BN, V, C, L)
+        return _lanes_output(geometry, out, batch, heads)
+    if layout == "pixel_major":
+        arrange, pos_table = pixel_major, pos_table.contiguous()  # (V, T, 2D)
     else:
-        layout, pos_table = channel_major, pos_table.transpose(1, 2).contiguous()  # (V, 2D, T)
-    return FusedAttention.apply(geometry, q.contiguous(), layout(k), layout(v), pos_table, group_table)
+        arrange, pos_table = channel_major, pos_table.transpose(1, 2).contiguous()  # (V, 2D, T)
+    out = FusedAttention.apply(geometry, pixel_major(q), arrange(k), arrange(v), pos_table, group_table)
+    return _pixel_major_output(out, batch, heads, geometry.height, geometry.width)
