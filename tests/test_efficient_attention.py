@@ -77,6 +77,7 @@ SMALL_CHUNK = 700  # score entries per chunk: a few queries per chunk at these s
 # "fused-<layout>": the fused kernel with one of its layouts forced (local layers only; by default
 # the kernel chooses from the shapes, and these test shapes would not reach every layout).
 FORCED_LAYOUTS = {f"fused-{layout}": layout for layout in fused_attention.LAYOUTS}
+FORCED_LAYOUT_GROUPS = ("z2", "p4", "p4m", "p8m")  # one key element, rotations, reflections, the largest order
 FAST_IMPLS = ("efficient", "fused", *FORCED_LAYOUTS)
 DEFAULT_CHUNK = efficient_attention.CHUNK_ELEMENTS
 FLOAT32_EPS = torch.finfo(torch.float32).eps
@@ -104,7 +105,7 @@ def _cases(groups=GROUPS, local_shapes=LOCAL_SHAPES, global_sides=GLOBAL_SIDES):
     for name, (_, _, local) in KINDS.items():
         shapes = local_shapes if local else [(side, None) for side in global_sides]
         for impl, group, (side, patch) in itertools.product(FAST_IMPLS, groups, shapes):
-            if impl in FORCED_LAYOUTS and not local:
+            if impl in FORCED_LAYOUTS and (not local or group not in FORCED_LAYOUT_GROUPS):
                 continue
             yield pytest.param(impl, name, group, side, patch,
                                id=f"{impl}-{name}-{group}-{side}" + (f"-p{patch}" if patch else ""))
@@ -565,4 +566,5 @@ def test_benchmark_builds_the_cases_people_train_and_compares_them_with_p4cnn(mo
     for record in records:
         assert record["over_p4cnn"] == round(record["time_s"] / cnn["time_s"], 2)
         (layer,) = record["layers"]  # the tiny case is one attention layer
-        assert layer["share_of_step"] == round(layer["time_s"] / record["time_s"], 3) and layer["time_s"] > 0
+        assert layer["time_s"] > 0  # the share is of the unrounded times: compared to the printed ones' precision
+        assert layer["share_of_step"] == pytest.approx(layer["time_s"] / record["time_s"], abs=0.01)
