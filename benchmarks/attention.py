@@ -130,14 +130,7 @@ def _layer_case(kind: str, group_name: str, channels: int, mid: int, extent: int
     cls = GroupSelfAttention if kind == "global" else GroupLocalSelfAttention
     group = get_group(group_name)
     layer = cls(group, channels, mid, channels, 9, extent, 0.0, attention_impl=impl).to(device).train()
-    x = torch.randn(batch, channels, group.num_elements, side, side, device=device, requires_grad=True)
-
-    def step() -> None:
-        layer.zero_grad(set_to_none=True)
-        x.grad = None
-        layer(x).square().mean().backward()
-
-    return step
+    return layer_step(layer, torch.randn(batch, channels, group.num_elements, side, side, device=device))
 
 
 def _lift_case(group_name: str, in_channels: int, mid: int, out: int, heads: int, patch: int, side: int,
@@ -149,7 +142,12 @@ def _lift_case(group_name: str, in_channels: int, mid: int, out: int, heads: int
 
     layer = LiftLocalSelfAttention(get_group(group_name), in_channels, mid, out, heads, patch, 0.0,
                                    attention_impl=impl).to(device).train()
-    x = torch.randn(batch, in_channels, side, side, device=device, requires_grad=True)
+    return layer_step(layer, torch.randn(batch, in_channels, side, side, device=device))
+
+
+def layer_step(layer, x) -> Callable[[], None]:
+    """Forward and backward of ``layer`` on a copy of ``x`` (the gradients of the layer and the input)."""
+    x = x.clone().requires_grad_(True)
 
     def step() -> None:
         layer.zero_grad(set_to_none=True)
@@ -157,6 +155,21 @@ def _lift_case(group_name: str, in_channels: int, mid: int, out: int, heads: int
         layer(x).square().mean().backward()
 
     return step
+
+
+def median_seconds(step: Callable[[], None], repeats: int, cuda: bool = False) -> float:
+    """Median wall-clock seconds of ``step`` over ``repeats`` calls (at least one) after one warm-up call."""
+    import torch
+
+    step()
+    times = []
+    for _ in range(max(repeats, 1)):
+        start = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _model_case(case: str, impl: str, device, batch: Optional[int] = None) -> Callable[[], None]:
@@ -373,8 +386,6 @@ def layer_split(step: Callable[[], None], step_s: float, repeats: int, cuda: boo
     Returns one record per layer: its name, input shape, median ``time_s`` over ``repeats``
     calls after one warm-up call, and ``share_of_step``, that time over ``step_s``.
     """
-    import torch
-
     from g_selfatt.nn.attention import SelfAttentionCore
 
     layers = {name: module for root in _closure_roots(step) for name, module in root.named_modules()
@@ -389,23 +400,8 @@ def layer_split(step: Callable[[], None], step_s: float, repeats: int, cuda: boo
             hook.remove()
     split = []
     for name, module in layers.items():
-        x = inputs[name].clone().requires_grad_(True)
-
-        def layer_step() -> None:
-            module.zero_grad(set_to_none=True)
-            x.grad = None
-            module(x).square().mean().backward()
-
-        layer_step()
-        times = []
-        for _ in range(max(repeats, 1)):
-            start = time.perf_counter()
-            layer_step()
-            if cuda:
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - start)
-        seconds = statistics.median(times)
-        split.append({"layer": name, "input": list(x.shape), "time_s": round(seconds, 4),
+        seconds = median_seconds(layer_step(module, inputs[name]), repeats, cuda)
+        split.append({"layer": name, "input": list(inputs[name].shape), "time_s": round(seconds, 4),
                       "share_of_step": round(seconds / step_s, 3)})
     return split
 
@@ -566,8 +562,8 @@ def main(argv=None) -> None:
     print(json.dumps(dict(rates, machine=_machine())), flush=True)
     idle_a = {}
     compared: Dict[str, Dict[str, object]] = {}
-    if any(case in COMPARED_TO for case in cases):  # the comparison first, so that the lines can carry it
-        cases = [COMPARED_TO[c] for c in cases if c in COMPARED_TO][:1] + [c for c in cases if c not in COMPARED_TO.values()]
+    comparisons = sorted({COMPARED_TO[case] for case in cases if case in COMPARED_TO})
+    cases = comparisons + [case for case in cases if case not in comparisons]  # first, so that lines can carry them
     for case in cases:
         records = {}
         if case in NO_ATTENTION_CASES:

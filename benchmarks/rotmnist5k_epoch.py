@@ -22,9 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable, List, Sequence
 
@@ -38,21 +36,10 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 import g_selfatt_models as models  # noqa: E402
-from attention import layer_split  # noqa: E402  (benchmarks/attention.py)
+from attention import layer_split, median_seconds  # noqa: E402  (benchmarks/attention.py)
 from g_selfatt_models.protocols import ROTMNIST5K  # noqa: E402
 
 TRAIN_IMAGES = 3500
-
-
-def median_seconds(step: Callable[[], None], repeats: int) -> float:
-    """Median wall-clock seconds of ``step`` after one warm-up call."""
-    step()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def training_step(model: nn.Module, batch: int) -> Callable[[], None]:

@@ -68,7 +68,7 @@ from g_selfatt.functional.encoding import flat_relative_offsets
 from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.flex_attention import flex_self_attention
 from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention
-from g_selfatt.nn.layouts import pixel_major
+from g_selfatt.nn.layouts import from_pixel_major, pixel_major
 
 # Target number of score entries (B N Q V G K M) per chunk: 2**21 (8 MiB in
 # float32); the backward pass holds about four chunk-sized temporaries. Buffers
@@ -488,7 +488,7 @@ def _attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_chan
             return fused_attention(geometry, q * in_channels ** -0.5, k, v, tables.positional, tables.group)
         out = flex_self_attention(geometry, pixel_major(q * in_channels ** -0.5), pixel_major(k), pixel_major(v),
                                   tables.positional, tables.group)
-        return _output_layout(out, batch, heads, height, width)  # from (BN, H W, V, C)
+        return from_pixel_major(out, batch, heads, height, width)  # from (BN, H W, V, C)
     scaled_q = pixel_major(q * in_channels ** -0.5)  # (BN, H W, G, C)
     if tables.local:
         radius = tables.radius
@@ -509,10 +509,4 @@ def _attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_chan
     )
     out = ChunkedAttention.apply(geometry, scaled_q, key_layout(k, radius), key_layout(v, radius),
                                  tables.positional, tables.group)  # (BN, H W, V, C)
-    return _output_layout(out, batch, heads, height, width)
-
-
-def _output_layout(out: Tensor, batch: int, heads: int, height: int, width: int) -> Tensor:
-    """``(B N, H W, V, C)`` -> ``(B, C, N, V, H, W)``."""
-    out = out.view(batch, heads, height, width, out.shape[2], out.shape[3])  # (B, N, H, W, V, C)
-    return out.permute(0, 5, 1, 4, 2, 3)
+    return from_pixel_major(out, batch, heads, height, width)

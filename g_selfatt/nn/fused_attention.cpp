@@ -762,8 +762,9 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 //   out        (BN, V, C, L)
 //   lse        (BN, V, G, L)
 // A tile is LANES consecutive lanes, held as one vector (Vec); all its logits (G T M vectors)
-// stay in the caches. The logits are exponentiated directly, not factored: along the lanes the
-// exponentials vectorise and are not what limits. Dropout entry (t M + m) of a row is kept or
+// stay in the caches. The logits are exponentiated directly, not factored: one exponential per
+// score entry, which is what makes groups with many elements on small images cheaper in the
+// one-query layouts (the caller's choice of layout weighs that). Dropout entry (t M + m) of a row is kept or
 // dropped by the same hash of (seed, row, entry) as in the other layouts, the row being that of
 // the query's pixel.
 

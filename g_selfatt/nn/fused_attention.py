@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from g_selfatt.nn.layouts import channel_major, pixel_major
+from g_selfatt.nn.layouts import channel_major, from_pixel_major, pixel_major
 
 SOURCE = Path(__file__).with_name("fused_attention.cpp")
 FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math", "-fopenmp-simd", "-std=c++17", "-shared", "-fPIC",
@@ -277,13 +277,14 @@ class FusedGeometry:
 
     def problem(self) -> _Problem:
         threshold, scale = dropout_threshold(self.dropout)
-        lanes = self.layout == "lanes"
+        layout = self.layout
+        lanes = layout == "lanes"
         return _Problem(
             bn=self.heads_batch, height=self.height, width=self.width, g=self.num_query_elements,
             m=self.num_key_elements, v=self.num_out, c=self.channels, d2=self.pos_channels,
             dg=self.channels - self.pos_channels, local=int(self.local), patch=self.patch_size, radius=self.radius,
             threads=torch.get_num_threads(), block=QUERY_BLOCK, dropout=int(self.dropout > 0),
-            pixel_major=int(self.layout == "pixel_major"), lanes=self.lanes if lanes else 0,
+            pixel_major=int(layout == "pixel_major"), lanes=self.lanes if lanes else 0,
             key_lanes=self.key_lanes if lanes else 0, padded_width=self.padded_width if lanes else 0,
             seed=self.seed % 2 ** 64, threshold=threshold, keep_scale=scale,
         )
@@ -393,12 +394,6 @@ def _lanes_output(geometry: FusedGeometry, out: Tensor, batch: int, heads: int) 
     return out[..., :g.width].permute(0, 3, 1, 2, 4, 5)
 
 
-def _pixel_major_output(out: Tensor, batch: int, heads: int, height: int, width: int) -> Tensor:
-    """``(B N, H W, V, C)`` -> ``(B, C, N, V, H, W)``."""
-    out = out.view(batch, heads, height, width, out.shape[2], out.shape[3])  # (B, N, H, W, V, C)
-    return out.permute(0, 5, 1, 4, 2, 3)
-
-
 def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
                     group_table: Optional[Tensor]) -> Tensor:
     """The fused attention before ``wout``.
@@ -426,4 +421,4 @@ def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, po
     else:
         arrange, pos_table = channel_major, pos_table.transpose(1, 2).contiguous()  # (V, 2D, T)
     out = FusedAttention.apply(geometry, pixel_major(q), arrange(k), arrange(v), pos_table, group_table)
-    return _pixel_major_output(out, batch, heads, geometry.height, geometry.width)
+    return from_pixel_major(out, batch, heads, geometry.height, geometry.width)

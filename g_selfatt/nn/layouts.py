@@ -20,3 +20,9 @@ def channel_major(t: Tensor) -> Tensor:
     batch, channels, heads, elements, height, width = t.shape
     t = t.permute(0, 2, 1, 4, 5, 3)  # (B, N, C, H, W, G)
     return t.reshape(batch * heads, channels, height * width, elements).contiguous()
+
+
+def from_pixel_major(out: Tensor, batch: int, heads: int, height: int, width: int) -> Tensor:
+    """An attention output ``(B N, H W, V, C)`` -> ``(B, C, N, V, H, W)`` (a view)."""
+    out = out.view(batch, heads, height, width, out.shape[2], out.shape[3])  # (B, N, H, W, V, C)
+    return out.permute(0, 5, 1, 4, 2, 3)
