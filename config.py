@@ -75,6 +75,14 @@ def get_config() -> config_dict.ConfigDict:
     config.dropout_values = placeholder(float)
     # Scale of the initial weights, N(0, (whitening_scale / sqrt(fan_in))^2).
     config.whitening_scale = placeholder(float)
+    # Layout of the network; unset = the dataset's layout (g_selfatt_models.gsa_zoo.ARCHITECTURES).
+    # Channels after the lifting layer (a multiple of 4; the query, key and value projections of
+    # each head have half as many).
+    config.num_channels = placeholder(int)
+    # Heads of every attention layer.
+    config.num_heads = placeholder(int)
+    # Transformer blocks per stage, one number per stage (a 2x2 max-pool between stages), e.g. (0, 1, 1).
+    config.block_sizes = placeholder(tuple)
     # Group-axis positional index: "relative" (exactly equivariant) or "original" (as the
     # original code, which is not equivariant; for loading its checkpoints faithfully).
     config.group_axis_index = "relative"

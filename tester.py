@@ -6,6 +6,14 @@ images, and writes them next to the checkpoint:
 
 * ``<stem>.test.json``: all metrics;
 * ``<stem>.rotation.csv`` and ``<stem>.rotation.png``: accuracy per rotation angle.
+
+Rotation robustness is measured with one interpolation per image. Where the test images were
+themselves made by rotating upright images (rotMNIST5k, rotDigits: a
+:class:`~datasets.base.RotatedImageDataset`), the test at angle ``t`` rotates each upright source
+once by its own angle plus ``t``; other test images are rotated by ``t`` directly. Rotating an
+already rotated image again interpolates it a second time, which blurs it: that accuracy is
+reported apart, as the *blur curve* (``blur_curve``, column ``blur_accuracy``), for the datasets
+that have sources.
 """
 
 from __future__ import annotations
@@ -20,9 +28,10 @@ import torch
 from absl import logging
 from sklearn import metrics as sk_metrics
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset, Subset
 
 import datasets
+from datasets.base import RotatedImageDataset
 from runner.precision import AMP_DTYPES
 from runner.reporting import write_csv
 
@@ -102,22 +111,73 @@ def rotation_angles(count: int) -> List[float]:
     return [360.0 * i / count for i in range(count)]
 
 
+def rotated_from_sources(dataset: Dataset, angle_deg: float) -> Optional[Dataset]:
+    """``dataset`` made again from its upright sources, each rotated by its own angle plus
+    ``angle_deg`` (rows and order kept); ``None`` when its images have no sources."""
+    if isinstance(dataset, Subset):
+        remade = rotated_from_sources(dataset.dataset, angle_deg)
+        return None if remade is None else Subset(remade, dataset.indices)
+    if isinstance(dataset, RotatedImageDataset):
+        return dataset.rotated_by(angle_deg)
+    return None
+
+
+def has_sources(dataset: Dataset) -> bool:
+    """Whether the images of ``dataset`` were made by rotating upright images that it keeps."""
+    while isinstance(dataset, Subset):
+        dataset = dataset.dataset
+    return isinstance(dataset, RotatedImageDataset)
+
+
+def _accuracy(predictions: Predictions) -> float:
+    return float((predictions.logits.argmax(dim=1) == predictions.labels).float().mean())
+
+
 def rotation_curve(model: nn.Module, loader: DataLoader,
                    batch_transform: Callable[[torch.Tensor], torch.Tensor],
                    device: torch.device, amp: str,
                    angles: Sequence[float]) -> List[Dict[str, float]]:
-    """Test accuracy after rotating every test image by each angle."""
+    """Test accuracy with every test image rotated by each angle, interpolated once.
+
+    Images with upright sources are made again from them (:func:`rotated_from_sources`);
+    other images are rotated directly.
+    """
     curve = []
     for angle in angles:
-        predictions = predict(model, loader, batch_transform, device, amp, angle_deg=angle)
-        accuracy = float((predictions.logits.argmax(dim=1) == predictions.labels).float().mean())
-        curve.append({"angle_deg": angle, "accuracy": accuracy})
+        remade = rotated_from_sources(loader.dataset, angle)
+        if remade is None:
+            predictions = predict(model, loader, batch_transform, device, amp, angle_deg=angle)
+        else:
+            predictions = predict(model, DataLoader(remade, batch_size=loader.batch_size), batch_transform,
+                                  device, amp)
+        curve.append({"angle_deg": angle, "accuracy": _accuracy(predictions)})
     return curve
 
 
-def write_rotation_curve(curve: List[Dict[str, float]], prefix: pathlib.Path,
-                         title: str) -> List[pathlib.Path]:
-    """Writes ``<prefix>.rotation.csv`` and ``<prefix>.rotation.png``; returns both paths."""
+def blur_curve(model: nn.Module, loader: DataLoader,
+               batch_transform: Callable[[torch.Tensor], torch.Tensor],
+               device: torch.device, amp: str,
+               angles: Sequence[float]) -> List[Dict[str, float]]:
+    """Test accuracy with every (already rotated) test image rotated again by each angle off the
+    90-degree grid.
+
+    That interpolates each image a second time, which blurs it (on the grid the rotation would be
+    exact and the accuracy that of :func:`rotation_curve`, so those angles are left out). The
+    difference between the two curves measures sensitivity to that blur, not to rotation.
+    """
+    return [{"angle_deg": angle,
+             "accuracy": _accuracy(predict(model, loader, batch_transform, device, amp, angle_deg=angle))}
+            for angle in angles if angle % 90]
+
+
+ROTATION_LABEL = "rotated once (from the upright source where there is one)"
+BLUR_LABEL = "test image rotated again (a second interpolation)"
+
+
+def write_rotation_curve(curve: List[Dict[str, float]], prefix: pathlib.Path, title: str,
+                         blur: Optional[List[Dict[str, float]]] = None) -> List[pathlib.Path]:
+    """Writes ``<prefix>.rotation.csv`` (columns ``angle_deg``, ``accuracy`` and, with ``blur``,
+    ``blur_accuracy``, empty on the 90-degree grid) and ``<prefix>.rotation.png``; returns both paths."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -125,9 +185,15 @@ def write_rotation_curve(curve: List[Dict[str, float]], prefix: pathlib.Path,
 
     csv_path = pathlib.Path(f"{prefix}.rotation.csv")
     png_path = pathlib.Path(f"{prefix}.rotation.png")
-    write_csv(curve, csv_path)
+    blurred = {point["angle_deg"]: point["accuracy"] for point in blur or []}
+    write_csv([dict(point, blur_accuracy=blurred[point["angle_deg"]]) if point["angle_deg"] in blurred
+               else point for point in curve], csv_path)
     figure, axes = plt.subplots(figsize=(5, 3.5))
-    axes.plot([p["angle_deg"] for p in curve], [p["accuracy"] for p in curve], marker="o")
+    axes.plot([p["angle_deg"] for p in curve], [p["accuracy"] for p in curve], marker="o", label=ROTATION_LABEL)
+    if blur:
+        axes.plot([p["angle_deg"] for p in blur], [p["accuracy"] for p in blur], marker=".", linestyle="--",
+                  label=BLUR_LABEL)
+        axes.legend(fontsize=7, loc="lower left")
     axes.set(xlabel="rotation of the test images (degrees)", ylabel="test accuracy",
              title=title, xlim=(0, 360), ylim=(0, 1.02))
     axes.grid(alpha=0.3)
@@ -155,8 +221,9 @@ def test(model: nn.Module, loader: DataLoader,
         title: title of the rotation plot.
 
     Returns:
-        The metrics (see :func:`classification_metrics`), plus ``rotation_curve`` when
-        ``num_angles`` > 0.
+        The metrics (see :func:`classification_metrics`), plus, when ``num_angles`` > 0,
+        ``rotation_curve``, ``rotation_from`` (``"upright sources"`` or ``"test images"``) and, for
+        test images with upright sources, ``blur_curve``.
     """
     results = classification_metrics(predict(model, loader, batch_transform, device, amp),
                                       num_classes)
@@ -164,14 +231,24 @@ def test(model: nn.Module, loader: DataLoader,
     if results.get("roc_auc") is not None:
         logging.info("Test ROC-AUC: %.4f", results["roc_auc"])
     if num_angles > 0:
-        results["rotation_curve"] = rotation_curve(model, loader, batch_transform, device, amp,
-                                                   rotation_angles(num_angles))
-        logging.info("Test accuracy per rotation: %s", ", ".join(
-            f"{p['angle_deg']:g}deg {p['accuracy']:.4f}" for p in results["rotation_curve"]))
+        angles = rotation_angles(num_angles)
+        sources = has_sources(loader.dataset)
+        results["rotation_from"] = "upright sources" if sources else "test images"
+        results["rotation_curve"] = rotation_curve(model, loader, batch_transform, device, amp, angles)
+        logging.info("Test accuracy per rotation (from the %s): %s", results["rotation_from"],
+                     _curve_text(results["rotation_curve"]))
+        if sources and any(angle % 90 for angle in angles):
+            results["blur_curve"] = blur_curve(model, loader, batch_transform, device, amp, angles)
+            logging.info("Test accuracy per rotation of the rotated test images (blur): %s",
+                         _curve_text(results["blur_curve"]))
     if prefix is not None:
         written = write_reports(results, prefix, title)
         logging.info("Test reports: %s", ", ".join(str(p) for p in written))
     return results
+
+
+def _curve_text(curve: Sequence[Dict[str, float]]) -> str:
+    return ", ".join(f"{p['angle_deg']:g}deg {p['accuracy']:.4f}" for p in curve)
 
 
 def write_reports(results: Dict[str, object], prefix: pathlib.Path,
@@ -182,5 +259,5 @@ def write_reports(results: Dict[str, object], prefix: pathlib.Path,
     json_path.write_text(json.dumps(results, indent=2))
     written = [json_path]
     if "rotation_curve" in results:
-        written += write_rotation_curve(results["rotation_curve"], prefix, title)
+        written += write_rotation_curve(results["rotation_curve"], prefix, title, results.get("blur_curve"))
     return written

@@ -8,6 +8,8 @@ from typing import Optional, Tuple
 import torch
 from torch.utils.data import Dataset
 
+from datasets.transforms import rotate_images
+
 
 class TensorImageDataset(Dataset):
     """Images and labels held in two tensors.
@@ -42,6 +44,52 @@ class TensorImageDataset(Dataset):
     def subset(self, indices: torch.Tensor) -> "TensorImageDataset":
         """A new dataset with the rows ``indices`` (copied)."""
         return TensorImageDataset(self.images[indices], self.labels[indices], self.source)
+
+
+def rotate_sources(upright: torch.Tensor, angles_deg: torch.Tensor) -> torch.Tensor:
+    """Each upright image rotated once by its own angle: float32 in [0, 1], shape of ``upright``.
+
+    The one recipe of datasets made by rotating upright images (bilinear, zero fill, clamped to
+    [0, 1] against the round-off of the interpolation).
+    """
+    return rotate_images(upright, angles_deg).clamp(0.0, 1.0)
+
+
+class RotatedImageDataset(TensorImageDataset):
+    """Images made by rotating upright images, which are kept with their angles.
+
+    A further rotation by ``t`` can then be applied to the source, ``R(angle + t) upright`` (one
+    interpolation, as the dataset's own images were made), rather than to the rotated image,
+    ``R(t) R(angle) upright`` (a second interpolation, which also blurs the image).
+
+    Args:
+        upright: (N, C, H, W) upright images, ``uint8`` or floating in [0, 1].
+        angles: (N,) rotation of each image in degrees.
+        labels: (N,) integer class labels.
+        source: where the data was read from.
+
+    Attributes:
+        images: ``rotate_sources(upright, angles)``.
+        upright: the upright images.
+        angles: the angles, ``float64``.
+    """
+
+    def __init__(self, upright: torch.Tensor, angles: torch.Tensor, labels: torch.Tensor,
+                 source: Optional[Path] = None, images: Optional[torch.Tensor] = None) -> None:
+        super().__init__(rotate_sources(upright, angles) if images is None else images, labels, source)
+        if len(upright) != len(angles):
+            raise ValueError(f"{len(upright)} upright images but {len(angles)} angles.")
+        self.upright = upright
+        self.angles = angles.double()
+
+    def subset(self, indices: torch.Tensor) -> "RotatedImageDataset":
+        """A new dataset with the rows ``indices`` (copied)."""
+        return RotatedImageDataset(self.upright[indices], self.angles[indices], self.labels[indices],
+                                   self.source, images=self.images[indices])
+
+    def rotated_by(self, angle_deg: float) -> TensorImageDataset:
+        """The images made again from their sources, each rotated by its angle plus ``angle_deg``."""
+        return TensorImageDataset(rotate_sources(self.upright, self.angles + angle_deg), self.labels, self.source)
 
 
 def check_valid_size(valid_size: int, available: int, name: str) -> None:

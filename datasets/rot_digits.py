@@ -8,7 +8,7 @@ Recipe (fixed, independent of the experiment's seed):
    by a rotation;
 3. resized bilinearly to 16 x 16;
 4. each image rotated by its own angle, uniform in [0, 360) degrees, drawn from a generator
-   seeded with :data:`SEED` (bilinear, zero fill, see :func:`datasets.transforms.rotate_images`);
+   seeded with :data:`SEED` (bilinear, zero fill, see :func:`datasets.base.rotate_sources`);
 5. split by a permutation from the same generator: 500 test images, ``valid_size`` (default
    297) validation images, the rest (default 1,000) for training.
 
@@ -28,8 +28,7 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from datasets.base import TensorImageDataset, check_valid_size, resolve_valid_size
-from datasets.transforms import rotate_images
+from datasets.base import RotatedImageDataset, TensorImageDataset, check_valid_size, resolve_valid_size, rotate_sources
 
 SEED = 0
 IMAGE_SIZE = 16
@@ -78,7 +77,7 @@ def rot_digits() -> RotDigits:
     generator = torch.Generator().manual_seed(SEED)
     angles = torch.rand(len(labels), generator=generator, dtype=torch.float64) * 360.0
     order = torch.randperm(len(labels), generator=generator)
-    images = rotate_images(upright, angles).clamp(0.0, 1.0)
+    images = rotate_sources(upright, angles)
     return RotDigits(images, upright, labels, angles, order)
 
 
@@ -95,7 +94,7 @@ def build_splits(root: Path, *, validation: str, download: bool, seed: int,
     test_rows = data.order[:TEST_SIZE]
     valid_rows = data.order[TEST_SIZE:TEST_SIZE + valid_size]
     train_rows = data.order[TEST_SIZE + valid_size:]
-    everything = TensorImageDataset(data.images, data.labels)
+    everything = RotatedImageDataset(data.upright, data.angles, data.labels, images=data.images)
     test = everything.subset(test_rows)
     valid = test if validation == "test" else everything.subset(valid_rows)
     return everything.subset(train_rows), valid, test

@@ -32,9 +32,8 @@ from typing import NamedTuple, Optional, Tuple
 import numpy as np
 import torch
 
-from datasets.base import TensorImageDataset, check_valid_size, resolve_valid_size
+from datasets.base import RotatedImageDataset, TensorImageDataset, check_valid_size, resolve_valid_size, rotate_sources
 from datasets.errors import CorruptFileError, missing_files_error
-from datasets.transforms import rotate_images
 
 FOLDER = "rotMNIST5k"
 FILE = "mnist_5k.csv.gz"
@@ -52,6 +51,7 @@ class RotMNIST5k(NamedTuple):
 
     Attributes:
         images: rotated images, ``float32`` (N, 1, 28, 28).
+        upright: the digits before rotation, ``uint8`` (N, 1, 28, 28).
         labels: ``int64`` (N,).
         angles: rotation angle of each image in degrees, ``float64`` (N,).
         order: the seeded permutation that defines the splits: test = ``order[:1000]``,
@@ -60,6 +60,7 @@ class RotMNIST5k(NamedTuple):
     """
 
     images: torch.Tensor
+    upright: torch.Tensor
     labels: torch.Tensor
     angles: torch.Tensor
     order: torch.Tensor
@@ -124,8 +125,8 @@ def rot_mnist5k(path: Path) -> RotMNIST5k:
     generator = torch.Generator().manual_seed(SEED)
     angles = torch.rand(len(labels), generator=generator, dtype=torch.float64) * 360.0
     order = torch.randperm(len(labels), generator=generator)
-    images = rotate_images(upright, angles).clamp(0.0, 1.0)  # (N, 1, 28, 28) float32
-    return RotMNIST5k(images, labels, angles, order, path)
+    images = rotate_sources(upright, angles)  # (N, 1, 28, 28) float32
+    return RotMNIST5k(images, upright, labels, angles, order, path)
 
 
 def build_splits(root: Path, *, validation: str, download: bool, seed: int,
@@ -142,7 +143,7 @@ def build_splits(root: Path, *, validation: str, download: bool, seed: int,
     test_rows = data.order[:test_size]
     valid_rows = data.order[test_size:test_size + valid_size]
     train_rows = data.order[test_size + valid_size:]
-    everything = TensorImageDataset(data.images, data.labels, data.source)
+    everything = RotatedImageDataset(data.upright, data.angles, data.labels, data.source, images=data.images)
     test = everything.subset(test_rows)
     valid = test if validation == "test" else everything.subset(valid_rows)
     return everything.subset(train_rows), valid, test

@@ -52,7 +52,11 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
     ),
 }
 
-_COMMON = dict(norm_type="LayerNorm", activation_function="Swish", whitening_scale=1.41421356,
+# Fields of the configuration that change the layout of ARCHITECTURES (None: the dataset's).
+LAYOUT_FIELDS = ("num_channels", "num_heads", "block_sizes")
+_DATASET_LAYOUT = dict.fromkeys(LAYOUT_FIELDS)
+
+_COMMON = dict(_DATASET_LAYOUT, norm_type="LayerNorm", activation_function="Swish", whitening_scale=1.41421356,
                weight_decay=1e-4, attention_type="Local")
 
 # The paper's command lines (shared/docs: "Command lines used for the paper").
@@ -67,7 +71,7 @@ GSA_DEFAULTS: Dict[str, Dict[str, Any]] = {
                  dropout_att=0.1, dropout_values=0.1),
     "rotDigits": dict(_COMMON, optimizer="Adam", lr=2e-3, scheduler="constant", batch_size=16,
                       epochs=6, patch_size=5, dropout_att=0.0, dropout_values=0.0, whitening_scale=1.0),
-    "rotMNIST5k": dict(protocols.ROTMNIST5K, norm_type="BatchNorm", activation_function="Swish",
+    "rotMNIST5k": dict(protocols.ROTMNIST5K, **_DATASET_LAYOUT, norm_type="BatchNorm", activation_function="Swish",
                        whitening_scale=1.0, attention_type="Local", patch_size=5, dropout_att=0.0,
                        dropout_values=0.0),
 }
@@ -82,10 +86,32 @@ def _patch_size(config: Any) -> Any:
     return config.patch_size if config.attention_type == "Local" else None
 
 
+def layout(config: Any, architecture: str) -> Dict[str, Any]:
+    """The layout of ``architecture`` in :data:`ARCHITECTURES`, changed by the set
+    :data:`LAYOUT_FIELDS` of ``config`` (configurations saved before those fields existed have
+    none set).
+
+    Raises:
+        ValueError: an unknown architecture, or ``block_sizes`` with another number of stages
+            than the architecture's ``expansion_per_block``.
+    """
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"No GSA-Net architecture for {architecture!r}; expected one of {sorted(ARCHITECTURES)}.")
+    chosen = dict(ARCHITECTURES[architecture])
+    for name in LAYOUT_FIELDS:
+        if getattr(config, name, None) is not None:
+            chosen[name] = list(getattr(config, name)) if name == "block_sizes" else getattr(config, name)
+    expansions = chosen["expansion_per_block"]
+    if isinstance(expansions, (list, tuple)) and len(expansions) != len(chosen["block_sizes"]):
+        raise ValueError(
+            f"block_sizes={tuple(chosen['block_sizes'])} has {len(chosen['block_sizes'])} stages; the "
+            f"{architecture} layout has {len(expansions)} (expansion_per_block={tuple(expansions)}): "
+            f"give {len(expansions)} block counts.")
+    return chosen
+
+
 def build_group_transformer(group_name: str, config: Any, data: DataSpec) -> GroupTransformer:
-    """The GroupTransformer of ``data.architecture`` on the group ``group_name``."""
-    if data.architecture not in ARCHITECTURES:
-        raise ValueError(f"No GSA-Net architecture for {data.architecture!r}; expected one of {sorted(ARCHITECTURES)}.")
+    """The GroupTransformer of ``data.architecture`` (see :func:`layout`) on the group ``group_name``."""
     return GroupTransformer(
         group=get_group(group_name),
         in_channels=data.in_channels,
@@ -99,7 +125,7 @@ def build_group_transformer(group_name: str, config: Any, data: DataSpec) -> Gro
         whitening_scale=config.whitening_scale,
         group_axis_index=getattr(config, "group_axis_index", "relative"),
         attention_impl=getattr(config, "attention_impl", "auto"),
-        **ARCHITECTURES[data.architecture],
+        **layout(config, data.architecture),
     )
 
 

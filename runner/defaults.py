@@ -55,6 +55,9 @@ FALLBACKS: Dict[str, Any] = {
     "dropout_att": 0.1,
     "dropout_values": 0.1,
     "whitening_scale": 1.41421356,
+    "num_channels": None,  # None: the dataset's layout
+    "num_heads": None,
+    "block_sizes": None,
     "valid_size": None,
 }
 
@@ -181,6 +184,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
         if config[name] <= 0:
             raise ConfigError(f"config.{name} must be positive, got {config[name]}.")
     _check_schedule(config)
+    _check_layout(config)
     if config.attention_type == "Local":
         try:
             check_patch_size(config.patch_size)
@@ -201,6 +205,21 @@ def check_config(config: config_dict.ConfigDict) -> None:
     if config.resume and config.overwrite:
         raise ConfigError("config.resume=True continues a run and config.overwrite=True starts it "
                           "again; give one of them.")
+
+
+def _check_layout(config: config_dict.ConfigDict) -> None:
+    """The GSA-Net layout fields that are set (unset ones take the dataset's layout)."""
+    if config.num_channels is not None and (config.num_channels < 4 or config.num_channels % 4):
+        raise ConfigError(
+            f"config.num_channels must be a positive multiple of 4 (the lifting layer splits each "
+            f"head's num_channels / 2 channels into a row and a column half), got {config.num_channels}.")
+    if config.num_heads is not None and config.num_heads < 1:
+        raise ConfigError(f"config.num_heads must be at least 1, got {config.num_heads}.")
+    if config.block_sizes is not None and (
+            not config.block_sizes or any(not isinstance(n, int) or n < 0 for n in config.block_sizes)):
+        raise ConfigError(
+            f"config.block_sizes must be a tuple of block counts (0 or more), one per stage, e.g. "
+            f"--config.block_sizes='(0,1,1)'; got {config.block_sizes!r}.")
 
 
 def _check_schedule(config: config_dict.ConfigDict) -> None:

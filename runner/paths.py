@@ -34,15 +34,19 @@ NOT_IDENTITY = ("train", "pretrained", "checkpoint", "resume", "overwrite", "sav
                 "attention_impl", "attention_formulation")
 # Fields of the self-attention architecture, part of the identity of GSA-Nets only.
 GSA_FIELDS = ("norm_type", "attention_type", "activation_function", "patch_size", "dropout_att",
-              "dropout_values", "whitening_scale", "group_axis_index")
+              "dropout_values", "whitening_scale", "group_axis_index", "num_channels", "num_heads",
+              "block_sizes")
 # Fields added after runs had been named: at their default a run is the one it was before they
 # existed, so they join the identity only when they differ from it (and old names stay valid).
-SET_ONLY_IDENTITY = ("original_architecture",)
+SET_ONLY_IDENTITY = ("original_architecture", "num_channels", "num_heads", "block_sizes")
 # Fields a resumed run may change: the length of training (more epochs, another step limit).
 RESUMABLE_CHANGES = ("epochs", "max_steps")
 HASH_DIGITS = 8
 # The checkpoints shipped with the project: a run never writes them.
 SHIPPED_MANIFEST = pathlib.Path(__file__).resolve().parents[1] / "saved" / "manifest.json"
+
+# The GSA-Net layout fields and their short names in a run's name (only when set).
+_LAYOUT_NAMES = {"num_channels": "ch", "num_heads": "heads", "block_sizes": "blocks"}
 
 # Schedulers whose file names carry no decay settings (as in the original code).
 _SCHEDULERS_WITHOUT_DECAY = ("constant", "linear_warmup_cosine")
@@ -73,6 +77,8 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
         )
         if config.group_axis_index != "relative":
             parts.append(f"gaxis_{config.group_axis_index}")
+        parts += [f"{short}_{_name_value(config.get(name))}" for name, short in _LAYOUT_NAMES.items()
+                  if config.get(name) is not None]
     parts.append(f"optim_{config.optimizer}")
     if config.optimizer == "SGD":
         parts.append(f"momentum_{config.optimizer_momentum}")
@@ -91,6 +97,11 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
     if config.comment:
         parts.append(f"comment_{config.comment}")
     return "_".join(parts)
+
+
+def _name_value(value: Any) -> str:
+    """A field value as it appears in a run's name: ``(0, 1, 1)`` -> ``0-1-1``."""
+    return "-".join(str(item) for item in value) if isinstance(value, (tuple, list)) else str(value)
 
 
 def run_identity(config: Mapping[str, Any], family: str) -> Dict[str, Any]:

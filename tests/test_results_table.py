@@ -43,6 +43,8 @@ def test_every_run_has_a_row_with_its_rotation_accuracies(table_run):
         angles = [key for key in row if key.startswith("accuracy_")]
         assert len(angles) == 24 and "accuracy_90deg" in angles and "accuracy_345deg" in angles
         assert float(row["accuracy_0deg"]) == float(row["test_accuracy"])  # both from unrotated images
+        blurred = [key for key in row if key.startswith("blur_")]  # rotMNIST5k digits have upright sources
+        assert len(blurred) == 20 and "blur_15deg" in blurred and "blur_90deg" not in blurred
         assert float(row["seconds_per_epoch"]) > 0 and int(row["epochs"]) == 1
     assert {row["parameters"] for row in rows if row["model"] == "z2cnn"} == {"21620"}
     assert (tmp_path / "out" / "rotation.png").stat().st_size > 0
@@ -65,7 +67,11 @@ def test_finished_runs_are_not_trained_again(table_run, capsys):
     before = checkpoint.stat().st_mtime_ns
     table.main(argv)
     assert checkpoint.stat().st_mtime_ns == before
-    assert capsys.readouterr().out.count("done before") == 8
+    assert capsys.readouterr().out.count("recorded in runs.csv, reused") == 8
+    elsewhere = list(argv)  # the runs.csv of another session, whose checkpoints are gone
+    elsewhere[elsewhere.index("--save-dir") + 1] = str(tmp_path / "gone")
+    table.main(elsewhere)
+    assert not (tmp_path / "gone").exists()
 
 
 def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(table_run, tmp_path):
@@ -164,3 +170,24 @@ def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
     # lifting at 28x28, then one block at 14x14 and one at 7x7 (z2: one group element)
     assert [layer["input"][-3:] for layer in layers] == [[1, 28, 28], [1, 14, 14], [1, 7, 7]]
     assert all(0 < layer["share_of_step"] for layer in layers)
+
+
+def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("rotmnist5k_search", REPO_ROOT / "tools" / "rotmnist5k_search.py")
+    search = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(search)
+    fixture_data.make_rotmnist5k(tmp_path / "data", n=40)
+    argv = ["--only", "p4_h4", "--threads", "1", "--save-dir", str(tmp_path / "saved"), "--log", str(tmp_path / "log.csv"),
+            f"--config.data_root={tmp_path / 'data'}", "--config.max_examples=4", "--config.batch_size=4",
+            "--config.epochs=1", "--config.valid_size=4", "--config.device=cpu"]
+    search.main(argv)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [(row["key"], row["flags"], row["parameters"], row["threads"]) for row in rows] == [
+        ("p4_h4", "num_heads=4", "11670", "1")]
+    assert not any("test" in column for column in rows[0])
+    history = list(csv.DictReader(open(tmp_path / "saved" / "p4_h4" / "model.metrics.csv")))
+    assert float(rows[0]["best_val_accuracy"]) == max(float(row["val_accuracy"]) for row in history)
+    search.main(argv)
+    assert "p4_h4: recorded" in capsys.readouterr().out
+    assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 1
+    assert search.command("k", {"block_sizes": (0, 1, 2)}, tmp_path, 2)[5] == "--config.block_sizes=(0,1,2)"

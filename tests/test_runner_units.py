@@ -137,6 +137,33 @@ def test_original_architecture_of_a_gsa_net_names_the_group_axis_index(tmp_path)
         main.model_spec(config, "rotMNIST")
 
 
+def test_layout_fields_name_and_identify_a_gsa_run_only_when_set():
+    config = resolved(dataset="rotMNIST5k", model="p4sa")
+    before = paths.run_identity(config, "gsa")
+    assert not {"num_channels", "num_heads", "block_sizes"} & set(before)  # older names stay valid
+    config.num_heads, config.block_sizes = 4, (0, 1, 2)
+    assert paths.run_identity(config, "gsa") == {**before, "num_heads": 4, "block_sizes": [0, 1, 2]}
+    assert "_white_1.41421356_heads_4_blocks_0-1-2_optim_" in paths.checkpoint_stem(config, "gsa")
+    assert "num_heads" not in paths.run_identity(config, "cnn")
+
+
+def test_layout_fields_change_the_network_and_bad_ones_say_how_to_fix_them():
+    network = models.create_model("p4sa", dataset="rotMNIST5k", num_channels=8, num_heads=3, block_sizes=(0, 2, 1))
+    lifting = network.lifting_self_attention
+    assert (lifting.num_heads, lifting.mid_channels, lifting.out_channels) == (3, 4, 8)
+    assert sum(type(m).__name__ == "TransformerBlock" for m in network.modules()) == 3
+    default = models.create_model("p4sa", dataset="rotMNIST5k")
+    assert default.lifting_self_attention.num_heads == 2  # the dataset's layout when unset
+    with pytest.raises(ValueError, match="give 3 block counts"):
+        models.create_model("p4sa", dataset="rotMNIST5k", block_sizes=(1, 1))
+    with pytest.raises(ValueError, match="num_heads"):
+        models.create_model("p4cnn", dataset="rotMNIST5k", num_heads=4)
+    for field, value, fragment in (("num_channels", 6, "multiple of 4"), ("num_heads", 0, "at least 1"),
+                                   ("block_sizes", (1, -1), "block counts")):
+        with pytest.raises(ConfigError, match=fragment):
+            resolved(**{field: value})
+
+
 # ----- checkpoints -----------------------------------------------------------------------
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     target = tmp_path / "run.pt"
@@ -371,6 +398,74 @@ def test_rotation_reports_are_written(tmp_path):
     assert [p.name for p in written] == ["r.test.json", "r.rotation.csv", "r.rotation.png"]
     assert (tmp_path / "r.rotation.csv").read_text().splitlines()[1:3] == ["0.0,0.5", "90.0,0.5"]
     assert (tmp_path / "r.rotation.png").stat().st_size > 1000
+
+
+def _rotated_digits(n: int = 12) -> "RotatedImageDataset":
+    from datasets.base import RotatedImageDataset
+
+    generator = torch.Generator().manual_seed(0)
+    upright = (torch.rand(n, 1, 9, 9, generator=generator) * 255).to(torch.uint8)
+    angles = torch.rand(n, generator=generator, dtype=torch.float64) * 360
+    return RotatedImageDataset(upright, angles, torch.randint(0, 3, (n,), generator=generator))
+
+
+class _PixelClassifier(nn.Module):
+    """Class = the quantised brightness of three fixed pixels: sensitive to every interpolation."""
+
+    def forward(self, images):
+        return images[:, 0, [2, 4, 6], [3, 4, 5]] * 50
+
+
+def test_rotated_image_dataset_rotates_each_source_once_by_its_angle_plus_the_test_angle():
+    from datasets.base import rotate_sources
+    from datasets.transforms import rotate_images
+
+    data = _rotated_digits()
+    part = data.subset(torch.tensor([5, 2]))
+    row = rotate_images(data.upright[5:6], float(data.angles[5]) + 30.0).clamp(0, 1)
+    torch.testing.assert_close(part.rotated_by(30.0).images[:1], row, rtol=0, atol=1e-6)
+    torch.testing.assert_close(part.images, data.images[[5, 2]], rtol=0, atol=0)
+    assert torch.equal(part.rotated_by(30.0).labels, data.labels[[5, 2]])
+    twice = rotate_images(data.images, 30.0)  # what rotating the rotated image gives: not the same
+    assert (twice - rotate_sources(data.upright, data.angles + 30.0)).abs().max() > 0.05
+
+
+@pytest.mark.parametrize("wrap", ["plain", "subset"])
+def test_rotation_curve_uses_the_sources_and_the_blur_curve_the_rotated_images(wrap):
+    data = _rotated_digits()
+    dataset = torch.utils.data.Subset(data, range(2, 10)) if wrap == "subset" else data
+    loader = DataLoader(dataset, batch_size=5)
+    model, device = _PixelClassifier(), torch.device("cpu")
+    results = tester.test(model, loader, lambda x: x, device, amp="none", num_classes=3, num_angles=8, prefix=None)
+    assert results["rotation_from"] == "upright sources"
+    rows = slice(2, 10) if wrap == "subset" else slice(None)
+    labels = data.labels[rows]
+
+    def accuracy(images):
+        return float((model(images).argmax(dim=1) == labels).float().mean())
+
+    from datasets.base import rotate_sources
+    from datasets.transforms import rotate_images
+
+    for point in results["rotation_curve"]:
+        expected = accuracy(rotate_sources(data.upright[rows], data.angles[rows] + point["angle_deg"]))
+        assert point["accuracy"] == pytest.approx(expected)
+    assert [point["angle_deg"] for point in results["blur_curve"]] == [45.0, 135.0, 225.0, 315.0]
+    for point in results["blur_curve"]:
+        assert point["accuracy"] == pytest.approx(accuracy(rotate_images(data.images[rows], point["angle_deg"])))
+    once = {point["angle_deg"]: point["accuracy"] for point in results["rotation_curve"]}
+    assert any(once[point["angle_deg"]] != pytest.approx(point["accuracy"]) for point in results["blur_curve"])
+    plain = DataLoader(TensorDataset(data.images, data.labels), batch_size=5)
+    other = tester.test(model, plain, lambda x: x, device, amp="none", num_classes=3, num_angles=4, prefix=None)
+    assert other["rotation_from"] == "test images" and "blur_curve" not in other
+
+
+def test_rotation_reports_put_the_blur_curve_beside_the_rotation_curve(tmp_path):
+    curve = [{"angle_deg": a, "accuracy": 0.5} for a in tester.rotation_angles(8)]
+    blur = [{"angle_deg": a, "accuracy": 0.25} for a in (45.0, 135.0, 225.0, 315.0)]
+    tester.write_reports({"accuracy": 0.5, "rotation_curve": curve, "blur_curve": blur}, tmp_path / "r", "t")
+    lines = (tmp_path / "r.rotation.csv").read_text().splitlines()
+    assert lines[:3] == ["angle_deg,accuracy,blur_accuracy", "0.0,0.5,", "45.0,0.5,0.25"]
 
 
 # ----- wandb -----------------------------------------------------------------------------

@@ -10,19 +10,26 @@ Every run is one ``main.py`` process (``--config.dataset=rotMNIST5k --config.mod
 --config.seed=S``) under the one protocol of the dataset (:data:`g_selfatt_models.protocols.ROTMNIST5K`:
 the same optimiser, learning rate, batch, epochs and schedule for every model; the epoch is
 selected on the validation part), with the test accuracy measured at every 15 degrees of
-rotation (``--config.rotation_angles=24``). A run whose test report exists is not trained again,
-so an interrupted table goes on where it stopped; ``--overwrite`` retrains.
+rotation (``--config.rotation_angles=24``): each test digit rotated once from its upright source,
+and, for the blur columns, the rotated test digit rotated again (see :mod:`tester`). A run that
+has a row in ``runs.csv`` or a test report is not trained again, and ``runs.csv``, the table and
+the figure are rewritten after every run, so an interrupted table (even one whose checkpoints are
+gone) goes on where it stopped; ``--overwrite`` retrains.
 
 Writes to ``--output-dir``:
 
-* ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle,
-  parameters, seconds of the fastest training epoch (the least disturbed by other work), best
-  epoch, checkpoint);
+* ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle
+  (``accuracy_<a>deg``) and, off the 90-degree grid, with the test digits rotated a second time
+  (``blur_<a>deg``), parameters, seconds of the fastest training epoch (the least disturbed by
+  other work), best epoch, checkpoint);
 * ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
   accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
-  by the other 15-degree steps (interpolated), the lowest accuracy over all angles, the
-  parameter count and the seconds per epoch; printed too;
-* ``rotation.png``: test accuracy against the rotation angle, mean over the seeds, per model.
+  by the other 15-degree steps (each digit interpolated once, from its source), the lowest
+  accuracy over all angles, the accuracy at the other 15-degree steps when the rotated test digit
+  is rotated again (interpolated twice: blur), the parameter count and the seconds per epoch;
+  printed too;
+* ``rotation.png``: test accuracy against the rotation angle, mean over the seeds, per model
+  (solid: rotated once; dashed: rotated twice).
 
 Extra ``--config.<field>=<value>`` arguments are passed to every run (e.g.
 ``--config.max_examples=64 --config.epochs=1`` for a smoke test).
@@ -84,7 +91,9 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
 
     report = json.loads(prefix.with_suffix(".test.json").read_text())
     with open(f"{prefix}.rotation.csv") as handle:
-        curve = {float(row["angle_deg"]): float(row["accuracy"]) for row in csv.DictReader(handle)}
+        points = list(csv.DictReader(handle))
+    curve = {float(row["angle_deg"]): float(row["accuracy"]) for row in points}
+    blur = {float(row["angle_deg"]): float(row["blur_accuracy"]) for row in points if row.get("blur_accuracy")}
     with open(f"{prefix}.metrics.csv") as handle:
         history = list(csv.DictReader(handle))
     network = main.load_model(prefix.with_suffix(".pt"))
@@ -94,6 +103,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "seed": seed,
         "test_accuracy": report["accuracy"],
         **{f"accuracy_{angle:g}deg": curve[angle] for angle in sorted(curve)},
+        **{f"blur_{angle:g}deg": blur[angle] for angle in sorted(blur)},
         "parameters": sum(p.numel() for p in network.parameters()),
         "seconds_per_epoch": min(float(row["train_seconds"]) for row in history),
         "epochs": len(history),
@@ -101,6 +111,12 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
                           if prefix.is_relative_to(REPO_ROOT) else prefix.with_suffix(".pt")),
     }
+
+
+def _angles(row: Mapping[str, object], column: str) -> List[float]:
+    """The angles of the ``<column><angle>deg`` cells of a ``runs.csv`` row that hold a value."""
+    return [float(key[len(column):-len("deg")]) for key, value in row.items()
+            if key.startswith(column) and key.endswith("deg") and value not in ("", None)]
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -114,11 +130,11 @@ def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
     summary = []
     for model in dict.fromkeys(row["model"] for row in rows):
         runs = [row for row in rows if row["model"] == model]
-        angles = [float(key[len("accuracy_"):-len("deg")]) for key in runs[0] if key.startswith("accuracy_")]
+        angles = _angles(runs[0], "accuracy_")
         off_grid = [angle for angle in angles if angle % 90]
 
-        def per_run(chosen: Sequence[float]) -> List[float]:
-            return [statistics.mean(float(run[f"accuracy_{a:g}deg"]) for a in chosen) for run in runs]
+        def per_run(chosen: Sequence[float], column: str = "accuracy_") -> List[float]:
+            return [statistics.mean(float(run[f"{column}{a:g}deg"]) for a in chosen) for run in runs]
 
         summary.append({
             "model": model,
@@ -127,6 +143,8 @@ def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
             "rotated 90/180/270 %": _mean_std(per_run(EXACT_ANGLES)),
             "rotated by other 15° steps %": _mean_std(per_run(off_grid)),
             "lowest over angles %": _mean_std([min(float(run[f"accuracy_{a:g}deg"]) for a in angles) for run in runs]),
+            "blur: other 15° steps, rotated twice %": _mean_std(per_run(_angles(runs[0], "blur_"), "blur_"))
+            if _angles(runs[0], "blur_") else "",
             "parameters": f"{int(runs[0]['parameters']):,}",
             "s / epoch": f"{statistics.mean(float(run['seconds_per_epoch']) for run in runs):.1f}",
         })
@@ -151,11 +169,18 @@ def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> N
     figure, axes = pyplot.subplots(figsize=(7, 3.5))
     for model in dict.fromkeys(row["model"] for row in rows):
         runs = [row for row in rows if row["model"] == model]
-        angles = sorted(float(key[len("accuracy_"):-len("deg")]) for key in runs[0] if key.startswith("accuracy_"))
+        angles = sorted(_angles(runs[0], "accuracy_"))
         means = [100 * statistics.mean(float(run[f"accuracy_{a:g}deg"]) for run in runs) for a in angles]
-        axes.plot(angles + [360.0], means + means[:1], marker="o", markersize=3, label=model)
+        line, = axes.plot(angles + [360.0], means + means[:1], marker="o", markersize=3, label=model)
+        blurred = sorted(_angles(runs[0], "blur_"))
+        if blurred:  # the rotated test digits rotated again, between the exact angles
+            means = {a: 100 * statistics.mean(float(run[f"blur_{a:g}deg"]) for run in runs) for a in blurred}
+            for start in (0.0, 90.0, 180.0, 270.0):
+                inside = [a for a in blurred if start < a < start + 90]
+                axes.plot(inside, [means[a] for a in inside], linestyle="--", color=line.get_color(), linewidth=1)
     axes.set(xlabel="rotation of the test digits (degrees)", ylabel="test accuracy (%)", xticks=range(0, 361, 45),
-             title=f"rotMNIST5k, mean over {len(set(row['seed'] for row in rows))} seed(s)")
+             title=f"rotMNIST5k, mean over {len(set(row['seed'] for row in rows))} seed(s); "
+                   "dashed: test digits rotated twice (blur)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, ncol=2)
     figure.tight_layout()
@@ -226,6 +251,11 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     return target
 
 
+def _table_order(models: Sequence[str]):
+    """Sort key of (model, seed): the models in the order of ``models`` (others after), then seed."""
+    return lambda key: (models.index(key[0]) if key[0] in models else len(models), key[0], key[1])
+
+
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
@@ -244,24 +274,44 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: Sequence[str]) -> None:
-    from runner import reporting  # rounded floats, written atomically
+def recorded_rows(path: pathlib.Path) -> List[Dict[str, str]]:
+    """The rows of an existing ``runs.csv`` (none if there is none)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
 
+
+def write_outputs(rows: Sequence[Mapping[str, object]], output_dir: pathlib.Path) -> str:
+    """Writes ``runs.csv``, ``table.md`` and ``rotation.png`` (each atomically); returns the table."""
+    from runner import files, reporting  # rounded floats, written atomically
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    reporting.write_csv(rows, output_dir / "runs.csv")
+    table = markdown(summary_rows(rows))
+    files.atomic_write(output_dir / "table.md", lambda handle: handle.write(table), text=True)
+    temporary = output_dir / ".rotation.tmp.png"
+    plot_rotation(rows, temporary)
+    temporary.replace(output_dir / "rotation.png")
+    return table
+
+
+def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
-    prefixes = {}
+    rows = {(row["model"], int(row["seed"])): row for row in recorded_rows(args.output_dir / "runs.csv")}
     for seed in args.seeds:  # seed by seed, so that a table cut short has every model
         for model in args.models:
-            prefixes[model, seed] = train_and_test(model, seed, args.save_dir.resolve(), args.extra, args.overwrite)
-    rows = [read_run(model, seed, prefixes[model, seed]) for model in args.models for seed in args.seeds]
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    reporting.write_csv(rows, args.output_dir / "runs.csv")
-    table = markdown(summary_rows(rows))
-    (args.output_dir / "table.md").write_text(table)
-    plot_rotation(rows, args.output_dir / "rotation.png")
-    print(table)
+            if (model, seed) in rows and not args.overwrite:
+                print(f"[table] {model} seed {seed}: recorded in runs.csv, reused", flush=True)
+                continue
+            prefix = train_and_test(model, seed, args.save_dir.resolve(), args.extra, args.overwrite)
+            rows[model, seed] = read_run(model, seed, prefix)
+            write_outputs([rows[key] for key in sorted(rows, key=_table_order(args.models))], args.output_dir)
+    ordered = [rows[key] for key in sorted(rows, key=_table_order(args.models))]
+    print(write_outputs(ordered, args.output_dir))
     if args.ship:
         for kind in SHIPPED_KINDS:
-            ship(best_run(rows, kind), args.saved_dir)
+            ship(best_run(ordered, kind), args.saved_dir)
 
 
 if __name__ == "__main__":

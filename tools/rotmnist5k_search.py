@@ -1,0 +1,144 @@
+#!/usr/bin/env python
+"""Searches the GSA-Net layout and training protocol for rotMNIST5k on its validation digits.
+
+Usage::
+
+    python tools/rotmnist5k_search.py [--only KEY ...] [--threads N] [--save-dir saved/rotMNIST5k_search]
+                                      [--log runs/rotMNIST5k/search.csv]
+
+Every candidate of :data:`CANDIDATES` is one ``main.py`` run on rotMNIST5k (seed 0) with its
+flags on top of the dataset's protocol; the epoch is selected on the 500 validation digits and
+only validation numbers are recorded: the test digits play no part in the search. Each finished
+run appends one row to ``--log`` (written to a temporary file, then renamed), and a candidate
+whose key is in the log is not run again, so an interrupted search goes on where it stopped.
+
+Columns of the log: key, the flags, parameters, best validation accuracy and its epoch, the
+training accuracy and loss of the last epoch (underfitting shows there), seconds of the fastest
+training epoch and the number of threads it ran on.
+
+Extra ``--config.<field>=<value>`` arguments are passed to every run (e.g.
+``--config.max_examples=64 --config.epochs=1`` for a smoke test, with another ``--log``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import pathlib
+import subprocess
+import sys
+from typing import Dict, List, Mapping, Sequence
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+MAX_PARAMETERS = 45_000  # the paper's rotMNIST GSA-Net has 44,428
+
+# key -> flags on top of the rotMNIST5k protocol. In the order they are run; keys are never reused.
+CANDIDATES: Dict[str, Dict[str, object]] = {
+    "p4_h2": {},  # the layout of the results table: 16 channels, 2 heads, BatchNorm, mean pooling
+    "p4_h4": {"num_heads": 4},
+    "p4_c24_h3": {"num_channels": 24, "num_heads": 3},
+    "p4_h4_b012": {"num_heads": 4, "block_sizes": (0, 1, 2)},
+    "p4_h4_ln": {"num_heads": 4, "norm_type": "LayerNorm"},
+    "p4_h4_ep40": {"num_heads": 4, "epochs": 40},
+    "p4_h4_lr1e-3": {"num_heads": 4, "lr": 1e-3},
+    "p8_h4": {"model": "p8sa", "num_heads": 4},
+    "p12_h4": {"model": "p12sa", "num_heads": 4},
+}
+COLUMNS = ("key", "flags", "parameters", "best_val_accuracy", "best_epoch", "last_train_accuracy",
+           "last_train_loss", "epochs", "seconds_per_epoch", "threads")
+
+
+def flag_text(value: object) -> str:
+    """A flag value as ``main.py`` reads it (tuples without spaces)."""
+    if isinstance(value, tuple):
+        return "(" + ",".join(str(item) for item in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def command(key: str, flags: Mapping[str, object], save_dir: pathlib.Path, threads: int,
+            extra: Sequence[str] = ()) -> List[str]:
+    """The ``main.py`` command line of one candidate."""
+    settings = {"model": "p4sa", **flags}
+    return [sys.executable, str(REPO_ROOT / "main.py"), "--config.dataset=rotMNIST5k", "--config.seed=0",
+            *[f"--config.{name}={flag_text(value)}" for name, value in settings.items()],
+            f"--config.path={save_dir / key / 'model.pt'}", "--config.overwrite=True",
+            "--config.rotation_angles=0", f"--config.num_threads={threads}", *extra]
+
+
+def read_log(path: pathlib.Path) -> List[Dict[str, str]]:
+    """The rows of the search log (none if it does not exist yet)."""
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def write_log(path: pathlib.Path, rows: Sequence[Mapping[str, object]]) -> None:
+    """Writes the whole log to a temporary file beside ``path``, then renames it over ``path``."""
+    from runner import files
+
+    def write(handle) -> None:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+    files.atomic_write(path, write, text=True)
+
+
+def summarise(key: str, flags: Mapping[str, object], prefix: pathlib.Path, threads: int) -> Dict[str, object]:
+    """One log row from the files of a finished run (validation numbers only)."""
+    import main  # the experiment runner, for load_model
+
+    with open(f"{prefix}.metrics.csv", newline="") as handle:
+        history = list(csv.DictReader(handle))
+    best = max(range(len(history)), key=lambda i: float(history[i]["val_accuracy"]))
+    network = main.load_model(prefix.with_suffix(".pt"))
+    return {
+        "key": key,
+        "flags": " ".join(f"{name}={flag_text(value)}" for name, value in flags.items()),
+        "parameters": sum(p.numel() for p in network.parameters()),
+        "best_val_accuracy": float(history[best]["val_accuracy"]),
+        "best_epoch": round(float(history[best]["epoch"])),
+        "last_train_accuracy": float(history[-1]["train_accuracy"]),
+        "last_train_loss": float(history[-1]["train_loss"]),
+        "epochs": round(float(history[-1]["epoch"])),
+        "seconds_per_epoch": round(min(float(row["train_seconds"]) for row in history), 1),
+        "threads": threads,
+    }
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """The options, and in ``extra`` the ``--config.*`` flags passed to every run."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=list(CANDIDATES), help="run only these candidates")
+    parser.add_argument("--threads", type=int, default=2, help="threads of each run")
+    parser.add_argument("--save-dir", type=pathlib.Path, default=REPO_ROOT / "saved" / "rotMNIST5k_search")
+    parser.add_argument("--log", type=pathlib.Path, default=REPO_ROOT / "runs" / "rotMNIST5k" / "search.csv")
+    args, extra = parser.parse_known_args(argv)
+    unknown = [item for item in extra if not item.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.extra = extra
+    return args
+
+
+def main(argv: Sequence[str]) -> int:
+    args = parse_args(argv)
+    for key in args.only or list(CANDIDATES):
+        if any(row["key"] == key for row in read_log(args.log)):
+            print(f"[search] {key}: recorded in {args.log}, skipped", flush=True)
+            continue
+        line = command(key, CANDIDATES[key], args.save_dir.resolve(), args.threads, args.extra)
+        print("[search]", " ".join(line[1:]), flush=True)
+        subprocess.run(line, check=True, cwd=REPO_ROOT)
+        row = summarise(key, CANDIDATES[key], args.save_dir.resolve() / key / "model", args.threads)
+        if row["parameters"] > MAX_PARAMETERS:
+            print(f"[search] {key}: {row['parameters']:,} parameters, over {MAX_PARAMETERS:,}", flush=True)
+        write_log(args.log, [*read_log(args.log), row])  # re-read: another search may have added rows
+        print(f"[search] {key}: validation accuracy {row['best_val_accuracy']:.3f}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO_ROOT))
+    sys.exit(main(sys.argv[1:]))
