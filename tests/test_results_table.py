@@ -191,3 +191,43 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     assert "p4_h4: recorded" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 1
     assert search.command("k", {"block_sizes": (0, 1, 2)}, tmp_path, 2)[5] == "--config.block_sizes=(0,1,2)"
+
+
+def _blur_module():
+    spec = importlib.util.spec_from_file_location("blur_sensitivity", REPO_ROOT / "tools" / "blur_sensitivity.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_blur_measures_interpolate_without_turning_and_blur_with_unit_weight():
+    import torch
+
+    blur = _blur_module()
+    images = torch.zeros(2, 1, 15, 15)
+    images[:, :, 7, 4:11] = 1.0  # a bar through the centre
+    assert blur.reinterpolated(images, 90.0) is images
+    twice = blur.reinterpolated(images, 45.0)
+    assert 0.05 < float((twice - images).abs().max()) and float(twice.max()) < 1.0  # blurred, not moved:
+    assert float((twice * images).sum()) > 0.5 * float((twice * twice).sum())  # the ink stays on the bar
+    smooth = blur.gaussian_blurred(images, 1.0)
+    torch.testing.assert_close(smooth.sum(), images.sum(), rtol=1e-5, atol=0)  # away from the borders
+    torch.testing.assert_close(smooth[0, 0], smooth[0, 0].flip(0), rtol=0, atol=1e-6)  # symmetric kernel
+
+
+def test_blur_report_recalibrates_batchnorm_and_measures_drift_per_stage():
+    import torch
+    from torch import nn
+
+    blur = _blur_module()
+    model = nn.Sequential(nn.Conv2d(1, 3, 3), nn.BatchNorm2d(3), nn.Flatten()).eval()
+    images = torch.rand(200, 1, 6, 6)  # two full batches: the cumulative average is their mean
+    adapted = blur.recalibrated(model, lambda x: x, images)
+    with torch.no_grad():
+        features = model[0](images)  # (B, 3, 4, 4)
+    torch.testing.assert_close(adapted[1].running_mean, features.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-6)
+    assert float(model[1].running_mean.abs().max()) == 0.0  # the original is left alone
+    shifted = images + 0.1
+    drift = dict(blur.stage_drift(nn.Sequential(model), lambda x: x, images, shifted))
+    assert drift["input"] == pytest.approx(float((0.1 * torch.ones_like(images)).norm() / images.norm()))
+    assert set(drift) == {"input", "0.0", "0.1", "0.2"}
