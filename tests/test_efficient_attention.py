@@ -34,8 +34,12 @@ are split between threads.
 import importlib.util
 import itertools
 import json
+import logging
 import math
+import os
+import shutil
 import statistics
+import tempfile
 import types
 
 import pytest
@@ -392,6 +396,53 @@ def test_the_kernel_is_compiled_once_and_then_read_from_the_cache(monkeypatch, t
         assert report.error is None and report.compiled is compiled and report.path.parent == tmp_path
         assert (report.seconds > 0) is compiled
     assert [p.name for p in tmp_path.iterdir()] == [report.path.name]  # no temporary file left
+
+
+def _fresh_kernel_state(monkeypatch, cache, scratch):
+    """A process that has not loaded the kernel yet, with ``cache`` and ``scratch`` as its folders."""
+    monkeypatch.setenv("G_SELFATT_CACHE", str(cache))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    monkeypatch.setattr(fused_attention, "_report", None)
+    monkeypatch.setattr(fused_attention, "_library", None)
+
+
+def test_an_unusable_cache_folder_falls_back_to_a_private_one_with_a_warning(monkeypatch, tmp_path, caplog):
+    built = fused_attention.build_report().path  # the kernel of this session, to copy instead of compiling
+    private = tmp_path / f"g_selfatt-{os.getuid()}"
+    private.mkdir()
+    shutil.copyfile(built, private / built.name)
+    _fresh_kernel_state(monkeypatch, "/proc/no-such-cache", tmp_path)  # not creatable, even by root
+    with caplog.at_level(logging.WARNING):
+        report = fused_attention.build_report()
+    assert report.error is None and report.path == private / built.name and fused_attention.available()
+    assert "cannot keep the kernel in /proc/no-such-cache" in caplog.text
+
+
+def test_a_damaged_cached_kernel_is_built_again(monkeypatch, tmp_path, caplog):
+    built = fused_attention.build_report().path
+    (tmp_path / built.name).write_bytes(b"")  # a 0-byte file, as a full disk leaves it
+    compiled = []
+
+    def compile_by_copying(cxx, path):
+        compiled.append(path)
+        shutil.copyfile(built, path)
+        return fused_attention.BuildReport(path, True, 0.0)
+
+    _fresh_kernel_state(monkeypatch, tmp_path, tmp_path / "unused")
+    monkeypatch.setattr(fused_attention, "_compile", compile_by_copying)
+    with caplog.at_level(logging.WARNING):
+        assert fused_attention.available()
+    assert compiled == [tmp_path / built.name] and (tmp_path / built.name).stat().st_size > 0
+    assert "could not be loaded" in caplog.text and "compiled it again" in caplog.text
+
+
+def test_without_any_usable_folder_auto_runs_efficient(monkeypatch, tmp_path):
+    _fresh_kernel_state(monkeypatch, "/proc/no-such-cache", "/proc/no-such-tmp")
+    report = fused_attention.build_report()
+    assert report.path is None and "no usable folder" in report.error and not fused_attention.available()
+    layer = GroupLocalSelfAttention(get_group("p4"), 3, 6, 5, 2, 3, 0.0)
+    assert layer.resolved_impl(torch.randn(1, 6, 2, 4, 5, 5)) == "efficient"
+    assert layer(torch.randn(1, 3, 4, 5, 5)).shape == (1, 5, 4, 5, 5)
 
 
 @pytest.mark.parametrize("impl", ATTENTION_IMPLS)

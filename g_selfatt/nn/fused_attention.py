@@ -35,6 +35,7 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -89,12 +90,15 @@ class BuildReport:
         compiled: whether this process compiled it (else it came from the cache).
         seconds: time spent compiling (0 when cached).
         error: why it could not be built, or ``None``.
+        notes: what went wrong on the way to ``path`` (an unusable cache folder, a damaged cached
+            file), one sentence each; empty when nothing did.
     """
 
     path: Optional[Path]
     compiled: bool
     seconds: float
     error: Optional[str] = None
+    notes: Tuple[str, ...] = ()
 
 
 _lock = threading.Lock()
@@ -130,20 +134,25 @@ def _cpu_flags() -> str:
     return platform.processor()
 
 
-def _library_path(cxx: str) -> Path:
+def _library_name(cxx: str) -> str:
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout
     key = hashlib.sha256("\n".join([SOURCE.read_text(), " ".join(FLAGS), version, platform.machine(),
                                     _cpu_flags()]).encode()).hexdigest()[:16]
-    return cache_dir() / f"fused_attention-{key}.so"
+    return f"fused_attention-{key}.so"
 
 
-def _build() -> BuildReport:
-    cxx = compiler()
-    if cxx is None:
-        return BuildReport(None, False, 0.0, "no C++ compiler found (set $CXX or install g++)")
-    path = _library_path(cxx)
-    if path.exists():
-        return BuildReport(path, False, 0.0)
+def _cache_dirs() -> Tuple[Path, ...]:
+    """Where the kernel may be kept, in order: :func:`cache_dir`, then a private temporary folder."""
+    user = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    private = Path(tempfile.gettempdir()) / f"g_selfatt-{user}"
+    try:
+        return cache_dir(), private
+    except RuntimeError:  # no home folder to derive the cache folder from
+        return (private,)
+
+
+def _compile(cxx: str, path: Path) -> BuildReport:
+    """Compiles the kernel into ``path`` (through a temporary file); ``OSError`` if the folder is unusable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
@@ -156,14 +165,44 @@ def _build() -> BuildReport:
     return BuildReport(path, True, time.perf_counter() - start)
 
 
+def _build_and_load() -> Tuple[BuildReport, Optional[ctypes.CDLL]]:
+    """The kernel from the first usable folder of :func:`_cache_dirs`, compiled there if needed.
+
+    A cached file that cannot be loaded (empty, truncated) is compiled again; a folder that cannot
+    be created or written is passed over for the next one. The cache is never a reason for the
+    kernel, let alone a model, not to run: with no usable folder the report says why and
+    ``attention_impl="auto"`` runs ``efficient``.
+    """
+    cxx = compiler()
+    if cxx is None:
+        return BuildReport(None, False, 0.0, "no C++ compiler found (set $CXX or install g++)"), None
+    name, notes = _library_name(cxx), []
+    for folder in _cache_dirs():
+        path = folder / name
+        try:
+            if path.exists():
+                try:
+                    return BuildReport(path, False, 0.0, notes=tuple(notes)), _load(path)
+                except OSError as error:
+                    notes.append(f"the cached kernel {path} could not be loaded ({error}); compiled it again")
+                    path.unlink()
+            report = _compile(cxx, path)
+            report.notes = tuple(notes)
+            return report, (_load(path) if report.path is not None else None)
+        except OSError as error:
+            notes.append(f"cannot keep the kernel in {folder} ({error.strerror or error})")
+    return BuildReport(None, False, 0.0, "no usable folder for the compiled kernel: " + "; ".join(notes),
+                       notes=tuple(notes)), None
+
+
 def library() -> Optional[ctypes.CDLL]:
     """The kernel library, compiled on the first call of the process if it is not cached."""
     global _report, _library
     with _lock:
         if _report is None:
-            _report = _build()
-            if _report.path is not None:
-                _library = _load(_report.path)
+            _report, _library = _build_and_load()
+            for note in _report.notes:
+                logging.getLogger(__name__).warning("Fused attention kernel: %s.", note)
         return _library
 
 
