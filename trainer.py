@@ -124,6 +124,7 @@ class Trainer:
         self.checkpoint_steps, self.checkpoint_seconds = parse_checkpoint_every(
             config.checkpoint_every)
         self.last_save_time = time.monotonic()
+        self.last_saved_step: Optional[int] = None  # the step of the last state this process saved
         self.stop_request = StopRequest()
         self.stop_signal: Optional[int] = None
 
@@ -230,6 +231,7 @@ class Trainer:
         if improved:
             checkpoint.save_atomic(payload, self.best_path)
         checkpoint.save_atomic(payload, self.last_path)
+        self.last_saved_step = self.state.step
 
     # ----- training ----------------------------------------------------------------------------
     def fit(self) -> TrainState:
@@ -274,10 +276,16 @@ class Trainer:
         """
         if self.stop_signal is None:
             return
+        if self.last_saved_step == self.state.step or not self.context.is_main:
+            saved = f"the training state is saved in {self.last_path}"
+        elif self.last_path.exists():
+            saved = (f"the state of this step was not saved (its weights are not finite); {self.last_path} "
+                     "holds the last state that was")
+        else:
+            saved = "nothing was saved (the weights are not finite), so the run cannot be resumed"
         raise RunInterrupted(
             f"Stopped by {signal.Signals(self.stop_signal).name} at epoch {self.state.epoch}, batch "
-            f"{self.state.batch_in_epoch} of {self.steps_per_epoch} (step {self.state.step}); "
-            f"the training state is saved in {self.last_path}.",
+            f"{self.state.batch_in_epoch} of {self.steps_per_epoch} (step {self.state.step}); {saved}.",
             self.stop_signal, str(self.last_path))
 
     def _synchronise_flags(self, diverged: bool) -> tuple:
@@ -393,6 +401,7 @@ class Trainer:
         if self.loaders.train_augment is not None:
             inputs = self.loaders.train_augment(inputs, self.augment_generator)
         inputs = self.loaders.batch_transform(inputs)
+        buffers = [buffer.detach().clone() for buffer in self.model.buffers()]  # e.g. BatchNorm statistics
         with torch.autocast(device.type, dtype=self.amp_dtype, enabled=self.config.amp != "none"):
             logits = train_model(inputs)
         loss = self.criterion(logits.float(), labels)
@@ -404,8 +413,11 @@ class Trainer:
         finite_gradient = bool(torch.isfinite(grad_norm))
         if finite_gradient:
             self.scaler.step(self.optimizer)
-        else:
+        else:  # the step changes nothing: the forward pass's buffer updates are undone too
             self._skip_step(grad_norm)
+            with torch.no_grad():
+                for buffer, saved in zip(self.model.buffers(), buffers):
+                    buffer.copy_(saved)
         self.scaler.update()
         self.schedule.after_step()
         self.state.step += 1

@@ -49,6 +49,8 @@ def check_records(dataset: Dataset, spec: DataSpec, what: str) -> None:
                       or getattr(dataset, "labels_path", None))
     if isinstance(dataset, TensorImageDataset):
         _check_shape(tuple(dataset.images.shape[1:]), spec, what, dataset.source)
+        images = dataset.images if rows is None else dataset.images[torch.as_tensor(rows)]
+        _check_finite(images, what, dataset.source)
     if isinstance(dataset, PCamImageFolder):
         samples = dataset.samples if rows is None else [dataset.samples[i] for i in rows]
         _check_image_files([path for path, _ in samples], spec)
@@ -63,6 +65,19 @@ def _check_labels(labels: torch.Tensor, spec: DataSpec, what: str, source: Any) 
             f"{what}: {len(bad)} label(s) outside 0..{spec.num_classes - 1} ({shown}{more})"
             f"{_read_from(source)}. The data is damaged or belongs to another dataset; "
             "replace the files.")
+
+
+def _check_finite(images: torch.Tensor, what: str, source: Any) -> None:
+    """Raises when a floating image holds NaN or an infinity (one would poison every statistic)."""
+    if not images.is_floating_point():
+        return
+    bad = (~torch.isfinite(images.flatten(1))).any(dim=1).nonzero().flatten().tolist()
+    if bad:
+        shown = ", ".join(str(row) for row in bad[:SHOWN])
+        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        raise RecordError(
+            f"{what}: {len(bad)} image(s) with NaN or infinite pixels (rows {shown}{more}){_read_from(source)}. "
+            "The file is damaged; replace it (and delete a parse cache made from it).")
 
 
 def _check_shape(shape: tuple, spec: DataSpec, what: str, source: Any) -> None:

@@ -68,6 +68,9 @@ def parse_amat(text: bytes, source: str) -> Tuple[torch.Tensor, torch.Tensor]:
     if rows.shape[1] != columns or len(rows) == 0:
         raise CorruptFileError(Path(source),
                                f"expected rows of {columns} numbers, got shape {rows.shape}")
+    bad = np.flatnonzero(~np.isfinite(rows).all(axis=1))
+    if len(bad):
+        raise CorruptFileError(Path(source), f"{len(bad)} row(s) with NaN or infinite values, the first is row {bad[0]}")
     pixels = np.rint(np.clip(rows[:, :-1], 0.0, 1.0) * 255.0).astype(np.uint8)
     labels = np.rint(rows[:, -1]).astype(np.int64)
     if labels.min() < 0 or labels.max() > 9:
@@ -213,11 +216,15 @@ def _attgconv_arrays(train_path: Path, test_path: Path) -> Tuple[TensorImageData
     for path in (train_path, test_path):
         try:
             with np.load(path) as arrays:
-                images, labels = arrays["data"], arrays["labels"]
-        except (OSError, KeyError, ValueError) as error:
-            raise CorruptFileError(f"{path} is not an .npz file with arrays 'data' and 'labels': {error}") from error
-        images = torch.from_numpy(np.asarray(images, dtype=np.float32)).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
-        parts.append(TensorImageDataset(images, torch.from_numpy(np.asarray(labels)).long(), path.parent))
+                images, labels = np.asarray(arrays["data"], dtype=np.float32), np.asarray(arrays["labels"])
+            images = torch.from_numpy(images).reshape(-1, 1, IMAGE_SIZE, IMAGE_SIZE)
+            labels = torch.from_numpy(labels).long().flatten()
+        except (OSError, KeyError, ValueError, TypeError, RuntimeError, AttributeError) as error:
+            raise CorruptFileError(path, f"not an .npz file with arrays 'data' ({IMAGE_SIZE}x{IMAGE_SIZE} images) "
+                                         f"and 'labels': {error}") from error
+        if len(images) != len(labels):
+            raise CorruptFileError(path, f"{len(images)} images but {len(labels)} labels")
+        parts.append(TensorImageDataset(images, labels, path))
     logger.info("rotMNIST: reading att_gconvs' %s and %s (%d and %d rows).", train_path, test_path,
                 len(parts[0]), len(parts[1]))
     return parts[0], parts[1]

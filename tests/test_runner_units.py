@@ -313,6 +313,31 @@ def test_non_finite_gradients_skip_the_step(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
 
 
+class TinyWithStatistics(Tiny):
+    """Tiny behind a BatchNorm, whose running statistics a forward pass in training mode updates."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(4)
+
+    def forward(self, x):
+        return super().forward(self.norm(x.flatten(1)))
+
+
+def test_a_skipped_step_leaves_the_batchnorm_statistics_alone(tmp_path):
+    run = _trainer(tmp_path)
+    run.model = TinyWithStatistics()
+    run.optimizer = trainer.build_optimizer(run.model, run.config)
+    run.model.poison = True
+    before = {name: buffer.clone() for name, buffer in run.model.named_buffers()}
+    run.fit()
+    assert run.state.skipped_steps == 2
+    assert all(torch.equal(before[name], buffer) for name, buffer in run.model.named_buffers())
+    run.model.poison, run.config.epochs = False, 2
+    run.fit()  # a finite step does update them
+    assert not torch.equal(before["norm.running_mean"], run.model.norm.running_mean)
+
+
 def test_consecutive_non_finite_steps_stop_the_run(tmp_path):
     run = _trainer(tmp_path, max_nonfinite_steps=2)
     run.config.epochs = 3
