@@ -37,12 +37,15 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     "p4_h2": {},  # the layout of the results table: 16 channels, 2 heads, BatchNorm, mean pooling
     "p4_h4": {"num_heads": 4},
     "p4_c24_h3": {"num_channels": 24, "num_heads": 3},
+    "p4_c24_h3_ln": {"num_channels": 24, "num_heads": 3, "norm_type": "LayerNorm"},
+    "p4_c32_h2": {"num_channels": 32, "num_heads": 2},
+    "p4_c24_h3_b012": {"num_channels": 24, "num_heads": 3, "block_sizes": (0, 1, 2)},
+    "p4_c24_h3_ep40": {"num_channels": 24, "num_heads": 3, "epochs": 40},
+    "p4_c32_h4": {"num_channels": 32, "num_heads": 4},
+    "p8_c24_h3": {"model": "p8sa", "num_channels": 24, "num_heads": 3},
+    "p12_c24_h3": {"model": "p12sa", "num_channels": 24, "num_heads": 3},
     "p4_h4_b012": {"num_heads": 4, "block_sizes": (0, 1, 2)},
     "p4_h4_ln": {"num_heads": 4, "norm_type": "LayerNorm"},
-    "p4_h4_ep40": {"num_heads": 4, "epochs": 40},
-    "p4_h4_lr1e-3": {"num_heads": 4, "lr": 1e-3},
-    "p8_h4": {"model": "p8sa", "num_heads": 4},
-    "p12_h4": {"model": "p12sa", "num_heads": 4},
 }
 COLUMNS = ("key", "flags", "parameters", "best_val_accuracy", "best_epoch", "last_train_accuracy",
            "last_train_loss", "epochs", "seconds_per_epoch", "threads")
