@@ -144,6 +144,9 @@ def get_config() -> config_dict.ConfigDict:
     # Stop with an error after this many consecutive steps whose loss or gradient is not finite
     # (steps skipped by the fp16 loss scaler while it lowers its scale do not count).
     config.max_nonfinite_steps = 5
+    # Signals that, besides SIGTERM and SIGINT, stop a run after saving a resumable checkpoint
+    # (comma-separated; SLURM's --signal=USR1 sends SIGUSR1, a closed terminal SIGHUP; "" = none).
+    config.stop_signals = "SIGUSR1,SIGHUP"
     # Stop after this many optimizer steps in total (0 = no limit); the run then validates,
     # saves its `last` checkpoint (resumable mid-epoch) and tests. For smoke tests.
     config.max_steps = 0

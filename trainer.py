@@ -40,7 +40,7 @@ from runner.errors import CheckpointError, RunInterrupted, TrainingDiverged
 from runner.paths import last_checkpoint_path
 from runner.reporting import MetricLogger, write_csv
 from runner.schedulers import LRSchedule, build_schedule
-from runner.signals import StopRequest
+from runner.signals import StopRequest, parse_stop_signals
 
 
 @dataclasses.dataclass
@@ -125,7 +125,7 @@ class Trainer:
             config.checkpoint_every)
         self.last_save_time = time.monotonic()
         self.last_saved_step: Optional[int] = None  # the step of the last state this process saved
-        self.stop_request = StopRequest()
+        self.stop_request = StopRequest(parse_stop_signals(config.get("stop_signals", "")))
         self.stop_signal: Optional[int] = None
 
     # ----- checkpoints -----------------------------------------------------------------------

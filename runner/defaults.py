@@ -30,6 +30,7 @@ from runner.distributed import DEVICES
 from runner.errors import ConfigError
 from runner.precision import AMP_DTYPES
 from runner.schedulers import SCHEDULERS
+from runner.signals import parse_stop_signals
 
 # Values used when neither the command line nor the model's defaults set a field: a short run
 # that a laptop CPU finishes in minutes.
@@ -200,6 +201,10 @@ def check_config(config: config_dict.ConfigDict) -> None:
                 "letters, digits and . _ + - (no '/', no '..').")
     _check_file_path(config.path)
     parse_checkpoint_every(config.checkpoint_every)
+    try:
+        parse_stop_signals(config.stop_signals)
+    except ValueError as error:
+        raise ConfigError(f"config.stop_signals={config.stop_signals!r}: {error}.") from None
     if config.resume and not config.train:
         raise ConfigError("config.resume=True continues training; it needs config.train=True.")
     if config.resume and config.overwrite:

@@ -30,7 +30,7 @@ from runner.errors import CheckpointError, ConfigError
 # (device, num_workers and the attention implementations compute the same function.)
 NOT_IDENTITY = ("train", "pretrained", "checkpoint", "resume", "overwrite", "save_dir", "path",
                 "rotation_angles", "log_every", "wandb", "wandb_project", "device", "num_workers",
-                "num_threads", "download", "checkpoint_every", "max_nonfinite_steps",
+                "num_threads", "download", "checkpoint_every", "max_nonfinite_steps", "stop_signals",
                 "attention_impl", "attention_formulation")
 # Fields of the self-attention architecture, part of the identity of GSA-Nets only.
 GSA_FIELDS = ("norm_type", "attention_type", "activation_function", "patch_size", "dropout_att",

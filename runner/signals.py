@@ -1,9 +1,10 @@
-"""Stopping a run cleanly on SIGTERM and SIGINT.
+"""Stopping a run cleanly on SIGTERM, SIGINT, SIGUSR1 and SIGHUP (``config.stop_signals``).
 
-SLURM and Kubernetes send SIGTERM some time before they kill a job; Ctrl-C sends SIGINT. While
-:class:`StopRequest` is installed, the first of these signals only records that the run should
-stop: the training loop finishes its current step, writes a resumable checkpoint and ends. A
-second signal stops the process at once.
+SLURM and Kubernetes send SIGTERM some time before they kill a job (SLURM's ``--signal=USR1``
+sends SIGUSR1); Ctrl-C sends SIGINT; a closed terminal sends SIGHUP. While :class:`StopRequest`
+is installed, the first of these signals only records that the run should stop: the training
+loop finishes its current step, writes a resumable checkpoint and ends. A second signal stops
+the process at once.
 """
 
 from __future__ import annotations
@@ -12,20 +13,40 @@ import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-HANDLED = (signal.SIGTERM, signal.SIGINT)
+HANDLED = (signal.SIGTERM, signal.SIGINT)  # always
+OPTIONAL = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGHUP") if hasattr(signal, name))
+
+
+def parse_stop_signals(text: str) -> Tuple[int, ...]:
+    """``config.stop_signals`` (e.g. ``"SIGUSR1,SIGHUP"``, or ``""``) as signal numbers.
+
+    Raises:
+        ValueError: a name that is not one of :data:`OPTIONAL`, with the valid ones.
+    """
+    names = [name.strip().upper() for name in text.split(",") if name.strip()]
+    valid = {signal.Signals(number).name: number for number in OPTIONAL}
+    unknown = [name for name in names if name not in valid]
+    if unknown:
+        raise ValueError(f"unknown signal(s) {unknown}; give a comma-separated list of some of {sorted(valid)} "
+                         "(SIGTERM and SIGINT always stop a run cleanly), or an empty string")
+    return tuple(valid[name] for name in names)
 
 
 class StopRequest:
-    """Records the first SIGTERM or SIGINT while installed (a context manager).
+    """Records the first SIGTERM, SIGINT or one of ``extra`` while installed (a context manager).
+
+    Args:
+        extra: more signals that stop the run the same way (e.g. SIGUSR1, SIGHUP).
 
     Attributes:
         signal_number: the signal received, or ``None``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, extra: Tuple[int, ...] = ()) -> None:
         self.signal_number: Optional[int] = None
+        self.handled = HANDLED + tuple(extra)
         self._previous: Dict[int, Any] = {}
 
     @property
@@ -45,7 +66,7 @@ class StopRequest:
 
     def __enter__(self) -> "StopRequest":
         if threading.current_thread() is threading.main_thread():
-            for number in HANDLED:
+            for number in self.handled:
                 self._previous[number] = signal.signal(number, self._handle)
         return self
 

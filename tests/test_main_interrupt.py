@@ -67,7 +67,7 @@ def assert_same_final_weights(save_dir, expected):
         assert torch.equal(final["state_dict"][key], value), key
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])  # SIGUSR1: SLURM's --signal=USR1
 def test_a_signal_saves_reports_and_exits_then_resume_finishes_exactly(tmp_path, uninterrupted, sig):
     process = start_main(tmp_path)
     wait_for(process, lambda: list(tmp_path.glob("*.last.pt")))  # past the first epoch

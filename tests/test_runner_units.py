@@ -264,6 +264,23 @@ def test_linear_warmup_cosine_is_per_step():
     assert _lrs(config, 2, 3) == pytest.approx([1.0, 0.5, 0.0], abs=1e-12)
 
 
+# ----- signals ---------------------------------------------------------------------------
+def test_the_configured_signals_stop_a_run_and_others_are_refused():
+    import signal
+
+    from runner.signals import StopRequest, parse_stop_signals
+
+    assert parse_stop_signals(config_file.get_config().stop_signals) == (signal.SIGUSR1, signal.SIGHUP)
+    assert parse_stop_signals(" sighup ,") == (signal.SIGHUP,) and parse_stop_signals("") == ()
+    previous = signal.getsignal(signal.SIGHUP)
+    with StopRequest(parse_stop_signals("SIGHUP")) as request:
+        os.kill(os.getpid(), signal.SIGHUP)
+        assert request.signal_number == signal.SIGHUP
+    assert signal.getsignal(signal.SIGHUP) is previous
+    with pytest.raises(ConfigError, match=r"config.stop_signals='SIGKILL'.*some of \['SIGHUP', 'SIGUSR1'\]"):
+        resolved(stop_signals="SIGKILL")
+
+
 # ----- sampler ---------------------------------------------------------------------------
 def test_shards_cover_the_data_and_resume_mid_epoch():
     shards = [ShardSampler(10, shuffle=True, seed=3, rank=r, world_size=3) for r in range(3)]
