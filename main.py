@@ -237,14 +237,14 @@ def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context
         if not (config.train or config.pretrained):
             logging.warning("Testing an untrained model (config.train=False without "
                             "config.pretrained=True).")
+        prefix = paths.test_report_prefix(best_path, config)
         results = tester.test(model, loaders.test, loaders.batch_transform, context.device,
                               amp=config.amp, num_classes=data.num_classes,
-                              num_angles=config.rotation_angles,
-                              prefix=paths.output_prefix(best_path),
+                              num_angles=config.rotation_angles, prefix=prefix,
                               title=f"{config.model} on {config.dataset}")
         logger.summary({f"test_{k}": v for k, v in results.items()
                         if isinstance(v, float)})
-        rotation_png = pathlib.Path(f"{paths.output_prefix(best_path)}.rotation.png")
+        rotation_png = pathlib.Path(f"{prefix}.rotation.png")
         logger.test_report(results, rotation_png if config.rotation_angles else None)
         return RunResult(model, results, best_path)
     finally:

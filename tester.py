@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 import datasets
 from datasets.base import RotatedImageDataset
 from runner.precision import AMP_DTYPES
+from runner.files import atomic_write
 from runner.reporting import write_csv
 
 
@@ -198,7 +199,7 @@ def write_rotation_curve(curve: List[Dict[str, float]], prefix: pathlib.Path, ti
              title=title, xlim=(0, 360), ylim=(0, 1.02))
     axes.grid(alpha=0.3)
     figure.tight_layout()
-    figure.savefig(png_path, dpi=120)
+    atomic_write(png_path, lambda handle: figure.savefig(handle, dpi=120, format="png"))
     plt.close(figure)
     return [csv_path, png_path]
 
@@ -255,8 +256,8 @@ def write_reports(results: Dict[str, object], prefix: pathlib.Path,
                   title: str) -> List[pathlib.Path]:
     """Writes ``<prefix>.test.json`` and the rotation curve files; returns their paths."""
     json_path = pathlib.Path(f"{prefix}.test.json")
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2))
+    text = json.dumps(results, indent=2)
+    atomic_write(json_path, lambda handle: handle.write(text), text=True)  # never a truncated report
     written = [json_path]
     if "rotation_curve" in results:
         written += write_rotation_curve(results["rotation_curve"], prefix, title, results.get("blur_curve"))

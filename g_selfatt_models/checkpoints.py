@@ -367,6 +367,12 @@ def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "
     saved = read(path)
     if is_project_checkpoint(saved):
         config = dict(saved["config"])
+        for name, asked, held in (("model", model, saved["model"]), ("dataset", dataset, config["dataset"])):
+            if asked and asked != held:
+                raise CheckpointError(
+                    f"{path} holds {saved['model']} trained on {config['dataset']}, not the {name} {asked!r} "
+                    f"asked for; leave {name}= out (a checkpoint of this project names its model and dataset) "
+                    "or give another file.")
         model, dataset = saved["model"], config["dataset"]
     elif not (model and dataset):
         raise CheckpointError(

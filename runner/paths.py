@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 from typing import Any, Dict, List, Mapping
 
@@ -173,6 +174,24 @@ REPORT_FOLDERS = (".tensorboard",)
 def output_prefix(best_path: pathlib.Path) -> pathlib.Path:
     """Prefix of the reports (metrics, test results, rotation curve) written next to the checkpoint."""
     return best_path.with_suffix("")
+
+
+def test_report_prefix(best_path: pathlib.Path, config: Mapping[str, Any]) -> pathlib.Path:
+    """Prefix of the test reports: the run's own, except for a test-only run of another checkpoint.
+
+    ``--config.train=False --config.pretrained=True --config.checkpoint=OTHER`` tests OTHER with this
+    run's flags; its reports go to ``<prefix>.tested/<OTHER's stem>_<hash of its path>.*``, so they
+    never replace the reports of the run's own checkpoint (nor those of a third file).
+    """
+    prefix = output_prefix(best_path)
+    if config["train"] or not config["checkpoint"]:
+        return prefix
+    other = pathlib.Path(config["checkpoint"]).expanduser().resolve()
+    if other == best_path.resolve():
+        return prefix
+    stem = re.sub(r"[^A-Za-z0-9._+-]", "_", other.stem)[:180]  # a file name stays under 255 bytes
+    tag = hashlib.sha256(str(other).encode()).hexdigest()[:HASH_DIGITS]
+    return prefix.with_name(f"{prefix.name}.tested") / f"{stem}_{tag}"
 
 
 def prepare_folder(best_path: pathlib.Path) -> None:

@@ -83,6 +83,20 @@ def test_pretrained_loads_an_original_style_module_prefixed_state_dict(tmp_path)
         assert torch.equal(loaded.state_dict()[key], value), key
 
 
+def test_a_test_of_another_checkpoint_writes_reports_of_its_own(tmp_path):
+    tiny = dict(dataset="rotDigits", model="z2sa", max_examples=8, rotation_angles=0)
+    own = main.run(make_config(tmp_path, **tiny))
+    other = main.run(make_config(tmp_path, seed=1, **tiny)).checkpoint
+    own_report = pathlib.Path(f"{paths.output_prefix(own.checkpoint)}.test.json")
+    before = own_report.read_bytes()
+    main.run(make_config(tmp_path, train=False, pretrained=True, checkpoint=str(other), **tiny))
+    assert own_report.read_bytes() == before
+    theirs = list(own_report.parent.glob(f"{paths.output_prefix(own.checkpoint).name}.tested/*.test.json"))
+    assert len(theirs) == 1 and theirs[0].name.startswith(other.stem[:180])
+    main.run(make_config(tmp_path, train=False, pretrained=True, checkpoint=str(own.checkpoint), **tiny))
+    assert len(list(own_report.parent.rglob("*.test.json"))) == 3  # its own checkpoint: its own report
+
+
 def test_pretrained_state_dict_of_another_model_reports_the_keys(tmp_path):
     other = _trained_model(tmp_path / "a")
     path = tmp_path / "other.pth"

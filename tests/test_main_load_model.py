@@ -43,6 +43,12 @@ def test_bad_requests_name_the_problem():
         main.load_model(released, model="p5cnn", dataset="rotMNIST")
     with pytest.raises(CheckpointError, match="No checkpoint"):
         main.load_model(REPO_ROOT / "saved" / "missing.pt")
+    shipped = next((REPO_ROOT / "saved").glob("rotDigits_model_z2sa_*.pt"))
+    with pytest.raises(CheckpointError, match="holds z2sa trained on rotDigits, not the model 'p4cnn'"):
+        main.load_model(shipped, model="p4cnn")
+    with pytest.raises(CheckpointError, match="not the dataset 'rotMNIST'"):
+        main.load_model(shipped, model="z2sa", dataset="rotMNIST")
+    assert type(main.load_model(shipped, model="z2sa", dataset="rotDigits")).__name__ == "GroupTransformer"
 
 
 def test_original_gsa_weights_reproduce_the_original_logits_by_default(caplog):
