@@ -237,8 +237,8 @@ def check_run_files(best_path: pathlib.Path, identity: Mapping[str, Any], family
     """Refuses to train into files that belong to the project or to another run.
 
     * The checkpoints shipped in ``saved/`` are never written.
-    * A file that holds a run of another configuration (possible only with ``config.path``)
-      is never overwritten.
+    * A file that holds a run of another configuration (possible only with ``config.path``), or
+      that cannot be read as a checkpoint at all, is never overwritten nor deleted.
     * A run of the same configuration is continued only with ``resume`` and replaced only
       with ``overwrite``; ``overwrite`` deletes its files first, so that the two runs' files
       never mix.
@@ -260,10 +260,11 @@ def check_run_files(best_path: pathlib.Path, identity: Mapping[str, Any], family
     for path in existing:
         try:
             saved = checkpoint.read(path)
-        except CheckpointError:
-            if overwrite:
-                continue
-            raise
+        except CheckpointError as error:  # not provably a file of this runner: never deleted
+            raise ConfigError(
+                f"{path} exists and cannot be read as a checkpoint ({str(error).splitlines()[0]}); a run "
+                "never deletes or replaces a file it cannot identify as its own, --config.overwrite=True "
+                "included. Move or delete the file yourself, or choose another --config.path.") from None
         state = saved.get("train_state", {})
         if not checkpoint.is_project_checkpoint(saved):
             raise ConfigError(f"{path} exists and is not a checkpoint of this project's runner; "

@@ -119,6 +119,15 @@ def test_a_file_of_another_configuration_is_never_overwritten(tmp_path, trained)
         main.run(other)
 
 
+@pytest.mark.parametrize("content", [b"my notes, not a checkpoint\n", b""])
+def test_overwrite_never_deletes_a_file_it_cannot_read_as_its_own(tmp_path, content):
+    mine = tmp_path / "notes.pt"
+    mine.write_bytes(content)
+    with pytest.raises(ConfigError, match="cannot be read as a checkpoint.*never deletes or replaces"):
+        main.run(make_config(tmp_path, **TINY, path=str(mine), overwrite=True))
+    assert mine.read_bytes() == content
+
+
 # ----- damaged checkpoints ----------------------------------------------------------------------
 def _flip_one_weight_bit(source, target):
     """Copies ``source`` to ``target`` with one bit changed inside the largest tensor's bytes."""
