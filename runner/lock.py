@@ -9,6 +9,8 @@ import socket
 import time
 from typing import Any, Optional
 
+from absl import logging
+
 from runner.errors import ConfigError
 
 
@@ -38,10 +40,16 @@ class RunLock:
             ConfigError: another process holds it (with its pid, host and start time).
         """
         while True:
-            handle = open(self.path, "a+")
+            try:
+                handle = open(self.path, "a+")
+            except OSError as error:
+                raise ConfigError(
+                    f"Cannot create the run's lock file {self.path} ({error.strerror or error}): the run "
+                    "could not write its checkpoints there either. Choose a writable folder with "
+                    "--config.save_dir=DIR or --config.path=FILE.") from None
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
+            except BlockingIOError:
                 handle.seek(0)
                 holder = handle.read().strip() or "an unknown process"
                 handle.close()
@@ -51,6 +59,13 @@ class RunLock:
                     "this run apart with --config.comment=NAME (or another --config.seed or "
                     "--config.path)."
                 ) from None
+            except OSError as error:  # the filesystem has no flock (some network filesystems)
+                logging.warning(
+                    "The filesystem of %s does not support locks (%s): this run goes on without one, so "
+                    "nothing keeps a second run of this configuration out of its files; start only one.",
+                    self.path.parent, error.strerror or error)
+                handle.close()
+                return
             if _same_file(handle, self.path):
                 break
             handle.close()  # the holder removed the file as we locked it: lock the new one

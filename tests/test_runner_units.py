@@ -619,3 +619,27 @@ def test_load_strict_accepts_the_derived_buffers_of_older_files_and_checks_their
     wrong = dict(older, **{"lifting_self_attention.row_indices": torch.zeros(4, 3, 3)})
     with pytest.raises(checkpoint.CheckpointError, match=r"Shape mismatches \(1\): lifting_self_attention.row_indices"):
         checkpoint.load_strict(models.create_model("p4sa", dataset="rotDigits"), wrong, tmp_path / "wrong.pt")
+
+
+# ----- lock --------------------------------------------------------------------------------------
+def test_a_filesystem_without_flock_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+    import errno
+    import fcntl
+    import logging
+
+    from runner.lock import RunLock
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with caplog.at_level(logging.WARNING), RunLock(tmp_path / "run.pt"):
+        pass
+    assert "does not support locks (No locks available)" in caplog.text and "start only one" in caplog.text
+
+
+def test_a_lock_file_that_cannot_be_created_is_one_paragraph():
+    from runner.lock import RunLock
+
+    with pytest.raises(ConfigError, match=r"Cannot create the run's lock file .* writable folder"):
+        RunLock(pathlib.Path("/proc/no-such-folder/run.pt")).acquire()
