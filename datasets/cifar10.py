@@ -25,7 +25,7 @@ import torch
 
 from datasets.archives import read_tar_members
 from datasets.base import TensorImageDataset, resolve_valid_size, split_random
-from datasets.download import Resource, fetch_resource, load_cache, save_cache
+from datasets.download import Resource, fetch_resource, load_cache, save_parse_cache
 from datasets.errors import CorruptFileError, missing_files_error
 
 FOLDER = "CIFAR10"
@@ -122,7 +122,7 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
             "test_images": test_images,
             "test_labels": test_labels,
         }
-        save_cache(cache, folder / CACHE_FILE)
+        save_parse_cache(cache, folder / CACHE_FILE)
     return (TensorImageDataset(cache["train_images"], cache["train_labels"], folder),
             TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
 

@@ -164,6 +164,16 @@ def save_cache(tensors: Any, path: Path) -> None:
         temporary.unlink(missing_ok=True)
 
 
+def save_parse_cache(tensors: Any, path: Path) -> None:
+    """:func:`save_cache` for a cache that only saves time: where it cannot be written (a read-only
+    or full dataset folder, shared by a cluster's users) it is skipped with one log line."""
+    try:
+        save_cache(tensors, path)
+    except OSError as error:
+        logger.warning("Could not write the parse cache %s (%s); the raw files are parsed again next time.",
+                       path, error.strerror or error)
+
+
 def load_cache(path: Path, keys: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
     """Loads a cache written by :func:`save_cache`; ``None`` when there is none.
 

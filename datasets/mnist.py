@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from datasets.base import TensorImageDataset, resolve_valid_size, split_tail
-from datasets.download import Resource, fetch_resource, load_cache, save_cache
+from datasets.download import Resource, fetch_resource, load_cache, save_parse_cache
 from datasets.errors import CorruptFileError, missing_files_error
 
 FOLDER = "MNIST"
@@ -113,7 +113,7 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
     cache = load_cache(folder / CACHE_FILE, _CACHE_KEYS)
     if cache is None:
         cache = _parse(_locate(folder, download))
-        save_cache(cache, folder / CACHE_FILE)
+        save_parse_cache(cache, folder / CACHE_FILE)
     return (TensorImageDataset(cache["train_images"], cache["train_labels"], folder),
             TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
 

@@ -29,7 +29,7 @@ import torch
 
 from datasets.archives import read_zip_members
 from datasets.base import TensorImageDataset, resolve_valid_size, split_tail
-from datasets.download import Resource, fetch_resource, load_cache, save_cache
+from datasets.download import Resource, fetch_resource, load_cache, save_cache, save_parse_cache
 from datasets.errors import CorruptFileError, missing_files_error
 
 FOLDER = "rotMNIST"
@@ -120,7 +120,7 @@ def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImag
                                                 f"{origin / TRAIN_VALID_FILE}")
         test_images, test_labels = parse_amat(texts[TEST_FILE], f"{origin / TEST_FILE}")
         cache = dict(zip(_CACHE_KEYS, (train_images, train_labels, test_images, test_labels)))
-        save_cache(cache, folder / CACHE_FILE)
+        save_parse_cache(cache, folder / CACHE_FILE)
     return (TensorImageDataset(cache["train_valid_images"], cache["train_valid_labels"], folder),
             TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
 

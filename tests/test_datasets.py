@@ -662,3 +662,23 @@ def test_a_damaged_attgconv_npz_is_a_corrupt_file(tmp_path, content):
             (tmp_path / name).write_bytes(content)
     with pytest.raises(CorruptFileError, match="train_all.npz is corrupt.*arrays 'data'"):
         datasets.load_splits("rotMNIST", tmp_path, valid_size=1)
+
+
+@pytest.mark.parametrize("dataset, writer", [("rotMNIST", fixture_data.make_rotmnist),
+                                             ("MNIST", fixture_data.make_mnist),
+                                             ("CIFAR10", fixture_data.make_cifar10)])
+def test_a_read_only_dataset_folder_is_read_without_its_parse_cache(tmp_path, monkeypatch, caplog, dataset, writer):
+    import logging
+
+    from datasets import download
+
+    writer(tmp_path)
+
+    def read_only(tensors, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(download, "save_cache", read_only)  # what a folder the user cannot write gives
+    with caplog.at_level(logging.WARNING):
+        splits = datasets.load_splits(dataset, tmp_path, valid_size=2)
+    assert len(splits.train) > 0 and len(splits.test) > 0
+    assert "Could not write the parse cache" in caplog.text and "Permission denied" in caplog.text
