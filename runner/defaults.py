@@ -277,6 +277,17 @@ def parse_checkpoint_every(text: str) -> Tuple[int, float]:
     return 0, float(number) * _SECONDS[unit]
 
 
+def parse_with_config_flags(parser: "argparse.ArgumentParser", argv: Sequence[str]) -> "argparse.Namespace":
+    """``parser``'s options from ``argv``, with the ``--config.<field>=<value>`` flags it leaves in
+    ``extra`` (for scripts that pass them on to ``main.py``); anything else is refused by ``parser``."""
+    args, extra = parser.parse_known_args(argv)
+    unknown = [arg for arg in extra if not arg.startswith("--config.")]
+    if unknown:
+        parser.error(f"unrecognised arguments {unknown}; only --config.<field>=<value> is passed to main.py")
+    args.extra = extra
+    return args
+
+
 def check_field_names(argv: Sequence[str]) -> None:
     """Checks that every ``--config.<field>`` flag names a field of ``config.py``.
 

@@ -117,12 +117,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="threads of each run")
     parser.add_argument("--save-dir", type=pathlib.Path, default=REPO_ROOT / "saved" / "rotMNIST5k_search")
     parser.add_argument("--log", type=pathlib.Path, default=REPO_ROOT / "runs" / "rotMNIST5k" / "search.csv")
-    args, extra = parser.parse_known_args(argv)
-    unknown = [item for item in extra if not item.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
-    args.extra = extra
-    return args
+    from runner.defaults import parse_with_config_flags
+
+    return parse_with_config_flags(parser, argv)
 
 
 def main(argv: Sequence[str]) -> int:

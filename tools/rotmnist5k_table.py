@@ -266,12 +266,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--ship", action="store_true",
                         help="copy the best GSA-Net and attentive G-CNN into --saved-dir (see above)")
     parser.add_argument("--saved-dir", type=pathlib.Path, default=REPO_ROOT / "saved")
-    args, extra = parser.parse_known_args(argv)
-    unknown = [arg for arg in extra if not arg.startswith("--config.")]
-    if unknown:
-        parser.error(f"unrecognised arguments {unknown}; only --config.<field>=<value> is passed to main.py")
-    args.extra = extra
-    return args
+    from runner.defaults import parse_with_config_flags
+
+    return parse_with_config_flags(parser, argv)
 
 
 def recorded_rows(path: pathlib.Path) -> List[Dict[str, str]]:
