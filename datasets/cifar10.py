@@ -25,7 +25,7 @@ import torch
 
 from datasets.archives import read_tar_members
 from datasets.base import TensorImageDataset, resolve_valid_size, split_random
-from datasets.download import Resource, fetch_resource, load_cache, save_parse_cache
+from datasets.download import Resource, fetch_resource, cached_train_test
 from datasets.errors import CorruptFileError, missing_files_error
 
 FOLDER = "CIFAR10"
@@ -40,7 +40,6 @@ TEST_BATCH = "test_batch"
 CACHE_FILE = "CIFAR10.pt"
 DEFAULT_VALID_SIZE = 5000
 IMAGE_SIZE = 32
-_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
@@ -111,20 +110,16 @@ def _raw_batches(folder: Path, download: bool) -> Tuple[Dict[str, bytes], Path]:
 def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImageDataset]:
     """The 50,000 training and 10,000 test images, parsed once and then cached."""
     folder = Path(root) / FOLDER
-    cache = load_cache(folder / CACHE_FILE, _CACHE_KEYS)
-    if cache is None:
+
+    def parse() -> Dict[str, torch.Tensor]:
         batches, origin = _raw_batches(folder, download)
         train = [parse_batch(batches[name], f"{origin / name}") for name in TRAIN_BATCHES]
         test_images, test_labels = parse_batch(batches[TEST_BATCH], f"{origin / TEST_BATCH}")
-        cache = {
-            "train_images": torch.cat([images for images, _ in train]),
-            "train_labels": torch.cat([labels for _, labels in train]),
-            "test_images": test_images,
-            "test_labels": test_labels,
-        }
-        save_parse_cache(cache, folder / CACHE_FILE)
-    return (TensorImageDataset(cache["train_images"], cache["train_labels"], folder),
-            TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
+        return {"train_images": torch.cat([images for images, _ in train]),
+                "train_labels": torch.cat([labels for _, labels in train]),
+                "test_images": test_images, "test_labels": test_labels}
+
+    return cached_train_test(folder / CACHE_FILE, parse)
 
 
 def build_splits(root: Path, *, validation: str, download: bool, seed: int,

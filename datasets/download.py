@@ -16,7 +16,7 @@ import os
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
@@ -191,3 +191,20 @@ def load_cache(path: Path, keys: Tuple[str, ...]) -> Optional[Dict[str, Any]]:
     if missing:
         raise CorruptFileError(path, f"parsed cache lacks {missing}")
     return tensors
+
+
+TRAIN_TEST_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
+
+
+def cached_train_test(cache_path: Path, parse: Callable[[], Dict[str, torch.Tensor]]) -> Tuple["TensorImageDataset", ...]:
+    """(train, test) datasets from the parse cache ``cache_path`` (keys :data:`TRAIN_TEST_KEYS`),
+    else from ``parse()`` (which reads the raw files), then cached with :func:`save_parse_cache`."""
+    from datasets.base import TensorImageDataset
+
+    cache = load_cache(cache_path, TRAIN_TEST_KEYS)
+    if cache is None:
+        cache = parse()
+        save_parse_cache(cache, cache_path)
+    folder = Path(cache_path).parent
+    return (TensorImageDataset(cache["train_images"], cache["train_labels"], folder),
+            TensorImageDataset(cache["test_images"], cache["test_labels"], folder))

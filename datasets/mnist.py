@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from datasets.base import TensorImageDataset, resolve_valid_size, split_tail
-from datasets.download import Resource, fetch_resource, load_cache, save_parse_cache
+from datasets.download import Resource, fetch_resource, cached_train_test
 from datasets.errors import CorruptFileError, missing_files_error
 
 FOLDER = "MNIST"
@@ -36,7 +36,6 @@ RESOURCES = tuple(Resource(name, tuple(mirror + name for mirror in MIRRORS), md5
                   for name, md5 in MD5.items())
 CACHE_FILE = "MNIST.pt"
 DEFAULT_VALID_SIZE = 10000
-_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _UBYTE = 0x08
 
 
@@ -110,12 +109,7 @@ def _parse(paths: Dict[str, Path]) -> Dict[str, torch.Tensor]:
 def load_raw(root: Path, download: bool) -> Tuple[TensorImageDataset, TensorImageDataset]:
     """The 60,000 training and 10,000 test images, parsed once and then cached."""
     folder = Path(root) / FOLDER
-    cache = load_cache(folder / CACHE_FILE, _CACHE_KEYS)
-    if cache is None:
-        cache = _parse(_locate(folder, download))
-        save_parse_cache(cache, folder / CACHE_FILE)
-    return (TensorImageDataset(cache["train_images"], cache["train_labels"], folder),
-            TensorImageDataset(cache["test_images"], cache["test_labels"], folder))
+    return cached_train_test(folder / CACHE_FILE, lambda: _parse(_locate(folder, download)))
 
 
 def build_splits(root: Path, *, validation: str, download: bool, seed: int,
