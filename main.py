@@ -17,11 +17,12 @@ import runner.threads  # first: sets the OpenMP wait policy before torch loads
 
 import contextlib
 import dataclasses
+import os
 import pathlib
 import random
 import shlex
 import sys
-from typing import Any, Dict, Sequence
+from typing import Any, Dict, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -287,10 +288,16 @@ def report_user_error(error: BaseException) -> None:
     print(f"Error ({type(error).__name__}): {error}", file=sys.stderr)
 
 
-def resume_command(argv: Sequence[str]) -> str:
-    """The command line that continues the run started by ``argv``."""
+def resume_command(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> str:
+    """The command line that continues the run started by ``argv``, under torchrun when it ran under
+    torchrun (with its number of processes per machine and of machines)."""
     kept = [arg for arg in argv[1:] if not arg.startswith(("--config.resume", "--config.overwrite"))]
     command = ["python", argv[0]] if argv[0].endswith(".py") else [pathlib.Path(argv[0]).name]
+    if "TORCHELASTIC_RUN_ID" in environ and argv[0].endswith(".py"):
+        local = int(environ.get("LOCAL_WORLD_SIZE", "1"))
+        machines = int(environ.get("WORLD_SIZE", local)) // local
+        command = ["torchrun", f"--nproc_per_node={local}", *([f"--nnodes={machines}"] if machines > 1 else []),
+                   argv[0]]
     return shlex.join([*command, *kept, "--config.resume=True"])
 
 

@@ -152,6 +152,11 @@ class Trainer:
         self.schedule.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         self.state = TrainState(**saved["train_state"])
+        if self.state.best_epoch >= 0 and not self.best_path.is_file():
+            raise CheckpointError(
+                f"Cannot resume: the run's best checkpoint {self.best_path} (epoch {self.state.best_epoch:g}) is "
+                "missing, so the resumed run would train on and then have no selected model to test. "
+                "Put the file back, or train again from the start with --config.overwrite=True.")
         self._restore_random_states(saved.get("random_states"))
         logging.info("Resumed from %s at epoch %d, batch %d, step %d.", self.last_path,
                      self.state.epoch, self.state.batch_in_epoch, self.state.step)
@@ -179,10 +184,12 @@ class Trainer:
                             "resumed run is not an exact continuation.", self.last_path)
             return
         if len(states) != self.context.world_size:
-            logging.warning("%s was written by %d process(es), this run has %d: the resumed run "
-                            "is not an exact continuation.", self.last_path, len(states),
-                            self.context.world_size)
-            return
+            raise CheckpointError(
+                f"{self.last_path} was written by a run of {len(states)} process(es); this one has "
+                f"{self.context.world_size}, which would shard the data otherwise and not continue it "
+                f"exactly. Resume with {len(states)} process(es)"
+                + (f" (torchrun --nproc_per_node={len(states)} on one machine)." if len(states) > 1 else
+                   " (python main.py, without torchrun)."))
         random_state.restore(states[self.context.rank], self._generators())
 
     def _generators(self) -> Dict[str, torch.Generator]:

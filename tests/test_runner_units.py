@@ -643,3 +643,27 @@ def test_a_lock_file_that_cannot_be_created_is_one_paragraph():
 
     with pytest.raises(ConfigError, match=r"Cannot create the run's lock file .* writable folder"):
         RunLock(pathlib.Path("/proc/no-such-folder/run.pt")).acquire()
+
+
+def test_the_resume_command_is_the_launch_command():
+    import main
+
+    argv = ["main.py", "--config.model=z2sa", "--config.overwrite=True"]
+    assert main.resume_command(argv, {}) == "python main.py --config.model=z2sa --config.resume=True"
+    two = {"TORCHELASTIC_RUN_ID": "x", "LOCAL_WORLD_SIZE": "2", "WORLD_SIZE": "2"}
+    assert main.resume_command(argv, two) == ("torchrun --nproc_per_node=2 main.py --config.model=z2sa "
+                                              "--config.resume=True")
+    four = dict(two, WORLD_SIZE="4")
+    assert main.resume_command(argv, four).startswith("torchrun --nproc_per_node=2 --nnodes=2 main.py ")
+
+
+def test_resume_refuses_a_missing_best_checkpoint_and_another_number_of_processes(tmp_path):
+    run = _trainer(tmp_path)
+    run.fit()
+    resumed = _trainer(tmp_path)
+    resumed.context = distributed.Context(torch.device("cpu"), rank=0, world_size=2)
+    with pytest.raises(CheckpointError, match=r"run of 1 process\(es\); this one has 2.*python main.py"):
+        resumed.resume()
+    (tmp_path / "toy.pt").unlink()
+    with pytest.raises(CheckpointError, match="best checkpoint .*toy.pt \\(epoch 1\\) is missing"):
+        _trainer(tmp_path).resume()
