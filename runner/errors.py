@@ -15,6 +15,10 @@ class ConfigError(RunnerError):
     """An invalid or inconsistent configuration value."""
 
 
+class StorageError(RunnerError):
+    """A file of the run could not be written (a full disk, a read-only folder)."""
+
+
 class DeviceError(RunnerError):
     """A requested device that is not available."""
 

@@ -13,6 +13,8 @@ import pathlib
 import tempfile
 from typing import IO, Callable
 
+from runner.errors import StorageError
+
 
 def atomic_write(path: pathlib.Path, write: Callable[[IO], None], *, text: bool = False) -> None:
     """Creates or replaces ``path`` with what ``write(handle)`` writes.
@@ -23,8 +25,11 @@ def atomic_write(path: pathlib.Path, write: Callable[[IO], None], *, text: bool 
         text: open the handle in text mode (newline="") instead of binary mode.
     """
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise StorageError(_storage_message(path, error)) from None
     try:
         with os.fdopen(handle, "w" if text else "wb", **({"newline": ""} if text else {})) as tmp:
             write(tmp)
@@ -32,10 +37,26 @@ def atomic_write(path: pathlib.Path, write: Callable[[IO], None], *, text: bool 
             os.fsync(tmp.fileno())
         os.chmod(tmp_name, 0o666 & ~umask())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
+        if isinstance(error, OSError) or (isinstance(error, RuntimeError) and _is_write_failure(error)):
+            raise StorageError(_storage_message(path, error)) from None
         raise
+
+
+def _is_write_failure(error: RuntimeError) -> bool:
+    """Whether torch.save's ``RuntimeError`` reports a failed write (a full disk, for one)."""
+    text = str(error)
+    return "inline_container" in text or "file write failed" in text or "unexpected pos" in text
+
+
+def _storage_message(path: pathlib.Path, error: BaseException) -> str:
+    reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+    return (f"Could not write {path} ({reason}): the disk is full or the folder is not writable. The "
+            "previous version of the file, if there was one, is intact. Free space or make the folder "
+            "writable (or write elsewhere: --config.save_dir=DIR), then go on with --config.resume=True "
+            "if the run had started training.")
 
 
 def umask() -> int:

@@ -341,3 +341,64 @@ def test_a_diverging_run_stops_with_an_error_and_saves_no_best_model(tmp_path):
     saved = checkpoint.read(next(tmp_path.glob("*.last.pt")))
     assert all(bool(torch.isfinite(value).all()) for value in saved["state_dict"].values()
                if value.is_floating_point())
+
+
+# ----- full and read-only folders -----------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 64 KiB filesystem (tmpfs), where the system lets the tests mount one."""
+    import subprocess
+
+    folder = tmp_path / "small"
+    folder.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(folder)],
+                             capture_output=True).returncode == 0
+    if not mounted:
+        pytest.skip("cannot mount a tmpfs here (needs root); the full-disk path is covered by the simulated test")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
+
+
+def test_a_full_disk_is_one_paragraph_and_leaves_no_partial_file(tmp_path, small_disk, capsys):
+    code = main.run_cli(make_config(tmp_path, **TINY, save_dir=str(small_disk)))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "Error (StorageError): Could not write" in err and "No space left on device" in err
+    assert "--config.save_dir=DIR" in err
+    assert not [path for path in small_disk.iterdir() if path.name.endswith(".tmp")]  # no partial file left
+
+
+def test_a_write_error_of_torch_save_is_a_storage_error(tmp_path, monkeypatch):
+    import errno
+
+    from runner import files
+    from runner.errors import StorageError
+
+    target = tmp_path / "state.pt"
+    target.write_bytes(b"old")
+
+    def failing(handle):
+        handle.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    with pytest.raises(StorageError, match="Could not write .*state.pt .*unexpected pos"):
+        files.atomic_write(target, failing)
+    assert target.read_bytes() == b"old" and list(tmp_path.iterdir()) == [target]
+
+    def disk_full(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(StorageError, match="No space left on device"):
+        files.atomic_write(target, disk_full)
+    with pytest.raises(ValueError):  # a bug in the writer stays a bug
+        files.atomic_write(target, lambda handle: int("x"))
+
+
+def test_a_read_only_save_folder_is_one_paragraph(tmp_path, small_disk, capsys):
+    import subprocess
+
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    code = main.run_cli(make_config(tmp_path, **TINY, save_dir=str(small_disk)))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "is not writable" in err and "--config.save_dir" in err
