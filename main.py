@@ -21,6 +21,7 @@ import os
 import pathlib
 import random
 import shlex
+import signal
 import sys
 from typing import Any, Dict, Mapping, Sequence
 
@@ -42,6 +43,7 @@ from runner.defaults import check_field_names, field_help, resolve_config
 from runner.errors import CheckpointError, ConfigError, RunInterrupted, RunnerError
 from runner.lock import RunLock
 from runner.reporting import MetricLogger, log_file
+from runner.signals import parse_stop_signals, stop_at_once
 
 # Errors caused by the user's input: reported in one paragraph, without a traceback.
 USER_ERRORS = (RunnerError, CheckpointError, datasets.DatasetNotFoundError, datasets.ChecksumError,
@@ -239,10 +241,12 @@ def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context
             logging.warning("Testing an untrained model (config.train=False without "
                             "config.pretrained=True).")
         prefix = paths.test_report_prefix(best_path, config)
-        results = tester.test(model, loaders.test, loaders.batch_transform, context.device,
-                              amp=config.amp, num_classes=data.num_classes,
-                              num_angles=config.rotation_angles, prefix=prefix,
-                              title=f"{config.model} on {config.dataset}")
+        with stop_at_once(parse_stop_signals(config.stop_signals),
+                          lambda number: _stopped_in_test(number, config, best_path)):
+            results = tester.test(model, loaders.test, loaders.batch_transform, context.device,
+                                  amp=config.amp, num_classes=data.num_classes,
+                                  num_angles=config.rotation_angles, prefix=prefix,
+                                  title=f"{config.model} on {config.dataset}")
         logger.summary({f"test_{k}": v for k, v in results.items()
                         if isinstance(v, float)})
         rotation_png = pathlib.Path(f"{prefix}.rotation.png")
@@ -250,6 +254,14 @@ def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context
         return RunResult(model, results, best_path)
     finally:
         logger.close()
+
+
+def _stopped_in_test(signal_number: int, config: config_dict.ConfigDict, best_path: pathlib.Path) -> RunInterrupted:
+    """The error that ends a run whose test a signal stopped (its reports are not written)."""
+    trained = (f"training had finished and {best_path} holds the selected model" if config.train
+               else "nothing was trained")
+    return RunInterrupted(f"Stopped by {signal.Signals(signal_number).name} during the test; {trained}.",
+                          signal_number, str(best_path), resumable=False)
 
 
 @contextlib.contextmanager
@@ -301,6 +313,13 @@ def resume_command(argv: Sequence[str], environ: Mapping[str, str] = os.environ)
     return shlex.join([*command, *kept, "--config.resume=True"])
 
 
+def test_command(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -> str:
+    """The command line that only tests the selected model of the run started by ``argv``."""
+    kept = [arg for arg in argv if not arg.startswith(("--config.train", "--config.pretrained"))]
+    return resume_command(kept, environ).replace(
+        "--config.resume=True", "--config.train=False --config.pretrained=True")
+
+
 def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) -> int:
     """Runs ``config``; returns the exit status.
 
@@ -310,7 +329,9 @@ def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) 
     try:
         run(config)
     except RunInterrupted as error:
-        print(f"{error} Resume with: {resume_command(argv)}", file=sys.stderr)
+        follow = (f"Resume with: {resume_command(argv)}" if error.resumable else
+                  f"Test it with: {test_command(argv)}")
+        print(f"{error} {follow}", file=sys.stderr)
         return error.exit_code
     except USER_ERRORS as error:
         report_user_error(error)

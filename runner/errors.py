@@ -33,12 +33,14 @@ class RunInterrupted(RunnerError):
     Attributes:
         signal_number: the signal that stopped the run.
         checkpoint: the resumable checkpoint written before stopping.
+        resumable: whether training was under way (else it had finished: the test was stopped).
     """
 
-    def __init__(self, message: str, signal_number: int, checkpoint: str):
+    def __init__(self, message: str, signal_number: int, checkpoint: str, resumable: bool = True):
         super().__init__(message)
         self.signal_number = signal_number
         self.checkpoint = checkpoint
+        self.resumable = resumable
 
     @property
     def exit_code(self) -> int:

@@ -9,11 +9,12 @@ the process at once.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Tuple
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)  # always
 OPTIONAL = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGHUP") if hasattr(signal, name))
@@ -74,3 +75,24 @@ class StopRequest:
         for number, previous in self._previous.items():
             signal.signal(number, previous)
         self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_at_once(extra: Tuple[int, ...], error: Callable[[int], BaseException]) -> Iterator[None]:
+    """While active, the first SIGTERM, SIGINT or one of ``extra`` raises ``error(signal_number)`` at once.
+
+    For the phases after training (the test), which have nothing left to save: the run ends with
+    its own message instead of being killed silently or reporting a ``KeyboardInterrupt``.
+    """
+    def handle(signal_number: int, frame: Optional[FrameType]) -> None:
+        raise error(signal_number)
+
+    previous: Dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in HANDLED + tuple(extra):
+            previous[number] = signal.signal(number, handle)
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)

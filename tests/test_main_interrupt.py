@@ -132,3 +132,20 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
     assert len(stopped) == 1, stderr[-3000:]  # both ranks name the same epoch, batch and step
     saved = checkpoint.read(last_file(tmp_path))
     assert len(saved["random_states"]) == 2 and f"(step {saved['step']})" in stopped.pop()
+
+
+def test_a_signal_during_the_test_says_training_finished_and_how_to_test(tmp_path):
+    process = start_main(tmp_path, "--config.epochs=1", "--config.rotation_angles=720")
+
+    def testing():
+        logs = list(tmp_path.glob("*.log"))
+        return bool(logs) and "Test accuracy on" in logs[0].read_text()
+
+    wait_for(process, testing)
+    process.send_signal(signal.SIGTERM)
+    returncode, stderr = finish(process)
+    assert returncode == 128 + signal.SIGTERM, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "Stopped by SIGTERM during the test; training had finished" in stderr
+    assert "Test it with: python main.py" in stderr and "--config.train=False --config.pretrained=True" in stderr
+    assert not list(tmp_path.glob("*.lock")) and not list(tmp_path.glob("*.test.json"))

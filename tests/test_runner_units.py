@@ -7,6 +7,7 @@ import math
 import os
 import pathlib
 import sys
+import time
 
 import pytest
 import torch
@@ -667,3 +668,19 @@ def test_resume_refuses_a_missing_best_checkpoint_and_another_number_of_processe
     (tmp_path / "toy.pt").unlink()
     with pytest.raises(CheckpointError, match="best checkpoint .*toy.pt \\(epoch 1\\) is missing"):
         _trainer(tmp_path).resume()
+
+
+def test_a_signal_during_the_test_ends_the_run_with_the_command_that_tests_it():
+    import main
+    import signal
+
+    from runner.errors import RunInterrupted
+    from runner.signals import stop_at_once
+
+    with pytest.raises(RunInterrupted) as stopped:
+        with stop_at_once((signal.SIGUSR1,), lambda number: RunInterrupted("stopped", number, "x", resumable=False)):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(1)  # the handler raises here
+    assert stopped.value.signal_number == signal.SIGUSR1 and not stopped.value.resumable
+    argv = ["main.py", "--config.model=z2sa", "--config.train=True", "--config.overwrite=True"]
+    assert main.test_command(argv, {}) == "python main.py --config.model=z2sa --config.train=False --config.pretrained=True"
