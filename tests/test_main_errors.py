@@ -11,28 +11,17 @@ import sys
 import pytest
 import torch
 
-import config as config_file
 import fixture_data
 import main
 from datasets import rot_mnist
 
 from conftest import REPO_ROOT
+from test_main_e2e import make_config as e2e_config
 
 
 def make_config(tmp_path, **overrides):
-    """A small CPU configuration writing into ``tmp_path``."""
-    config = config_file.get_config()
-    config.data_root = str(tmp_path / "data")
-    config.save_dir = str(tmp_path / "saved")
-    config.device = "cpu"
-    config.num_threads = 1
-    config.rotation_angles = 0
-    config.max_examples = 4
-    config.batch_size = 2
-    config.epochs = 1
-    for key, value in overrides.items():
-        config[key] = value
-    return config
+    """:func:`test_main_e2e.make_config` with 4 examples and no rotation curve."""
+    return e2e_config(tmp_path, **{"rotation_angles": 0, "max_examples": 4, **overrides})
 
 
 def assert_user_error(config, capsys, *fragments):

@@ -62,6 +62,7 @@ MODELS = ("z2cnn", "p4cnn", "f_att_p4cnn", "z2sa", "p4sa")
 SEEDS = (0, 1, 2)
 NUM_ANGLES = 24  # every 15 degrees
 EXACT_ANGLES = (90.0, 180.0, 270.0)
+NOT_MEASURED = "–"
 SHIPPED_KINDS = ("GSA-Net", "attentive G-CNN")  # the best model of each is shipped
 SHIPPED_FOLDER = "pretrained"  # under saved/
 
@@ -141,10 +142,11 @@ def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
             "seeds": str(len(runs)),
             "test accuracy %": _mean_std([float(run["test_accuracy"]) for run in runs]),
             "rotated 90/180/270 %": _mean_std(per_run(EXACT_ANGLES)),
-            "rotated by other 15° steps %": _mean_std(per_run(off_grid)),
-            "lowest over angles %": _mean_std([min(float(run[f"accuracy_{a:g}deg"]) for a in angles) for run in runs]),
+            "rotated by other 15° steps %": _mean_std(per_run(off_grid)) if off_grid else NOT_MEASURED,
+            "lowest over angles %": _mean_std([min(float(run[f"accuracy_{a:g}deg"]) for a in angles) for run in runs])
+            if off_grid else NOT_MEASURED,
             "blur: other 15° steps, rotated twice %": _mean_std(per_run(_angles(runs[0], "blur_"), "blur_"))
-            if _angles(runs[0], "blur_") else "",
+            if _angles(runs[0], "blur_") else NOT_MEASURED,
             "parameters": f"{int(runs[0]['parameters']):,}",
             "s / epoch": f"{statistics.mean(float(run['seconds_per_epoch']) for run in runs):.1f}",
         })
