@@ -6,8 +6,9 @@ traceback in a loader worker). :func:`check_records` finds them all at once, up 
 
 * in-memory splits (:class:`~datasets.base.TensorImageDataset`): the labels and the image shape;
 * PCam's HDF5 files: the labels (the image shape is checked when the file is opened);
-* PCam's image folders: the labels and, for every file, that it decodes and its size, read from
-  its header (PNG chunks are checked by their CRC).
+* PCam's image folders: the labels and, for every file, that it decodes in full (a truncated
+  JPEG included) and its size;
+* every split: that it is not empty, and floating images: that every pixel is finite.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def _image_problem(path: Path, side: int) -> str:
     try:
         with Image.open(path) as image:
             size = image.size
-            image.verify()
+            image.load()  # every pixel decoded: a truncated JPEG fails here, not in an epoch
     except Exception as error:  # PIL raises many types for damaged files
         return f"cannot be decoded: {error}"
     if size != (side, side):

@@ -117,7 +117,8 @@ def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: 
 
     Raises:
         ConfigError: unknown dataset name, a valid_size that does not fit the data,
-            augmentation asked for where the dataset has none, or an empty training split.
+            augmentation asked for where the dataset has none, or an empty split (the validation
+            split only when training).
         datasets.DatasetNotFoundError, datasets.ChecksumError: missing or damaged files.
         datasets.CorruptFileError: labels out of range, unreadable or wrong-size images.
     """
@@ -133,9 +134,13 @@ def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: 
         raise ConfigError(
             f"--config.augment=True, but {config.dataset} defines no training augmentation; "
             "use --config.augment=False.")
-    if len(train) == 0:
-        raise ConfigError(
-            f"The training split of {config.dataset} under {config.data_root} is empty.")
+    for name, split, needed in (("training", train, config.train), ("validation", valid, config.train),
+                                ("test", test, True)):
+        if needed and len(split) == 0:
+            raise ConfigError(
+                f"The {name} split of {config.dataset} under {config.data_root} is empty: the run "
+                f"could not {'test' if name == 'test' else 'train and select'} a model. Check the dataset's "
+                "files (and --config.valid_size / --config.max_examples).")
 
     for name, split in (("training", train), ("validation", valid), ("test", test)):
         datasets.check_records(split, splits.spec, f"the {name} split of {config.dataset}")

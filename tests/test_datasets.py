@@ -682,3 +682,17 @@ def test_a_read_only_dataset_folder_is_read_without_its_parse_cache(tmp_path, mo
         splits = datasets.load_splits(dataset, tmp_path, valid_size=2)
     assert len(splits.train) > 0 and len(splits.test) > 0
     assert "Could not write the parse cache" in caplog.text and "Permission denied" in caplog.text
+
+
+def test_a_truncated_jpeg_is_found_before_training(tmp_path):
+    from PIL import Image
+
+    fixture = fixture_data.make_pcam_imagefolder(tmp_path)
+    png = fixture.paths["train/2"]
+    jpeg = png.with_suffix(".jpg")
+    Image.open(png).convert("RGB").save(jpeg, quality=95)
+    png.unlink()
+    jpeg.write_bytes(jpeg.read_bytes()[: len(jpeg.read_bytes()) * 2 // 3])  # the header intact, the data cut
+    splits = datasets.load_splits("PCam", tmp_path)
+    with pytest.raises(CorruptFileError, match=r"1 bad image file\(s\): .*\.jpg \(cannot be decoded: image file is truncated"):
+        datasets.check_records(splits.train, splits.spec, "the training split of PCam")

@@ -164,3 +164,19 @@ def test_checkpoint_folder_that_cannot_be_created_fails_before_training(tmp_path
     config = make_config(tmp_path, model="z2sa", save_dir=str(blocker / "saved"))
     assert_user_error(config, capsys, f"Cannot create the checkpoint folder {blocker / 'saved'}",
                       "--config.save_dir=PATH")
+
+
+@pytest.mark.parametrize("split", ["test", "valid"])
+def test_an_empty_split_is_refused_before_training(tmp_path, capsys, split):
+    import shutil
+
+    from datasets import pcam
+
+    fixture_data.make_pcam_imagefolder(tmp_path / "data")
+    for name in pcam.CLASSES:  # the folders are there, the images are not
+        shutil.rmtree(tmp_path / "data" / pcam.FOLDER / split / name)
+        (tmp_path / "data" / pcam.FOLDER / split / name).mkdir()
+    config = make_config(tmp_path, dataset="PCam", model="densenet")
+    word = "test" if split == "test" else "validation"
+    assert_user_error(config, capsys, f"The {word} split of PCam", "is empty")
+    assert not list((tmp_path / "saved").glob("*.pt"))
