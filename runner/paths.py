@@ -78,8 +78,8 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
         )
         if config.group_axis_index != "relative":
             parts.append(f"gaxis_{config.group_axis_index}")
-        parts += [f"{short}_{_name_value(config.get(name))}" for name, short in _LAYOUT_NAMES.items()
-                  if config.get(name) is not None]
+        changed = _layout_overrides(config)
+        parts += [f"{short}_{_name_value(changed[name])}" for name, short in _LAYOUT_NAMES.items() if name in changed]
     parts.append(f"optim_{config.optimizer}")
     if config.optimizer == "SGD":
         parts.append(f"momentum_{config.optimizer_momentum}")
@@ -98,6 +98,15 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
     if config.comment:
         parts.append(f"comment_{config.comment}")
     return "_".join(parts)
+
+
+def _layout_overrides(config: Mapping[str, Any]) -> Dict[str, Any]:
+    """The GSA-Net layout fields of ``config`` that differ from its dataset's architecture."""
+    from g_selfatt_models.gsa_zoo import layout_overrides
+    from g_selfatt_models.registry import DATA_SPECS
+
+    spec = DATA_SPECS.get(config.get("dataset"))
+    return layout_overrides(config, spec.architecture if spec else "")
 
 
 def _name_value(value: Any) -> str:
@@ -123,6 +132,8 @@ def run_identity(config: Mapping[str, Any], family: str) -> Dict[str, Any]:
     elif values["attention_type"] == "Global":
         excluded.add("patch_size")
     excluded |= {name for name in SET_ONLY_IDENTITY if values[name] == defaults[name]}
+    if family == "gsa":  # a layout field at the architecture's own value is the architecture
+        excluded |= set(_LAYOUT_NAMES) - set(_layout_overrides(values))
     identity = {name: _plain(value) for name, value in values.items() if name not in excluded}
     identity["data_root"] = os.path.normpath(str(identity["data_root"]))
     if values["pretrained"] and values["train"]:  # fine-tuning starts from other weights

@@ -146,6 +146,8 @@ def test_layout_fields_name_and_identify_a_gsa_run_only_when_set():
     assert paths.run_identity(config, "gsa") == {**before, "num_heads": 4, "block_sizes": [0, 1, 2]}
     assert "_white_1.41421356_heads_4_blocks_0-1-2_optim_" in paths.checkpoint_stem(config, "gsa")
     assert "num_heads" not in paths.run_identity(config, "cnn")
+    same = resolved(dataset="rotMNIST5k", model="p4sa", num_channels=16, num_heads=2)  # the layout's own values
+    assert paths.run_name(same, "gsa") == paths.run_name(resolved(dataset="rotMNIST5k", model="p4sa"), "gsa")
 
 
 def test_layout_fields_change_the_network_and_bad_ones_say_how_to_fix_them():
@@ -154,7 +156,9 @@ def test_layout_fields_change_the_network_and_bad_ones_say_how_to_fix_them():
     assert (lifting.num_heads, lifting.mid_channels, lifting.out_channels) == (3, 4, 8)
     assert sum(type(m).__name__ == "TransformerBlock" for m in network.modules()) == 3
     default = models.create_model("p4sa", dataset="rotMNIST5k")
-    assert default.lifting_self_attention.num_heads == 2  # the dataset's layout when unset
+    assert (default.lifting_self_attention.num_heads, default.num_channels) == (3, 24)  # the model's defaults
+    unset = models.create_model("p4sa", dataset="rotMNIST5k", num_channels=None, num_heads=None)
+    assert (unset.lifting_self_attention.num_heads, unset.num_channels) == (2, 16)  # the dataset's layout
     with pytest.raises(ValueError, match="give 3 block counts"):
         models.create_model("p4sa", dataset="rotMNIST5k", block_sizes=(1, 1))
     with pytest.raises(ValueError, match="num_heads"):

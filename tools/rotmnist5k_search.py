@@ -7,7 +7,7 @@ Usage::
                                       [--log runs/rotMNIST5k/search.csv]
 
 Every candidate of :data:`CANDIDATES` is one ``main.py`` run on rotMNIST5k (seed 0) with its
-flags on top of the dataset's protocol; the epoch is selected on the 500 validation digits and
+flags on top of the dataset's protocol and p4sa's defaults (each candidate spells out its layout); the epoch is selected on the 500 validation digits and
 only validation numbers are recorded: the test digits play no part in the search. Each finished
 run appends one row to ``--log`` (written to a temporary file, then renamed), and a candidate
 whose key is in the log is not run again, so an interrupted search goes on where it stopped.
@@ -34,8 +34,8 @@ MAX_PARAMETERS = 45_000  # the paper's rotMNIST GSA-Net has 44,428
 
 # key -> flags on top of the rotMNIST5k protocol. In the order they are run; keys are never reused.
 CANDIDATES: Dict[str, Dict[str, object]] = {
-    "p4_h2": {},  # the layout of the results table: 16 channels, 2 heads, BatchNorm, mean pooling
-    "p4_h4": {"num_heads": 4},
+    "p4_h2": {"num_channels": 16, "num_heads": 2},  # the previous table's layout (BatchNorm, mean pooling)
+    "p4_h4": {"num_channels": 16, "num_heads": 4},
     "p4_c24_h3": {"num_channels": 24, "num_heads": 3},
     "p4_c24_h3_ln": {"num_channels": 24, "num_heads": 3, "norm_type": "LayerNorm"},
     "p4_c32_h2": {"num_channels": 32, "num_heads": 2},
@@ -44,8 +44,8 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     "p4_c32_h4": {"num_channels": 32, "num_heads": 4},
     "p8_c24_h3": {"model": "p8sa", "num_channels": 24, "num_heads": 3},
     "p12_c24_h3": {"model": "p12sa", "num_channels": 24, "num_heads": 3},
-    "p4_h4_b012": {"num_heads": 4, "block_sizes": (0, 1, 2)},
-    "p4_h4_ln": {"num_heads": 4, "norm_type": "LayerNorm"},
+    "p4_h4_b012": {"num_channels": 16, "num_heads": 4, "block_sizes": (0, 1, 2)},
+    "p4_h4_ln": {"num_channels": 16, "num_heads": 4, "norm_type": "LayerNorm"},
 }
 COLUMNS = ("key", "flags", "parameters", "best_val_accuracy", "best_epoch", "last_train_accuracy",
            "last_train_loss", "epochs", "seconds_per_epoch", "threads")

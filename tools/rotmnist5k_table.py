@@ -224,6 +224,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     from ml_collections import config_dict
 
     import g_selfatt_models as models
+    from g_selfatt_models.gsa_zoo import LAYOUT_FIELDS
     from runner import checkpoint, paths
 
     source = REPO_ROOT / str(row["checkpoint"])
@@ -231,6 +232,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     config = config_dict.ConfigDict(saved["config"])
     config.path, config.save_dir = "", str(saved_dir / SHIPPED_FOLDER)
     target = paths.best_checkpoint_path(config, models.get_model_spec(saved["model"]).family)
+    layout = {name: config.get(name) for name in LAYOUT_FIELDS if config.get(name) is not None}
     target.parent.mkdir(exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, temporary)
@@ -241,8 +243,9 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
         "model": saved["model"],
         "dataset": config.dataset,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "flags": (f"--config.dataset={config.dataset} --config.model={saved['model']} --config.seed={config.seed} "
-                  f"--config.save_dir=saved/{SHIPPED_FOLDER}"),
+        "flags": (f"--config.dataset={config.dataset} --config.model={saved['model']} "
+                  + "".join(f"--config.{name}={str(value).replace(' ', '')} " for name, value in layout.items())
+                  + f"--config.seed={config.seed} --config.save_dir=saved/{SHIPPED_FOLDER}"),
         "validation_accuracy": float(row["best_val_accuracy"]),
         "test_accuracy": float(row["test_accuracy"]),
     }
