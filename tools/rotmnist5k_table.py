@@ -58,7 +58,7 @@ from typing import Dict, List, Mapping, Sequence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # att_p4cnn (full attention) is left out: about 160 s per epoch on 2 cores, 30x p4cnn.
-MODELS = ("z2cnn", "p4cnn", "f_att_p4cnn", "z2sa", "p4sa")
+MODELS = ("z2cnn", "p4cnn", "f_att_p4cnn", "z2sa", "p4sa", "p8sa", "p12sa")
 SEEDS = (0, 1, 2)
 NUM_ANGLES = 24  # every 15 degrees
 EXACT_ANGLES = (90.0, 180.0, 270.0)
