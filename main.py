@@ -320,6 +320,12 @@ def test_command(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         "--config.resume=True", "--config.train=False --config.pretrained=True")
 
 
+def _is_killed_worker(error: RuntimeError) -> bool:
+    """Whether ``error`` is torch's report of a DataLoader worker that a signal killed."""
+    text = str(error)
+    return "DataLoader worker" in text and ("killed by signal" in text or "exited unexpectedly" in text)
+
+
 def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) -> int:
     """Runs ``config``; returns the exit status.
 
@@ -335,6 +341,14 @@ def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) 
         return error.exit_code
     except USER_ERRORS as error:
         report_user_error(error)
+        return 2
+    except RuntimeError as error:
+        if not _is_killed_worker(error):
+            raise
+        print(f"Error: a data loader worker process was killed ({str(error).splitlines()[0].strip()}), most "
+              "often by the out-of-memory killer. Use fewer workers (--config.num_workers=N, 0 loads in the "
+              f"main process) or free memory. Checkpoints already written are intact; continue with: "
+              f"{resume_command(argv)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("Interrupted (no training was under way, so nothing needed saving).", file=sys.stderr)

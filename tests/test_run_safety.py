@@ -402,3 +402,23 @@ def test_a_read_only_save_folder_is_one_paragraph(tmp_path, small_disk, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "is not writable" in err and "--config.save_dir" in err
+
+
+def test_a_killed_data_loader_worker_is_one_paragraph(tmp_path, monkeypatch, capsys):
+    import signal as signals
+
+    from datasets.base import TensorImageDataset
+
+    original = TensorImageDataset.__getitem__
+
+    def dies_in_a_worker(self, index):
+        if torch.utils.data.get_worker_info() is not None:
+            os.kill(os.getpid(), signals.SIGKILL)  # what the out-of-memory killer does
+        return original(self, index)
+
+    monkeypatch.setattr(TensorImageDataset, "__getitem__", dies_in_a_worker)
+    code = main.run_cli(make_config(tmp_path, **TINY, num_workers=1))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "a data loader worker process was killed" in err and "--config.num_workers" in err
+    assert "--config.resume=True" in err
