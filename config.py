@@ -147,6 +147,9 @@ def get_config() -> config_dict.ConfigDict:
     # Signals that, besides SIGTERM and SIGINT, stop a run after saving a resumable checkpoint
     # (comma-separated; SLURM's --signal=USR1 sends SIGUSR1, a closed terminal SIGHUP; "" = none).
     config.stop_signals = "SIGUSR1,SIGHUP"
+    # Under torchrun: minutes a process waits for the others at a collective operation before
+    # the run stops with an error (a hung or lost process would otherwise block it forever).
+    config.collective_timeout_minutes = 30.0
     # Stop after this many optimizer steps in total (0 = no limit); the run then validates,
     # saves its `last` checkpoint (resumable mid-epoch) and tests. For smoke tests.
     config.max_steps = 0

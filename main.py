@@ -192,7 +192,7 @@ def run(config: config_dict.ConfigDict) -> RunResult:
     spec = model_spec(config, data.architecture)
     origins = resolve_config(config, spec.defaults.get(data.architecture, {}))
     data = input_spec(config, data, spec)
-    context = distributed.setup(config.device)
+    context = distributed.setup(config.device, config.collective_timeout_minutes)
     try:
         result = _run(config, context, spec, data, origins)
     except BaseException:
@@ -320,6 +320,13 @@ def test_command(argv: Sequence[str], environ: Mapping[str, str] = os.environ) -
         "--config.resume=True", "--config.train=False --config.pretrained=True")
 
 
+def _is_collective_timeout(error: RuntimeError) -> bool:
+    """Whether ``error`` is a collective operation of the process group that timed out."""
+    text = str(error).lower()
+    return ("timed out" in text or "timeout" in text) and any(
+        word in text for word in ("gloo", "nccl", "collective", "process group", "processgroup"))
+
+
 def _is_killed_worker(error: RuntimeError) -> bool:
     """Whether ``error`` is torch's report of a DataLoader worker that a signal killed."""
     text = str(error)
@@ -343,6 +350,12 @@ def run_cli(config: config_dict.ConfigDict, argv: Sequence[str] = ("main.py",)) 
         report_user_error(error)
         return 2
     except RuntimeError as error:
+        if _is_collective_timeout(error):
+            print(f"Error: another process of the run did not reach a collective operation within "
+                  f"{config.collective_timeout_minutes:g} minutes (--config.collective_timeout_minutes), so this "
+                  f"one stops ({str(error).splitlines()[0].strip()}). Checkpoints already written are intact; "
+                  f"once every process can run, continue with: {resume_command(argv)}", file=sys.stderr)
+            return 2
         if not _is_killed_worker(error):
             raise
         print(f"Error: a data loader worker process was killed ({str(error).splitlines()[0].strip()}), most "

@@ -181,7 +181,7 @@ def check_config(config: config_dict.ConfigDict) -> None:
     for name, (low, high) in UNIT_INTERVAL.items():
         if not low <= config[name] < high:
             raise ConfigError(f"config.{name} must lie in [{low}, {high}), got {config[name]}.")
-    for name in ("lr", "whitening_scale"):
+    for name in ("lr", "whitening_scale", "collective_timeout_minutes"):
         if config[name] <= 0:
             raise ConfigError(f"config.{name} must be positive, got {config[name]}.")
     _check_schedule(config)

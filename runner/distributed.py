@@ -8,6 +8,7 @@ shard of every batch. Without those variables the run is a single process.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import os
 from typing import Any, List
 
@@ -63,10 +64,12 @@ def select_device(request: str, local_rank: int = 0) -> torch.device:
     return torch.device("cuda", local_rank)
 
 
-def setup(device_request: str) -> Context:
+def setup(device_request: str, timeout_minutes: float = 30.0) -> Context:
     """Chooses the device and, under torchrun, joins the process group.
 
-    The backend is NCCL on CUDA and Gloo on the CPU.
+    The backend is NCCL on CUDA and Gloo on the CPU. A collective operation that a process does
+    not reach within ``timeout_minutes`` (a hung rank) fails in the others instead of blocking
+    them forever.
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -76,7 +79,8 @@ def setup(device_request: str) -> Context:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return Context(device, dist.get_rank(), dist.get_world_size())
 
 

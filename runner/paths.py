@@ -32,6 +32,7 @@ from runner.errors import CheckpointError, ConfigError
 NOT_IDENTITY = ("train", "pretrained", "checkpoint", "resume", "overwrite", "save_dir", "path",
                 "rotation_angles", "log_every", "wandb", "wandb_project", "device", "num_workers",
                 "num_threads", "download", "checkpoint_every", "max_nonfinite_steps", "stop_signals",
+                "collective_timeout_minutes",
                 "attention_impl", "attention_formulation")
 # Fields of the self-attention architecture, part of the identity of GSA-Nets only.
 GSA_FIELDS = ("norm_type", "attention_type", "activation_function", "patch_size", "dropout_att",

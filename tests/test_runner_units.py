@@ -688,3 +688,20 @@ def test_a_signal_during_the_test_ends_the_run_with_the_command_that_tests_it():
     assert stopped.value.signal_number == signal.SIGUSR1 and not stopped.value.resumable
     argv = ["main.py", "--config.model=z2sa", "--config.train=True", "--config.overwrite=True"]
     assert main.test_command(argv, {}) == "python main.py --config.model=z2sa --config.train=False --config.pretrained=True"
+
+
+def test_the_process_group_gets_the_collective_timeout(monkeypatch):
+    import datetime
+
+    import torch.distributed as dist
+
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda **kwargs: joined.update(kwargs))
+    monkeypatch.setattr(dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(dist, "get_world_size", lambda: 2)
+    context = distributed.setup("cpu", timeout_minutes=1.5)
+    assert joined == {"backend": "gloo", "timeout": datetime.timedelta(seconds=90)} and context.world_size == 2
+    with pytest.raises(ConfigError, match="collective_timeout_minutes must be positive"):
+        resolved(collective_timeout_minutes=0.0)
