@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from g_selfatt.groups import Group
+from g_selfatt.nn.init import WHITENING_SCALE
 from g_selfatt.nn import (
     Conv3d1x1,
     GroupLocalSelfAttention,
@@ -114,7 +115,7 @@ class GroupTransformer(nn.Module):
         value_dropout_rate: float,
         input_dropout_rate: float = 0.0,
         num_classes: int = 10,
-        whitening_scale: float = 1.41421356,
+        whitening_scale: float = WHITENING_SCALE,
         group_axis_index: str = "relative",
         attention_impl: str = "auto",
         spatial_pooling: str = "sum",

@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict
 from torch import nn
 
 from g_selfatt.groups import get_group
+from g_selfatt.nn.init import WHITENING_SCALE
 from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
 from g_selfatt_models import protocols
 from g_selfatt_models.group_transformer import GroupTransformer
@@ -58,7 +59,7 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
 LAYOUT_FIELDS = ("num_channels", "num_heads", "block_sizes")
 _DATASET_LAYOUT = dict.fromkeys(LAYOUT_FIELDS)
 
-_COMMON = dict(_DATASET_LAYOUT, norm_type="LayerNorm", activation_function="Swish", whitening_scale=1.41421356,
+_COMMON = dict(_DATASET_LAYOUT, norm_type="LayerNorm", activation_function="Swish", whitening_scale=WHITENING_SCALE,
                weight_decay=1e-4, attention_type="Local")
 
 # The paper's command lines (shared/docs: "Command lines used for the paper").

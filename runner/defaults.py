@@ -24,6 +24,7 @@ import config as config_file
 from attgconv.attentive import FORMULATIONS
 from datasets import VALIDATION_MODES
 from g_selfatt.nn.attention import GROUP_AXIS_INDICES, check_patch_size
+from g_selfatt.nn.init import WHITENING_SCALE
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS
 from g_selfatt_models.gsa_zoo import ATTENTION_TYPES
 from runner.distributed import DEVICES
@@ -55,7 +56,7 @@ FALLBACKS: Dict[str, Any] = {
     "patch_size": 5,
     "dropout_att": 0.1,
     "dropout_values": 0.1,
-    "whitening_scale": 1.41421356,
+    "whitening_scale": WHITENING_SCALE,
     "num_channels": None,  # None: the dataset's layout
     "num_heads": None,
     "block_sizes": None,

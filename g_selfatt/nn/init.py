@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from torch import nn
 
+# sqrt(2) as the paper's command lines write it (it is part of the original run names).
+WHITENING_SCALE = 1.41421356
 
-def whitening_init_(module: nn.Module, whitening_scale: float = 1.41421356) -> nn.Module:
+
+def whitening_init_(module: nn.Module, whitening_scale: float = WHITENING_SCALE) -> nn.Module:
     """Draws the weights of every convolution in ``module`` from N(0, (whitening_scale / sqrt(fan_in))^2).
 
     Biases of those convolutions become zero. This is the initialisation of the GSA-Net
