@@ -11,6 +11,8 @@ and then from ``runner.defaults.FALLBACKS``; a value given on the command line a
 
 from ml_collections import config_dict
 
+from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
+
 placeholder = config_dict.placeholder
 
 
@@ -85,7 +87,7 @@ def get_config() -> config_dict.ConfigDict:
     config.block_sizes = placeholder(tuple)
     # Group-axis positional index: "relative" (exactly equivariant) or "original" (as the
     # original code, which is not equivariant; for loading its checkpoints faithfully).
-    config.group_axis_index = "relative"
+    config.group_axis_index = DEFAULT_GROUP_AXIS_INDEX
     # Attention implementation, all with the same result: "auto" ("fused" on CPU when a C++
     # compiler is there, else "efficient"), "fused" (one C++ kernel per layer, CPU), "efficient"
     # (chunked torch operations, any device) or "reference" (the full score tensors, as the

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from g_selfatt.groups import Group
+from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
 from g_selfatt.nn.init import WHITENING_SCALE
 from g_selfatt.nn import (
     Conv3d1x1,
@@ -116,7 +117,7 @@ class GroupTransformer(nn.Module):
         input_dropout_rate: float = 0.0,
         num_classes: int = 10,
         whitening_scale: float = WHITENING_SCALE,
-        group_axis_index: str = "relative",
+        group_axis_index: str = DEFAULT_GROUP_AXIS_INDEX,
         attention_impl: str = "auto",
         spatial_pooling: str = "sum",
     ):

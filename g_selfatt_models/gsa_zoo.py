@@ -15,6 +15,7 @@ from typing import Any, Callable, Dict
 from torch import nn
 
 from g_selfatt.groups import get_group
+from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
 from g_selfatt.nn.init import WHITENING_SCALE
 from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
 from g_selfatt_models import protocols
@@ -142,7 +143,7 @@ def build_group_transformer(group_name: str, config: Any, data: DataSpec) -> Gro
         attention_dropout_rate=config.dropout_att,
         value_dropout_rate=config.dropout_values,
         whitening_scale=config.whitening_scale,
-        group_axis_index=getattr(config, "group_axis_index", "relative"),
+        group_axis_index=getattr(config, "group_axis_index", DEFAULT_GROUP_AXIS_INDEX),
         attention_impl=getattr(config, "attention_impl", "auto"),
         **layout(config, data.architecture),
     )

@@ -27,6 +27,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import nn
 
+from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
+
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
@@ -62,7 +64,7 @@ DATA_SPECS: Dict[str, DataSpec] = {spec.name: spec for spec in (
 
 # Settings of the builders that no model's defaults set: the equivariant group-axis index, the
 # automatic attention implementation, the memory-lean attentive convolutions.
-BUILD_DEFAULTS: Dict[str, Any] = {"group_axis_index": "relative", "attention_impl": "auto",
+BUILD_DEFAULTS: Dict[str, Any] = {"group_axis_index": DEFAULT_GROUP_AXIS_INDEX, "attention_impl": "auto",
                                   "attention_formulation": "chunked", "original_architecture": False}
 
 Builder = Callable[[Any, DataSpec], nn.Module]

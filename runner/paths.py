@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Mapping
 from ml_collections import config_dict
 
 import config as config_file
+from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
 from runner import checkpoint
 from runner.errors import CheckpointError, ConfigError
 
@@ -77,7 +78,7 @@ def checkpoint_stem(config: config_dict.ConfigDict, family: str) -> str:
             f"_activ_{config.activation_function}_norm_{config.norm_type}"
             f"_white_{config.whitening_scale}"
         )
-        if config.group_axis_index != "relative":
+        if config.group_axis_index != DEFAULT_GROUP_AXIS_INDEX:
             parts.append(f"gaxis_{config.group_axis_index}")
         changed = _layout_overrides(config)
         parts += [f"{short}_{_name_value(changed[name])}" for name, short in _LAYOUT_NAMES.items() if name in changed]

@@ -59,6 +59,7 @@ from g_selfatt.nn.original_api import OriginalLayerAPI
 from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
 GROUP_AXIS_INDICES = ("relative", "original")
+DEFAULT_GROUP_AXIS_INDEX = GROUP_AXIS_INDICES[0]  # exactly equivariant
 
 def original_group_indices(group: Group) -> Tensor:
     """The original's group-axis index ``(m + v - g) mod n`` (for rotations), ``(V, G, M)``."""
@@ -110,7 +111,7 @@ class SelfAttentionCore(StateDictCompatibility, OriginalLayerAPI, nn.Module):
         *,
         patch_size: Optional[int] = None,
         max_pos_embedding: Optional[int] = None,
-        group_axis_index: str = "relative",
+        group_axis_index: str = DEFAULT_GROUP_AXIS_INDEX,
         attention_impl: str = "auto",
     ):
         super().__init__()
@@ -448,7 +449,7 @@ class GroupSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, max_pos_embedding: int, attention_dropout_rate: float,
-                 group_axis_index: str = "relative", attention_impl: str = "auto"):
+                 group_axis_index: str = DEFAULT_GROUP_AXIS_INDEX, attention_impl: str = "auto"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, max_pos_embedding=max_pos_embedding,
                          group_axis_index=group_axis_index, attention_impl=attention_impl)
@@ -462,7 +463,7 @@ class GroupLocalSelfAttention(SelfAttentionCore):
 
     def __init__(self, group: Group, in_channels: int, mid_channels: int, out_channels: int,
                  num_heads: int, patch_size: int, attention_dropout_rate: float,
-                 group_axis_index: str = "relative", attention_impl: str = "auto"):
+                 group_axis_index: str = DEFAULT_GROUP_AXIS_INDEX, attention_impl: str = "auto"):
         super().__init__(group, in_channels, mid_channels, out_channels, num_heads,
                          attention_dropout_rate, patch_size=patch_size,
                          group_axis_index=group_axis_index, attention_impl=attention_impl)
