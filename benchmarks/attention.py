@@ -50,7 +50,7 @@ Cases:
     d: one training step of the paper's PCam p4sa (local, patch 5), batch 16, 96x96.
     e: one training step of the rotMNIST p4sa with global attention, batch 1.
     f: p4 local (patch 9) GroupLocalSelfAttention, 28x28, rotMNIST widths, batch 8.
-    g: one training step of the rotMNIST5k p4sa (the quick start's model), batch 32.
+    g: one training step of the rotMNIST5k p4sa (its default layout: 24 channels, 3 heads), batch 32.
     h: one training step of the rotMNIST5k z2sa, batch 32.
     i: one training step of the paper's rotMNIST p4sa layout at patch 5, batch 32, no dropout.
     j: the PCam p4 lifting layer alone (local, patch 5), 96x96, batch 16.
@@ -92,8 +92,8 @@ CASES: Dict[str, str] = {
     "d": "PCam p4sa training step (local, patch 5), batch 16, 96x96",
     "e": "rotMNIST p4sa training step (global), batch 1",
     "f": "p4 local patch-9 group layer 28x28, 20ch, mid 10, 9 heads, batch 8",
-    "g": "rotMNIST5k p4sa training step (local, patch 5), batch 32",
-    "h": "rotMNIST5k z2sa training step (local, patch 5), batch 32",
+    "g": "rotMNIST5k p4sa training step (local, patch 5, 24 channels, 3 heads), batch 32",
+    "h": "rotMNIST5k z2sa training step (local, patch 5, 24 channels, 3 heads), batch 32",
     "i": "rotMNIST p4sa training step (paper's layout, patch 5, no dropout), batch 32",
     "j": "PCam p4 lifting layer 96x96 (local, patch 5), 3 -> 12 ch, mid 6, 9 heads, batch 16",
     "k": "rotMNIST5k p4cnn training step, batch 32 (no attention)",
