@@ -1,6 +1,6 @@
 """Attentive group equivariant convolutions (Romero et al., ICML 2020) on p4 and p4m.
 
-* :mod:`attgconv.groups` - the element order of the group axis (:class:`PlanarGrid`).
+* :mod:`attgconv.grids` - the element order of the group axis (:class:`PlanarGrid`).
 * :mod:`attgconv.conv` - the kernel core, lifting and group convolutions.
 * :mod:`attgconv.attention` - channel and spatial attention (response and feature-map).
 * :mod:`attgconv.attentive` - full attentive and feature-map attentive convolutions.
@@ -31,7 +31,7 @@ from attgconv.attentive import (
     attenuate,
 )
 from attgconv.conv import GroupConv, GroupKernel, LiftingConv, transform_kernels
-from attgconv.groups import PlanarGrid, get_grid
+from attgconv.grids import PlanarGrid, get_grid
 
 # The original API (its module paths and names; see attgconv.original): ``attgconv.layers(group)``.
 from attgconv.layers import (  # noqa: E402  (after the layers it subclasses)

@@ -39,7 +39,7 @@ import torch
 from torch import Tensor, nn
 
 from attgconv.conv import ConvolutionBase, GroupConv, LiftingConv, permutation_table
-from attgconv.groups import PlanarGrid
+from attgconv.grids import PlanarGrid
 
 # ------------------------------------------------------------------ helpers
 

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from attgconv.conv import ConvolutionBase, GroupConv, LiftingConv, check_input
-from attgconv.groups import PlanarGrid
+from attgconv.grids import PlanarGrid
 
 Attention = Callable[[Tensor], Tensor]
 FORMULATIONS = ("chunked", "full")

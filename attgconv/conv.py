@@ -10,7 +10,7 @@ mirrors by flips, a permutation of the input-group axis for group kernels):
 :class:`LiftingConv` and :class:`GroupConv` apply that stack with one
 ``conv2d``; the attention modules and the attentive convolutions reuse the same
 stack. Every layer here is equivariant under the left-regular action of
-:meth:`attgconv.groups.PlanarGrid.transform_feature_map`:
+:meth:`attgconv.grids.PlanarGrid.transform_feature_map`:
 
     LiftingConv(x(M_u^-1 .))  = u . LiftingConv(x)
     GroupConv(u . f)          = u . GroupConv(f)
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from attgconv.groups import PlanarGrid
+from attgconv.grids import PlanarGrid
 
 
 def transform_kernels(weight: Tensor, grid: PlanarGrid, permutations: Optional[Tensor] = None) -> Tensor:

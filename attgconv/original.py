@@ -2,7 +2,7 @@
 :mod:`attgconv.attention_layers`, :mod:`attgconv.RomHog_attention`).
 
 The original described a group by a module (``attgconv.group.SE2`` or ``.E2``) and a sampling of
-it by a grid object (``H.grid_global(N)``); here both stand for a :class:`~attgconv.groups.PlanarGrid`.
+it by a grid object (``H.grid_global(N)``); here both stand for a :class:`~attgconv.grids.PlanarGrid`.
 Each original class is a thin subclass of this project's layer: its constructor takes the original
 arguments (and defaults: padding 1), sets the original's attributes, and the computation, the
 parameters and their names are the layer's own.
@@ -17,7 +17,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from attgconv.groups import PlanarGrid, get_grid
+from attgconv.grids import PlanarGrid, get_grid
 
 # Original group name (G.name) and grid size -> the CLI name of the group.
 GROUPS = {("SE(2)", 4): "p4", ("E(2)", 8): "p4m"}

@@ -4,7 +4,7 @@ All checks go through :func:`g_selfatt.testing.assert_equivariant` with exact
 transforms (rotations by 90 degrees; mirrors for p4m), in float32 and float64.
 attgconv feature maps transform under the left-regular action
 ``[u . f](g, x) = f(u^-1 g, M_u^-1 x)``
-(:meth:`attgconv.groups.PlanarGrid.transform_feature_map`), which is passed as
+(:meth:`attgconv.grids.PlanarGrid.transform_feature_map`), which is passed as
 ``transform_in`` / ``transform_out``. Every layer kind is checked (plain, full,
 channel-only, spatial-only and feature-map attentive lifting and group layers, the
 1x1 spatial attention, the poolings), and the logits of every registered group model.

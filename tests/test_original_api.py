@@ -309,7 +309,7 @@ def test_mnist_rot_downloads_and_writes_the_original_processed_files(tmp_path, m
 
 def test_the_attgconv_demo_workflow(tmp_path):
     """The original's demo: layers(SE2), a lifting and a group convolution, kernel(h) over h_grid.grid."""
-    from attgconv.groups import get_grid
+    from attgconv.grids import get_grid
     from g_selfatt.testing import assert_equivariant
 
     torch.manual_seed(0)

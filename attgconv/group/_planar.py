@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from attgconv import original
-from attgconv.groups import get_grid
+from attgconv.grids import get_grid
 
 
 def group_classes(grid_name: str, group_name: str, subgroup_name: str) -> Tuple[type, type, type]:

@@ -17,7 +17,7 @@ where ``x`` is the pixel position relative to the image centre. Each is a
 representation: ``u1 . (u2 . f) = (u1 u2) . f``. Images transform by
 ``x -> x(M_u^-1 .)`` (:meth:`Group.transform_image`) under both. A feature map may lay
 its elements out along the group axis in another order than the group's own
-(``axis_order``, as :class:`attgconv.groups.PlanarGrid` does for p4m). Only elements
+(``axis_order``, as :class:`attgconv.grids.PlanarGrid` does for p4m). Only elements
 whose matrix maps the pixel grid onto itself (rotations by multiples of 90
 degrees and mirrors) act exactly on sampled images; :meth:`Group.grid_exact`
 says which.
