@@ -255,7 +255,7 @@ class SelfAttentionCore(StateDictCompatibility, OriginalLayerAPI, nn.Module):
         d = tables.pos_channels
         pos_subscripts = "" if self.local else "ij"
         positional = torch.einsum(
-            f"bcngij,v{pos_subscripts}kc->bnvgijk", q[:, :d], self.positional_embeddings(height, width, tables)
+            f"bcngij,v{pos_subscripts}kc->bnvgijk", q[:, :d], self.positional_encodings_per_key(height, width, tables)
         )
         logits = content.unsqueeze(2) + positional.unsqueeze(-2)
         if tables.group is not None:  # (V, G, M, D_g)
@@ -287,8 +287,9 @@ class SelfAttentionCore(StateDictCompatibility, OriginalLayerAPI, nn.Module):
         table = self.offset_table  # (V, 2, S, S)
         return torch.cat([self.row_embedding.embed(table[:, 0]), self.col_embedding.embed(table[:, 1])], dim=-1)
 
-    def positional_embeddings(self, height: int, width: int, tables: Optional[AttentionTables] = None) -> Tensor:
-        """Row and column encodings of the acted offsets, concatenated along ``D``.
+    def positional_encodings_per_key(self, height: int, width: int, tables: Optional[AttentionTables] = None) -> Tensor:
+        """Row and column encodings of the acted offset of every key, concatenated along ``D``
+        (:meth:`positional_encodings` is the whole ``S x S`` table of offsets).
 
         Returns:
             ``(V, K, 2 D)`` for local layers (the same for every query) and
