@@ -49,7 +49,7 @@ from datasets.errors import (
     DownloadError,
     RecordError,
 )
-from datasets.records import check_records
+from datasets.records import check_records, missing_classes
 from datasets.transforms import BatchTransform, Compose, Normalize, RandomCropFlip, Resize, rotate_images
 from g_selfatt_models.registry import DATA_SPECS, DataSpec
 
@@ -205,6 +205,7 @@ __all__ = [
     "Resize",
     "Splits",
     "check_records",
+    "missing_classes",
     "get_batch_transform",
     "get_data_spec",
     "load_splits",

@@ -28,6 +28,30 @@ from g_selfatt_models.registry import DataSpec
 SHOWN = 5  # bad records listed in a message
 
 
+def _unwrap(dataset: Dataset) -> Tuple[Dataset, Any]:
+    """The dataset under any :class:`~torch.utils.data.Subset` wrappers, and the rows they keep
+    (``None``: all)."""
+    rows: Any = None
+    while isinstance(dataset, Subset):
+        rows = dataset.indices if rows is None else [dataset.indices[i] for i in rows]
+        dataset = dataset.dataset
+    return dataset, rows
+
+
+def missing_classes(dataset: Dataset, num_classes: int) -> List[int]:
+    """The classes of ``0 .. num_classes - 1`` that no record of ``dataset`` has (none known: [])."""
+    dataset, rows = _unwrap(dataset)
+    if isinstance(dataset, (TensorImageDataset, PCamHDF5)):
+        labels = dataset.labels if rows is None else dataset.labels[torch.as_tensor(rows)]
+        present = set(torch.as_tensor(labels).flatten().tolist())
+    elif isinstance(dataset, PCamImageFolder):
+        samples = dataset.samples if rows is None else [dataset.samples[i] for i in rows]
+        present = {label for _, label in samples}
+    else:
+        return []
+    return [label for label in range(num_classes) if label not in present]
+
+
 def check_records(dataset: Dataset, spec: DataSpec, what: str) -> None:
     """Raises if any record of ``dataset`` (a split of the dataset ``spec``) is bad.
 
@@ -40,10 +64,7 @@ def check_records(dataset: Dataset, spec: DataSpec, what: str) -> None:
         RecordError: labels out of range or images of the wrong shape in memory.
         CorruptFileError: an image file that does not decode or has the wrong size.
     """
-    rows: Any = None
-    while isinstance(dataset, Subset):
-        rows = dataset.indices if rows is None else [dataset.indices[i] for i in rows]
-        dataset = dataset.dataset
+    dataset, rows = _unwrap(dataset)
     if isinstance(dataset, (TensorImageDataset, PCamHDF5)):
         labels = dataset.labels if rows is None else dataset.labels[torch.as_tensor(rows)]
         _check_labels(labels, spec, what, getattr(dataset, "source", None)

@@ -12,6 +12,7 @@ import math
 from typing import Callable, Iterator, Optional
 
 import torch
+from absl import logging
 from ml_collections import config_dict
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
@@ -144,6 +145,10 @@ def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: 
 
     for name, split in (("training", train), ("validation", valid), ("test", test)):
         datasets.check_records(split, splits.spec, f"the {name} split of {config.dataset}")
+    absent = datasets.missing_classes(train, splits.spec.num_classes) if config.train else []
+    if absent:
+        logging.warning("The training split of %s has no image of class(es) %s: the model cannot learn them.",
+                        config.dataset, absent)
 
     def loader(dataset: Dataset, sampler: Sampler) -> DataLoader:
         # A generator of its own: creating an iterator draws the workers' base seed from it,

@@ -11,6 +11,7 @@ import csv
 import importlib
 import logging as python_logging
 import pathlib
+import sys
 from typing import Any, Iterator, List, Mapping, Optional, Sequence
 
 from absl import logging
@@ -34,7 +35,7 @@ def log_file(prefix: pathlib.Path, enabled: bool = True) -> Iterator[Optional[pa
         yield None
         return
     path = pathlib.Path(f"{prefix}.log")
-    handler = python_logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler = _RunLogHandler(path)
     handler.setFormatter(python_logging.Formatter(LOG_FORMAT, datefmt="%Y-%m-%d %H:%M:%S"))
     handler.setLevel(python_logging.INFO)
     logger = logging.get_absl_logger()
@@ -47,6 +48,31 @@ def log_file(prefix: pathlib.Path, enabled: bool = True) -> Iterator[Optional[pa
         logger.removeHandler(handler)
         logger.setLevel(level)
         handler.close()
+
+
+class _RunLogHandler(python_logging.FileHandler):
+    """The run's ``.log`` file; a write that fails (a full disk) stops the copy with one warning
+    instead of a traceback for every later line (the lines still reach stderr)."""
+
+    def __init__(self, path: pathlib.Path) -> None:
+        super().__init__(path, mode="a", encoding="utf-8")
+        self.failed = False
+
+    def emit(self, record: python_logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except (OSError, ValueError):  # the last lines could not be flushed: warned about already
+            self.failed = True
+
+    def handleError(self, record: python_logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        if not self.failed:
+            self.failed = True
+            print(f"Warning: could not write the run's log file {self.baseFilename}; its lines go to "
+                  "stderr only from now on (is the disk full?).", file=sys.stderr, flush=True)
 
 
 class MetricLogger:

@@ -180,3 +180,15 @@ def test_an_empty_split_is_refused_before_training(tmp_path, capsys, split):
     word = "test" if split == "test" else "validation"
     assert_user_error(config, capsys, f"The {word} split of PCam", "is empty")
     assert not list((tmp_path / "saved").glob("*.pt"))
+
+
+def test_a_class_missing_from_the_training_split_is_named_in_a_warning(tmp_path, caplog):
+    import logging
+
+    fixture = fixture_data.make_mnist(tmp_path / "data", n_train=20)
+    config = make_config(tmp_path, dataset="MNIST", model="z2cnn", valid_size=4, max_examples=3)
+    with caplog.at_level(logging.WARNING):
+        main.run(config)
+    present = set(fixture.labels["train"][:3].tolist())  # the first 3 training images
+    absent = [label for label in range(10) if label not in present]
+    assert f"has no image of class(es) {absent}: the model cannot learn them" in caplog.text

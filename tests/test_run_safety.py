@@ -422,3 +422,26 @@ def test_a_killed_data_loader_worker_is_one_paragraph(tmp_path, monkeypatch, cap
     assert code == 2 and "Traceback" not in err
     assert "a data loader worker process was killed" in err and "--config.num_workers" in err
     assert "--config.resume=True" in err
+
+
+def test_a_log_file_that_cannot_be_written_warns_once(tmp_path, capsys):
+    import logging as python_logging
+
+    from absl import logging
+    from runner.reporting import log_file
+
+    with log_file(tmp_path / "run") as path:
+        handler = next(h for h in logging.get_absl_logger().handlers if getattr(h, "baseFilename", "") == str(path))
+        class FullDisk:
+            def write(self, text):
+                raise OSError(28, "No space left on device")
+
+            flush = close = lambda self: None
+
+        handler.stream.close()
+        handler.stream = FullDisk()  # every later write fails, as on a full disk
+        for _ in range(3):
+            logging.info("a line")
+    err = capsys.readouterr().err
+    assert err.count("could not write the run's log file") == 1 and "Traceback" not in err
+    assert python_logging.raiseExceptions  # nothing process-wide was changed
