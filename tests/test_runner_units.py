@@ -705,3 +705,13 @@ def test_the_process_group_gets_the_collective_timeout(monkeypatch):
     assert joined == {"backend": "gloo", "timeout": datetime.timedelta(seconds=90)} and context.world_size == 2
     with pytest.raises(ConfigError, match="collective_timeout_minutes must be positive"):
         resolved(collective_timeout_minutes=0.0)
+
+
+def test_a_collective_timeout_is_told_from_other_runtime_errors():
+    import main
+
+    gloo = ("[/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting "
+            "5000ms for recv operation to complete")  # what a rank waiting for a hung one raised here
+    assert main._is_collective_timeout(RuntimeError(gloo))
+    assert not main._is_collective_timeout(RuntimeError("DataLoader timed out after 5 seconds"))
+    assert main._is_killed_worker(RuntimeError("DataLoader worker (pid 12) is killed by signal: Killed. "))
