@@ -137,7 +137,7 @@ def report(path: pathlib.Path, data_root: pathlib.Path) -> str:
     test_images, test_labels = splits.test.images, splits.test.labels
     train_images = splits.train.images
     name = type(model).__name__
-    lines = [f"### {path.name}", "", f"{name}, {sum(p.numel() for p in model.parameters()):,} parameters.", ""]
+    lines = [f"### {path}", "", f"{name}, {sum(p.numel() for p in model.parameters()):,} parameters.", ""]
     header = ["re-interpolated by " + ", ".join(f"{a:g}" for a in REINTERPOLATION_ANGLES) + " degrees",
               *[f"Gaussian blur σ = {s:g} px" for s in GAUSSIAN_SIGMAS]]
     cells = [" / ".join(f"{100 * accuracy(model, splits.batch_transform, reinterpolated(test_images, a), test_labels):.1f}"
