@@ -105,9 +105,8 @@ def layout(config: Any, architecture: str) -> Dict[str, Any]:
     if architecture not in ARCHITECTURES:
         raise ValueError(f"No GSA-Net architecture for {architecture!r}; expected one of {sorted(ARCHITECTURES)}.")
     chosen = dict(ARCHITECTURES[architecture])
-    for name in LAYOUT_FIELDS:
-        if getattr(config, name, None) is not None:
-            chosen[name] = list(getattr(config, name)) if name == "block_sizes" else getattr(config, name)
+    chosen.update({name: list(value) if name == "block_sizes" else value
+                   for name, value in layout_overrides(config, architecture).items()})
     expansions = chosen["expansion_per_block"]
     if isinstance(expansions, (list, tuple)) and len(expansions) != len(chosen["block_sizes"]):
         raise ValueError(

@@ -41,7 +41,7 @@ GSA_FIELDS = ("norm_type", "attention_type", "activation_function", "patch_size"
               "block_sizes")
 # Fields added after runs had been named: at their default a run is the one it was before they
 # existed, so they join the identity only when they differ from it (and old names stay valid).
-SET_ONLY_IDENTITY = ("original_architecture", "num_channels", "num_heads", "block_sizes")
+SET_ONLY_IDENTITY = ("original_architecture",)
 # Fields a resumed run may change: the length of training (more epochs, another step limit).
 RESUMABLE_CHANGES = ("epochs", "max_steps")
 HASH_DIGITS = 8
@@ -134,7 +134,7 @@ def run_identity(config: Mapping[str, Any], family: str) -> Dict[str, Any]:
     elif values["attention_type"] == "Global":
         excluded.add("patch_size")
     excluded |= {name for name in SET_ONLY_IDENTITY if values[name] == defaults[name]}
-    if family == "gsa":  # a layout field at the architecture's own value is the architecture
+    if family == "gsa":  # a layout field unset, or at the architecture's own value, is the architecture
         excluded |= set(_LAYOUT_NAMES) - set(_layout_overrides(values))
     identity = {name: _plain(value) for name, value in values.items() if name not in excluded}
     identity["data_root"] = os.path.normpath(str(identity["data_root"]))
