@@ -77,15 +77,29 @@ class StopRequest:
         self._previous.clear()
 
 
+class _StopNow(BaseException):
+    """Carries a signal out of the code it interrupts.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that no ``except Exception`` on the way
+    out swallows it: a logging handler that is writing when the signal arrives, for one, would
+    print a traceback and let the run go on.
+    """
+
+    def __init__(self, signal_number: int) -> None:
+        super().__init__(signal_number)
+        self.signal_number = signal_number
+
+
 @contextlib.contextmanager
 def stop_at_once(extra: Tuple[int, ...], error: Callable[[int], BaseException]) -> Iterator[None]:
     """While active, the first SIGTERM, SIGINT or one of ``extra`` raises ``error(signal_number)`` at once.
 
     For the phases after training (the test), which have nothing left to save: the run ends with
-    its own message instead of being killed silently or reporting a ``KeyboardInterrupt``.
+    its own message instead of being killed silently or reporting a ``KeyboardInterrupt``. The
+    signal travels as a ``BaseException`` until it leaves the block, wherever it arrived.
     """
     def handle(signal_number: int, frame: Optional[FrameType]) -> None:
-        raise error(signal_number)
+        raise _StopNow(signal_number)
 
     previous: Dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
@@ -93,6 +107,8 @@ def stop_at_once(extra: Tuple[int, ...], error: Callable[[int], BaseException]) 
             previous[number] = signal.signal(number, handle)
     try:
         yield
+    except _StopNow as stop:
+        raise error(stop.signal_number) from None
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)

@@ -690,6 +690,35 @@ def test_a_signal_during_the_test_ends_the_run_with_the_command_that_tests_it():
     assert main.test_command(argv, {}) == "python main.py --config.model=z2sa --config.train=False --config.pretrained=True"
 
 
+def test_a_signal_while_a_log_line_is_written_still_stops_the_test_phase():
+    import io
+    import logging
+    import signal
+
+    from runner.errors import RunInterrupted
+    from runner.signals import stop_at_once
+
+    class SignallingStream(io.StringIO):
+        """A log stream that receives the signal while it writes (logging catches Exception there)."""
+
+        def write(self, text):
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.5)  # the handler runs here, inside the logging handler's emit
+            return super().write(text)
+
+    log = logging.getLogger("stop_at_once_test")
+    handler = logging.StreamHandler(SignallingStream())
+    log.addHandler(handler)
+    try:
+        with pytest.raises(RunInterrupted) as stopped:
+            with stop_at_once((signal.SIGUSR1,), lambda number: RunInterrupted("stopped", number, "x", resumable=False)):
+                log.warning("testing")
+                pytest.fail("the signal was swallowed by the logging handler")
+    finally:
+        log.removeHandler(handler)
+    assert stopped.value.signal_number == signal.SIGUSR1
+
+
 def test_the_process_group_gets_the_collective_timeout(monkeypatch):
     import datetime
 
