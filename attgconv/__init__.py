@@ -33,8 +33,8 @@ from attgconv.attentive import (
 from attgconv.conv import GroupConv, GroupKernel, LiftingConv, transform_kernels
 from attgconv.grids import PlanarGrid, get_grid
 
-# The original API (its module paths and names; see attgconv.original): ``attgconv.layers(group)``.
-from attgconv.layers import (  # noqa: E402  (after the layers it subclasses)
+# The original API (its module paths and names; see attgconv.compat): ``attgconv.layers(group)``.
+from attgconv.layers import (  # noqa: E402  (after the layers it subclasses; the module path loads first, so the name is the factory)
     AttConvGGLayer,
     AttConvRnGLayer,
     ConvGGLayer,

@@ -4,7 +4,9 @@ from g_selfatt_models import attgconv_zoo, gsa_zoo
 from g_selfatt_models.checkpoints import CheckpointError, load_model
 from g_selfatt_models.cnn import CNN
 from g_selfatt_models import transformer
-from g_selfatt_models.group_transformer import Activation, GroupTransformer, NormType
+from g_selfatt_models.group_transformer import GroupTransformer
+# The original's enums, and its attributes attached to GroupTransformer.
+from g_selfatt_models.compat.group_transformer import Activation, NormType
 from g_selfatt_models.transformer import Transformer
 from g_selfatt_models.registry import (
     DATA_SPECS,

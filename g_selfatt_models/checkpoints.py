@@ -28,7 +28,7 @@ from typing import Any, Callable, Dict, Iterator, Mapping, Optional, Union
 import torch
 from torch import nn
 
-from g_selfatt.nn.attention_state import derived_state_shapes, recorded_group_axis_index
+from g_selfatt.compat.state_dict import derived_state_shapes, recorded_group_axis_index
 from g_selfatt_models import released
 from g_selfatt_models.registry import (DataSpec, ModelSpec, check_defined_for, create_model, get_data_spec, get_model_spec,
                              model_settings)

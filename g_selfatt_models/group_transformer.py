@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import enum
-import functools
 import itertools
-from typing import Callable, Iterator, List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -26,22 +24,7 @@ from g_selfatt.nn import (
     whitening_init_,
 )
 
-__all__ = ["Activation", "GroupTransformer", "NormType"]
-
-
-class NormType(str, enum.Enum):
-    """The ``norm_type`` names (the original's enum; plain strings work too)."""
-
-    BATCH_NORM = "BatchNorm"
-    LAYERN_NORM = "LayerNorm"  # (sic) the original's member name
-
-
-class Activation(str, enum.Enum):
-    """The ``activation_function`` names (the original's enum; plain strings work too)."""
-
-    RELU = "ReLU"
-    SWISH = "Swish"
-
+__all__ = ["GroupTransformer"]
 
 def _values(value: Union[int, Sequence[int]], count: int, name: str) -> Iterator[int]:
     """Repeats an int or iterates a sequence of exactly ``count`` values."""
@@ -199,24 +182,6 @@ class GroupTransformer(nn.Module):
     def initialize_network(self, whitening_scale: float) -> None:
         """Draws convolution weights from N(0, (whitening_scale / sqrt(fan_in))^2), zero biases."""
         whitening_init_(self, whitening_scale)
-
-    # The original's names for the pieces it was built from.
-    def transformer_layer(self, *, max_pos_embedding: int, crop_size: int, in_channels: int,
-                          out_channels: int) -> TransformerBlock:
-        """One block (``max_pos_embedding``: the image side of global layers; local ones use the patch)."""
-        return self._block(in_channels, out_channels, crop_size, max_pos_embedding)
-
-    @property
-    def Norm(self) -> Callable[[int], nn.Module]:  # noqa: N802  (the original's attribute)
-        return functools.partial(get_norm, self.norm_type)
-
-    @property
-    def Activation(self) -> Callable[[], nn.Module]:  # noqa: N802
-        return functools.partial(get_activation, self.activation_function)
-
-    @property
-    def GroupSA(self) -> type:  # noqa: N802
-        return GroupLocalSelfAttention if self.patch_size else GroupSelfAttention
 
     @property
     def group_axis_index(self) -> str:

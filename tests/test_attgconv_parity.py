@@ -1,7 +1,7 @@
 """Parity of attgconv with the original attentive G-CNN code on the shared reference data.
 
 Every ``att_*.pt`` record is rebuilt by ``tools/check_parity.py`` (through
-:mod:`g_selfatt_models.attgconv_records`), loaded strictly and run in float32 (README tolerance) and
+:mod:`g_selfatt_models.compat.attgconv_records`), loaded strictly and run in float32 (README tolerance) and
 float64 (against ``output_float64``). The authors' released checkpoints, read from
 ``../shared/reference/att_gconvs_pretrained/``, are loaded into the registered models,
 directly and through ``main.py`` (``--config.pretrained=True --config.checkpoint=PATH``),
@@ -21,7 +21,7 @@ import torch
 import config as config_file
 import fixture_data
 import main
-from g_selfatt_models.attgconv_records import build_from_record, convert_state_dict, strip_prefix
+from g_selfatt_models.compat.attgconv_records import build_from_record, convert_state_dict, strip_prefix
 from g_selfatt_models.registry import DataSpec, create_model, get_model_spec
 from runner.errors import CheckpointError
 from tests.conftest import REFERENCE_DIR, REPO_ROOT, reference_files

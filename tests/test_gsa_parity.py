@@ -76,7 +76,7 @@ NEW_RECORDS = {
 
 def _write_record(directory, case, module_name, input_shape, kwargs):
     """A record in the format of ../shared/reference, made with this project's modules."""
-    from g_selfatt_models.gsa_records import build_from_record
+    from g_selfatt_models.compat.gsa_records import build_from_record
 
     record = {"case": case, "origin": "g_selfatt", "module": module_name, "kwargs": kwargs}
     module = build_from_record(record)
@@ -171,7 +171,7 @@ def test_a_gsa_net_built_by_hand_loads_original_weights_with_the_original_index(
 def test_derived_buffers_are_not_saved_but_older_files_holding_them_load():
     from g_selfatt.groups import E2
     from g_selfatt.nn import GroupLocalSelfAttention, recorded_group_axis_index
-    from g_selfatt.nn.attention_state import DERIVED_BUFFERS, derived_state_shapes
+    from g_selfatt.compat.state_dict import DERIVED_BUFFERS, derived_state_shapes
 
     layer = GroupLocalSelfAttention(E2(8), 4, 6, 8, 2, 3, 0.0)
     assert not set(DERIVED_BUFFERS) & set(layer.state_dict())

@@ -132,3 +132,61 @@ def test_the_checker_sees_lazy_relative_and_upward_imports(tmp_path):
 @pytest.mark.parametrize("module", ["g_selfatt.nn.attention", "g_selfatt_models.registry", "main"])
 def test_the_project_modules_are_found(module):
     assert module in project_modules()
+
+
+# The classes a reader opens first, and the compatibility classes attached to them.
+ATTACHED = [("g_selfatt.nn.attention", "SelfAttentionCore", "g_selfatt.compat.layer_api", "OriginalLayerAPI"),
+            ("g_selfatt.nn.attention", "SelfAttentionCore", "g_selfatt.compat.state_dict", "StateDictCompatibility"),
+            ("g_selfatt_models.group_transformer", "GroupTransformer", "g_selfatt_models.compat.group_transformer",
+             "OriginalGroupTransformerAPI")]
+# The originals' module paths that this project re-exports from its compatibility modules.
+ORIGINAL_PATHS = ["attgconv/layers.py", "attgconv/attention_layers.py", "attgconv/RomHog_attention.py",
+                  "g_selfatt/nn/rd_self_attention.py", "g_selfatt/nn/lift_self_attention.py",
+                  "g_selfatt/nn/group_self_attention.py", "g_selfatt/nn/lift_local_self_attention.py",
+                  "g_selfatt/nn/group_local_self_attention.py", "models/group_transformer.py"]
+
+
+@pytest.mark.parametrize("module, name, compat_module, compat_name", ATTACHED)
+def test_compatibility_is_attached_from_its_own_module_not_written_in_the_class(module, name, compat_module, compat_name):
+    import importlib
+
+    from torch import nn
+
+    cls = getattr(importlib.import_module(module), name)
+    compat = getattr(importlib.import_module(compat_module), compat_name)
+    assert cls.__bases__ == (nn.Module,), "the class derives from nn.Module alone, no compatibility mixin"
+    attached = [key for key in vars(compat) if not key.startswith("__")]
+    assert attached
+    source = ast.parse(pathlib.Path(importlib.import_module(module).__file__).read_text())
+    (body,) = [node for node in source.body if isinstance(node, ast.ClassDef) and node.name == name]
+    own = {node.name for node in body.body if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    own |= {target.id for node in body.body if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for target in (node.targets if isinstance(node, ast.Assign) else [node.target]) if isinstance(target, ast.Name)}
+    assert not own & set(attached), f"{name} writes compatibility names itself"
+    assert all(vars(cls)[key] is vars(compat)[key] for key in attached), "attached when the package is imported"
+
+
+def test_attaching_never_replaces_what_a_class_defines():
+    from g_selfatt.compat.attach import attach
+
+    class Layer:
+        def forward(self):
+            return "own"
+
+    class Compat:
+        def forward(self):
+            return "compat"
+
+    with pytest.raises(TypeError, match=r"Layer already defines \['forward'\]"):
+        attach(Layer, Compat)
+    assert Layer().forward() == "own"
+
+
+@pytest.mark.parametrize("path", ORIGINAL_PATHS)
+def test_the_originals_module_paths_only_re_export(path):
+    tree = ast.parse((REPO_ROOT / path).read_text())
+    statements = [node for node in tree.body if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+                  and not (isinstance(node, ast.Assign) and [getattr(t, "id", "") for t in node.targets] == ["__all__"])]
+    assert statements and all(isinstance(node, ast.ImportFrom) for node in statements), path
+    assert all(".compat" in node.module or node.module == "g_selfatt.nn.attention" or
+               node.module == "g_selfatt_models.group_transformer" for node in statements), path

@@ -331,7 +331,7 @@ def test_the_attgconv_demo_workflow(tmp_path):
 
 
 def test_factory_layers_load_the_originals_state_dict_names(tmp_path):
-    from g_selfatt_models.attgconv_records import build_from_record
+    from g_selfatt_models.compat.attgconv_records import build_from_record
 
     record = torch.load(REPO_ROOT.parent / "shared" / "reference" / "att_layer_attconvgg_se2_p4.pt", weights_only=True)
     built = build_from_record({"module": record["module"], "kwargs": record["kwargs"]})
@@ -385,7 +385,7 @@ def test_the_original_data_folders_of_cifar10_and_att_gconvs_rotmnist(tmp_path):
                                         ("A_Sp_P4AllCNNC", 2)])
 def test_every_original_allcnnc_is_rebuilt_by_its_name_with_its_downsampling(name, side):
     # Pooled (P4AllCNNC), strided (A_, A_Ch_) or strided and pooled (A_Sp_): the side after c6 on 32x32.
-    from g_selfatt_models.attgconv_records import build_from_record
+    from g_selfatt_models.compat.attgconv_records import build_from_record
 
     model = build_from_record({"module": name, "kwargs": {}}).eval()
     seen = []
@@ -424,7 +424,7 @@ def _with_batch_statistics(model: torch.nn.Module, x: torch.Tensor) -> torch.nn.
 
 @pytest.mark.parametrize("task, name", EXPERIMENT_CLASSES, ids=[f"{t}.{n}" for t, n in EXPERIMENT_CLASSES])
 def test_every_original_experiment_model_class_is_rebuilt_by_its_name(task, name):
-    from g_selfatt_models.attgconv_records import build_from_record
+    from g_selfatt_models.compat.attgconv_records import build_from_record
 
     _, channels, side = TASK_INPUTS[task]
     model = build_from_record({"module": name, "kwargs": {}}).eval()
@@ -439,7 +439,7 @@ def test_every_original_experiment_name_builds_the_scripts_network(task, name, r
     script built for ``--model <name>`` (the class by its original name, same weights, same logits);
     without the option the name is the paper's network, which differs only where the script's did."""
     import g_selfatt_models as models
-    from g_selfatt_models.attgconv_records import build_from_record
+    from g_selfatt_models.compat.attgconv_records import build_from_record
 
     dataset, channels, side = TASK_INPUTS[task]
     torch.manual_seed(0)
@@ -463,7 +463,7 @@ def test_every_original_experiment_name_builds_the_scripts_network(task, name, r
 def test_the_original_rebuttal_model_has_its_experiment_name():
     # att_gconvs' rot_mnist experiment --model RomHog_att_p4cnn built RomHog_fA_P4CNN.
     import g_selfatt_models as models
-    from g_selfatt_models.attgconv_records import build_from_record
+    from g_selfatt_models.compat.attgconv_records import build_from_record
 
     torch.manual_seed(0)
     model = models.create_model("RomHog_att_p4cnn", dataset="rotMNIST").eval()

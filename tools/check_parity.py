@@ -30,7 +30,7 @@ from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 import torch
 from torch import nn
 
-from g_selfatt_models import attgconv_records, gsa_records
+from g_selfatt_models.compat import attgconv_records, gsa_records
 
 TOLERANCES = {"float32": (1e-4, 5e-5), "float64": (1e-7, 1e-7)}
 

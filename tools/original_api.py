@@ -177,8 +177,8 @@ def where_here(module: str, name: str) -> str:
 
 
 # Modules that hold the originals' classes as subclasses of this project's layers.
-COMPATIBILITY_MODULES = ("attgconv.layers", "attgconv.attention_layers", "attgconv.RomHog_attention",
-                         "g_selfatt.nn.rd_self_attention")
+COMPATIBILITY_MODULES = ("attgconv.compat.layers", "attgconv.compat.attention_layers",
+                         "attgconv.compat.romhog_attention", "g_selfatt.compat.rd_self_attention")
 
 
 def _implementation(obj: Any) -> str:

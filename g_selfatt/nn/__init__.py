@@ -10,13 +10,16 @@ from g_selfatt.nn.attention import (
     LiftSelfAttention,
     SelfAttentionCore,
 )
-from g_selfatt.nn.attention_state import recorded_group_axis_index, set_group_axis_index
 from g_selfatt.nn.cropping import Crop
 from g_selfatt.nn.init import whitening_init_
 from g_selfatt.nn.layers import Conv2d1x1, Conv3d1x1, LayerNorm, get_norm
 from g_selfatt.nn.positional_encoding import PositionalMLP
-from g_selfatt.nn.rd_self_attention import RdSelfAttention
 from g_selfatt.nn.transformer_block import TransformerBlock
+
+# The original's layer API and state-dict loading, attached to the layers above, and its R^2 layer.
+from g_selfatt.compat import layer_api as _layer_api  # noqa: E402,F401  isort:skip
+from g_selfatt.compat.state_dict import recorded_group_axis_index, set_group_axis_index  # noqa: E402  isort:skip
+from g_selfatt.compat.rd_self_attention import RdSelfAttention  # noqa: E402  isort:skip
 
 __all__ = [
     "GROUP_AXIS_INDICES",

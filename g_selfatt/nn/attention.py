@@ -36,8 +36,9 @@ The original implementation indexes the group encoding by ``(m + v - g) mod n``
 instead, which breaks equivariance; ``group_axis_index="original"`` reproduces
 it (for loading its checkpoints and for comparison).
 
-How the layers' state dicts are saved and loaded (the derived index tables, the original
-checkpoints' group-axis index) is :mod:`g_selfatt.nn.attention_state`.
+What exists only for the original's code and checkpoints (its layers' method names, the derived
+tables its state dicts hold, the group-axis index of a state dict that does not record it) is
+attached to these layers by :mod:`g_selfatt.compat`.
 """
 
 from __future__ import annotations
@@ -54,8 +55,6 @@ from g_selfatt.groups import Group
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS, resolve_impl
 from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.efficient_attention import efficient_attention
-from g_selfatt.nn.attention_state import StateDictCompatibility
-from g_selfatt.nn.original_api import OriginalLayerAPI
 from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
 GROUP_AXIS_INDICES = ("relative", "original")
@@ -73,7 +72,7 @@ def relative_group_indices(group: Group) -> Tensor:
     return table.unsqueeze(0).expand(group.num_elements, -1, -1).contiguous()
 
 
-class SelfAttentionCore(StateDictCompatibility, OriginalLayerAPI, nn.Module):
+class SelfAttentionCore(nn.Module):
     """The shared implementation of the four self-attention layers.
 
     Subclasses choose ``lifting`` (input ``(B, C, H, W)``, no group encoding)

@@ -1,5 +1,5 @@
 """Shared pieces of the original attgconv API (:mod:`attgconv.group`, :mod:`attgconv.layers`,
-:mod:`attgconv.attention_layers`, :mod:`attgconv.RomHog_attention`).
+:mod:`attgconv.attention_layers`, :mod:`attgconv.RomHog_attention`, all in :mod:`attgconv.compat`).
 
 The original described a group by a module (``attgconv.group.SE2`` or ``.E2``) and a sampling of
 it by a grid object (``H.grid_global(N)``); here both stand for a :class:`~attgconv.grids.PlanarGrid`.

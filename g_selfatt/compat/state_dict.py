@@ -1,4 +1,4 @@
-"""How the self-attention layers' state dicts are saved and loaded.
+"""How the self-attention layers' state dicts are saved and loaded (attached to the layers).
 
 Two things are not in the weights:
 
@@ -26,6 +26,9 @@ from typing import Dict, Iterator
 
 import torch
 from torch import nn
+
+from g_selfatt.compat.attach import attach
+from g_selfatt.nn.attention import SelfAttentionCore
 
 logger = logging.getLogger(__name__)
 
@@ -63,13 +66,13 @@ def recorded_group_axis_index() -> Iterator[None]:
 def set_group_axis_index(model: nn.Module, group_axis_index: str) -> nn.Module:
     """Switches every group self-attention layer of ``model`` to ``group_axis_index``; returns ``model``."""
     for module in model.modules():
-        if isinstance(module, StateDictCompatibility) and not module.lifting:
+        if isinstance(module, SelfAttentionCore) and not module.lifting:
             module.use_group_axis_index(group_axis_index)
     return model
 
 
 class StateDictCompatibility:
-    """Mixin of :class:`~g_selfatt.nn.attention.SelfAttentionCore`: its state-dict version and loading."""
+    """Attached to :class:`~g_selfatt.nn.attention.SelfAttentionCore`: its state-dict version and loading."""
 
     _version = STATE_VERSION
 
@@ -104,8 +107,8 @@ class StateDictCompatibility:
             if _last_notice[0] != id(state_dict):
                 _last_notice[0] = id(state_dict)
                 logger.warning(ORIGINAL_INDEX_NOTICE)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
-                                      unexpected_keys, error_msgs)
+        nn.Module._load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                                        unexpected_keys, error_msgs)
 
     def _trained_with_original_index(self, local_metadata: Dict) -> bool:
         """A state dict of unknown index (no version 2) loaded where no caller vouches for the index."""
@@ -121,5 +124,8 @@ def derived_state_shapes(model: nn.Module) -> Dict[str, torch.Size]:
     :data:`DERIVED_BUFFERS`); a strict check of a checkpoint's keys must allow them too.
     """
     return {f"{prefix}{'.' if prefix else ''}{name}": shape
-            for prefix, module in model.named_modules() if isinstance(module, StateDictCompatibility)
+            for prefix, module in model.named_modules() if isinstance(module, SelfAttentionCore)
             for name, shape in module.derived_buffer_shapes().items()}
+
+
+attach(SelfAttentionCore, StateDictCompatibility)

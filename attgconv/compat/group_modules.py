@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from attgconv import original
+from attgconv.compat import original
 from attgconv.grids import get_grid
 
 

@@ -1,4 +1,4 @@
-"""The original layers' methods and attributes, on this project's self-attention layers.
+"""The original layers' methods and attributes, attached to this project's self-attention layers.
 
 The original implementation exposed the steps of its computation; code written for it calls
 them. :class:`OriginalLayerAPI` gives :class:`~g_selfatt.nn.attention.SelfAttentionCore` the
@@ -21,9 +21,12 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
+from g_selfatt.compat.attach import attach
+from g_selfatt.nn.attention import SelfAttentionCore
+
 
 class OriginalLayerAPI:
-    """Mixin of :class:`~g_selfatt.nn.attention.SelfAttentionCore` with the original layers' API."""
+    """The original layers' API, attached to :class:`~g_selfatt.nn.attention.SelfAttentionCore`."""
 
     inf_outside: Optional[Tensor] = None
 
@@ -75,3 +78,6 @@ class OriginalLayerAPI:
     @property
     def attention_dropout(self) -> nn.Dropout:
         return self.dropout_attention
+
+
+attach(SelfAttentionCore, OriginalLayerAPI)
