@@ -26,7 +26,6 @@ from typing import Callable, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 from absl import logging
-from sklearn import metrics as sk_metrics
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -83,7 +82,7 @@ def classification_metrics(predictions: Predictions, num_classes: int) -> Dict[s
     """
     labels = predictions.labels.numpy()
     predicted = predictions.logits.argmax(dim=1).numpy()
-    confusion = sk_metrics.confusion_matrix(labels, predicted, labels=range(num_classes))
+    confusion = confusion_matrix(labels, predicted, num_classes)
     support = confusion.sum(axis=1)
     per_class = np.divide(np.diag(confusion), support, out=np.full(num_classes, np.nan),
                           where=support > 0)
@@ -98,13 +97,36 @@ def classification_metrics(predictions: Predictions, num_classes: int) -> Dict[s
     return result
 
 
+def confusion_matrix(labels: np.ndarray, predicted: np.ndarray, num_classes: int) -> np.ndarray:
+    """``(num_classes, num_classes)`` counts: row = true class, column = predicted class."""
+    return np.bincount(labels * num_classes + predicted, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+
+
+def average_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks 1..n of ``values``; tied values share the mean of their ranks."""
+    order = np.argsort(values, kind="mergesort")
+    ordered = values[order]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])  # first index of each run of ties
+    ends = np.r_[starts[1:], len(values)]
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)  # mean of ranks start+1 .. end
+    return ranks
+
+
 def binary_roc_auc(predictions: Predictions) -> Optional[float]:
-    """ROC-AUC of the class-1 probability; None when the labels hold a single class."""
+    """ROC-AUC of the class-1 probability; None when the labels hold a single class.
+
+    The probability that a random positive scores above a random negative (ties count one half):
+    the Mann-Whitney statistic ``(sum of the positives' ranks - P (P + 1) / 2) / (P N)``.
+    """
     labels = predictions.labels.numpy()
-    if len(np.unique(labels)) < 2:
+    positives = int((labels == 1).sum())
+    negatives = len(labels) - positives
+    if positives == 0 or negatives == 0:
         return None
-    scores = predictions.logits.softmax(dim=1)[:, 1].numpy()
-    return float(sk_metrics.roc_auc_score(labels, scores))
+    scores = predictions.logits.double().softmax(dim=1)[:, 1].numpy()
+    rank_sum = average_ranks(scores)[labels == 1].sum()
+    return float((rank_sum - positives * (positives + 1) / 2) / (positives * negatives))
 
 
 def rotation_angles(count: int) -> List[float]:

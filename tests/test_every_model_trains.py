@@ -83,7 +83,10 @@ def test_model_builds_for_every_dataset(name, dataset):
     model = main.build_model(config, data).eval()
     if data.architecture == dataset_of(name):
         return  # trained through main.py above
-    images = torch.randn(2, data.in_channels, data.image_size, data.image_size)
+    # All-CNN-C and ResNet44 pad their convolutions and pool globally, so any side from their
+    # minimum gives the same wiring; a 96x96 PCam image through an attentive All-CNN-C takes ~25 s.
+    side = min(data.image_size, 32) if minimum_side(name) <= 4 else data.image_size
+    images = torch.randn(2, data.in_channels, side, side)
     with torch.no_grad():
         assert model(images).shape == (2, data.num_classes)
 

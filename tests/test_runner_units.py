@@ -439,6 +439,29 @@ def test_classification_metrics():
     assert result["roc_auc"] == pytest.approx(2 / 3)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_metrics_agree_with_a_pair_count_and_scikit_learn(seed):
+    """ROC-AUC against counting every positive/negative pair (ties one half) and scikit-learn; the
+    confusion matrix against scikit-learn. Scores are drawn from few values, so ties are common."""
+    from sklearn import metrics as sk_metrics
+
+    generator = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (60,), generator=generator)
+    logits = torch.randint(-2, 3, (60, 2), generator=generator).float()
+    result = tester.classification_metrics(tester.Predictions(logits, labels), 2)
+    scores = logits.double().softmax(dim=1)[:, 1]
+    positive, negative = scores[labels == 1], scores[labels == 0]
+    difference = positive[:, None] - negative[None, :]
+    pairs = ((difference > 0).double() + 0.5 * (difference == 0).double()).mean().item()
+    assert result["roc_auc"] == pytest.approx(pairs, rel=1e-12)
+    assert result["roc_auc"] == pytest.approx(sk_metrics.roc_auc_score(labels.numpy(), scores.numpy()), rel=1e-12)
+    three = torch.randint(0, 3, (50,), generator=generator)
+    predicted = torch.randn(50, 3, generator=generator)
+    expected = sk_metrics.confusion_matrix(three.numpy(), predicted.argmax(1).numpy(), labels=range(3))
+    assert tester.classification_metrics(tester.Predictions(predicted, three), 3)["confusion_matrix"] == expected.tolist()
+    assert tester.binary_roc_auc(tester.Predictions(logits, torch.ones(60, dtype=torch.long))) is None
+
+
 def test_rotation_reports_are_written(tmp_path):
     curve = [{"angle_deg": a, "accuracy": 0.5} for a in tester.rotation_angles(4)]
     written = tester.write_reports({"accuracy": 0.5, "rotation_curve": curve}, tmp_path / "r", "t")

@@ -108,10 +108,11 @@ def test_shipped_checkpoint_reproduces_its_validation_accuracy(key):
 
 @pytest.mark.parametrize("dataset", ["rotDigits", "rotMNIST5k"])
 def test_shipped_p4sa_is_invariant_to_quarter_turns_and_beats_its_baseline(dataset):
-    """Exact invariance, checked in float64: its round-off (1e-16) flips no prediction."""
+    """Exact invariance, checked in float64 on the first 256 test images: its round-off (1e-16)
+    flips no prediction."""
     _, model, splits = _load((dataset, "p4sa"))
     model64 = copy.deepcopy(model).double()
-    images = torch.stack([image for image, _ in splits.test]).double()
+    images = torch.stack([splits.test[index][0] for index in range(min(256, len(splits.test)))]).double()
     with torch.no_grad():
         logits = model64(splits.batch_transform(images))
         for quarter_turns in (1, 2, 3):
