@@ -21,7 +21,8 @@ import torch
 import config as config_file
 import fixture_data
 import main
-from g_selfatt_models.compat.attgconv_records import build_from_record, convert_state_dict, strip_prefix
+from g_selfatt_models.checkpoints import strip_wrapper_prefixes
+from g_selfatt_models.compat.attgconv_records import build_from_record, convert_state_dict
 from g_selfatt_models.registry import DataSpec, create_model, get_model_spec
 from runner.errors import CheckpointError
 from tests.conftest import REFERENCE_DIR, REPO_ROOT, reference_files
@@ -116,7 +117,7 @@ PRETRAINED = {
 
 def _checkpoint(record: Dict) -> Dict[str, torch.Tensor]:
     path = REFERENCE / record["pretrained_file"]
-    return strip_prefix(torch.load(path, map_location="cpu", weights_only=True))
+    return strip_wrapper_prefixes(torch.load(path, map_location="cpu", weights_only=True))
 
 
 @pytest.mark.parametrize("case", sorted(PRETRAINED))

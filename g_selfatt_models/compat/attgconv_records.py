@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from attgconv import RomHog_attention, attention_layers
 from g_selfatt_models.attgconv_zoo import zoo
+from g_selfatt_models.checkpoints import strip_wrapper_prefixes
 from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
 
 ROMHOG = "attgconv.RomHog_attention."
@@ -170,19 +171,14 @@ def _convert_z2cnn(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
 CONVERTERS: Dict[str, Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]] = {"Z2CNN": _convert_z2cnn}
 
 
-def strip_prefix(state_dict: Mapping[str, Tensor], prefix: str = "module.") -> Dict[str, Tensor]:
-    """Drops ``prefix`` (``nn.DataParallel``'s ``module.``) from the keys that have it."""
-    return {key[len(prefix):] if key.startswith(prefix) else key: value for key, value in state_dict.items()}
-
-
 def convert_state_dict(record_or_module_name: Union[str, Mapping[str, Any]],
                        state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """Maps an original ``state_dict`` onto the module :func:`build_from_record` builds.
 
     Args:
         record_or_module_name: the record, or the original class name.
-        state_dict: the original state_dict (a ``module.`` prefix is removed).
+        state_dict: the original state_dict (wrapper prefixes such as ``module.`` are removed).
     """
     name = record_or_module_name if isinstance(record_or_module_name, str) else record_or_module_name["module"]
-    state_dict = strip_prefix(state_dict)
+    state_dict = strip_wrapper_prefixes(state_dict)
     return CONVERTERS[name](state_dict) if name in CONVERTERS else dict(state_dict)
