@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Dict, List, Mapping
+from typing import List
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-__all__ = ["CNN", "convert_z2cnn_checkpoint"]
+__all__ = ["CNN"]
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, eps: float, bias: bool) -> List[nn.Module]:
@@ -51,24 +51,3 @@ class CNN(nn.Module):
         if x.shape[-2:] != (28, 28):
             raise ValueError(f"CNN needs 28x28 inputs, got {tuple(x.shape[-2:])}.")
         return self.sequential(x).view(x.shape[0], self.num_classes)
-
-
-# Positions in ``CNN.sequential`` of the convolutions and batch norms, in order.
-_CONV_POSITIONS = (0, 4, 8, 12, 16, 20, 24)
-_NORM_POSITIONS = (1, 5, 9, 13, 17, 21)
-
-
-def convert_z2cnn_checkpoint(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    """Maps a checkpoint of the attentive G-CNN code's ``Z2CNN`` onto :class:`CNN`.
-
-    That model is the same network with its layers named ``c1..c7`` and ``bn1..bn6``;
-    checkpoints that already use :class:`CNN`'s names pass through unchanged.
-    """
-    renames = {f"c{i + 1}.": f"sequential.{p}." for i, p in enumerate(_CONV_POSITIONS)}
-    renames.update({f"bn{i + 1}.": f"sequential.{p}." for i, p in enumerate(_NORM_POSITIONS)})
-    converted = {}
-    for key, value in state_dict.items():
-        head, _, rest = key.partition(".")
-        new_prefix = renames.get(head + ".")
-        converted[new_prefix + rest if new_prefix else key] = value
-    return converted

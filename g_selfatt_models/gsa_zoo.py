@@ -17,7 +17,8 @@ from torch import nn
 from g_selfatt.groups import get_group
 from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
 from g_selfatt.nn.init import WHITENING_SCALE
-from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
+from g_selfatt_models.cnn import CNN
+from g_selfatt_models.compat.state_dicts import convert_z2cnn_checkpoint
 from g_selfatt_models import protocols
 from g_selfatt_models.group_transformer import GroupTransformer
 from g_selfatt_models.registry import DataSpec, register_model

@@ -4,6 +4,8 @@
   (``NormType``, ``Activation``) and attributes (``Norm``, ``GroupSA``, ``transformer_layer``,
   ...), attached to :class:`~g_selfatt_models.group_transformer.GroupTransformer` when
   :mod:`g_selfatt_models` is imported.
+* :mod:`g_selfatt_models.compat.state_dicts`: the original ``Z2CNN``'s parameter names mapped
+  onto :class:`~g_selfatt_models.cnn.CNN` (the model's registered ``convert_checkpoint``).
 * :mod:`g_selfatt_models.compat.gsa_records` and :mod:`g_selfatt_models.compat.attgconv_records`:
   this project's module for each record of an original module (class name and constructor
   arguments) and the conversion of its state dict, for the parity checks against the originals'

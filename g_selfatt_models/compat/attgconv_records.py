@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from attgconv import RomHog_attention, attention_layers
 from g_selfatt_models.attgconv_zoo import zoo
 from g_selfatt_models.checkpoints import strip_wrapper_prefixes
-from g_selfatt_models.cnn import CNN, convert_z2cnn_checkpoint
+from g_selfatt_models.cnn import CNN
+from g_selfatt_models.compat.state_dicts import convert_z2cnn_checkpoint
 
 ROMHOG = "attgconv.RomHog_attention."
 # The original classes a record may name, from attgconv's modules of the original API.
