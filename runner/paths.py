@@ -184,6 +184,15 @@ REPORT_SUFFIXES = (".test.json", ".rotation.csv", ".rotation.png", ".metrics.csv
 REPORT_FOLDERS = (".tensorboard",)
 
 
+def start_or_resume_flag(best_path: pathlib.Path) -> str:
+    """The ``main.py`` flag for a scripted run (a table, a search) whose checkpoint is ``best_path``.
+
+    ``--config.resume=True`` when the run's resumable checkpoint exists (an earlier session was cut
+    short: the run goes on from its last step), else ``--config.overwrite=True`` (a fresh start).
+    """
+    return "--config.resume=True" if last_checkpoint_path(best_path).exists() else "--config.overwrite=True"
+
+
 def output_prefix(best_path: pathlib.Path) -> pathlib.Path:
     """Prefix of the reports (metrics, test results, rotation curve) written next to the checkpoint."""
     return best_path.with_suffix("")

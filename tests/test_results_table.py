@@ -191,6 +191,13 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     assert "p4_h4: recorded" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 1
     assert search.command("k", {"block_sizes": (0, 1, 2)}, tmp_path, 2)[5] == "--config.block_sizes=(0,1,2)"
+    # A run whose row is missing (the session ended before it was written) goes on from its checkpoint.
+    (tmp_path / "log.csv").unlink()
+    assert "--config.resume=True" in search.command("p4_h4", search.CANDIDATES["p4_h4"], tmp_path / "saved", 1)
+    assert "--config.overwrite=True" in search.command("p4_h5", {}, tmp_path / "saved", 1)
+    search.main(argv)
+    assert "--config.resume=True" in capsys.readouterr().out
+    assert list(csv.DictReader(open(tmp_path / "log.csv"))) == rows
 
 
 def _blur_module():

@@ -10,7 +10,8 @@ Every candidate of :data:`CANDIDATES` is one ``main.py`` run on rotMNIST5k (seed
 flags on top of the dataset's protocol and p4sa's defaults (each candidate spells out its layout); the epoch is selected on the 500 validation digits and
 only validation numbers are recorded: the test digits play no part in the search. Each finished
 run appends one row to ``--log`` (written to a temporary file, then renamed), and a candidate
-whose key is in the log is not run again, so an interrupted search goes on where it stopped.
+whose key is in the log is not run again, so an interrupted search goes on where it stopped; a
+run that was cut short goes on from its last checkpoint (``--config.resume=True``).
 
 Columns of the log: key, the flags, parameters, best validation accuracy and its epoch, the
 training accuracy and loss of the last epoch (underfitting shows there), seconds of the fastest
@@ -61,10 +62,13 @@ def flag_text(value: object) -> str:
 def command(key: str, flags: Mapping[str, object], save_dir: pathlib.Path, threads: int,
             extra: Sequence[str] = ()) -> List[str]:
     """The ``main.py`` command line of one candidate."""
+    from runner.paths import start_or_resume_flag
+
     settings = {"model": "p4sa", **flags}
+    checkpoint = save_dir / key / "model.pt"
     return [sys.executable, str(REPO_ROOT / "main.py"), "--config.dataset=rotMNIST5k", "--config.seed=0",
             *[f"--config.{name}={flag_text(value)}" for name, value in settings.items()],
-            f"--config.path={save_dir / key / 'model.pt'}", "--config.overwrite=True",
+            f"--config.path={checkpoint}", start_or_resume_flag(checkpoint),
             "--config.rotation_angles=0", f"--config.num_threads={threads}", *extra]
 
 

@@ -14,7 +14,8 @@ rotation (``--config.rotation_angles=24``): each test digit rotated once from it
 and, for the blur columns, the rotated test digit rotated again (see :mod:`tester`). A run that
 has a row in ``runs.csv`` or a test report is not trained again, and ``runs.csv``, the table and
 the figure are rewritten after every run, so an interrupted table (even one whose checkpoints are
-gone) goes on where it stopped; ``--overwrite`` retrains.
+gone) goes on where it stopped, and a run cut short goes on from its last checkpoint
+(``--config.resume=True``); ``--overwrite`` retrains.
 
 Writes to ``--output-dir``:
 
@@ -73,14 +74,21 @@ def run_prefix(save_dir: pathlib.Path, model: str, seed: int) -> pathlib.Path:
 
 
 def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequence[str], overwrite: bool) -> pathlib.Path:
-    """Runs ``main.py`` for one model and seed unless its test report exists; returns the prefix."""
+    """Runs ``main.py`` for one model and seed unless its test report exists; returns the prefix.
+
+    A run cut short (its resumable checkpoint exists) goes on from there unless ``overwrite``.
+    """
     prefix = run_prefix(save_dir, model, seed)
     if prefix.with_suffix(".test.json").exists() and not overwrite:
         print(f"[table] {model} seed {seed}: done before, reusing {prefix}.test.json", flush=True)
         return prefix
+    from runner.paths import start_or_resume_flag
+
+    checkpoint = prefix.with_suffix(".pt")
+    start = "--config.overwrite=True" if overwrite else start_or_resume_flag(checkpoint)
     command = [sys.executable, str(REPO_ROOT / "main.py"), "--config.dataset=rotMNIST5k",
                f"--config.model={model}", f"--config.seed={seed}", f"--config.rotation_angles={NUM_ANGLES}",
-               f"--config.path={prefix}.pt", "--config.overwrite=True", *extra]
+               f"--config.path={checkpoint}", start, *extra]
     print("[table]", " ".join(command[1:]), flush=True)
     subprocess.run(command, check=True, cwd=REPO_ROOT)
     return prefix
