@@ -25,8 +25,8 @@ import torch
 
 from datasets.archives import read_tar_members
 from datasets.base import TensorImageDataset, resolve_valid_size, split_random
-from datasets.download import Resource, fetch_resource, cached_train_test
-from datasets.errors import CorruptFileError, missing_files_error
+from datasets.download import Resource, archive_in, cached_train_test
+from datasets.errors import CorruptFileError
 
 FOLDER = "CIFAR10"
 ARCHIVE = Resource(
@@ -94,16 +94,8 @@ def _raw_batches(folder: Path, download: bool) -> Tuple[Dict[str, bytes], Path]:
     for extracted in (folder / EXTRACTED_FOLDER, folder.parent / EXTRACTED_FOLDER):
         if all((extracted / name).exists() for name in names):
             return {name: (extracted / name).read_bytes() for name in names}, extracted
-    archive = folder / ARCHIVE.filename
-    if download:
-        fetch_resource(ARCHIVE, folder)
-    elif not archive.exists():
-        raise missing_files_error(
-            "CIFAR10", folder,
-            f"  {ARCHIVE.filename}\nor the extracted folder\n  {EXTRACTED_FOLDER}/"
-            + ", ".join(names),
-            f"Run with --config.download=True to download it from {ARCHIVE.urls[0]}.",
-        )
+    archive = archive_in(folder, ARCHIVE, download, "CIFAR10",
+                         f"the extracted folder\n  {EXTRACTED_FOLDER}/" + ", ".join(names))
     return read_tar_members(archive, names), archive
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import torch
 
-from datasets.errors import ChecksumError, CorruptFileError, DownloadError
+from datasets.errors import ChecksumError, CorruptFileError, DownloadError, missing_files_error
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +149,29 @@ def fetch_resource(resource: Resource, folder: Path) -> Path:
         "\n".join(failures) + f"\nDownload {resource.filename} by hand into {folder} "
         "or check the network connection."
     )
+
+
+def archive_in(folder: Path, resource: Resource, download: bool, dataset: str, extracted: str) -> Path:
+    """The archive ``folder / resource.filename``, downloaded first if ``download``.
+
+    Args:
+        folder: the dataset's folder.
+        resource: the archive.
+        download: fetch it (verified against its MD5) if it is missing.
+        dataset: the dataset's name, for the error.
+        extracted: what else would have done instead of the archive (its extracted files), as
+            the error lists it.
+
+    Raises:
+        DatasetNotFoundError: neither the archive nor ``download``; names both and the flag.
+    """
+    archive = folder / resource.filename
+    if download:
+        fetch_resource(resource, folder)
+    elif not archive.exists():
+        raise missing_files_error(dataset, folder, f"  {resource.filename}\nor {extracted}",
+                                  f"Run with --config.download=True to download it from {resource.urls[0]}.")
+    return archive
 
 
 def save_cache(tensors: Any, path: Path) -> None:

@@ -29,8 +29,8 @@ import torch
 
 from datasets.archives import read_zip_members
 from datasets.base import TensorImageDataset, resolve_valid_size, split_tail
-from datasets.download import Resource, fetch_resource, load_cache, save_cache, save_parse_cache
-from datasets.errors import CorruptFileError, missing_files_error
+from datasets.download import Resource, archive_in, fetch_resource, load_cache, save_cache, save_parse_cache
+from datasets.errors import CorruptFileError
 
 FOLDER = "rotMNIST"
 ARCHIVE = Resource(
@@ -88,15 +88,8 @@ def _raw_texts(folder: Path, download: bool) -> Tuple[Dict[str, bytes], Path]:
     loose = [folder / TRAIN_VALID_FILE, folder / TEST_FILE]
     if all(path.exists() for path in loose):
         return {path.name: path.read_bytes() for path in loose}, folder
-    archive = folder / ARCHIVE.filename
-    if download:
-        fetch_resource(ARCHIVE, folder)
-    elif not archive.exists():
-        raise missing_files_error(
-            "rotMNIST", folder,
-            f"  {ARCHIVE.filename}\nor both extracted files\n  {TRAIN_VALID_FILE}\n  {TEST_FILE}",
-            f"Run with --config.download=True to download it from {ARCHIVE.urls[0]}.",
-        )
+    archive = archive_in(folder, ARCHIVE, download, "rotMNIST",
+                         f"both extracted files\n  {TRAIN_VALID_FILE}\n  {TEST_FILE}")
     return read_zip_members(archive, [TRAIN_VALID_FILE, TEST_FILE]), archive
 
 

@@ -696,3 +696,20 @@ def test_a_truncated_jpeg_is_found_before_training(tmp_path):
     splits = datasets.load_splits("PCam", tmp_path)
     with pytest.raises(CorruptFileError, match=r"1 bad image file\(s\): .*\.jpg \(cannot be decoded: image file is truncated"):
         datasets.check_records(splits.train, splits.spec, "the training split of PCam")
+
+
+@pytest.mark.parametrize("module, read, alternative", [
+    ("datasets.cifar10", "_raw_batches", "or the extracted folder\n  cifar-10-batches-py/"),
+    ("datasets.rot_mnist", "_raw_texts", "or both extracted files\n  mnist_all_rotation_normalized_float_train_valid.amat"),
+])
+def test_a_missing_archive_names_it_what_else_would_do_and_the_download_flag(tmp_path, module, read, alternative):
+    import importlib
+
+    from datasets.errors import DatasetNotFoundError
+
+    loader = importlib.import_module(module)
+    with pytest.raises(DatasetNotFoundError) as missing:
+        getattr(loader, read)(tmp_path, False)
+    message = str(missing.value)
+    assert f"  {loader.ARCHIVE.filename}\n{alternative}" in message and str(tmp_path.resolve()) in message
+    assert f"--config.download=True to download it from {loader.ARCHIVE.urls[0]}" in message
