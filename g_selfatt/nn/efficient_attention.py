@@ -181,38 +181,24 @@ def scatter_keys(geometry: _Geometry, grad_t: Tensor, grad_chunk: Tensor, querie
     grad_t.index_add_(1, index, grad_chunk.reshape(bn, -1, elements, channels))  # (BN, Q K, M, C)
 
 
-def contract_keys(x: Tensor, keys: Tensor) -> Tensor:
-    """``out[bn,q,r,x] = sum_c x[bn,q,r,c] keys[bn,(q,)x,c]``.
+def contract(x: Tensor, keys: Tensor) -> Tensor:
+    """``out[bn,q,r,y] = sum_x x[bn,q,r,x] keys[bn,(q,)x,y]``: one matrix product per query.
+
+    Global keys are shared by every query (one ``bmm`` over all ``Q R`` rows); local keys are
+    each query's own neighbourhood.
 
     Args:
-        x: ``(BN, Q, R, C)``.
-        keys: ``(BN, X, C)`` (global) or ``(BN, Q, X, C)`` (local).
+        x: ``(BN, Q, R, X)``.
+        keys: ``(BN, X, Y)`` (global) or ``(BN, Q, X, Y)`` (local).
 
     Returns:
-        ``(BN, Q, R, X)``.
+        ``(BN, Q, R, Y)``.
     """
-    bn, queries, rows, channels = x.shape
     if keys.dim() == 3:
-        out = torch.bmm(x.reshape(bn, queries * rows, channels), keys.transpose(1, 2))  # (BN, Q R, X)
+        bn, queries, rows, width = x.shape
+        out = torch.bmm(x.reshape(bn, queries * rows, width), keys)  # (BN, Q R, Y)
         return out.view(bn, queries, rows, -1)
-    return torch.matmul(x, keys.transpose(-1, -2))
-
-
-def contract_probabilities(p: Tensor, keys: Tensor) -> Tensor:
-    """``out[bn,q,r,c] = sum_x p[bn,q,r,x] keys[bn,(q,)x,c]``.
-
-    Args:
-        p: ``(BN, Q, R, X)``.
-        keys: ``(BN, X, C)`` (global) or ``(BN, Q, X, C)`` (local).
-
-    Returns:
-        ``(BN, Q, R, C)``.
-    """
-    bn, queries, rows, width = p.shape
-    if keys.dim() == 3:
-        out = torch.bmm(p.reshape(bn, queries * rows, width), keys)  # (BN, Q R, C)
-        return out.view(bn, queries, rows, -1)
-    return torch.matmul(p, keys)
+    return torch.matmul(x, keys)
 
 
 def keys_gradient(p: Tensor, x: Tensor, local: bool) -> Tensor:
@@ -285,7 +271,7 @@ def chunk_logits(geometry: _Geometry, queries: slice, q: Tensor, k: Tensor, pos_
     q_chunk = q[:, queries]  # (BN, Q, G, C)
     count = q_chunk.shape[1]
     keys = gather_keys(geometry, k, queries)
-    content = contract_keys(q_chunk, keys)  # (BN, Q, G, K M)
+    content = contract(q_chunk, keys.transpose(-1, -2))  # (BN, Q, G, K M)
     content = content.view(bn, count, 1, elements, geometry.num_keys, geometry.num_key_elements)
     embeddings = chunk_positional_table(geometry, pos_table, queries)
     positional = positional_logits(q_chunk[..., :geometry.pos_channels], embeddings)  # (BN, Q, V, G, K)
@@ -360,7 +346,7 @@ class ChunkedAttention(torch.autograd.Function):
                 if geometry.dropout > 0:
                     probs.mul_(dropout_mask(geometry, number, probs))
                 values = gather_keys(geometry, v, queries)
-                out[:, queries] = contract_probabilities(probs.sum(3), values)  # (BN, Q, V, C)
+                out[:, queries] = contract(probs.sum(3), values)  # (BN, Q, V, C)
         ctx.geometry = geometry
         ctx.save_for_backward(q, k, v, pos_table, group_table)
         return out
@@ -387,7 +373,7 @@ def _backward(geometry: _Geometry, grad_out: Tensor, q: Tensor, k: Tensor, v: Te
         count = probs.shape[1]
         values = gather_keys(geometry, v, queries)
         grad_chunk = grad_out[:, queries]  # (BN, Q, V, C)
-        grad_dropped = contract_keys(grad_chunk, values).unsqueeze(3)  # (BN, Q, V, 1, X)
+        grad_dropped = contract(grad_chunk, values.transpose(-1, -2)).unsqueeze(3)  # (BN, Q, V, 1, X)
         if geometry.dropout > 0:
             mask = dropout_mask(geometry, number, probs)
             dropped = probs * mask
@@ -403,7 +389,7 @@ def _backward(geometry: _Geometry, grad_out: Tensor, q: Tensor, k: Tensor, v: Te
         grad_content = grad_logits.sum(2).flatten(-2)  # (BN, Q, G, K M)
         grad_positional = grad_logits.sum(-1)  # (BN, Q, V, G, K)
         q_chunk = q[:, queries]  # (BN, Q, G, C)
-        grad_q_chunk = contract_probabilities(grad_content, keys)  # (BN, Q, G, C)
+        grad_q_chunk = contract(grad_content, keys)  # (BN, Q, G, C)
         scatter_keys(geometry, grad_k, keys_gradient(grad_content, q_chunk, geometry.local), queries)
         embeddings = chunk_positional_table(geometry, pos_table, queries)
         grad_q_pos, grad_embeddings = positional_gradients(grad_positional, q_chunk[..., :d], embeddings)
