@@ -47,6 +47,13 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     "p12_c24_h3": {"model": "p12sa", "num_channels": 24, "num_heads": 3},
     "p4_h4_b012": {"num_channels": 16, "num_heads": 4, "block_sizes": (0, 1, 2)},
     "p4_h4_ln": {"num_channels": 16, "num_heads": 4, "norm_type": "LayerNorm"},
+    # The quick start's budget: 2 epochs of the small layout (``make run``). The protocol's warm-up
+    # of one epoch spends half of it; shorter warm-ups, smaller batches (more steps) and rates.
+    "q2_base": {"num_channels": 16, "num_heads": 2, "epochs": 2},
+    "q2_w01": {"num_channels": 16, "num_heads": 2, "epochs": 2, "warmup_epochs": 0.1},
+    "q2_w01_bs16": {"num_channels": 16, "num_heads": 2, "epochs": 2, "warmup_epochs": 0.1, "batch_size": 16},
+    "q2_w01_lr5e-3": {"num_channels": 16, "num_heads": 2, "epochs": 2, "warmup_epochs": 0.1, "lr": 5e-3},
+    "q2_w01_bs8": {"num_channels": 16, "num_heads": 2, "epochs": 2, "warmup_epochs": 0.1, "batch_size": 8},
 }
 COLUMNS = ("key", "flags", "parameters", "best_val_accuracy", "best_epoch", "last_train_accuracy",
            "last_train_loss", "epochs", "seconds_per_epoch", "threads")
