@@ -37,10 +37,12 @@ import trainer
 from g_selfatt.nn import fused_attention
 from g_selfatt.nn.attention import SelfAttentionCore
 from g_selfatt_models.checkpoints import checkpoint_file, load_weights, model_input
-from runner import checkpoint, distributed, paths
+from g_selfatt_models import checkpoints
+from runner import distributed, paths
 from runner.data import Loaders, build_loaders
 from runner.defaults import check_field_names, field_help, resolve_config
-from runner.errors import CheckpointError, ConfigError, RunInterrupted, RunnerError
+from g_selfatt_models.checkpoints import CheckpointError
+from runner.errors import ConfigError, RunInterrupted, RunnerError
 from runner.lock import RunLock
 from runner.reporting import MetricLogger, log_file
 from runner.signals import parse_stop_signals, stop_at_once
@@ -127,7 +129,7 @@ def load_pretrained(model: torch.nn.Module, config: config_dict.ConfigDict,
             "--config.checkpoint=PATH."
         )
     source = str(checkpoint_file(source))  # a released run folder of the originals: its model.pth
-    load_weights(model, checkpoint.read(source), config.model, spec, data, source,
+    load_weights(model, checkpoints.read(source), config.model, spec, data, source,
                  original_architecture=config.original_architecture)
     logging.info("Loaded pretrained weights from %s.", source)
 

@@ -32,11 +32,13 @@ from torch import nn
 from tqdm import tqdm
 
 import tester
-from runner import checkpoint, distributed, paths, random_state
+from g_selfatt_models import checkpoints
+from runner import distributed, files, paths, random_state
 from runner.data import Loaders
 from runner.defaults import parse_checkpoint_every
 from runner.precision import AMP_DTYPES
-from runner.errors import CheckpointError, RunInterrupted, TrainingDiverged
+from g_selfatt_models.checkpoints import CheckpointError
+from runner.errors import RunInterrupted, TrainingDiverged
 from runner.paths import last_checkpoint_path
 from runner.reporting import MetricLogger, write_csv
 from runner.schedulers import LRSchedule, build_schedule
@@ -141,13 +143,13 @@ class Trainer:
                 f"{self.last_path}. Start the run without --config.resume, or give the "
                 "--config.path of the interrupted run's best checkpoint."
             )
-        saved = checkpoint.read(self.last_path)
-        weights = checkpoint.weights_from(saved, model_name=self.config.model,
+        saved = checkpoints.read(self.last_path)
+        weights = checkpoints.weights_from(saved, model_name=self.config.model,
                                           architecture=self.loaders.spec.architecture,
                                           convert=None, source=self.last_path)
-        checkpoint.check_resumable(saved, self.last_path)
+        checkpoints.check_resumable(saved, self.last_path)
         self._check_same_run(saved)
-        checkpoint.load_strict(self.model, weights, self.last_path)
+        checkpoints.load_strict(self.model, weights, self.last_path)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.schedule.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
@@ -198,17 +200,17 @@ class Trainer:
 
     def restore_best(self) -> None:
         """Loads the weights of the ``best`` checkpoint (the selected model) into the model."""
-        saved = checkpoint.read(self.best_path)
-        weights = checkpoint.weights_from(saved, model_name=self.config.model,
+        saved = checkpoints.read(self.best_path)
+        weights = checkpoints.weights_from(saved, model_name=self.config.model,
                                           architecture=self.loaders.spec.architecture,
                                           convert=None, source=self.best_path)
-        checkpoint.load_strict(self.model, weights, self.best_path)
+        checkpoints.load_strict(self.model, weights, self.best_path)
         logging.info("Selected the model of epoch %.2f (validation accuracy %.4f).",
                      saved["train_state"]["best_epoch"], saved["train_state"]["best_metric"])
 
     def _payload(self, random_states: List[Dict[str, Any]]) -> Dict[str, Any]:
         """The checkpoint of the current model and training state."""
-        return checkpoint.make_checkpoint(
+        return checkpoints.make_checkpoint(
             model_name=self.config.model, architecture=self.loaders.spec.architecture,
             config=self.config.to_dict(),
             state_dict=distributed.unwrap(self.model).state_dict(),
@@ -236,8 +238,8 @@ class Trainer:
             return
         payload = self._payload(random_states)
         if improved:
-            checkpoint.save_atomic(payload, self.best_path)
-        checkpoint.save_atomic(payload, self.last_path)
+            files.save_checkpoint(payload, self.best_path)
+        files.save_checkpoint(payload, self.last_path)
         self.last_saved_step = self.state.step
 
     # ----- training ----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Reading checkpoints and loading them into models, without the experiment runner.
+"""Checkpoints in one place: their format, checksum, reading, verification and loading into
+models, and the conversion of the originals' files (without the experiment runner).
 
-A checkpoint written by this project's runner is a dict with the model's registry name, the
+A checkpoint of this project (:func:`make_checkpoint`) is a dict with the model's registry name, the
 dataset architecture, the full resolved configuration (from which the model is rebuilt), the
 weights and the training state. It carries a sha256 checksum of all its tensors, verified
 whenever it is read, so a damaged copy (one flipped bit) is reported instead of loaded.
@@ -12,6 +13,9 @@ the authors' released files are recognised by their sha256 (:mod:`g_selfatt_mode
 
     model = load_model("saved/rotMNIST5k_model_p4sa_....pt").eval()
     model = load_model("model.pth", model="att_p4cnn", dataset="rotMNIST").eval()
+
+The runner writes the dict to disk atomically (:func:`runner.files.save_checkpoint`) and names the
+files after the run's identity (:mod:`runner.paths`).
 """
 
 from __future__ import annotations
@@ -48,6 +52,40 @@ _PICKLE_MAGIC = b"\x80"
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, unreadable or made for another model."""
+
+
+# Keys a resumable checkpoint adds to those of every checkpoint.
+RESUMABLE_KEYS = ("optimizer", "scheduler", "scaler", "train_state")
+
+
+def make_checkpoint(*, model_name: str, architecture: str, config: Mapping[str, Any],
+                    state_dict: Mapping[str, torch.Tensor],
+                    **training_state: Any) -> Dict[str, Any]:
+    """The dict of a checkpoint of this project.
+
+    Args:
+        model_name: the registry name of the model.
+        architecture: the dataset architecture the model was built for.
+        config: the resolved configuration, as a plain dict.
+        state_dict: the unwrapped model's weights.
+        **training_state: epoch, step, optimizer, scheduler, scaler, best_metric, ...
+
+    Returns:
+        The dict, with the sha256 ``checksum`` of all its tensors.
+    """
+    payload = {"format": FORMAT, "model": model_name, "architecture": architecture,
+               "config": dict(config), "state_dict": dict(state_dict), **training_state}
+    payload[CHECKSUM_KEY] = tensor_checksum(payload)
+    return payload
+
+
+def check_resumable(obj: Mapping[str, Any], source: pathlib.Path) -> None:
+    """Raises :class:`CheckpointError` unless ``obj`` holds a whole training state."""
+    missing = [key for key in RESUMABLE_KEYS if key not in obj]
+    if missing:
+        raise CheckpointError(
+            f"The checkpoint {source} cannot be resumed from: it lacks {missing}. Start the "
+            "run without --config.resume (add --config.overwrite=True to replace it).")
 
 
 def tensor_checksum(obj: Any) -> str:

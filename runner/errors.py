@@ -1,10 +1,8 @@
 """Errors caused by the user's input rather than by a bug.
 
-``main.py`` prints these as one paragraph and exits non-zero without a traceback. A checkpoint
-that cannot be used raises :class:`g_selfatt_models.checkpoints.CheckpointError`, re-exported here.
+``main.py`` prints these as one paragraph and exits non-zero without a traceback, and so a
+checkpoint that cannot be used (:class:`g_selfatt_models.checkpoints.CheckpointError`).
 """
-
-from g_selfatt_models.checkpoints import CheckpointError  # noqa: F401
 
 
 class RunnerError(Exception):

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import pathlib
 import tempfile
-from typing import IO, Callable
+from typing import IO, Any, Callable, Mapping
+
+import torch
 
 from runner.errors import StorageError
 
@@ -43,6 +45,12 @@ def atomic_write(path: pathlib.Path, write: Callable[[IO], None], *, text: bool 
         if isinstance(error, OSError) or (isinstance(error, RuntimeError) and _is_write_failure(error)):
             raise StorageError(_storage_message(path, error)) from None
         raise
+
+
+def save_checkpoint(payload: Mapping[str, Any], path: pathlib.Path) -> None:
+    """Writes a checkpoint (:func:`g_selfatt_models.checkpoints.make_checkpoint`) with ``torch.save``
+    so that ``path`` is never partial."""
+    atomic_write(path, lambda handle: torch.save(dict(payload), handle))
 
 
 def _is_write_failure(error: RuntimeError) -> bool:

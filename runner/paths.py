@@ -24,8 +24,9 @@ from ml_collections import config_dict
 
 import config as config_file
 from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
-from runner import checkpoint
-from runner.errors import CheckpointError, ConfigError
+from g_selfatt_models import checkpoints
+from g_selfatt_models.checkpoints import CheckpointError
+from runner.errors import ConfigError
 
 # Fields that change neither the data, the trained weights nor their selection: where the run
 # reads and writes, how fast it runs, what it reports, and how it is started or stopped.
@@ -281,14 +282,14 @@ def check_run_files(best_path: pathlib.Path, identity: Mapping[str, Any], family
     state: Mapping[str, Any] = {}
     for path in existing:
         try:
-            saved = checkpoint.read(path)
+            saved = checkpoints.read(path)
         except CheckpointError as error:  # not provably a file of this runner: never deleted
             raise ConfigError(
                 f"{path} exists and cannot be read as a checkpoint ({str(error).splitlines()[0]}); a run "
                 "never deletes or replaces a file it cannot identify as its own, --config.overwrite=True "
                 "included. Move or delete the file yourself, or choose another --config.path.") from None
         state = saved.get("train_state", {})
-        if not checkpoint.is_project_checkpoint(saved):
+        if not checkpoints.is_project_checkpoint(saved):
             raise ConfigError(f"{path} exists and is not a checkpoint of this project's runner; "
                               "choose another --config.path.")
         differences = identity_differences(run_identity(saved["config"], family), identity)

@@ -24,7 +24,7 @@ import main
 from g_selfatt_models.checkpoints import strip_wrapper_prefixes
 from g_selfatt_models.compat.attgconv_records import build_from_record, convert_state_dict
 from g_selfatt_models.registry import DataSpec, create_model, get_model_spec
-from runner.errors import CheckpointError
+from g_selfatt_models.checkpoints import CheckpointError
 from tests.conftest import REFERENCE_DIR, REPO_ROOT, reference_files
 from tools import check_parity
 

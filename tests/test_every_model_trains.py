@@ -15,7 +15,7 @@ import datasets
 import fixture_data
 import main
 import g_selfatt_models as models
-from runner import checkpoint
+from g_selfatt_models import checkpoints
 from runner.errors import ConfigError
 
 FIXTURES = {
@@ -44,7 +44,7 @@ def train_one_epoch(tmp_path, name: str, dataset: str) -> main.RunResult:
                        save_dir=str(tmp_path / "saved"), device="cpu", batch_size=1, epochs=1,
                        max_examples=1, rotation_angles=0, num_threads=1, **overrides))
     result = main.run(config)
-    saved = checkpoint.read(result.checkpoint)
+    saved = checkpoints.read(result.checkpoint)
     assert (saved["model"], saved["architecture"], saved["epoch"], saved["step"]) == (
         name, datasets.get_data_spec(dataset).architecture, 1, 1)
     assert 0.0 <= result.metrics["accuracy"] <= 1.0

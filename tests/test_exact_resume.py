@@ -15,8 +15,9 @@ import torch
 import fixture_data
 import main
 import trainer
-from runner import checkpoint, paths
-from runner.errors import CheckpointError
+from g_selfatt_models import checkpoints
+from runner import paths
+from g_selfatt_models.checkpoints import CheckpointError
 from test_main_e2e import make_config
 
 # name -> (dataset, fixture writer, model, overrides). 16 examples in batches of 4: 4 steps per
@@ -59,8 +60,8 @@ def _without_timing(history):
 
 
 def _files(result):
-    best = checkpoint.read(result.checkpoint)
-    last = checkpoint.read(paths.last_checkpoint_path(result.checkpoint))
+    best = checkpoints.read(result.checkpoint)
+    last = checkpoints.read(paths.last_checkpoint_path(result.checkpoint))
     return best, last
 
 
@@ -90,7 +91,7 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch
         assert not last_path.exists()
         resumed = main.run(_config(tmp_path / "cut", case, num_workers=num_workers))
     else:
-        saved = checkpoint.read(last_path)
+        saved = checkpoints.read(last_path)
         assert (saved["step"], saved["train_state"]["batch_in_epoch"]) == (6, 2)
         resumed = main.run(_config(tmp_path / "cut", case, num_workers=num_workers, resume=True))
     best, last = _files(resumed)
@@ -116,7 +117,7 @@ def test_resuming_with_another_configuration_lists_the_differences(tmp_path, mon
 
 def test_a_finished_run_continues_for_more_epochs_under_its_old_name(tmp_path):
     first = main.run(_config(tmp_path, "gsa", max_steps=3))
-    assert checkpoint.read(paths.last_checkpoint_path(first.checkpoint))["step"] == 3
+    assert checkpoints.read(paths.last_checkpoint_path(first.checkpoint))["step"] == 3
     longer = _config(tmp_path, "gsa", resume=True, path=str(first.checkpoint), epochs=3)
     _, last = _files(main.run(longer))
     assert (last["epoch"], last["step"]) == (3, 12)

@@ -12,7 +12,7 @@ import torch
 
 import config as config_file
 import main
-from runner import checkpoint
+from g_selfatt_models import checkpoints
 
 from conftest import REPO_ROOT
 
@@ -42,7 +42,7 @@ def test_two_processes_agree_and_match_one_process_with_the_total_batch(tmp_path
     assert written == [f"{run_hash}.last.pt", f"{run_hash}.log", f"{run_hash}.metrics.csv", f"{run_hash}.pt",
                        f"{run_hash}.test.json"]
     ddp_checkpoint = next((tmp_path / "ddp").glob("*.last.pt"))
-    ddp = checkpoint.read(ddp_checkpoint)
+    ddp = checkpoints.read(ddp_checkpoint)
     assert ddp["step"] == 2 and not any(k.startswith("module.") for k in ddp["state_dict"])
 
     # Each step of the two shards of 4 sees the same 8 examples as one process with batch 8.
@@ -51,7 +51,7 @@ def test_two_processes_agree_and_match_one_process_with_the_total_batch(tmp_path
         config[key] = value
     config.batch_size = 8
     config.save_dir = str(tmp_path / "single")
-    single = checkpoint.read(main.run(config).checkpoint)
+    single = checkpoints.read(main.run(config).checkpoint)
     assert single["step"] == 2
     for key, value in single["state_dict"].items():
         torch.testing.assert_close(ddp["state_dict"][key], value, rtol=2e-3, atol=1e-4)

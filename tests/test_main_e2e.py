@@ -12,8 +12,9 @@ import config as config_file
 import fixture_data
 import main
 import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers allcnnc and densenet)
-from runner import checkpoint, paths
-from runner.errors import CheckpointError
+from g_selfatt_models import checkpoints
+from runner import paths
+from g_selfatt_models.checkpoints import CheckpointError
 
 # dataset -> (fixture writer, its keyword arguments, model, config overrides). Small, fast
 # models: the point is the data path, not the architecture.
@@ -52,7 +53,7 @@ def test_one_epoch_on_every_dataset_format(tmp_path, fmt):
         writer(tmp_path / "data", **writer_args)
     config = make_config(tmp_path, dataset=dataset, model=model, max_examples=4, **overrides)
     result = main.run(config)
-    saved = checkpoint.read(result.checkpoint)
+    saved = checkpoints.read(result.checkpoint)
     assert saved["model"] == model and saved["epoch"] == 1 and saved["step"] == 2
     prefix = paths.output_prefix(result.checkpoint)
     report = json.loads(pathlib.Path(f"{prefix}.test.json").read_text())

@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from runner import checkpoint
+from g_selfatt_models import checkpoints
 
 from conftest import REPO_ROOT
 
@@ -58,11 +58,11 @@ def uninterrupted(tmp_path_factory):
     save_dir = tmp_path_factory.mktemp("straight")
     returncode, stderr = finish(start_main(save_dir))
     assert returncode == 0, stderr[-3000:]
-    return checkpoint.read(last_file(save_dir))
+    return checkpoints.read(last_file(save_dir))
 
 
 def assert_same_final_weights(save_dir, expected):
-    final = checkpoint.read(last_file(save_dir))
+    final = checkpoints.read(last_file(save_dir))
     assert final["step"] == expected["step"] == TOTAL_STEPS
     for key, value in expected["state_dict"].items():
         assert torch.equal(final["state_dict"][key], value), key
@@ -80,7 +80,7 @@ def test_a_signal_saves_reports_and_exits_then_resume_finishes_exactly(tmp_path,
     stopped = [line for line in stderr.splitlines() if "Stopped by" in line]
     assert len(stopped) == 1 and f"Stopped by {sig.name}" in stopped[0]
     assert "Resume with: python main.py" in stopped[0] and stopped[0].endswith("--config.resume=True")
-    saved = checkpoint.read(last_file(tmp_path))
+    saved = checkpoints.read(last_file(tmp_path))
     assert 0 < saved["step"] < TOTAL_STEPS
     assert f"step {saved['step']})" in stopped[0]
 
@@ -97,7 +97,7 @@ def test_sigkill_loses_at_most_checkpoint_every_steps_and_resumes_exactly(tmp_pa
     finish(process)
     assert process.returncode == -signal.SIGKILL
     # A kill during a write can leave a temporary file, never a partial checkpoint.
-    saved = checkpoint.read(last_file(tmp_path))
+    saved = checkpoints.read(last_file(tmp_path))
     assert saved["step"] % 7 == 0 or saved["step"] % 16 == 0
 
     returncode, stderr = finish(start_main(tmp_path, "--config.checkpoint_every=7",
@@ -131,7 +131,7 @@ def test_under_torchrun_every_rank_stops_at_the_same_step(tmp_path):
     stopped = {line.split("Stopped by SIGTERM at ", 1)[1].split(";")[0]
                for line in stderr.splitlines() if "Stopped by SIGTERM" in line}
     assert len(stopped) == 1, stderr[-3000:]  # both ranks name the same epoch, batch and step
-    saved = checkpoint.read(last_file(tmp_path))
+    saved = checkpoints.read(last_file(tmp_path))
     assert len(saved["random_states"]) == 2 and f"(step {saved['step']})" in stopped.pop()
 
 

@@ -8,7 +8,8 @@ import torch
 import main
 from conftest import REFERENCE_DIR, REPO_ROOT
 from g_selfatt_models import GroupTransformer
-from runner.errors import CheckpointError, ConfigError
+from g_selfatt_models.checkpoints import CheckpointError
+from runner.errors import ConfigError
 
 RELEASED = REFERENCE_DIR / "att_gconvs_pretrained"
 

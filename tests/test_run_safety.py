@@ -26,8 +26,10 @@ import fixture_data
 import main
 from datasets import pcam
 from g_selfatt_models import released
-from runner import checkpoint, files, paths
-from runner.errors import CheckpointError, ConfigError
+from g_selfatt_models import checkpoints
+from runner import files, paths
+from g_selfatt_models.checkpoints import CheckpointError
+from runner.errors import ConfigError
 from test_main_e2e import make_config
 
 from conftest import REFERENCE_DIR, REPO_ROOT
@@ -80,7 +82,7 @@ def test_a_smoke_run_next_to_a_finished_run_leaves_it_alone(tmp_path):
                          batch_size=16, lr=2e-3, rotation_angles=0)
     result = main.run(config)
     assert result.checkpoint != finished and _digest(finished) == before
-    assert checkpoint.read(finished)["best_metric"] == pytest.approx(0.4983, abs=1e-4)
+    assert checkpoints.read(finished)["best_metric"] == pytest.approx(0.4983, abs=1e-4)
 
 
 def test_the_shipped_checkpoints_are_never_written(capsys):
@@ -108,7 +110,7 @@ def test_a_finished_run_is_replaced_only_with_overwrite(tmp_path, capsys):
     report = paths.REPORT_SUFFIXES[0]
     (tmp_path / f"{prefix}{report}").write_text("{}")  # a report of the old run
     again = main.run(make_config(tmp_path, **TINY, overwrite=True, train=True))
-    assert again.checkpoint == first.checkpoint and checkpoint.read(first.checkpoint)["step"] == 2
+    assert again.checkpoint == first.checkpoint and checkpoints.read(first.checkpoint)["step"] == 2
     assert (tmp_path / f"{prefix}{report}").read_text() != "{}"  # the new run's report
     assert not list(tmp_path.glob("saved/*.lock"))
 
@@ -163,7 +165,7 @@ def test_a_damaged_checkpoint_is_one_paragraph_that_names_the_file(tmp_path, tra
     elif damage == "text":
         path.write_text("epoch,accuracy\n1,0.5\n")
     elif damage == "no_model":
-        saved = checkpoint.read(trained)
+        saved = checkpoints.read(trained)
         del saved["model"]
         torch.save(saved, path)
     elif damage == "flipped_bit":
@@ -294,7 +296,7 @@ def test_run_experiment_runs_main_with_the_original_configurations_values(tmp_pa
     assert "config.device='' (the original configuration's value) means 'cpu' here." in run.stderr
     (saved,) = [path for path in (tmp_path / "saved").glob("rotDigits_model_z2sa_*_sched_multistep_*.pt")
                 if not path.name.endswith(".last.pt")]
-    assert checkpoint.read(saved)["config"]["device"] == "cpu"
+    assert checkpoints.read(saved)["config"]["device"] == "cpu"
 
 
 # ----- data records -----------------------------------------------------------------------------
@@ -338,7 +340,7 @@ def test_a_diverging_run_stops_with_an_error_and_saves_no_best_model(tmp_path):
     (line,) = [line for line in result.stderr.splitlines() if "Training diverged" in line]
     assert "not finite in 5 consecutive steps" in line and "--config.lr, now 1e+08" in line
     assert [path.name.endswith(".last.pt") for path in tmp_path.glob("*.pt")] == [True]
-    saved = checkpoint.read(next(tmp_path.glob("*.last.pt")))
+    saved = checkpoints.read(next(tmp_path.glob("*.last.pt")))
     assert all(bool(torch.isfinite(value).all()) for value in saved["state_dict"].values()
                if value.is_floating_point())
 

@@ -21,10 +21,12 @@ import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers the attentive G-C
 import tester
 import trainer
 from g_selfatt_models.registry import DataSpec
-from runner import checkpoint, distributed, paths
+from g_selfatt_models import checkpoints
+from runner import distributed, files, paths
 from runner.data import Loaders, ShardSampler
 from runner.defaults import FALLBACKS, placeholder_fields, resolve_config
-from runner.errors import CheckpointError, ConfigError, TrainingDiverged
+from g_selfatt_models.checkpoints import CheckpointError
+from runner.errors import ConfigError, TrainingDiverged
 from runner import reporting
 from runner.reporting import MetricLogger
 from runner.schedulers import build_schedule, warmup_cosine_factor
@@ -172,7 +174,7 @@ def test_layout_fields_change_the_network_and_bad_ones_say_how_to_fix_them():
 # ----- checkpoints -----------------------------------------------------------------------
 def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch):
     target = tmp_path / "run.pt"
-    checkpoint.save_atomic({"a": torch.ones(2)}, target)
+    files.save_checkpoint({"a": torch.ones(2)}, target)
 
     def broken_save(obj, handle):
         handle.write(b"partial")
@@ -180,14 +182,14 @@ def test_atomic_save_keeps_the_old_file_when_writing_fails(tmp_path, monkeypatch
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(KeyboardInterrupt):
-        checkpoint.save_atomic({"a": torch.zeros(2)}, target)
+        files.save_checkpoint({"a": torch.zeros(2)}, target)
     monkeypatch.undo()
-    assert torch.equal(checkpoint.read(target)["a"], torch.ones(2))
+    assert torch.equal(checkpoints.read(target)["a"], torch.ones(2))
     assert os.listdir(tmp_path) == ["run.pt"]
 
 
 def test_wrapper_prefixes_are_stripped():
-    stripped = checkpoint.strip_wrapper_prefixes({"module.a.b": 1, "module._orig_mod.c": 2, "d": 3})
+    stripped = checkpoints.strip_wrapper_prefixes({"module.a.b": 1, "module._orig_mod.c": 2, "d": 3})
     assert stripped == {"a.b": 1, "c": 2, "d": 3}
 
 
@@ -195,7 +197,7 @@ def test_strict_load_lists_missing_unexpected_and_shape_mismatches():
     model = nn.Linear(3, 2)
     bad = {"weight": torch.zeros(2, 4), "extra": torch.zeros(1)}
     with pytest.raises(CheckpointError) as error:
-        checkpoint.load_strict(model, bad, pathlib.Path("x.pt"))
+        checkpoints.load_strict(model, bad, pathlib.Path("x.pt"))
     message = str(error.value)
     assert "Missing keys (1): bias" in message and "Unexpected keys (1): extra" in message
     assert "weight: checkpoint (2, 4) vs model (2, 3)" in message
@@ -203,17 +205,17 @@ def test_strict_load_lists_missing_unexpected_and_shape_mismatches():
 
 def test_original_state_dict_goes_through_the_converter():
     raw = {"module.old_weight": torch.ones(1)}
-    weights = checkpoint.weights_from(
+    weights = checkpoints.weights_from(
         raw, model_name="m", architecture="a", source=pathlib.Path("x"),
         convert=lambda sd: {k.replace("old_", ""): v for k, v in sd.items()})
     assert list(weights) == ["weight"]
 
 
 def test_project_checkpoint_of_another_model_is_refused():
-    saved = checkpoint.make_checkpoint(model_name="z2sa", architecture="rotDigits", config={},
+    saved = checkpoints.make_checkpoint(model_name="z2sa", architecture="rotDigits", config={},
                                        state_dict={})
     with pytest.raises(CheckpointError, match="'z2sa' for the rotDigits"):
-        checkpoint.weights_from(saved, model_name="p4sa", architecture="rotDigits", convert=None,
+        checkpoints.weights_from(saved, model_name="p4sa", architecture="rotDigits", convert=None,
                                 source=pathlib.Path("x"))
 
 
@@ -221,7 +223,7 @@ def test_unreadable_checkpoint_is_a_checkpoint_error(tmp_path):
     path = tmp_path / "junk.pt"
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="Cannot read"):
-        checkpoint.read(path)
+        checkpoints.read(path)
 
 
 # ----- schedules -------------------------------------------------------------------------
@@ -384,7 +386,7 @@ def test_every_precision_with_every_schedule_trains(tmp_path, amp, scheduler):
     state = run.fit()
     assert state.epoch == 1 and state.skipped_steps == 0
     assert not all(torch.equal(a, b) for a, b in zip(before, run.model.parameters()))
-    saved = checkpoint.read(tmp_path / "toy.last.pt")
+    saved = checkpoints.read(tmp_path / "toy.last.pt")
     assert saved["config"]["amp"] == amp and saved["epoch"] == 1 and saved["optimizer"]["state"]
 
 
@@ -400,17 +402,17 @@ def _interrupt_at_write(tmp_path, monkeypatch, failing_write):
         writes.append(path)
         if len(writes) == failing_write:
             raise KeyboardInterrupt
-        save_atomic(payload, path)
+        save_checkpoint(payload, path)
 
-    save_atomic = checkpoint.save_atomic
-    monkeypatch.setattr(checkpoint, "save_atomic", save_or_die)
+    save_checkpoint = files.save_checkpoint
+    monkeypatch.setattr(files, "save_checkpoint", save_or_die)
     run = _trainer(tmp_path, lr=0.5)
     run.config.epochs = 2
     try:
         run.fit()
     except KeyboardInterrupt:
         pass
-    monkeypatch.setattr(checkpoint, "save_atomic", save_atomic)
+    monkeypatch.setattr(files, "save_checkpoint", save_checkpoint)
     return len(writes)
 
 
@@ -423,8 +425,8 @@ def test_a_run_killed_between_two_writes_never_trusts_an_unsaved_best_model(tmp_
         _interrupt_at_write(folder, monkeypatch, failing_write)
         if not (folder / "toy.last.pt").exists():
             continue
-        last = checkpoint.read(folder / "toy.last.pt")
-        best = checkpoint.read(folder / "toy.pt")  # resume ends by loading it
+        last = checkpoints.read(folder / "toy.last.pt")
+        best = checkpoints.read(folder / "toy.pt")  # resume ends by loading it
         assert best["best_metric"] >= last["best_metric"], failing_write
 
 
@@ -643,10 +645,10 @@ def test_load_strict_accepts_the_derived_buffers_of_older_files_and_checks_their
     model = models.create_model("p4sa", dataset="rotDigits")
     shape = model.lifting_self_attention.derived_buffer_shapes()["row_indices"]
     older = {**model.state_dict(), "lifting_self_attention.row_indices": torch.zeros(shape)}
-    checkpoint.load_strict(models.create_model("p4sa", dataset="rotDigits"), older, tmp_path / "older.pt")
+    checkpoints.load_strict(models.create_model("p4sa", dataset="rotDigits"), older, tmp_path / "older.pt")
     wrong = dict(older, **{"lifting_self_attention.row_indices": torch.zeros(4, 3, 3)})
-    with pytest.raises(checkpoint.CheckpointError, match=r"Shape mismatches \(1\): lifting_self_attention.row_indices"):
-        checkpoint.load_strict(models.create_model("p4sa", dataset="rotDigits"), wrong, tmp_path / "wrong.pt")
+    with pytest.raises(checkpoints.CheckpointError, match=r"Shape mismatches \(1\): lifting_self_attention.row_indices"):
+        checkpoints.load_strict(models.create_model("p4sa", dataset="rotDigits"), wrong, tmp_path / "wrong.pt")
 
 
 # ----- lock --------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pytest
 
 import config as config_file
 import fixture_data
-from runner import checkpoint
+from g_selfatt_models import checkpoints
 
 from conftest import REPO_ROOT
 
@@ -104,7 +104,7 @@ def test_readme_command_trains_one_step(tmp_path, number, arguments):
                             env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, f"runs/README.md line {number}:\n{result.stderr[-4000:]}"
     (last,) = (tmp_path / "saved").glob("*.last.pt")
-    saved = checkpoint.read(last)
+    saved = checkpoints.read(last)
     assert saved["step"] == 1
     for argument in arguments:
         field, value = argument[len("--config."):].split("=", 1)

@@ -16,7 +16,8 @@ import main
 import tester
 from g_selfatt_models import create_model
 from g_selfatt_models.released import file_sha256
-from runner import checkpoint, paths
+from g_selfatt_models import checkpoints
+from runner import paths
 from runner.defaults import resolve_config
 from tests.conftest import REPO_ROOT
 
@@ -32,10 +33,10 @@ ONE_IMAGE = 1  # predictions of float32 runs on two CPUs may differ by one near-
 def _load(key):
     path = SHIPPED[key]
     assert path.is_file(), f"the shipped checkpoint {path.name} is missing from saved/"
-    saved = checkpoint.read(path)
+    saved = checkpoints.read(path)
     splits = datasets.load_splits(key[0], REPO_ROOT / "data")
     model = create_model(saved["model"], ConfigDict(saved["config"]), splits.spec)
-    checkpoint.load_strict(model, saved["state_dict"], path)
+    checkpoints.load_strict(model, saved["state_dict"], path)
     return saved, model.eval(), splits
 
 

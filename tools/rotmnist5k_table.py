@@ -233,10 +233,11 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
 
     import g_selfatt_models as models
     from g_selfatt_models.gsa_zoo import LAYOUT_FIELDS
-    from runner import checkpoint, paths
+    from g_selfatt_models import checkpoints
+    from runner import paths
 
     source = REPO_ROOT / str(row["checkpoint"])
-    saved = checkpoint.read(source)
+    saved = checkpoints.read(source)
     config = config_dict.ConfigDict(saved["config"])
     config.path, config.save_dir = "", str(saved_dir / SHIPPED_FOLDER)
     target = paths.best_checkpoint_path(config, models.get_model_spec(saved["model"]).family)
