@@ -278,6 +278,13 @@ def parse_checkpoint_every(text: str) -> Tuple[int, float]:
     return 0, float(number) * _SECONDS[unit]
 
 
+def flag_value(value: Any) -> str:
+    """``value`` as a ``--config.<field>=`` flag spells it for ``main.py`` (tuples without spaces)."""
+    if isinstance(value, tuple):
+        return "(" + ",".join(str(item) for item in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
 def parse_with_config_flags(parser: "argparse.ArgumentParser", argv: Sequence[str]) -> "argparse.Namespace":
     """``parser``'s options from ``argv``, with the ``--config.<field>=<value>`` flags it leaves in
     ``extra`` (for scripts that pass them on to ``main.py``); anything else is refused by ``parser``."""

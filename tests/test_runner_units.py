@@ -769,3 +769,14 @@ def test_a_collective_timeout_is_told_from_other_runtime_errors():
     assert main._is_collective_timeout(RuntimeError(gloo))
     assert not main._is_collective_timeout(RuntimeError("DataLoader timed out after 5 seconds"))
     assert main._is_killed_worker(RuntimeError("DataLoader worker (pid 12) is killed by signal: Killed. "))
+
+
+def test_flag_values_read_back_as_the_same_values():
+    import ast
+
+    from runner.defaults import flag_value
+
+    for value in [(0, 1, 2), (3,), 0.005, 24, "LayerNorm"]:
+        text = flag_value(value)
+        assert " " not in text
+        assert (text if isinstance(value, str) else ast.literal_eval(text)) == value

@@ -59,22 +59,16 @@ COLUMNS = ("key", "flags", "parameters", "best_val_accuracy", "best_epoch", "las
            "last_train_loss", "epochs", "seconds_per_epoch", "threads")
 
 
-def flag_text(value: object) -> str:
-    """A flag value as ``main.py`` reads it (tuples without spaces)."""
-    if isinstance(value, tuple):
-        return "(" + ",".join(str(item) for item in value) + ("," if len(value) == 1 else "") + ")"
-    return str(value)
-
-
 def command(key: str, flags: Mapping[str, object], save_dir: pathlib.Path, threads: int,
             extra: Sequence[str] = ()) -> List[str]:
     """The ``main.py`` command line of one candidate."""
+    from runner.defaults import flag_value
     from runner.paths import start_or_resume_flag
 
     settings = {"model": "p4sa", **flags}
     checkpoint = save_dir / key / "model.pt"
     return [sys.executable, str(REPO_ROOT / "main.py"), "--config.dataset=rotMNIST5k", "--config.seed=0",
-            *[f"--config.{name}={flag_text(value)}" for name, value in settings.items()],
+            *[f"--config.{name}={flag_value(value)}" for name, value in settings.items()],
             f"--config.path={checkpoint}", start_or_resume_flag(checkpoint),
             "--config.rotation_angles=0", f"--config.num_threads={threads}", *extra]
 
@@ -102,6 +96,7 @@ def write_log(path: pathlib.Path, rows: Sequence[Mapping[str, object]]) -> None:
 def summarise(key: str, flags: Mapping[str, object], prefix: pathlib.Path, threads: int) -> Dict[str, object]:
     """One log row from the files of a finished run (validation numbers only)."""
     import main  # the experiment runner, for load_model
+    from runner.defaults import flag_value
 
     with open(f"{prefix}.metrics.csv", newline="") as handle:
         history = list(csv.DictReader(handle))
@@ -109,7 +104,7 @@ def summarise(key: str, flags: Mapping[str, object], prefix: pathlib.Path, threa
     network = main.load_model(prefix.with_suffix(".pt"))
     return {
         "key": key,
-        "flags": " ".join(f"{name}={flag_text(value)}" for name, value in flags.items()),
+        "flags": " ".join(f"{name}={flag_value(value)}" for name, value in flags.items()),
         "parameters": sum(p.numel() for p in network.parameters()),
         "best_val_accuracy": float(history[best]["val_accuracy"]),
         "best_epoch": round(float(history[best]["epoch"])),

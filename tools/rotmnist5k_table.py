@@ -235,6 +235,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     from g_selfatt_models.gsa_zoo import LAYOUT_FIELDS
     from g_selfatt_models import checkpoints
     from runner import paths
+    from runner.defaults import flag_value
 
     source = REPO_ROOT / str(row["checkpoint"])
     saved = checkpoints.read(source)
@@ -253,7 +254,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
         "dataset": config.dataset,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
         "flags": (f"--config.dataset={config.dataset} --config.model={saved['model']} "
-                  + "".join(f"--config.{name}={str(value).replace(' ', '')} " for name, value in layout.items())
+                  + "".join(f"--config.{name}={flag_value(value)} " for name, value in layout.items())
                   + f"--config.seed={config.seed} --config.save_dir=saved/{SHIPPED_FOLDER}"),
         "validation_accuracy": float(row["best_val_accuracy"]),
         "test_accuracy": float(row["test_accuracy"]),
