@@ -159,14 +159,18 @@ def _accuracy(predictions: Predictions) -> float:
 def rotation_curve(model: nn.Module, loader: DataLoader,
                    batch_transform: Callable[[torch.Tensor], torch.Tensor],
                    device: torch.device, amp: str,
-                   angles: Sequence[float]) -> List[Dict[str, float]]:
+                   angles: Sequence[float], unrotated: Optional[Predictions] = None) -> List[Dict[str, float]]:
     """Test accuracy with every test image rotated by each angle, interpolated once.
 
     Images with upright sources are made again from them (:func:`rotated_from_sources`);
-    other images are rotated directly.
+    other images are rotated directly. ``unrotated``, the predictions of the test images as
+    they are, stands for the angle 0 instead of predicting them again.
     """
     curve = []
     for angle in angles:
+        if angle == 0 and unrotated is not None:
+            curve.append({"angle_deg": angle, "accuracy": _accuracy(unrotated)})
+            continue
         remade = rotated_from_sources(loader.dataset, angle)
         if remade is None:
             predictions = predict(model, loader, batch_transform, device, amp, angle_deg=angle)
@@ -248,8 +252,8 @@ def test(model: nn.Module, loader: DataLoader,
         ``rotation_curve``, ``rotation_from`` (``"upright sources"`` or ``"test images"``) and, for
         test images with upright sources, ``blur_curve``.
     """
-    results = classification_metrics(predict(model, loader, batch_transform, device, amp),
-                                      num_classes)
+    unrotated = predict(model, loader, batch_transform, device, amp)
+    results = classification_metrics(unrotated, num_classes)
     logging.info("Test accuracy on %d images: %.4f", results["num_examples"], results["accuracy"])
     if results.get("roc_auc") is not None:
         logging.info("Test ROC-AUC: %.4f", results["roc_auc"])
@@ -257,7 +261,7 @@ def test(model: nn.Module, loader: DataLoader,
         angles = rotation_angles(num_angles)
         sources = has_sources(loader.dataset)
         results["rotation_from"] = "upright sources" if sources else "test images"
-        results["rotation_curve"] = rotation_curve(model, loader, batch_transform, device, amp, angles)
+        results["rotation_curve"] = rotation_curve(model, loader, batch_transform, device, amp, angles, unrotated)
         logging.info("Test accuracy per rotation (from the %s): %s", results["rotation_from"],
                      _curve_text(results["rotation_curve"]))
         if sources and any(angle % 90 for angle in angles):
