@@ -34,7 +34,9 @@ from attgconv.conv import GroupConv, GroupKernel, LiftingConv, transform_kernels
 from attgconv.grids import PlanarGrid, get_grid
 
 # The original API (its module paths and names; see attgconv.compat): ``attgconv.layers(group)``.
-from attgconv.layers import (  # noqa: E402  (after the layers it subclasses; the module path loads first, so the name is the factory)
+# Imported through the module path attgconv.layers, so that the package's name ``layers`` ends as
+# the factory, not the module.
+from attgconv.layers import (  # noqa: E402  (after the layers it subclasses)
     AttConvGGLayer,
     AttConvRnGLayer,
     ConvGGLayer,

@@ -11,7 +11,10 @@ replaces a name the class defines itself):
 * :mod:`g_selfatt.compat.layer_api`: the original layers' methods and attributes
   (``compute_attention_scores``, ``unfold``, ``initialize_indices``, ...), each computed by
   :class:`~g_selfatt.nn.attention.SelfAttentionCore`.
+* :mod:`g_selfatt.compat.rd_self_attention`: the original's ``RdSelfAttention`` (learned offset
+  embeddings on R^2), a subclass of :class:`~g_selfatt.nn.attention.LiftSelfAttention`.
 
 The original's module paths (``g_selfatt/nn/lift_self_attention.py`` and its three siblings,
-``g_selfatt/groups/E2.py``, ``g_selfatt/groups/SE2.py``) are one-line re-exports.
+``g_selfatt/nn/rd_self_attention.py``, ``g_selfatt/groups/E2.py``, ``g_selfatt/groups/SE2.py``)
+only re-export.
 """

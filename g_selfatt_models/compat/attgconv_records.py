@@ -164,12 +164,8 @@ def build_from_record(record: Mapping[str, Any]) -> nn.Module:
     return BUILDERS[name](dict(record.get("kwargs") or {}))
 
 
-def _convert_z2cnn(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
-    return convert_z2cnn_checkpoint(state_dict)
-
-
 # Key converters of the modules whose parameter names differ from the original's.
-CONVERTERS: Dict[str, Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]] = {"Z2CNN": _convert_z2cnn}
+CONVERTERS: Dict[str, Callable[[Mapping[str, Tensor]], Dict[str, Tensor]]] = {"Z2CNN": convert_z2cnn_checkpoint}
 
 
 def convert_state_dict(record_or_module_name: Union[str, Mapping[str, Any]],
