@@ -185,6 +185,19 @@ def report_attention_kernel(model: torch.nn.Module, config: config_dict.ConfigDi
         logging.info("Fused attention kernel: %s (cached).", report.path)
 
 
+def report_attention_impls(model: torch.nn.Module, device: torch.device) -> None:
+    """Logs which attention implementation each self-attention layer runs on ``device`` (``"auto"`` resolved).
+
+    On CUDA this runs the Triton kernels' one-time self-check (see :mod:`g_selfatt.nn.dispatch`).
+    """
+    layers = {name: module for name, module in model.named_modules() if isinstance(module, SelfAttentionCore)}
+    if not layers:
+        return
+    probe = torch.empty(0, device=device)  # the projections' device and dtype (float32; autocast runs it so too)
+    chosen = ", ".join(f"{name}={layer.resolved_impl(probe)}" for name, layer in layers.items())
+    logging.info("Attention implementation of each layer: %s.", chosen)
+
+
 def run(config: config_dict.ConfigDict) -> RunResult:
     """Resolves ``config``, trains (unless ``config.train=False``) and tests.
 
@@ -230,6 +243,7 @@ def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context
         logging.info("Model %s: %d parameters.", config.model,
                      sum(p.numel() for p in model.parameters()))
         report_attention_kernel(model, config, context.device)
+        report_attention_impls(model, context.device)
     if config.pretrained:
         load_pretrained(model, config, spec, data, best_path)
     loaders = build_loaders(config, context, data.image_size)

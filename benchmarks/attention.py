@@ -4,7 +4,7 @@
 Usage::
 
     python benchmarks/attention.py [--device cpu|cuda] [--repeats N] [--cases a,b,c,d,e,f]
-                                   [--impls reference,efficient,fused,flex] [--threads T] [--load]
+                                   [--impls reference,efficient,fused,flex,triton] [--threads T] [--load]
                                    [--max-batch]
 
 First prints one JSON line describing the machine: its float32 matmul throughput
@@ -35,7 +35,7 @@ other elementwise operations per score entry, which the floor does not count.
 
 Each case line also carries ``<impl>_over_<impl>`` time and memory ratios of this run.
 The default implementations are reference, efficient and fused on the CPU and reference,
-efficient and flex on CUDA; FlexAttention has no attention dropout, so its model cases run
+efficient, flex and triton on CUDA; FlexAttention has no attention dropout, so its model cases run
 with attention dropout 0. ``--max-batch`` then finds, per implementation, the largest batch
 of case (e) (the global rotMNIST p4sa) whose training step fits in the device's memory.
 ``--load`` then re-runs case (a) for the fast implementations while two processes of
@@ -83,8 +83,8 @@ if str(REPO_ROOT) not in sys.path:
 
 import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
 
-IMPLS = ("reference", "efficient", "fused", "flex")
-DEFAULT_IMPLS = {"cpu": ("reference", "efficient", "fused"), "cuda": ("reference", "efficient", "flex")}
+IMPLS = ("reference", "efficient", "fused", "flex", "triton")
+DEFAULT_IMPLS = {"cpu": ("reference", "efficient", "fused"), "cuda": ("reference", "efficient", "flex", "triton")}
 CASES: Dict[str, str] = {
     "a": "rotMNIST p4sa training step (local, patch 9), batch 8",
     "b": "p4 global group layer 28x28, 20ch, mid 10, 9 heads, batch 1",

@@ -1,29 +1,7 @@
 """``attention_impl="efficient"`` and ``"fused"`` against ``attention_impl="reference"``.
 
-The implementations compute the same function in a different order, so they
-agree to round-off:
-
-* float64: every output and gradient entry of the efficient and fused paths within
-  ``1e-12 * scale`` of the reference.
-* float32: each implementation is compared with the float64 result of the same
-  weights and input (an estimate of the exact value), never with the other
-  implementation's float32 round-off, which differs between CPUs (vector width,
-  fused multiply-add, summation order). A float32 sum of ``n`` terms of size
-  ``s`` misses its exact value by about ``eps * sqrt(n) * s`` (the rounding errors
-  add like a random walk); every output and gradient of a layer is made of sums no
-  longer than its number of score entries ``n = B * heads * V * H * W * keys``, so
-  each float32 entry must lie within ``ROUND_OFF_FACTOR * eps * sqrt(n) * scale``
-  of the float64 one. A mistake in the computation is of the order of the scale
-  itself, thousands of times more.
-
-The scale of an output is its largest entry. The scale of a gradient is the
-largest gradient entry of the top-level submodule that owns the parameter
-(``row_embedding``, ``key``, ...): some gradients vanish exactly (a key bias or
-the last bias of a positional MLP shifts all logits of a query equally, which
-the softmax ignores), so only their round-off is compared, and that is the
-round-off of the sums that make the sibling weight's gradient. A submodule
-whose whole gradient vanishes (the group encoding of ``z2``, a single element)
-is compared at the scale of the largest gradient of the layer.
+Every comparison is that of :mod:`tests.attention_checks` (float64 within ``1e-12`` of
+scale; float32 within the round-off bound derived there, against float64).
 
 The efficient path is run with a tiny chunk budget, so that every layer goes
 through several chunks and a shorter last chunk; the fused kernel is run with
@@ -48,27 +26,23 @@ import torch
 import g_selfatt.nn.efficient_attention as efficient_attention
 import g_selfatt.nn.fused_attention as fused_attention
 from g_selfatt.groups import get_group
-from g_selfatt.nn import (
-    GroupLocalSelfAttention,
-    GroupSelfAttention,
-    LiftLocalSelfAttention,
-    LiftSelfAttention,
-)
+from g_selfatt.nn import GroupLocalSelfAttention, GroupSelfAttention
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS
 from g_selfatt.nn.efficient_attention import dropout_mask
 from g_selfatt.testing import assert_equivariant
 from g_selfatt_models import DataSpec, create_model
 from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
+from tests.attention_checks import (
+    KINDS,
+    assert_close,
+    check_against_float64,
+    float32_bound,
+    pair,
+    score_entries,
+)
 from tests.conftest import REPO_ROOT
 
 GROUPS = ["z2", "p4", "mz2", "p4m", "p8"]
-# (layer class, lifting, local); the extent is patch_size or max_pos_embedding.
-KINDS = {
-    "lift": (LiftSelfAttention, True, False),
-    "lift_local": (LiftLocalSelfAttention, True, True),
-    "group": (GroupSelfAttention, False, False),
-    "group_local": (GroupLocalSelfAttention, False, True),
-}
 # (image side, patch size) for local layers; global layers use the side only.
 LOCAL_SHAPES = [(7, 3), (8, 3), (7, 5), (8, 5), (4, 5)]  # the last: a patch larger than the image
 GLOBAL_SIDES = [7, 8]
@@ -84,10 +58,6 @@ FORCED_LAYOUTS = {f"fused-{layout}": layout for layout in fused_attention.LAYOUT
 FORCED_LAYOUT_GROUPS = ("z2", "p4", "p4m", "p8m")  # one key element, rotations, reflections, the largest order
 FAST_IMPLS = ("efficient", "fused", *FORCED_LAYOUTS)
 DEFAULT_CHUNK = efficient_attention.CHUNK_ELEMENTS
-FLOAT32_EPS = torch.finfo(torch.float32).eps
-# The constant of the random-walk estimate eps * sqrt(n) * scale; it also covers the chains of a
-# few operations (exp, the softmax normalisation, the MLP) that each sum passes through.
-ROUND_OFF_FACTOR = 4
 
 
 @pytest.fixture(autouse=True)
@@ -115,98 +85,18 @@ def _cases(groups=GROUPS, local_shapes=LOCAL_SHAPES, global_sides=GLOBAL_SIDES):
                                id=f"{impl}-{name}-{group}-{side}" + (f"-p{patch}" if patch else ""))
 
 
-def _pair(kind, group_name, side, patch, dtype, dropout=0.0, in_channels=3, mid_channels=6, heads=2,
-          impl="efficient"):
-    """A reference layer and an ``impl`` layer with the same weights, and a random input."""
-    cls, lifting, local = KINDS[kind]
-    group = get_group(group_name)
-    extent = patch if local else side + 1
-    layers = [cls(group, in_channels, mid_channels, 5, heads, extent, dropout, attention_impl=name).to(dtype)
-              for name in ("reference", impl)]
-    layers[1].load_state_dict(layers[0].state_dict())
-    shape = (2, in_channels, side, side) if lifting else (2, in_channels, group.num_elements, side, side)
-    return layers[0], layers[1], torch.randn(shape, dtype=dtype)
-
-
-def _gradients(layer, x, grad_out):
-    x = x.clone().requires_grad_(True)
-    names, params = zip(*layer.named_parameters())
-    out = layer(x)
-    grads = torch.autograd.grad(out, (x,) + params, grad_out)
-    return out, dict(zip(("input",) + names, grads))
-
-
-def _gradient_scales(grads):
-    """The scale of every gradient (see the module docstring)."""
-    owners = {}
-    for name, grad in grads.items():
-        owner = name.split(".")[0]
-        owners[owner] = max(owners.get(owner, 0.0), grad.abs().max().item())
-    layer_scale = max(owners.values())
-    owners = {owner: scale if scale > 1e-8 * layer_scale else layer_scale for owner, scale in owners.items()}
-    return {name: owners[name.split(".")[0]] for name in grads}
-
-
-def _assert_close(actual, expected, scale, rtol, atol, what):
-    error = (actual - expected).abs()
-    assert torch.all(error <= rtol * expected.abs() + atol * scale), (
-        f"{what}: max error {error.max().item():.3e}, scale {float(scale):.3e} "
-        f"(worst error/scale {(error / scale).max().item():.3e})"
-    )
-
-
-def _run(layer, dtype, x, grad_out):
-    layer = layer.to(dtype)
-    return _gradients(layer, x.to(dtype), grad_out.to(dtype))
-
-
-def _score_entries(kind, group_name, side, patch, batch=2, heads=2) -> int:
-    """``B * heads * V * H * W * keys``: the number of attention logits of a layer from :func:`_pair`."""
-    _, lifting, local = KINDS[kind]
-    order = get_group(group_name).num_elements
-    keys = (patch if local else side) ** 2 * (1 if lifting else order)
-    return batch * heads * order * side * side * keys
-
-
-def _float32_bound(n_terms: int, scale) -> float:
-    """The round-off allowed to a float32 result made of sums of at most ``n_terms`` terms."""
-    return ROUND_OFF_FACTOR * FLOAT32_EPS * math.sqrt(n_terms) * float(torch.as_tensor(scale).detach())
-
-
-def _check_against_float64(impl, kind, group_name, side, patch):
-    """Float64 ``impl`` = reference to 1e-12 of scale; float32 of both within the round-off bound of float64."""
-    reference, efficient, x = _pair(kind, group_name, side, patch, torch.float64, impl=impl)
-    grad_out = torch.randn_like(reference(x))
-    expected, expected_grads = _run(reference, torch.float64, x, grad_out)
-    actual, actual_grads = _run(efficient, torch.float64, x, grad_out)
-    scales = _gradient_scales(expected_grads)
-
-    _assert_close(actual, expected, expected.abs().max(), 0.0, 1e-12, "float64 output")
-    for name, grad in expected_grads.items():
-        _assert_close(actual_grads[name], grad, scales[name], 0.0, 1e-12, f"float64 gradient of {name}")
-
-    n_terms = _score_entries(kind, group_name, side, patch)
-    for name, layer in (("reference", reference), (impl, efficient)):
-        output_32, grads_32 = _run(layer, torch.float32, x, grad_out)
-        out_bound = _float32_bound(n_terms, expected.abs().max())
-        _assert_close(output_32.double(), expected, 1.0, 0.0, out_bound, f"{name} float32 output")
-        for param, exact in expected_grads.items():
-            bound = _float32_bound(n_terms, scales[param])
-            _assert_close(grads_32[param].double(), exact, 1.0, 0.0, bound, f"{name} float32 gradient of {param}")
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
 @pytest.mark.parametrize("group_name", ["z2", "p4", "mz2", "p4m"])
 def test_flex_forward_matches_reference(kind, group_name):
     """FlexAttention's forward pass on the CPU (its backward pass needs a GPU)."""
     patch = 3 if KINDS[kind][2] else None
-    reference, flex, x = _pair(kind, group_name, 5, patch, torch.float64, impl="flex")
+    reference, flex, x = pair(kind, group_name, 5, patch, torch.float64, impl="flex")
     with torch.no_grad():
         expected = reference.eval()(x)
         scale = expected.abs().max()
-        _assert_close(flex.eval()(x), expected, scale, 0.0, 1e-12, "float64 output")
-        bound = _float32_bound(_score_entries(kind, group_name, 5, patch), scale)
-        _assert_close(flex.float()(x.float()).double(), expected, 1.0, 0.0, bound, "float32 output")
+        assert_close(flex.eval()(x), expected, scale, 0.0, 1e-12, "float64 output")
+        bound = float32_bound(score_entries(kind, group_name, 5, patch), scale)
+        assert_close(flex.float()(x.float()).double(), expected, 1.0, 0.0, bound, "float32 output")
 
 
 def test_flex_is_refused_where_it_cannot_train():
@@ -226,21 +116,21 @@ def _select(impl, monkeypatch):
 
 @pytest.mark.parametrize("impl,kind,group_name,side,patch", list(_cases()))
 def test_efficient_matches_reference(impl, kind, group_name, side, patch, monkeypatch):
-    _check_against_float64(_select(impl, monkeypatch), kind, group_name, side, patch)
+    check_against_float64(_select(impl, monkeypatch), kind, group_name, side, patch)
 
 
 @pytest.mark.parametrize("impl,kind,group_name,side,patch", list(_cases(LARGE_GROUPS, LARGE_LOCAL_SHAPES,
                                                                          LARGE_GLOBAL_SIDES)))
 def test_efficient_matches_reference_on_large_groups(impl, kind, group_name, side, patch, monkeypatch):
     """p12, p16 and p8m, at smaller sizes: their sums are 27 to 64 times longer than for p4."""
-    _check_against_float64(_select(impl, monkeypatch), kind, group_name, side, patch)
+    check_against_float64(_select(impl, monkeypatch), kind, group_name, side, patch)
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_default_chunking_matches_reference(kind, monkeypatch):
     monkeypatch.setattr(efficient_attention, "CHUNK_ELEMENTS", DEFAULT_CHUNK)
     patch = 3 if KINDS[kind][2] else None
-    reference, efficient, x = _pair(kind, "p4", 8, patch, torch.float64)
+    reference, efficient, x = pair(kind, "p4", 8, patch, torch.float64)
     torch.testing.assert_close(efficient(x), reference(x), rtol=0.0, atol=1e-12 * reference(x).abs().max().item())
 
 
@@ -267,7 +157,7 @@ def _dropout_cases(kinds):
 def test_dropout_runs_and_is_finite(kind, impl, monkeypatch):
     patch = 3 if KINDS[kind][2] else None
     impl = _select(impl, monkeypatch)
-    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32, dropout=0.5, impl=impl)
+    reference, efficient, x = pair(kind, "p4", 7, patch, torch.float32, dropout=0.5, impl=impl)
     for layer in (reference, efficient):
         layer.train()
         x_grad = x.clone().requires_grad_(True)
@@ -322,7 +212,7 @@ def test_dropout_gradient_is_exact(kind, impl, monkeypatch):
     """With the RNG reset before each call the masks repeat, so gradcheck applies."""
     patch = 3 if KINDS[kind][2] else None
     impl = _select(impl, monkeypatch)
-    _, layer, x = _pair(kind, "p4", 4, patch, torch.float64, dropout=0.3, in_channels=2, heads=1, impl=impl)
+    _, layer, x = pair(kind, "p4", 4, patch, torch.float64, dropout=0.3, in_channels=2, heads=1, impl=impl)
     layer.train()
 
     def seeded(inp):
@@ -338,7 +228,7 @@ def test_dropout_gradient_is_exact(kind, impl, monkeypatch):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_autocast_bfloat16(kind, impl):
     patch = 3 if KINDS[kind][2] else None
-    reference, efficient, x = _pair(kind, "p4", 7, patch, torch.float32, impl=impl)
+    reference, efficient, x = pair(kind, "p4", 7, patch, torch.float32, impl=impl)
     outputs = []
     for layer in (reference, efficient):
         x_grad = x.clone().requires_grad_(True)
@@ -353,9 +243,9 @@ def test_autocast_bfloat16(kind, impl):
 
 
 def test_unknown_attention_impl_is_rejected():
-    with pytest.raises(ValueError, match="auto.*fused.*flex.*efficient.*reference"):
+    with pytest.raises(ValueError, match="auto.*fused.*triton.*flex.*efficient.*reference"):
         GroupSelfAttention(get_group("p4"), 3, 6, 5, 2, 8, 0.0, attention_impl="fast")
-    assert set(ATTENTION_IMPLS) == {"auto", "fused", "flex", "efficient", "reference"}
+    assert set(ATTENTION_IMPLS) == {"auto", "fused", "triton", "flex", "efficient", "reference"}
 
 
 def test_auto_is_fused_on_cpu_and_efficient_where_the_kernel_does_not_run():
@@ -534,7 +424,7 @@ def test_cost_model_counts_the_reference_logits(kind, group_name):
     """Score entries counted from the layer's shapes = the finite logits the reference computes."""
     benchmark = _load_benchmark()
     _, lifting, local = KINDS[kind]
-    reference, _, x = _pair(kind, group_name, 6, 5 if local else None, torch.float64)
+    reference, _, x = pair(kind, group_name, 6, 5 if local else None, torch.float64)
     q = reference._project(reference.query, x)
     k = reference._project(reference.key, x)
     logits = reference.attention_logits(q, k, x.shape[1])
@@ -547,7 +437,7 @@ def test_cost_model_counts_the_reference_logits(kind, group_name):
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_an_empty_batch_gives_empty_outputs_and_gradients(kind, impl):
     _, lifting, local = KINDS[kind]
-    _, efficient, x = _pair(kind, "p4", 6, 3 if local else None, torch.float32, dropout=0.1, impl=impl)
+    _, efficient, x = pair(kind, "p4", 6, 3 if local else None, torch.float32, dropout=0.1, impl=impl)
     empty = x[:0].clone().requires_grad_(True)
     out = efficient.train()(empty)
     out.sum().backward()

@@ -11,6 +11,7 @@ import torch
 import config as config_file
 import fixture_data
 import main
+from g_selfatt.nn.attention import SelfAttentionCore
 import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers allcnnc and densenet)
 from g_selfatt_models import checkpoints
 from runner import paths
@@ -63,6 +64,11 @@ def test_one_epoch_on_every_dataset_format(tmp_path, fmt):
     log = pathlib.Path(f"{prefix}.log").read_text()  # every line of the run, test results included
     assert "Configuration (unset values filled from" in log and "parameters" in log and "Test accuracy" in log
     assert ("roc_auc" in report) == (dataset == "PCam")
+    if model.endswith("sa"):  # one entry per self-attention layer, "auto" resolved
+        layers = [name for name, m in result.model.named_modules() if isinstance(m, SelfAttentionCore)]
+        line = next(line for line in log.splitlines() if "Attention implementation of each layer" in line)
+        entries = dict(entry.split("=") for entry in line.split(": ", 1)[1].rstrip(".").split(", "))
+        assert list(entries) == layers and set(entries.values()) <= {"fused", "efficient"}
 
 
 def _trained_model(tmp_path, **overrides):

@@ -76,7 +76,7 @@ def test_the_wheel_declares_ranges_and_extras(wheel_env):
     torch_requirement = next(r for r in requirements if r.name == "torch" and r.marker is None)
     assert torch_requirement.specifier.contains("2.13.0") and torch_requirement.specifier.contains("2.14.1")
     assert not torch_requirement.specifier.contains("1.13.1")
-    assert set(metadata.get_all("Provides-Extra")) == {"plots", "notebooks", "wandb", "tests"}
+    assert set(metadata.get_all("Provides-Extra")) == {"plots", "notebooks", "wandb", "gpu", "tests"}
     assert metadata["License-Expression"] == "MIT"
 
 

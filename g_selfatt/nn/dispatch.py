@@ -2,25 +2,30 @@
 
 Every implementation computes the same function of the same tables
 (:class:`~g_selfatt.nn.attention_tables.AttentionTables`); they differ in where they run
-and how fast. ``"auto"`` picks the fastest one that handles the input.
+and how fast. ``"auto"`` picks the fastest one that handles the input; on CUDA it trusts the
+Triton kernels only once they have passed :func:`kernel_self_check` on that device and dtype.
 """
 
 from __future__ import annotations
 
+import logging
+from typing import Dict, Optional, Set, Tuple
+
 import torch
 from torch import Tensor
 
-from g_selfatt.nn import flex_attention, fused_attention
+from g_selfatt.nn import flex_attention, fused_attention, triton_attention
 
-ATTENTION_IMPLS = ("auto", "fused", "flex", "efficient", "reference")
+ATTENTION_IMPLS = ("auto", "fused", "triton", "flex", "efficient", "reference")
 
 
 def resolve_impl(requested: str, q: Tensor, key_elements: int, dropout: float) -> str:
     """The implementation that runs for projections like ``q``: ``requested`` with ``"auto"`` resolved.
 
     ``"auto"`` is ``"fused"`` where the fused kernel handles the input (CPU, float32 or
-    float64 or autocast, a compiled kernel), ``"flex"`` on CUDA without active attention
-    dropout, and ``"efficient"`` elsewhere.
+    float64 or autocast, a compiled kernel), ``"triton"`` on CUDA once the Triton kernels have
+    passed :func:`kernel_self_check` there, and ``"efficient"`` elsewhere (with one log line
+    saying why, where ``"triton"`` was passed over on CUDA). ``"flex"`` runs only when asked for.
 
     Args:
         requested: one of :data:`ATTENTION_IMPLS`.
@@ -33,12 +38,15 @@ def resolve_impl(requested: str, q: Tensor, key_elements: int, dropout: float) -
     """
     if requested == "auto":
         if q.device.type == "cuda":
-            return "flex" if flex_attention.supports(q, dropout) else "efficient"
+            return accelerator_choice(q)
         return "fused" if _fused_handles(q, key_elements) else "efficient"
     if requested == "fused":
         _check_fused(q, key_elements)
     elif requested == "flex":
         _check_flex(q, dropout)
+    elif requested == "triton" and not triton_attention.supports(q):
+        raise ValueError(f"attention_impl='triton' cannot run here: {triton_attention.unsupported_reason(q)}; "
+                         "use attention_impl='auto'.")
     return requested
 
 
@@ -66,3 +74,73 @@ def _check_flex(q: Tensor, dropout: float) -> None:
     if dropout > 0:
         raise ValueError("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
                          "(which runs 'efficient' while attention dropout is active) or 'efficient'.")
+
+
+_self_checks: Dict[Tuple[str, torch.dtype], Optional[str]] = {}  # (device, dtype) -> None or why not
+_fallbacks_said: Set[Tuple[str, torch.dtype]] = set()
+log = logging.getLogger(__name__)
+
+
+def accelerator_choice(q: Tensor) -> str:
+    """``"auto"`` on an accelerator: ``"triton"`` if its kernels pass their self-check there, else ``"efficient"``."""
+    reason = triton_attention.unsupported_reason(q) if not triton_attention.supports(q) else None
+    if reason is None:
+        reason = kernel_self_check(q.device, kernel_dtype(q))
+    if reason is None:
+        return "triton"
+    key = (str(q.device), kernel_dtype(q))
+    if key not in _fallbacks_said:
+        _fallbacks_said.add(key)
+        log.warning("attention_impl='auto' runs 'efficient' on %s (%s): %s.", q.device, kernel_dtype(q), reason)
+    return "efficient"
+
+
+def kernel_dtype(q: Tensor) -> torch.dtype:
+    """The dtype the attention kernels see for projections like ``q`` (float32 under autocast)."""
+    return torch.float32 if torch.is_autocast_enabled(q.device.type) else q.dtype
+
+
+def kernel_self_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    """``None`` once the Triton kernels agree with ``"efficient"`` on ``device`` and ``dtype``, else why not.
+
+    Run once per device and dtype (the answer is kept): a small local group layer and a small
+    global lifting layer, forward and backward, in both implementations with the same weights
+    and input; outputs and input gradients must agree within ``1e-4`` of their scale (float32
+    round-off of these sizes is below ``1e-6``; a wrong kernel is off by the scale itself). The
+    caller's random number streams are left untouched.
+    """
+    key = (str(device), dtype)
+    if key not in _self_checks:
+        try:
+            _self_checks[key] = _compare_with_efficient(device, dtype)
+        except Exception as error:  # a kernel that does not compile or launch here
+            _self_checks[key] = f"the Triton kernels failed their self-check ({type(error).__name__}: {error})"
+    return _self_checks[key]
+
+
+def _compare_with_efficient(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    from g_selfatt.groups import get_group  # the layers import this module
+    from g_selfatt.nn.attention import GroupLocalSelfAttention, LiftSelfAttention
+
+    group = get_group("p4")
+    cases = ((GroupLocalSelfAttention, (1, 3, 4, 4, 5), 3), (LiftSelfAttention, (1, 3, 5, 4), 5))
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices), torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        torch.manual_seed(0)
+        for layer_class, shape, extent in cases:
+            results = []
+            for impl in ("efficient", "triton"):
+                torch.manual_seed(0)
+                layer = layer_class(group, 3, 6, 4, 1, extent, 0.0, attention_impl=impl).to(device, dtype)
+                x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
+                x.requires_grad_(True)
+                out = layer(x)
+                out.backward(torch.ones_like(out))
+                results.append((out.detach(), x.grad))
+            for name, expected, actual in zip(("output", "input gradient"), results[0], results[1]):
+                scale = expected.abs().max().item()
+                error = (actual - expected).abs().max().item()
+                if not error <= 1e-4 * scale:
+                    return (f"the Triton kernels' {name} of {layer_class.__name__} is off by {error:.3g} "
+                            f"(scale {scale:.3g}) on {device} ({dtype})")
+    return None

@@ -69,6 +69,7 @@ from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.flex_attention import flex_self_attention
 from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention
 from g_selfatt.nn.layouts import from_pixel_major, pixel_major
+from g_selfatt.nn.triton_attention import triton_self_attention
 
 # Target number of score entries (B N Q V G K M) per chunk: 2**21 (8 MiB in
 # float32); the backward pass holds about four chunk-sized temporaries. Buffers
@@ -463,7 +464,7 @@ def _attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_chan
         return q.new_zeros(0, channels, heads, num_out, height, width) + 0 * (q.sum() + k.sum() + v.sum())
     key_elements = k.shape[3]
     seed = int(torch.randint(0, 2 ** 62, ())) if tables.dropout > 0 else 0
-    if impl in ("fused", "flex"):
+    if impl in ("fused", "flex", "triton"):
         geometry = FusedGeometry(
             heads_batch=batch * heads, height=height, width=width, num_query_elements=elements,
             num_key_elements=key_elements, num_out=num_out, channels=channels,
@@ -472,8 +473,9 @@ def _attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor, in_chan
         )
         if impl == "fused":
             return fused_attention(geometry, q * in_channels ** -0.5, k, v, tables.positional, tables.group)
-        out = flex_self_attention(geometry, pixel_major(q * in_channels ** -0.5), pixel_major(k), pixel_major(v),
-                                  tables.positional, tables.group)
+        run = flex_self_attention if impl == "flex" else triton_self_attention
+        out = run(geometry, pixel_major(q * in_channels ** -0.5), pixel_major(k), pixel_major(v),
+                  tables.positional, tables.group)
         return from_pixel_major(out, batch, heads, height, width)  # from (BN, H W, V, C)
     scaled_q = pixel_major(q * in_channels ** -0.5)  # (BN, H W, G, C)
     if tables.local:
