@@ -144,3 +144,56 @@ def test_auto_on_an_accelerator_uses_triton_only_after_its_self_check(monkeypatc
         assert dispatch.accelerator_choice(q) == "efficient"
     said = [r.getMessage() for r in caplog.records]
     assert len(said) == 1 and "runs 'efficient'" in said[0] and "output of GroupLocalSelfAttention is off" in said[0]
+
+
+# Compiled for a GPU without one: Triton's compiler runs on the CPU down to the GPU's machine code
+# (cubin, through the ptxas that ships with the triton wheel), so the rules the interpreter skips
+# (block shapes, tl.dot operand sizes, loop-carried types, constexpr globals) are enforced here.
+COMPILE_SCRIPT = r"""
+import json, sys
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource, compile
+from g_selfatt.nn import triton_attention, triton_kernels
+from g_selfatt.nn.fused_attention import FusedGeometry
+
+case = json.loads(sys.argv[1])
+geometry = FusedGeometry(**case["geometry"])
+scalars, constants = triton_attention._launch_arguments(geometry)
+constants["HAS_GROUP"] = case["has_group"]
+for kernel in (triton_kernels.attention_forward, triton_kernels.attention_backward):
+    names = [name for name in kernel.arg_names if name not in constants]
+    pointers = names[:len(names) - len(scalars)]
+    signature = {name: "*fp32" for name in pointers}
+    signature.update({name: "fp32" if isinstance(value, float) else "i32"
+                      for name, value in zip(names[len(pointers):], scalars)})
+    signature.update({name: "constexpr" for name in constants})
+    compiled = compile(ASTSource(kernel, signature, constexprs=constants), target=GPUTarget("cuda", case["capability"], 32))
+    assert compiled.asm["cubin"], kernel.__name__
+print("compiled")
+"""
+COMPILE_CASES = {
+    # z2 lifting layer, local: one output and one key element (blocks of one), 8 channels padded to 16.
+    "lift_local-z2-sm80": dict(geometry=dict(heads_batch=2, height=5, width=5, num_query_elements=1,
+                                             num_key_elements=1, num_out=1, channels=8, pos_channels=4, local=True,
+                                             patch_size=3, radius=1), has_group=False, capability=80),
+    # p4m global group layer with dropout: eight elements, 20 channels padded to 32.
+    "group-p4m-dropout-sm90": dict(geometry=dict(heads_batch=2, height=5, width=5, num_query_elements=8,
+                                                 num_key_elements=8, num_out=8, channels=20, pos_channels=12,
+                                                 local=False, patch_size=0, radius=4, dropout=0.1, seed=5),
+                                   has_group=True, capability=90),
+}
+
+
+@pytest.mark.parametrize("case", list(COMPILE_CASES))
+def test_the_kernels_compile_for_a_gpu(case, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO_ROOT
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)  # compile afresh, whatever an earlier run left in ~/.triton
+    done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, json.dumps(COMPILE_CASES[case])], cwd=REPO_ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -42,7 +42,7 @@ from g_selfatt.nn.fused_attention import FusedGeometry, dropout_threshold
 
 DTYPES = (torch.float32, torch.float64)
 BLOCK_Q = 16  # query pixels per program (tl.dot needs at least 16 rows)
-TILE_ENTRIES = 8192  # rows x entries of one tile of scores, an upper bound kept by the key tile
+TILE_ENTRIES = 4096  # rows x entries of one tile of scores, an upper bound kept by the key tile
 _MIN_DOT = 16  # the smallest side of a tl.dot operand
 
 log = logging.getLogger(__name__)

@@ -31,7 +31,7 @@ GPU compile rules are met by construction: every block size is a power of two an
 import triton
 import triton.language as tl
 
-NEGATIVE_START = -1e30  # the running maximum before any key (finite: exp(start - start) = 1)
+NEGATIVE_START = tl.constexpr(-1e30)  # the running maximum before any key (finite: exp(start - start) = 1)
 
 
 @triton.jit
@@ -162,7 +162,8 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
     qi, qr, qc, q_ok = _tile_indices(HW, W, BLOCK_Q)
     q, q_rows = _load_queries(Q, bn, g, qi, q_ok, HW, G, C, BLOCK_C)
     q_rows = tl.where(q_ok, q_rows, 0)
-    gl, _, _ = _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, q.dtype)
+    gl, gl_pointers, gl_mask = _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP,
+                                                  BLOCK_Q, BLOCK_V, BLOCK_M, q.dtype)
     vi = tl.arange(0, BLOCK_V)
     v_ok = vi < V
     row_max = tl.full((BLOCK_Q * BLOCK_V,), NEGATIVE_START, dtype=q.dtype)
@@ -172,7 +173,7 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
     for start in range(lo, hi, BLOCK_J):
         jj = start + tl.arange(0, BLOCK_J)
         j_ok = jj < hi
-        kt, _, _, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
+        kt, key_pointers, key_mask, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         offset, inside = _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL)
         logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
                          BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
@@ -183,7 +184,7 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
         if DROPOUT:
             kept = _keep(seed, bn, qi, g, jj, HW, V, G, M, threshold, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
             p = tl.where(kept, p * keep_scale, 0.0)
-        values, _, _, _ = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
+        values, value_pointers, value_mask, value_ok = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         acc = acc * rescale[:, None] + tl.dot(p.to(values.dtype), values, input_precision="ieee")
         row_max = new_max
     row_sum = tl.where(row_sum > 0, row_sum, 1.0)
@@ -237,7 +238,7 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
         logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
                          BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
         p = tl.exp(logits - lse[:, None])  # (R, X), 0 off the keys and rows
-        values, _, _, _ = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
+        values, value_pointers, value_mask, value_ok = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         grad_p = tl.dot(grad_out, tl.trans(values), input_precision="ieee")  # (R, X)
         if DROPOUT:
             kept = _keep(seed, bn, qi, g, jj, HW, V, G, M, threshold, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
