@@ -89,9 +89,10 @@ def get_config() -> config_dict.ConfigDict:
     # original code, which is not equivariant; for loading its checkpoints faithfully).
     config.group_axis_index = DEFAULT_GROUP_AXIS_INDEX
     # Attention implementation, all with the same result: "auto" ("fused" on CPU when a C++
-    # compiler is there, else "efficient"), "fused" (one C++ kernel per layer, CPU), "efficient"
-    # (chunked torch operations, any device) or "reference" (the full score tensors, as the
-    # original code).
+    # compiler is there, "triton" on CUDA once its kernels pass a self-check there, else
+    # "efficient") or one of g_selfatt.nn.dispatch.IMPLEMENTATIONS: "fused" (one C++ kernel per
+    # layer, CPU), "triton" (Triton kernels, CUDA), "flex" (FlexAttention), "efficient" (chunked
+    # torch operations, any device) or "reference" (the full score tensors, as the original code).
     config.attention_impl = "auto"
 
     # ----- Attentive G-CNN architecture ----------------------------------------------------

@@ -197,3 +197,13 @@ def test_the_kernels_compile_for_a_gpu(case, tmp_path):
     done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, json.dumps(COMPILE_CASES[case])], cwd=REPO_ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]
+
+
+def test_the_readme_lists_every_implementation_of_the_registry_in_its_order():
+    from tests.conftest import REPO_ROOT
+
+    text = (REPO_ROOT / "README.md").read_text()
+    performance = text[text.index("## Performance"):text.index("**The models that train on a CPU.**")]
+    listed = [line.split("`")[1] for line in performance.splitlines() if line.startswith("* **`")]
+    assert listed == [name for name in dispatch.IMPLEMENTATIONS if name != "reference"]
+    assert "`\"reference\"`" in performance

@@ -90,10 +90,9 @@ class SelfAttentionCore(nn.Module):
         patch_size: odd side of the local neighbourhood (local layers).
         max_pos_embedding: largest image side (global layers).
         group_axis_index: ``"relative"`` (equivariant, default) or ``"original"``.
-        attention_impl: ``"auto"`` (default: ``"fused"`` where it runs, else ``"efficient"``),
-            ``"fused"`` (one C++ kernel, CPU; :mod:`g_selfatt.nn.fused_attention`),
-            ``"efficient"`` (chunked torch operations, any device;
-            :mod:`g_selfatt.nn.efficient_attention`) or ``"reference"`` (full score tensors).
+        attention_impl: ``"auto"`` (default, see :func:`~g_selfatt.nn.dispatch.resolve_impl`) or
+            a name of :data:`~g_selfatt.nn.dispatch.IMPLEMENTATIONS` (``"fused"``, ``"triton"``,
+            ``"flex"``, ``"efficient"``, ``"reference"``).
             All compute the same function.
     """
 

@@ -8,15 +8,85 @@ Triton kernels only once they have passed :func:`kernel_self_check` on that devi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Dict, Optional, Set, Tuple
+from typing import Callable, Dict, Optional, Set, Tuple
 
 import torch
 from torch import Tensor
 
 from g_selfatt.nn import flex_attention, fused_attention, triton_attention
 
-ATTENTION_IMPLS = ("auto", "fused", "triton", "flex", "efficient", "reference")
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+    """One way of computing the self-attention of a layer (all compute the same function).
+
+    Attributes:
+        where: where it runs, for the documentation.
+        summary: what it is, for the documentation.
+        refusal: ``refusal(q, key_elements, dropout)`` is ``None`` where it can run on projections
+            like ``q``, else why not and what to use instead (the text of the error).
+    """
+
+    where: str
+    summary: str
+    refusal: Callable[[Tensor, int, float], Optional[str]]
+
+
+def _fused_refusal(q: Tensor, key_elements: int, dropout: float) -> Optional[str]:
+    if fused_attention.supports(q, key_elements, autocast=torch.is_autocast_enabled(q.device.type)):
+        return None
+    reason = fused_attention.build_report().error if q.device.type == "cpu" else None
+    return (f"attention_impl='fused' runs on the CPU in float32/float64, got a {q.dtype} tensor on "
+            f"{q.device}{f' ({reason})' if reason else ''}; use attention_impl='auto' or 'efficient'.")
+
+
+def _triton_refusal(q: Tensor, key_elements: int, dropout: float) -> Optional[str]:
+    if triton_attention.supports(q):
+        return None
+    return f"attention_impl='triton' cannot run here: {triton_attention.unsupported_reason(q)}; use attention_impl='auto'."
+
+
+def _flex_refusal(q: Tensor, key_elements: int, dropout: float) -> Optional[str]:
+    if not flex_attention.available():
+        return "attention_impl='flex' needs torch's FlexAttention, which this torch build lacks; use attention_impl='auto'."
+    if q.device.type != "cuda" and q.requires_grad:
+        return (f"attention_impl='flex' trains on CUDA only (FlexAttention has no backward pass "
+                f"on {q.device.type}); use attention_impl='auto'.")
+    if dropout > 0:
+        return ("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
+                "or 'efficient'.")
+    return None
+
+
+def _runs_anywhere(q: Tensor, key_elements: int, dropout: float) -> Optional[str]:
+    return None
+
+
+# name -> implementation; "auto" (resolve_impl) chooses among them.
+IMPLEMENTATIONS: Dict[str, Implementation] = {
+    "fused": Implementation(
+        "CPU (float32, float64, autocast)",
+        "one C++ kernel per layer (g_selfatt/nn/fused_attention.cpp), compiled on first use; no score tensor",
+        _fused_refusal),
+    "triton": Implementation(
+        "CUDA (float32, float64, autocast); the CPU only through Triton's interpreter",
+        "two flash-attention-style Triton kernels (g_selfatt/nn/triton_kernels.py); no score tensor",
+        _triton_refusal),
+    "flex": Implementation(
+        "CUDA (training without attention dropout); its forward pass also on the CPU",
+        "torch's FlexAttention with the positional and group terms in score_mod",
+        _flex_refusal),
+    "efficient": Implementation(
+        "any device",
+        "chunks of torch operations, recomputed in the backward pass; a chunk of scores at a time",
+        _runs_anywhere),
+    "reference": Implementation(
+        "any device",
+        "the formula as written, with every (B, N, V, G, H, W, M, K) score tensor in memory",
+        _runs_anywhere),
+}
+ATTENTION_IMPLS = ("auto",) + tuple(IMPLEMENTATIONS)
 
 
 def resolve_impl(requested: str, q: Tensor, key_elements: int, dropout: float) -> str:
@@ -39,41 +109,11 @@ def resolve_impl(requested: str, q: Tensor, key_elements: int, dropout: float) -
     if requested == "auto":
         if q.device.type == "cuda":
             return accelerator_choice(q)
-        return "fused" if _fused_handles(q, key_elements) else "efficient"
-    if requested == "fused":
-        _check_fused(q, key_elements)
-    elif requested == "flex":
-        _check_flex(q, dropout)
-    elif requested == "triton" and not triton_attention.supports(q):
-        raise ValueError(f"attention_impl='triton' cannot run here: {triton_attention.unsupported_reason(q)}; "
-                         "use attention_impl='auto'.")
+        return "efficient" if _fused_refusal(q, key_elements, dropout) else "fused"
+    refusal = IMPLEMENTATIONS[requested].refusal(q, key_elements, dropout)
+    if refusal:
+        raise ValueError(refusal)
     return requested
-
-
-def _fused_handles(q: Tensor, key_elements: int) -> bool:
-    return fused_attention.supports(q, key_elements, autocast=torch.is_autocast_enabled(q.device.type))
-
-
-def _check_fused(q: Tensor, key_elements: int) -> None:
-    if _fused_handles(q, key_elements):
-        return
-    reason = fused_attention.build_report().error if q.device.type == "cpu" else None
-    raise ValueError(
-        f"attention_impl='fused' runs on the CPU in float32/float64, got a {q.dtype} tensor on "
-        f"{q.device}{f' ({reason})' if reason else ''}; use attention_impl='auto' or 'efficient'."
-    )
-
-
-def _check_flex(q: Tensor, dropout: float) -> None:
-    if not flex_attention.available():
-        raise ValueError("attention_impl='flex' needs torch's FlexAttention, which this torch build lacks; "
-                         "use attention_impl='auto'.")
-    if q.device.type != "cuda" and q.requires_grad:
-        raise ValueError(f"attention_impl='flex' trains on CUDA only (FlexAttention has no backward pass "
-                         f"on {q.device.type}); use attention_impl='auto'.")
-    if dropout > 0:
-        raise ValueError("attention_impl='flex' has no attention dropout; use attention_impl='auto' "
-                         "(which runs 'efficient' while attention dropout is active) or 'efficient'.")
 
 
 _self_checks: Dict[Tuple[str, torch.dtype], Optional[str]] = {}  # (device, dtype) -> None or why not

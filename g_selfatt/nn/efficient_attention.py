@@ -32,8 +32,9 @@ Local layers gather the ``P x P`` neighbourhood of each query of a chunk from
 zero-padded keys and values (keys outside the image get ``-inf`` logits, as in
 the reference); global layers see all ``H W`` keys.
 
-:func:`efficient_attention` is also the entry point of ``"fused"`` and ``"flex"``
-(:mod:`g_selfatt.nn.fused_attention`, :mod:`g_selfatt.nn.flex_attention`). It receives
+:func:`efficient_attention` is also the entry point of ``"fused"``, ``"triton"`` and ``"flex"``
+(:mod:`g_selfatt.nn.fused_attention`, :mod:`g_selfatt.nn.triton_attention`,
+:mod:`g_selfatt.nn.flex_attention`). It receives
 the layer's tables as one :class:`AttentionTables` (built once per call by the core,
 :meth:`~g_selfatt.nn.attention.SelfAttentionCore.attention_tables`), makes the scaled
 queries and the dropout seed and hands them to whichever implementation runs.
@@ -443,7 +444,8 @@ def efficient_attention(tables: AttentionTables, q: Tensor, k: Tensor, v: Tensor
         in_channels: input channels (the logits are divided by their root).
         chunk_elements: score entries per chunk (default :data:`CHUNK_ELEMENTS`).
         impl: ``"efficient"`` (the chunk loop), ``"fused"`` (the CPU kernel of
-            :mod:`g_selfatt.nn.fused_attention`) or ``"flex"`` (FlexAttention,
+            :mod:`g_selfatt.nn.fused_attention`), ``"triton"`` (the kernels of
+            :mod:`g_selfatt.nn.triton_attention`) or ``"flex"`` (FlexAttention,
             :mod:`g_selfatt.nn.flex_attention`): the same tables, the same result.
 
     Returns:
