@@ -24,7 +24,7 @@ run: setup
 	$(PY) main.py --config.epochs=$(QUICK_EPOCHS) $(QUICK_LAYOUT) --config.rotation_angles=4 --config.overwrite=True
 
 test: setup
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 clean:
 	rm -rf $(VENV) .pytest_cache

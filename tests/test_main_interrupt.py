@@ -52,6 +52,11 @@ def finish(process, timeout_s=300):
     return process.returncode, stderr
 
 
+# The tests that compare with the uninterrupted run go to one test process (make test: --dist
+# loadgroup), so that it is made once.
+with_the_uninterrupted_run = pytest.mark.xdist_group("uninterrupted_run")
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The final ``last`` checkpoint of the run that nothing stopped."""
@@ -68,6 +73,7 @@ def assert_same_final_weights(save_dir, expected):
         assert torch.equal(final["state_dict"][key], value), key
 
 
+@with_the_uninterrupted_run
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])  # SIGUSR1: SLURM's --signal=USR1
 def test_a_signal_saves_reports_and_exits_then_resume_finishes_exactly(tmp_path, uninterrupted, sig):
     process = start_main(tmp_path)
@@ -89,6 +95,7 @@ def test_a_signal_saves_reports_and_exits_then_resume_finishes_exactly(tmp_path,
     assert_same_final_weights(tmp_path, uninterrupted)
 
 
+@with_the_uninterrupted_run
 def test_sigkill_loses_at_most_checkpoint_every_steps_and_resumes_exactly(tmp_path, uninterrupted):
     process = start_main(tmp_path, "--config.checkpoint_every=7")
     wait_for(process, lambda: list(tmp_path.glob("*.last.pt")))

@@ -19,6 +19,11 @@ def _table_module():
     return module
 
 
+# The tests that share the table run go to one test process (make test: --dist loadgroup), so
+# that the eight runs of the fixture are made once.
+on_the_table = pytest.mark.xdist_group("rotmnist5k_table")
+
+
 @pytest.fixture(scope="module")
 def table_run(tmp_path_factory):
     """The script on 40 fixture digits: four models, two seeds, one step each."""
@@ -33,6 +38,7 @@ def table_run(tmp_path_factory):
     return table, argv, tmp_path
 
 
+@on_the_table
 def test_every_run_has_a_row_with_its_rotation_accuracies(table_run):
     _, _, tmp_path = table_run
     rows = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
@@ -50,6 +56,7 @@ def test_every_run_has_a_row_with_its_rotation_accuracies(table_run):
     assert (tmp_path / "out" / "rotation.png").stat().st_size > 0
 
 
+@on_the_table
 def test_table_gives_the_mean_and_spread_over_seeds(table_run):
     table, _, tmp_path = table_run
     rows = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
@@ -61,6 +68,7 @@ def test_table_gives_the_mean_and_spread_over_seeds(table_run):
         assert line.split(" | ")[2] == expected
 
 
+@on_the_table
 def test_finished_runs_are_not_trained_again(table_run, capsys):
     table, argv, tmp_path = table_run
     checkpoint = tmp_path / "saved" / "p4sa_seed1" / "model.pt"
@@ -74,6 +82,7 @@ def test_finished_runs_are_not_trained_again(table_run, capsys):
     assert not (tmp_path / "gone").exists()
 
 
+@on_the_table
 def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(table_run, tmp_path):
     import json
 

@@ -2,7 +2,8 @@
 
 The test appends flags that point the run at tiny fixture files, limit it to one optimizer
 step on two images and keep it on the CPU; everything else (model, optimizer, scheduler,
-attention, precision, ...) is exactly the command of the README.
+attention, precision, ...) is exactly the command of the README. Each command runs as its own
+``main.py`` process, forked from one that imported everything once (:mod:`forked_main`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ from __future__ import annotations
 import ast
 import os
 import shlex
-import subprocess
-import sys
 
 import pytest
 
@@ -20,6 +19,7 @@ import fixture_data
 from g_selfatt_models import checkpoints
 
 from conftest import REPO_ROOT
+from forked_main import ForkedMain
 
 README = REPO_ROOT / "runs" / "README.md"
 PREFIX = ("python", "main.py")
@@ -87,9 +87,16 @@ def test_readme_has_the_papers_gsa_command(dataset):
     assert matching, f"no {dataset} command of runs/README.md sets all of {expected}"
 
 
+@pytest.fixture(scope="module")
+def main_py():
+    server = ForkedMain(dict(os.environ, OMP_NUM_THREADS="1"))
+    yield server
+    server.close()
+
+
 @pytest.mark.parametrize("number,arguments", readme_commands(),
                          ids=[f"line{n}" for n, _ in readme_commands()])
-def test_readme_command_trains_one_step(tmp_path, number, arguments):
+def test_readme_command_trains_one_step(tmp_path, main_py, number, arguments):
     assert all(a.startswith("--config.") for a in arguments), arguments
     dataset = flag_value(arguments, "dataset", DEFAULT_DATASET)
     writer, dataset_flags = FIXTURES[dataset]
@@ -99,10 +106,9 @@ def test_readme_command_trains_one_step(tmp_path, number, arguments):
              "--config.max_steps=1", "--config.epochs=1", "--config.max_examples=2",
              "--config.batch_size=2", "--config.rotation_angles=0", "--config.device=cpu",
              "--config.num_workers=0", "--config.num_threads=1", *dataset_flags]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([sys.executable, "main.py", *arguments, *smoke], cwd=REPO_ROOT,
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, f"runs/README.md line {number}:\n{result.stderr[-4000:]}"
+    output = tmp_path / "output.txt"
+    returncode = main_py.run([*arguments, *smoke], output)
+    assert returncode == 0, f"runs/README.md line {number}:\n{output.read_text()[-4000:]}"
     (last,) = (tmp_path / "saved").glob("*.last.pt")
     saved = checkpoints.read(last)
     assert saved["step"] == 1

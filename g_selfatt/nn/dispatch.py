@@ -143,11 +143,12 @@ def kernel_dtype(q: Tensor) -> torch.dtype:
 def kernel_self_check(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     """``None`` once the Triton kernels agree with ``"efficient"`` on ``device`` and ``dtype``, else why not.
 
-    Run once per device and dtype (the answer is kept): a small local group layer and a small
-    global lifting layer, forward and backward, in both implementations with the same weights
-    and input; outputs and input gradients must agree within ``1e-4`` of their scale (float32
-    round-off of these sizes is below ``1e-6``; a wrong kernel is off by the scale itself). The
-    caller's random number streams are left untouched.
+    Run once per device and dtype (the answer is kept): the attention of a small local p4 group
+    layer and of a small global lifting layer, forward and backward, in both implementations on
+    the same random projections and tables; the outputs and the gradients of every input must
+    agree within ``1e-4`` of their scale (float32 round-off of these sizes is below ``1e-6``; a
+    wrong kernel is off by the scale itself). It draws from its own generator, so the caller's
+    random number streams are left untouched.
     """
     key = (str(device), dtype)
     if key not in _self_checks:
@@ -158,29 +159,42 @@ def kernel_self_check(device: torch.device, dtype: torch.dtype) -> Optional[str]
     return _self_checks[key]
 
 
-def _compare_with_efficient(device: torch.device, dtype: torch.dtype) -> Optional[str]:
-    from g_selfatt.groups import get_group  # the layers import this module
-    from g_selfatt.nn.attention import GroupLocalSelfAttention, LiftSelfAttention
+# The self-check's cases: (name, query elements G, key elements M, output elements V, patch size or None).
+_SELF_CHECK_CASES = (("local p4 group layer", 4, 4, 4, 3), ("global lifting layer", 1, 1, 4, None))
 
-    group = get_group("p4")
-    cases = ((GroupLocalSelfAttention, (1, 3, 4, 4, 5), 3), (LiftSelfAttention, (1, 3, 5, 4), 5))
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), torch.enable_grad(), torch.autocast(device.type, enabled=False):
-        torch.manual_seed(0)
-        for layer_class, shape, extent in cases:
+
+def _compare_with_efficient(device: torch.device, dtype: torch.dtype) -> Optional[str]:
+    from g_selfatt.nn.attention_tables import AttentionTables
+    from g_selfatt.nn.efficient_attention import efficient_attention
+
+    generator = torch.Generator().manual_seed(0)
+    channels, heads, height, width, pos_channels = 6, 1, 4, 5, 4
+
+    def random(*shape):
+        return torch.randn(*shape, generator=generator, dtype=dtype).to(device).requires_grad_(True)
+
+    with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+        for name, elements, key_elements, outputs, patch in _SELF_CHECK_CASES:
+            radius = patch // 2 if patch else max(height, width) - 1
+            side = 2 * radius + 1
+            inputs = [random(1, channels, heads, elements, height, width),
+                      random(1, channels, heads, key_elements, height, width),
+                      random(1, channels, heads, key_elements, height, width),
+                      random(outputs, side * side, pos_channels)]
+            if key_elements > 1:
+                inputs.append(random(outputs, elements, key_elements, channels - pos_channels))
+            grad_out = torch.randn(1, channels, heads, outputs, height, width, generator=generator, dtype=dtype)
             results = []
             for impl in ("efficient", "triton"):
-                torch.manual_seed(0)
-                layer = layer_class(group, 3, 6, 4, 1, extent, 0.0, attention_impl=impl).to(device, dtype)
-                x = torch.randn(shape, generator=torch.Generator().manual_seed(1), dtype=dtype).to(device)
-                x.requires_grad_(True)
-                out = layer(x)
-                out.backward(torch.ones_like(out))
-                results.append((out.detach(), x.grad))
-            for name, expected, actual in zip(("output", "input gradient"), results[0], results[1]):
+                tables = AttentionTables(positional=inputs[3], group=inputs[4] if key_elements > 1 else None,
+                                         radius=radius, patch_size=patch)
+                out = efficient_attention(tables, *inputs[:3], in_channels=3, impl=impl)
+                grads = torch.autograd.grad(out, inputs, grad_out.to(device), allow_unused=True)
+                results.append([out] + [torch.zeros_like(t) if g is None else g for t, g in zip(inputs, grads)])
+            for what, expected, actual in zip(["output"] + ["gradient"] * len(inputs), *results):
                 scale = expected.abs().max().item()
                 error = (actual - expected).abs().max().item()
                 if not error <= 1e-4 * scale:
-                    return (f"the Triton kernels' {name} of {layer_class.__name__} is off by {error:.3g} "
-                            f"(scale {scale:.3g}) on {device} ({dtype})")
+                    return (f"the Triton kernels' {what} of a {name} is off by {error:.3g} (scale {scale:.3g}) "
+                            f"on {device} ({dtype})")
     return None
