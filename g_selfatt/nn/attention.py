@@ -52,9 +52,8 @@ from torch import Tensor, nn
 
 from g_selfatt.functional.encoding import flat_relative_offsets
 from g_selfatt.groups import Group
-from g_selfatt.nn.dispatch import ATTENTION_IMPLS, resolve_impl
+from g_selfatt.nn.dispatch import ATTENTION_IMPLS, IMPLEMENTATIONS, resolve_impl
 from g_selfatt.nn.attention_tables import AttentionTables
-from g_selfatt.nn.efficient_attention import efficient_attention
 from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
 GROUP_AXIS_INDICES = ("relative", "original")
@@ -184,9 +183,9 @@ class SelfAttentionCore(nn.Module):
         q = self._project(self.query, x)  # (B, C, N, G, H, W)
         k = self._project(self.key, x)
         v = self._project(self.value, x)
-        impl = self.resolved_impl(q)
-        if impl != "reference":
-            out = efficient_attention(self.attention_tables(), q, k, v, x.shape[1], impl=impl)  # (B, C, N, V, H, W)
+        run = IMPLEMENTATIONS[self.resolved_impl(q)].run
+        if run is not None:
+            out = run(self.attention_tables(), q, k, v, x.shape[1])  # (B, C, N, V, H, W)
             out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
             return self._output(out)  # (B, C_out, V, H, W)
         probs = self.dropout_attention(self._probabilities(q, k, x.shape[1]))  # (B, N, V, G, H, W, M, K)

@@ -9,6 +9,7 @@ Triton kernels only once they have passed :func:`kernel_self_check` on that devi
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Callable, Dict, Optional, Set, Tuple
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from g_selfatt.nn import flex_attention, fused_attention, triton_attention
+from g_selfatt.nn.efficient_attention import efficient_attention
 
 @dataclasses.dataclass(frozen=True)
 class Implementation:
@@ -26,11 +28,15 @@ class Implementation:
         summary: what it is, for the documentation.
         refusal: ``refusal(q, key_elements, dropout)`` is ``None`` where it can run on projections
             like ``q``, else why not and what to use instead (the text of the error).
+        run: ``run(tables, q, k, v, in_channels)``, the attention before ``wout``
+            ``(B, C, N, V, H, W)`` (see :func:`~g_selfatt.nn.efficient_attention.efficient_attention`);
+            ``None`` for ``"reference"``, which the layer computes itself, as the formula reads.
     """
 
     where: str
     summary: str
     refusal: Callable[[Tensor, int, float], Optional[str]]
+    run: Optional[Callable[..., Tensor]]
 
 
 def _fused_refusal(q: Tensor, key_elements: int, dropout: float) -> Optional[str]:
@@ -68,23 +74,23 @@ IMPLEMENTATIONS: Dict[str, Implementation] = {
     "fused": Implementation(
         "CPU (float32, float64, autocast)",
         "one C++ kernel per layer (g_selfatt/nn/fused_attention.cpp), compiled on first use; no score tensor",
-        _fused_refusal),
+        _fused_refusal, functools.partial(efficient_attention, impl="fused")),
     "triton": Implementation(
         "CUDA (float32, float64, autocast); the CPU only through Triton's interpreter",
         "two flash-attention-style Triton kernels (g_selfatt/nn/triton_kernels.py); no score tensor",
-        _triton_refusal),
+        _triton_refusal, functools.partial(efficient_attention, impl="triton")),
     "flex": Implementation(
         "CUDA (training without attention dropout); its forward pass also on the CPU",
         "torch's FlexAttention with the positional and group terms in score_mod",
-        _flex_refusal),
+        _flex_refusal, functools.partial(efficient_attention, impl="flex")),
     "efficient": Implementation(
         "any device",
         "chunks of torch operations, recomputed in the backward pass; a chunk of scores at a time",
-        _runs_anywhere),
+        _runs_anywhere, functools.partial(efficient_attention, impl="efficient")),
     "reference": Implementation(
         "any device",
         "the formula as written, with every (B, N, V, G, H, W, M, K) score tensor in memory",
-        _runs_anywhere),
+        _runs_anywhere, None),
 }
 ATTENTION_IMPLS = ("auto",) + tuple(IMPLEMENTATIONS)
 
@@ -165,7 +171,6 @@ _SELF_CHECK_CASES = (("local p4 group layer", 4, 4, 4, 3), ("global lifting laye
 
 def _compare_with_efficient(device: torch.device, dtype: torch.dtype) -> Optional[str]:
     from g_selfatt.nn.attention_tables import AttentionTables
-    from g_selfatt.nn.efficient_attention import efficient_attention
 
     generator = torch.Generator().manual_seed(0)
     channels, heads, height, width, pos_channels = 6, 1, 4, 5, 4
