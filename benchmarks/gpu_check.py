@@ -116,49 +116,45 @@ def markdown(report: Dict[str, object]) -> str:
     environment = report.get("environment", {})
     lines += [f"- {key}: {value}" for key, value in environment.items()] + [""]
     if report.get("equality"):
-        lines += ["## Equality with the float64 reference", "",
-                  "| implementation | layer | precision | output error / bound | worst gradient error / bound | result |",
-                  "|---|---|---|---|---|---|"]
-        for r in report["equality"]:
-            if "error" in r:
-                lines.append(f"| {r['impl']} | {r['kind']} | {r['precision']} | | | failed to run: {r['error']} |")
-                continue
-            lines.append(f"| {r['impl']} | {r['kind']} | {r['precision']} | {r['output_ratio']:.3g} | "
-                         f"{r['gradient_ratio']:.3g} | {'pass' if r['passed'] else '**FAIL**'} |")
-        lines.append("")
+        rows = [[r["impl"], r["kind"], r["precision"], "", "", f"failed to run: {r['error']}"] if "error" in r else
+                [r["impl"], r["kind"], r["precision"], f"{r['output_ratio']:.3g}", f"{r['gradient_ratio']:.3g}",
+                 "pass" if r["passed"] else "**FAIL**"] for r in report["equality"]]
+        lines += _table("Equality with the float64 reference", ["implementation", "layer", "precision",
+                        "output error / bound", "worst gradient error / bound", "result"], rows)
     if report.get("benchmark"):
-        lines += ["## Cases of benchmarks/attention.py", "",
-                  "| case | implementation | time | peak memory | time / floor |", "|---|---|---|---|---|"]
+        rows = []
         for r in report["benchmark"]:
             if "stopped" in r:
-                lines.append(f"| | | stopped: {r['stopped']} | | |")
-            if "case" not in r or "impl" not in r:
-                continue
-            if "skipped" in r:
-                lines.append(f"| ({r['case']}) {r.get('description', '')} | {r['impl']} | skipped: {r['skipped']} | | |")
-                continue
-            lines.append(f"| ({r['case']}) {r.get('description', '')} | {r['impl']} | {_number(r.get('time_s'), ' s')} | "
-                         f"{_number(r.get('peak_memory_mb'), ' MB')} | {_number(r.get('time_over_floor'))} |")
-        lines.append("")
+                rows.append(["", "", f"stopped: {r['stopped']}", "", ""])
+            elif "skipped" in r:
+                rows.append([f"({r['case']}) {r.get('description', '')}", r["impl"], f"skipped: {r['skipped']}", "", ""])
+            elif "case" in r and "impl" in r:
+                rows.append([f"({r['case']}) {r.get('description', '')}", r["impl"], _number(r.get("time_s"), " s"),
+                             _number(r.get("peak_memory_mb"), " MB"), _number(r.get("time_over_floor"))])
+        lines += _table("Cases of benchmarks/attention.py",
+                        ["case", "implementation", "time", "peak memory", "time / floor"], rows)
     if report.get("max_batch"):
-        lines += ["## Largest batch of the global rotMNIST p4sa that trains", "",
-                  "| implementation | batch |", "|---|---|"]
-        lines += [f"| {r['impl']} | {r.get('max_batch', r.get('error', ''))} |" for r in report["max_batch"]]
-        lines.append("")
+        lines += _table("Largest batch of the global rotMNIST p4sa that trains", ["implementation", "batch"],
+                        [[r["impl"], r.get("max_batch", r.get("error", ""))] for r in report["max_batch"]])
     if report.get("main_amp"):
         amp = report["main_amp"]
         lines += ["## main.py with --config.amp=bf16", "", f"- {amp.get('result', amp.get('skipped', ''))}", ""]
     if report.get("projection"):
-        lines += ["## Projection of the paper's 350-epoch CIFAR10 run (from case c)", "",
-                  "| implementation | step | projected run |", "|---|---|---|"]
-        for impl, r in report["projection"].get("runs", {}).items():
-            lines.append(f"| {impl} | {_number(r['step_s'], ' s')} | {r['hours']:.1f} h ({r['hours'] / 24:.2f} days) |")
-        for name, value in report["projection"].get("ratios", {}).items():
-            lines.append(f"\n- {name}: {value}")
-        lines.append("")
+        runs = report["projection"].get("runs", {}).items()
+        lines += _table("Projection of the paper's 350-epoch CIFAR10 run (from case c)",
+                        ["implementation", "step", "projected run"],
+                        [[impl, _number(r["step_s"], " s"), f"{r['hours']:.1f} h ({r['hours'] / 24:.2f} days)"]
+                         for impl, r in runs])
+        lines += [f"- {name}: {value}" for name, value in report["projection"].get("ratios", {}).items()] + [""]
     for part, error in report.get("errors", {}).items():
         lines.append(f"- part {part} failed: {error}")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) -> List[str]:
+    """A markdown section: ``## title`` and a table with ``columns``, one line per row."""
+    lines = [f"## {title}", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return lines + ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows] + [""]
 
 
 def _number(value, unit: str = "") -> str:

@@ -1,5 +1,6 @@
 """Shared test configuration."""
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -23,6 +24,15 @@ def _deterministic_threads():
     torch.manual_seed(0)
     yield
     torch.set_default_dtype(torch.float32)
+
+
+def load_script(relative_path: str):
+    """A script of the repository (``tools/...``, ``benchmarks/...``) imported as a module."""
+    path = REPO_ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def reference_files(prefix: str):

@@ -9,7 +9,6 @@ more threads than the machine may have and small query blocks, so that head-batc
 are split between threads.
 """
 
-import importlib.util
 import itertools
 import json
 import logging
@@ -40,7 +39,7 @@ from tests.attention_checks import (
     pair,
     score_entries,
 )
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
 GROUPS = ["z2", "p4", "mz2", "p4m", "p8"]
 # (image side, patch size) for local layers; global layers use the side only.
@@ -357,10 +356,7 @@ def test_model_default_is_auto_and_matches_reference():
 
 
 def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("attention_benchmark", REPO_ROOT / "benchmarks" / "attention.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/attention.py")
 
 
 def test_benchmark_prints_machine_rates_then_one_line_per_case_and_impl(monkeypatch, capsys):

@@ -1,19 +1,15 @@
 """The CPU-side parts of ``benchmarks/gpu_check.py``: arguments, the budget, the report and the projection."""
 
-import importlib.util
 import json
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO_ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/gpu_check.py")
 
 
 def test_arguments_default_to_every_part_and_implementation(gpu_check, tmp_path):

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
 import statistics
 
 import pytest
 
 import fixture_data
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, load_script
 
 
 def _table_module():
-    spec = importlib.util.spec_from_file_location("rotmnist5k_table", REPO_ROOT / "tools" / "rotmnist5k_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/rotmnist5k_table.py")
 
 
 # The tests that share the table run go to one test process (make test: --dist loadgroup), so
@@ -162,9 +158,7 @@ def test_kinds_of_models_that_are_shipped():
 def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
     import json
 
-    spec = importlib.util.spec_from_file_location("rotmnist5k_epoch", REPO_ROOT / "benchmarks" / "rotmnist5k_epoch.py")
-    benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(benchmark)
+    benchmark = load_script("benchmarks/rotmnist5k_epoch.py")
     benchmark.main(["--models", "z2sa", "z2cnn", "--repeats", "1", "--threads", "1"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     model, *layers, cnn = lines
@@ -182,9 +176,7 @@ def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
 
 
 def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("rotmnist5k_search", REPO_ROOT / "tools" / "rotmnist5k_search.py")
-    search = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(search)
+    search = load_script("tools/rotmnist5k_search.py")
     fixture_data.make_rotmnist5k(tmp_path / "data", n=40)
     argv = ["--only", "p4_h4", "--threads", "1", "--save-dir", str(tmp_path / "saved"), "--log", str(tmp_path / "log.csv"),
             f"--config.data_root={tmp_path / 'data'}", "--config.max_examples=4", "--config.batch_size=4",
@@ -210,10 +202,7 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
 
 
 def _blur_module():
-    spec = importlib.util.spec_from_file_location("blur_sensitivity", REPO_ROOT / "tools" / "blur_sensitivity.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tools/blur_sensitivity.py")
 
 
 def test_blur_measures_interpolate_without_turning_and_blur_with_unit_weight():

@@ -151,32 +151,51 @@ def _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP: tl.constexpr
 
 
 @triton.jit
+def _key_tile(start, hi, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok, HW, W, M, V, C, D2, T, SIDE, RADIUS,
+              LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """The key tile from pixel ``start``: its pixels, keys, offsets and the logits of the program's rows."""
+    jj = start + tl.arange(0, BLOCK_J)
+    j_ok = jj < hi
+    kt, key_pointers, key_mask, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
+    offset, inside = _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL)
+    logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
+                     BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
+    return jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits
+
+
+@triton.jit
+def _program_start(Q, GL, HW, W, G, M, V, C, HAS_GROUP: tl.constexpr,
+                   BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """What both kernels read first: the program's ``bn`` and ``g``, its queries and group logits."""
+    bn = tl.program_id(1)
+    g = tl.program_id(2)
+    qi, qr, qc, q_ok = _tile_indices(HW, W, BLOCK_Q)
+    q, q_rows = _load_queries(Q, bn, g, qi, q_ok, HW, G, C, BLOCK_C)
+    q_rows = tl.where(q_ok, q_rows, 0)  # missing queries read row 0 (their results are never stored)
+    gl, gl_pointers, gl_mask = _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP,
+                                                  BLOCK_Q, BLOCK_V, BLOCK_M, q.dtype)
+    vi = tl.arange(0, BLOCK_V)
+    return bn, g, qi, qr, qc, q_ok, q, q_rows, gl, gl_pointers, gl_mask, vi, vi < V
+
+
+@triton.jit
 def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
                       HW, H, W, G, M, V, C, D2, T, SIDE, RADIUS,
                       LOCAL: tl.constexpr, HAS_GROUP: tl.constexpr, DROPOUT: tl.constexpr,
                       BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """``O[bn, i, v, g] = softmax_(j, m)(logits) . values`` and its log-sum-exp, one program per (tile, bn, g)."""
-    bn = tl.program_id(1)
-    g = tl.program_id(2)
-    qi, qr, qc, q_ok = _tile_indices(HW, W, BLOCK_Q)
-    q, q_rows = _load_queries(Q, bn, g, qi, q_ok, HW, G, C, BLOCK_C)
-    q_rows = tl.where(q_ok, q_rows, 0)
-    gl, gl_pointers, gl_mask = _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP,
-                                                  BLOCK_Q, BLOCK_V, BLOCK_M, q.dtype)
-    vi = tl.arange(0, BLOCK_V)
-    v_ok = vi < V
+    bn, g, qi, qr, qc, q_ok, q, q_rows, gl, gl_pointers, gl_mask, vi, v_ok = _program_start(
+        Q, GL, HW, W, G, M, V, C, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, BLOCK_C)
     row_max = tl.full((BLOCK_Q * BLOCK_V,), NEGATIVE_START, dtype=q.dtype)
     row_sum = tl.zeros((BLOCK_Q * BLOCK_V,), dtype=q.dtype)
     acc = tl.zeros((BLOCK_Q * BLOCK_V, BLOCK_C), dtype=q.dtype)
     lo, hi = _key_range(HW, W, H, RADIUS, LOCAL, BLOCK_Q)
     for start in range(lo, hi, BLOCK_J):
-        jj = start + tl.arange(0, BLOCK_J)
-        j_ok = jj < hi
-        kt, key_pointers, key_mask, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
-        offset, inside = _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL)
-        logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
-                         BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
+        jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
+            start, hi, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok, HW, W, M, V, C, D2, T, SIDE, RADIUS,
+            LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
         new_max = tl.maximum(row_max, tl.max(logits, 1))
         p = tl.exp(logits - new_max[:, None])  # (R, X)
         rescale = tl.exp(row_max - new_max)
@@ -209,16 +228,9 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
     ``DELTA[row] = dO . O[row]`` (the softmax gradient's correction) and ``LSE`` come from the
     forward pass; ``dS = P (dP - DELTA)``.
     """
-    bn = tl.program_id(1)
-    g = tl.program_id(2)
-    qi, qr, qc, q_ok = _tile_indices(HW, W, BLOCK_Q)
-    q, q_rows = _load_queries(Q, bn, g, qi, q_ok, HW, G, C, BLOCK_C)
-    q_rows = tl.where(q_ok, q_rows, 0)
-    gl, gl_pointers, gl_mask = _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP,
-                                                  BLOCK_Q, BLOCK_V, BLOCK_M, q.dtype)
-    vi = tl.arange(0, BLOCK_V)
+    bn, g, qi, qr, qc, q_ok, q, q_rows, gl, gl_pointers, gl_mask, vi, v_ok = _program_start(
+        Q, GL, HW, W, G, M, V, C, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, BLOCK_C)
     ci = tl.arange(0, BLOCK_C)
-    v_ok = vi < V
     rows = ((bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]) * G + g  # (Q, V)
     row_ok = q_ok[:, None] & v_ok[None, :]
     out_rows = (bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]  # rows of dO (BN, HW, V, C)
@@ -231,12 +243,9 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
     grad_gl = tl.zeros((BLOCK_Q, BLOCK_V, BLOCK_M), dtype=q.dtype)
     lo, hi = _key_range(HW, W, H, RADIUS, LOCAL, BLOCK_Q)
     for start in range(lo, hi, BLOCK_J):
-        jj = start + tl.arange(0, BLOCK_J)
-        j_ok = jj < hi
-        kt, key_pointers, key_mask, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
-        offset, inside = _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL)
-        logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
-                         BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
+        jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
+            start, hi, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok, HW, W, M, V, C, D2, T, SIDE, RADIUS,
+            LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
         p = tl.exp(logits - lse[:, None])  # (R, X), 0 off the keys and rows
         values, value_pointers, value_mask, value_ok = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         grad_p = tl.dot(grad_out, tl.trans(values), input_precision="ieee")  # (R, X)
