@@ -42,6 +42,7 @@ from g_selfatt.nn.fused_attention import FusedGeometry, dropout_threshold
 
 DTYPES = (torch.float32, torch.float64)
 BLOCK_Q = 16  # query pixels per program (tl.dot needs at least 16 rows)
+SQUARE = 4  # local layers: square query tiles of SQUARE x SQUARE = BLOCK_Q pixels (triton_kernels.SQUARE)
 TILE_ENTRIES = 4096  # rows x entries of one tile of scores, an upper bound kept by the key tile
 _MIN_DOT = 16  # the smallest side of a tl.dot operand
 
@@ -104,7 +105,10 @@ class Blocks:
         c = max(_MIN_DOT, _power_of_two(geometry.channels))
         fewest = max(1, _MIN_DOT // m)
         most = _power_of_two(max(1, TILE_ENTRIES // (BLOCK_Q * v * m)) + 1) // 2  # the power of two at or below
-        keys = _power_of_two(geometry.height * geometry.width)
+        if geometry.local:  # one row of the square's key window at a time
+            keys = _power_of_two(min(geometry.width, SQUARE + 2 * geometry.radius))
+        else:
+            keys = _power_of_two(geometry.height * geometry.width)
         return cls(q=BLOCK_Q, v=v, j=max(fewest, min(most, keys)), m=m, c=c)
 
 
@@ -134,7 +138,13 @@ def dropout_flags(seed: int, count: int, rate: float, device: torch.device = tor
 
 
 def _grid(geometry: FusedGeometry) -> Tuple[int, int, int]:
-    return (math.ceil(geometry.height * geometry.width / BLOCK_Q), geometry.heads_batch, geometry.num_query_elements)
+    """Programs: query tiles (squares of SQUARE x SQUARE pixels for local layers), head-batches, query elements."""
+    g = geometry
+    if g.local:
+        tiles = math.ceil(g.height / SQUARE) * math.ceil(g.width / SQUARE)
+    else:
+        tiles = math.ceil(g.height * g.width / BLOCK_Q)
+    return (tiles, g.heads_batch, g.num_query_elements)
 
 
 class TritonAttention(torch.autograd.Function):

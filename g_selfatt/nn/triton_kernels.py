@@ -15,8 +15,9 @@ handles a tile of ``BLOCK_Q`` query pixels of one head-batch ``bn`` and one quer
   float64 inputs), and the row's log-sum-exp written for the backward pass. No score tensor
   reaches memory.
 
-Local layers visit only the key rows within ``r`` of the tile's query rows and mask the keys
-outside each query's patch; no key outside the image is ever visited.
+Local layers take square tiles of ``4 x 4`` query pixels and visit only the ``(4 + 2r)``-wide
+window of keys around them, masking the keys outside each query's patch; no key outside the
+image is ever visited. Global layers take 16 consecutive query pixels against all keys.
 
 Attention dropout keeps entry ``(row, entry)`` when the top 24 bits of Philox's
 ``randint(seed, row * H W M + entry)`` lie below the threshold of
@@ -32,27 +33,68 @@ import triton
 import triton.language as tl
 
 NEGATIVE_START = tl.constexpr(-1e30)  # the running maximum before any key (finite: exp(start - start) = 1)
+SQUARE = tl.constexpr(4)  # side of the square query tiles of local layers (BLOCK_Q = 16)
 
 
 @triton.jit
-def _tile_indices(HW, W, BLOCK_Q: tl.constexpr):
-    """Query pixels of this program, their rows and columns, and which exist."""
-    qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    return qi, qi // W, qi % W, qi < HW
+def _tile_indices(HW, H, W, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """Query pixels of this program, their rows and columns, and which exist.
 
-
-@triton.jit
-def _key_range(HW, W, H, RADIUS, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr):
-    """The flat key pixels ``[lo, hi)`` that the tile's queries may see."""
+    Local layers: a square of ``SQUARE x SQUARE`` pixels (``BLOCK_Q = SQUARE^2``), so that the
+    keys the tile sees form a small window; global layers: ``BLOCK_Q`` consecutive pixels.
+    """
     if LOCAL:
-        first = tl.program_id(0) * BLOCK_Q
-        last = tl.minimum(first + BLOCK_Q, HW) - 1
-        lo = tl.maximum(first // W - RADIUS, 0) * W
-        hi = tl.minimum(last // W + RADIUS + 1, H) * W
+        tiles_across = tl.cdiv(W, SQUARE)
+        place = tl.arange(0, BLOCK_Q)
+        qr = (tl.program_id(0) // tiles_across) * SQUARE + place // SQUARE
+        qc = (tl.program_id(0) % tiles_across) * SQUARE + place % SQUARE
+        q_ok = (qr < H) & (qc < W)
+        qi = tl.where(q_ok, qr * W + qc, 0)
     else:
-        lo = 0
-        hi = HW
-    return lo, hi
+        qi = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        qr = qi // W
+        qc = qi % W
+        q_ok = qi < HW
+    return qi, qr, qc, q_ok
+
+
+@triton.jit
+def _key_window(HW, H, W, RADIUS, LOCAL: tl.constexpr, BLOCK_J: tl.constexpr):
+    """The keys the tile's queries may see and how they are cut into tiles of ``BLOCK_J`` pixels.
+
+    Returns ``(row_lo, col_lo, col_hi, per_row, tiles)``: local layers visit rows ``row_lo ..``
+    and columns ``[col_lo, col_hi)`` of the image (the square's window, cut at the image's
+    edges), ``per_row`` tiles per row; global layers visit all ``H W`` pixels in ``tiles`` tiles
+    (``per_row`` is then the number of tiles).
+    """
+    if LOCAL:
+        tiles_across = tl.cdiv(W, SQUARE)
+        top = (tl.program_id(0) // tiles_across) * SQUARE
+        left = (tl.program_id(0) % tiles_across) * SQUARE
+        row_lo = tl.maximum(top - RADIUS, 0)
+        row_hi = tl.minimum(top + SQUARE + RADIUS, H)
+        col_lo = tl.maximum(left - RADIUS, 0)
+        col_hi = tl.minimum(left + SQUARE + RADIUS, W)
+        per_row = tl.cdiv(col_hi - col_lo, BLOCK_J)
+        tiles = (row_hi - row_lo) * per_row
+    else:
+        row_lo = 0
+        col_lo = 0
+        col_hi = HW
+        per_row = tl.cdiv(HW, BLOCK_J)
+        tiles = per_row
+    return row_lo, col_lo, col_hi, per_row, tiles
+
+
+@triton.jit
+def _tile_keys(tile, row_lo, col_lo, col_hi, per_row, W, BLOCK_J: tl.constexpr):
+    """Key pixels ``(BLOCK_J,)`` of tile number ``tile`` of :func:`_key_window`, and which exist.
+
+    (Global layers: one "row" of ``H W`` pixels, so this is the flat range of the tile.)
+    """
+    start = col_lo + (tile % per_row) * BLOCK_J
+    cols = start + tl.arange(0, BLOCK_J)
+    return (row_lo + tile // per_row) * W + cols, cols < col_hi
 
 
 @triton.jit
@@ -151,12 +193,11 @@ def _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP: tl.constexpr
 
 
 @triton.jit
-def _key_tile(start, hi, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok, HW, W, M, V, C, D2, T, SIDE, RADIUS,
-              LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """The key tile from pixel ``start``: its pixels, keys, offsets and the logits of the program's rows."""
-    jj = start + tl.arange(0, BLOCK_J)
-    j_ok = jj < hi
+def _key_tile(tile, row_lo, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
+              HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr,
+              BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+    """Key tile number ``tile``: its pixels, keys, offsets and the logits of the program's rows."""
+    jj, j_ok = _tile_keys(tile, row_lo, col_lo, col_hi, per_row, W, BLOCK_J)
     kt, key_pointers, key_mask, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
     offset, inside = _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL)
     logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
@@ -165,12 +206,12 @@ def _key_tile(start, hi, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok, HW, W, 
 
 
 @triton.jit
-def _program_start(Q, GL, HW, W, G, M, V, C, HAS_GROUP: tl.constexpr,
+def _program_start(Q, GL, HW, H, W, G, M, V, C, LOCAL: tl.constexpr, HAS_GROUP: tl.constexpr,
                    BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """What both kernels read first: the program's ``bn`` and ``g``, its queries and group logits."""
     bn = tl.program_id(1)
     g = tl.program_id(2)
-    qi, qr, qc, q_ok = _tile_indices(HW, W, BLOCK_Q)
+    qi, qr, qc, q_ok = _tile_indices(HW, H, W, LOCAL, BLOCK_Q)
     q, q_rows = _load_queries(Q, bn, g, qi, q_ok, HW, G, C, BLOCK_C)
     q_rows = tl.where(q_ok, q_rows, 0)  # missing queries read row 0 (their results are never stored)
     gl, gl_pointers, gl_mask = _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP,
@@ -187,15 +228,15 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """``O[bn, i, v, g] = softmax_(j, m)(logits) . values`` and its log-sum-exp, one program per (tile, bn, g)."""
     bn, g, qi, qr, qc, q_ok, q, q_rows, gl, gl_pointers, gl_mask, vi, v_ok = _program_start(
-        Q, GL, HW, W, G, M, V, C, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, BLOCK_C)
+        Q, GL, HW, H, W, G, M, V, C, LOCAL, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, BLOCK_C)
     row_max = tl.full((BLOCK_Q * BLOCK_V,), NEGATIVE_START, dtype=q.dtype)
     row_sum = tl.zeros((BLOCK_Q * BLOCK_V,), dtype=q.dtype)
     acc = tl.zeros((BLOCK_Q * BLOCK_V, BLOCK_C), dtype=q.dtype)
-    lo, hi = _key_range(HW, W, H, RADIUS, LOCAL, BLOCK_Q)
-    for start in range(lo, hi, BLOCK_J):
+    row_lo, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J)
+    for tile in range(0, tiles):
         jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
-            start, hi, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok, HW, W, M, V, C, D2, T, SIDE, RADIUS,
-            LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
+            tile, row_lo, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
+            HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
         new_max = tl.maximum(row_max, tl.max(logits, 1))
         p = tl.exp(logits - new_max[:, None])  # (R, X)
         rescale = tl.exp(row_max - new_max)
@@ -229,7 +270,7 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
     forward pass; ``dS = P (dP - DELTA)``.
     """
     bn, g, qi, qr, qc, q_ok, q, q_rows, gl, gl_pointers, gl_mask, vi, v_ok = _program_start(
-        Q, GL, HW, W, G, M, V, C, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, BLOCK_C)
+        Q, GL, HW, H, W, G, M, V, C, LOCAL, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, BLOCK_C)
     ci = tl.arange(0, BLOCK_C)
     rows = ((bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]) * G + g  # (Q, V)
     row_ok = q_ok[:, None] & v_ok[None, :]
@@ -241,11 +282,11 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
     delta = tl.reshape(tl.load(DELTA + rows, mask=row_ok, other=0.0), (BLOCK_Q * BLOCK_V,))
     grad_q = tl.zeros((BLOCK_Q, BLOCK_C), dtype=q.dtype)
     grad_gl = tl.zeros((BLOCK_Q, BLOCK_V, BLOCK_M), dtype=q.dtype)
-    lo, hi = _key_range(HW, W, H, RADIUS, LOCAL, BLOCK_Q)
-    for start in range(lo, hi, BLOCK_J):
+    row_lo, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J)
+    for tile in range(0, tiles):
         jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
-            start, hi, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok, HW, W, M, V, C, D2, T, SIDE, RADIUS,
-            LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
+            tile, row_lo, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
+            HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
         p = tl.exp(logits - lse[:, None])  # (R, X), 0 off the keys and rows
         values, value_pointers, value_mask, value_ok = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         grad_p = tl.dot(grad_out, tl.trans(values), input_precision="ieee")  # (R, X)
