@@ -281,6 +281,13 @@ def max_batch(device: str, impls: Sequence[str], budget_s: float) -> List[Dict[s
     return records
 
 
+def main_amp_flags(device: str, out_dir: Path) -> List[str]:
+    """The ``main.py`` flags of the ``main_amp`` part: a few bfloat16-autocast steps of p4sa on rotDigits."""
+    return ["--config.dataset=rotDigits", "--config.model=p4sa", f"--config.device={device}", "--config.amp=bf16",
+            "--config.epochs=1", "--config.max_examples=256", "--config.batch_size=32", "--config.rotation_angles=0",
+            "--config.overwrite=True", f"--config.path={out_dir / 'main_amp' / 'model.pt'}"]
+
+
 def main_amp(device: str, wheels: Optional[Path], budget_s: float, out_dir: Path) -> Dict[str, object]:
     env = dict(os.environ)
     missing = [name for name in ("ml_collections", "absl") if importlib.util.find_spec(name) is None]
@@ -291,10 +298,7 @@ def main_amp(device: str, wheels: Optional[Path], budget_s: float, out_dir: Path
         subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
                         "--target", str(target), "ml_collections", "absl-py"], check=True, timeout=120)
         env["PYTHONPATH"] = os.pathsep.join([str(target), env.get("PYTHONPATH", "")])
-    command = [sys.executable, str(REPO_ROOT / "main.py"), "--config.dataset=rotDigits", "--config.model=p4sa",
-               f"--config.device={device}", "--config.amp=bf16", "--config.epochs=1", "--config.max_examples=256",
-               "--config.batch_size=32", "--config.rotation_angles=0", "--config.overwrite=True",
-               f"--config.path={out_dir / 'main_amp' / 'model.pt'}"]
+    command = [sys.executable, str(REPO_ROOT / "main.py"), *main_amp_flags(device, out_dir)]
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=max(1.0, budget_s), cwd=REPO_ROOT,
                               env=env)

@@ -92,3 +92,11 @@ def test_a_run_of_the_cpu_side_parts_writes_both_files(gpu_check, tmp_path):
         (impl, precision) for impl in ("reference", "efficient") for precision in ("float32", "bf16")}
     assert all(r["passed"] for r in report["equality"]), report["equality"]
     assert json.loads((tmp_path / "gpu_check.json").read_text())["equality"] == report["equality"]
+
+
+def test_the_main_py_flags_are_fields_of_the_configuration(gpu_check, tmp_path):
+    from runner.defaults import check_field_names
+
+    flags = gpu_check.main_amp_flags("cuda", tmp_path)
+    check_field_names(flags)  # raises ConfigError naming an unknown field
+    assert "--config.amp=bf16" in flags and "--config.device=cuda" in flags
