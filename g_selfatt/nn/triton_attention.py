@@ -19,8 +19,8 @@ as every implementation does). On the CPU it runs only through Triton's interpre
 The backward kernel adds key, value and table gradients atomically, so on a GPU its float32
 round-off depends on the order in which programs finish.
 
-On CUDA, ``attention_impl="auto"`` uses this path only after :func:`self_check` has passed
-on that device and dtype (see :mod:`g_selfatt.nn.dispatch`).
+On CUDA, ``attention_impl="auto"`` uses this path only after
+:func:`~g_selfatt.nn.dispatch.kernel_self_check` has passed on that device and dtype.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import contextlib
 import dataclasses
 import functools
 import importlib.util
-import logging
 import math
 import os
 from typing import Dict, Optional, Tuple
@@ -46,7 +45,6 @@ SQUARE = 4  # local layers: square query tiles of SQUARE x SQUARE = BLOCK_Q pixe
 TILE_ENTRIES = 4096  # rows x entries of one tile of scores, an upper bound kept by the key tile
 _MIN_DOT = 16  # the smallest side of a tl.dot operand
 
-log = logging.getLogger(__name__)
 
 
 def available() -> bool:
