@@ -107,8 +107,9 @@ def test_tiles_meet_the_gpu_compile_rules(group_name, channels, lifting):
                                  num_key_elements=1 if lifting else order, num_out=order, channels=channels,
                                  pos_channels=2, local=local, patch_size=5 if local else 0, radius=2)
         blocks = triton_attention.Blocks.for_geometry(geometry)
-        for size in (blocks.q, blocks.v, blocks.j, blocks.m, blocks.c):
+        for size in (blocks.q, blocks.v, blocks.j, blocks.j_cols, blocks.m, blocks.c):
             assert size >= 1 and size & (size - 1) == 0, blocks
+        assert blocks.j % blocks.j_cols == 0
         assert blocks.q >= 16 and blocks.c >= max(16, channels) and blocks.j * blocks.m >= 16
         assert blocks.v >= order and blocks.m >= geometry.num_key_elements
         assert blocks.q * blocks.v * blocks.j * blocks.m <= max(triton_attention.TILE_ENTRIES,

@@ -87,11 +87,16 @@ def _power_of_two(n: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class Blocks:
-    """Tile sizes of one call, all powers of two (see :mod:`g_selfatt.nn.triton_kernels`)."""
+    """Tile sizes of one call, all powers of two (see :mod:`g_selfatt.nn.triton_kernels`).
+
+    ``j`` key pixels per tile, ``j_cols`` of them across (local layers: a ``j / j_cols`` by
+    ``j_cols`` piece of the key window; global layers: ``j_cols = j`` consecutive pixels).
+    """
 
     q: int
     v: int
     j: int
+    j_cols: int
     m: int
     c: int
 
@@ -103,11 +108,13 @@ class Blocks:
         c = max(_MIN_DOT, _power_of_two(geometry.channels))
         fewest = max(1, _MIN_DOT // m)
         most = _power_of_two(max(1, TILE_ENTRIES // (BLOCK_Q * v * m)) + 1) // 2  # the power of two at or below
-        if geometry.local:  # one row of the square's key window at a time
-            keys = _power_of_two(min(geometry.width, SQUARE + 2 * geometry.radius))
-        else:
-            keys = _power_of_two(geometry.height * geometry.width)
-        return cls(q=BLOCK_Q, v=v, j=max(fewest, min(most, keys)), m=m, c=c)
+        if geometry.local:  # the square's key window, (S + 2r) on a side, cut at the image
+            across = _power_of_two(min(geometry.width, SQUARE + 2 * geometry.radius))
+            down = _power_of_two(min(geometry.height, SQUARE + 2 * geometry.radius))
+            j = max(fewest, min(most, across * down))
+            return cls(q=BLOCK_Q, v=v, j=j, j_cols=min(across, j), m=m, c=c)
+        j = max(fewest, min(most, _power_of_two(geometry.height * geometry.width)))
+        return cls(q=BLOCK_Q, v=v, j=j, j_cols=j, m=m, c=c)
 
 
 def _launch_arguments(geometry: FusedGeometry) -> Tuple[tuple, Dict[str, object]]:
@@ -118,7 +125,7 @@ def _launch_arguments(geometry: FusedGeometry) -> Tuple[tuple, Dict[str, object]
     scalars = (g.seed % 2 ** 31, threshold, scale, g.height * g.width, g.height, g.width, g.num_query_elements,
                g.num_key_elements, g.num_out, g.channels, g.pos_channels, g.side ** 2, g.side, g.radius)
     constants = dict(LOCAL=g.local, DROPOUT=g.dropout > 0, BLOCK_Q=blocks.q, BLOCK_V=blocks.v,
-                     BLOCK_J=blocks.j, BLOCK_M=blocks.m, BLOCK_C=blocks.c)
+                     BLOCK_J=blocks.j, KEY_COLS=blocks.j_cols, BLOCK_M=blocks.m, BLOCK_C=blocks.c)
     return scalars, constants
 
 

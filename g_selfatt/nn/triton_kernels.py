@@ -16,8 +16,8 @@ handles a tile of ``BLOCK_Q`` query pixels of one head-batch ``bn`` and one quer
   reaches memory.
 
 Local layers take square tiles of ``4 x 4`` query pixels and visit only the ``(4 + 2r)``-wide
-window of keys around them, masking the keys outside each query's patch; no key outside the
-image is ever visited. Global layers take 16 consecutive query pixels against all keys.
+window of keys around them, in 2-D tiles of key pixels, masking the keys outside each query's
+patch; no key outside the image is ever visited. Global layers take 16 consecutive query pixels against all keys.
 
 Attention dropout keeps entry ``(row, entry)`` when the top 24 bits of Philox's
 ``randint(seed, row * H W M + entry)`` lie below the threshold of
@@ -59,13 +59,13 @@ def _tile_indices(HW, H, W, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def _key_window(HW, H, W, RADIUS, LOCAL: tl.constexpr, BLOCK_J: tl.constexpr):
+def _key_window(HW, H, W, RADIUS, LOCAL: tl.constexpr, BLOCK_J: tl.constexpr, KEY_COLS: tl.constexpr):
     """The keys the tile's queries may see and how they are cut into tiles of ``BLOCK_J`` pixels.
 
-    Returns ``(row_lo, col_lo, col_hi, per_row, tiles)``: local layers visit rows ``row_lo ..``
-    and columns ``[col_lo, col_hi)`` of the image (the square's window, cut at the image's
-    edges), ``per_row`` tiles per row; global layers visit all ``H W`` pixels in ``tiles`` tiles
-    (``per_row`` is then the number of tiles).
+    Returns ``(row_lo, row_hi, col_lo, col_hi, per_row, tiles)``. Local layers visit the square's
+    window of the image, rows ``[row_lo, row_hi)`` and columns ``[col_lo, col_hi)`` (cut at the
+    image's edges), in tiles of ``BLOCK_J / KEY_COLS`` rows by ``KEY_COLS`` columns, ``per_row``
+    tiles across. Global layers see all ``H W`` pixels as one row (``KEY_COLS = BLOCK_J``).
     """
     if LOCAL:
         tiles_across = tl.cdiv(W, SQUARE)
@@ -75,26 +75,25 @@ def _key_window(HW, H, W, RADIUS, LOCAL: tl.constexpr, BLOCK_J: tl.constexpr):
         row_hi = tl.minimum(top + SQUARE + RADIUS, H)
         col_lo = tl.maximum(left - RADIUS, 0)
         col_hi = tl.minimum(left + SQUARE + RADIUS, W)
-        per_row = tl.cdiv(col_hi - col_lo, BLOCK_J)
-        tiles = (row_hi - row_lo) * per_row
+        per_row = tl.cdiv(col_hi - col_lo, KEY_COLS)
+        tiles = tl.cdiv(row_hi - row_lo, BLOCK_J // KEY_COLS) * per_row
     else:
         row_lo = 0
+        row_hi = 1
         col_lo = 0
         col_hi = HW
         per_row = tl.cdiv(HW, BLOCK_J)
         tiles = per_row
-    return row_lo, col_lo, col_hi, per_row, tiles
+    return row_lo, row_hi, col_lo, col_hi, per_row, tiles
 
 
 @triton.jit
-def _tile_keys(tile, row_lo, col_lo, col_hi, per_row, W, BLOCK_J: tl.constexpr):
-    """Key pixels ``(BLOCK_J,)`` of tile number ``tile`` of :func:`_key_window`, and which exist.
-
-    (Global layers: one "row" of ``H W`` pixels, so this is the flat range of the tile.)
-    """
-    start = col_lo + (tile % per_row) * BLOCK_J
-    cols = start + tl.arange(0, BLOCK_J)
-    return (row_lo + tile // per_row) * W + cols, cols < col_hi
+def _tile_keys(tile, row_lo, row_hi, col_lo, col_hi, per_row, W, BLOCK_J: tl.constexpr, KEY_COLS: tl.constexpr):
+    """Key pixels ``(BLOCK_J,)`` of tile number ``tile`` of :func:`_key_window`, and which exist."""
+    place = tl.arange(0, BLOCK_J)
+    rows = row_lo + (tile // per_row) * (BLOCK_J // KEY_COLS) + place // KEY_COLS
+    cols = col_lo + (tile % per_row) * KEY_COLS + place % KEY_COLS
+    return rows * W + cols, (rows < row_hi) & (cols < col_hi)
 
 
 @triton.jit
@@ -193,11 +192,11 @@ def _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP: tl.constexpr
 
 
 @triton.jit
-def _key_tile(tile, row_lo, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
+def _key_tile(tile, row_lo, row_hi, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
               HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr,
-              BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
+              BLOCK_J: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Key tile number ``tile``: its pixels, keys, offsets and the logits of the program's rows."""
-    jj, j_ok = _tile_keys(tile, row_lo, col_lo, col_hi, per_row, W, BLOCK_J)
+    jj, j_ok = _tile_keys(tile, row_lo, row_hi, col_lo, col_hi, per_row, W, BLOCK_J, KEY_COLS)
     kt, key_pointers, key_mask, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
     offset, inside = _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL)
     logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
@@ -224,7 +223,7 @@ def _program_start(Q, GL, HW, H, W, G, M, V, C, LOCAL: tl.constexpr, HAS_GROUP: 
 def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
                       HW, H, W, G, M, V, C, D2, T, SIDE, RADIUS,
                       LOCAL: tl.constexpr, HAS_GROUP: tl.constexpr, DROPOUT: tl.constexpr,
-                      BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr,
+                      BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr, KEY_COLS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """``O[bn, i, v, g] = softmax_(j, m)(logits) . values`` and its log-sum-exp, one program per (tile, bn, g)."""
     bn, g, qi, qr, qc, q_ok, q, q_rows, gl, gl_pointers, gl_mask, vi, v_ok = _program_start(
@@ -232,11 +231,11 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
     row_max = tl.full((BLOCK_Q * BLOCK_V,), NEGATIVE_START, dtype=q.dtype)
     row_sum = tl.zeros((BLOCK_Q * BLOCK_V,), dtype=q.dtype)
     acc = tl.zeros((BLOCK_Q * BLOCK_V, BLOCK_C), dtype=q.dtype)
-    row_lo, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J)
+    row_lo, row_hi, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J, KEY_COLS)
     for tile in range(0, tiles):
         jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
-            tile, row_lo, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
-            HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
+            tile, row_lo, row_hi, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
+            HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, KEY_COLS, BLOCK_M, BLOCK_C)
         new_max = tl.maximum(row_max, tl.max(logits, 1))
         p = tl.exp(logits - new_max[:, None])  # (R, X)
         rescale = tl.exp(row_max - new_max)
@@ -261,7 +260,7 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
 def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, seed, threshold, keep_scale,
                        HW, H, W, G, M, V, C, D2, T, SIDE, RADIUS,
                        LOCAL: tl.constexpr, HAS_GROUP: tl.constexpr, DROPOUT: tl.constexpr,
-                       BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr,
+                       BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr, KEY_COLS: tl.constexpr,
                        BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
     """Gradients of :func:`attention_forward`, one program per (tile, bn, g).
 
@@ -282,11 +281,11 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
     delta = tl.reshape(tl.load(DELTA + rows, mask=row_ok, other=0.0), (BLOCK_Q * BLOCK_V,))
     grad_q = tl.zeros((BLOCK_Q, BLOCK_C), dtype=q.dtype)
     grad_gl = tl.zeros((BLOCK_Q, BLOCK_V, BLOCK_M), dtype=q.dtype)
-    row_lo, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J)
+    row_lo, row_hi, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J, KEY_COLS)
     for tile in range(0, tiles):
         jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
-            tile, row_lo, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
-            HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M, BLOCK_C)
+            tile, row_lo, row_hi, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
+            HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, KEY_COLS, BLOCK_M, BLOCK_C)
         p = tl.exp(logits - lse[:, None])  # (R, X), 0 off the keys and rows
         values, value_pointers, value_mask, value_ok = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         grad_p = tl.dot(grad_out, tl.trans(values), input_precision="ieee")  # (R, X)
