@@ -120,7 +120,7 @@ def test_two_runs_of_one_configuration_cannot_share_its_files(tmp_path):
         wait_for(first, lambda: list(tmp_path.glob("*.lock")))
         returncode, stderr = finish(start_main(tmp_path))
         assert returncode == 2 and "Traceback" not in stderr
-        assert f"Another run of this configuration is training into" in stderr
+        assert "Another run of this configuration is training into" in stderr
         assert f"process {first.pid}" in stderr
     finally:
         first.kill()
