@@ -46,7 +46,7 @@ TILE_ENTRIES = 4096  # rows x entries of one tile of scores, an upper bound kept
 _MIN_DOT = 16  # the smallest side of a tl.dot operand
 
 
-
+@functools.lru_cache(maxsize=None)
 def available() -> bool:
     """Whether the ``triton`` package is installed."""
     return importlib.util.find_spec("triton") is not None
@@ -117,6 +117,14 @@ class Blocks:
         return cls(q=BLOCK_Q, v=v, j=j, j_cols=j, m=m, c=c)
 
 
+def _launch(kernel: str, geometry: FusedGeometry, has_group: bool, *tensors: Tensor) -> None:
+    """Runs ``kernel`` of :mod:`g_selfatt.nn.triton_kernels` on ``tensors`` over :func:`_grid`, on their device."""
+    scalars, constants = _launch_arguments(geometry)
+    device = tensors[0].device
+    with torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext():
+        getattr(_kernels(), kernel)[_grid(geometry)](*tensors, *scalars, HAS_GROUP=has_group, **constants)
+
+
 def _launch_arguments(geometry: FusedGeometry) -> Tuple[tuple, Dict[str, object]]:
     """The scalar arguments and constexprs the two kernels share."""
     g = geometry
@@ -163,11 +171,8 @@ class TritonAttention(torch.autograd.Function):
         hw = g.height * g.width
         per_element = q.new_empty(g.heads_batch, hw, g.num_out, g.num_query_elements, g.channels)
         lse = q.new_empty(g.heads_batch, hw, g.num_out, g.num_query_elements)
-        scalars, constants = _launch_arguments(g)
         group = group_logits if group_logits is not None else q  # never read without a group
-        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-            _kernels().attention_forward[_grid(g)](q, k, v, pos_table, group, per_element, lse, *scalars,
-                                                   HAS_GROUP=group_logits is not None, **constants)
+        _launch("attention_forward", g, group_logits is not None, q, k, v, pos_table, group, per_element, lse)
         ctx.geometry = geometry
         ctx.save_for_backward(q, k, v, pos_table, group_logits, per_element, lse)
         return per_element.sum(3)  # (BN, HW, V, C)
@@ -184,13 +189,9 @@ class TritonAttention(torch.autograd.Function):
         grad_v = torch.zeros_like(v)
         grad_pos = torch.zeros_like(pos_table)
         grad_group = None if group_logits is None else torch.zeros_like(group_logits)
-        scalars, constants = _launch_arguments(g)
         group = group_logits if group_logits is not None else q
-        with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
-            _kernels().attention_backward[_grid(g)](
-                q, k, v, pos_table, group, grad_out, lse, delta, grad_q, grad_k, grad_v, grad_pos,
-                grad_group if grad_group is not None else q, *scalars, HAS_GROUP=group_logits is not None,
-                **constants)
+        _launch("attention_backward", g, group_logits is not None, q, k, v, pos_table, group, grad_out, lse, delta,
+                grad_q, grad_k, grad_v, grad_pos, grad_group if grad_group is not None else q)
         return None, grad_q, grad_k, grad_v, grad_pos, grad_group
 
 

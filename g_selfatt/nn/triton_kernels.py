@@ -37,6 +37,13 @@ SQUARE = tl.constexpr(4)  # side of the square query tiles of local layers (BLOC
 
 
 @triton.jit
+def _square_corner(W):
+    """Row and column of the top-left pixel of this program's square of query pixels (local layers)."""
+    tiles_across = tl.cdiv(W, SQUARE)
+    return (tl.program_id(0) // tiles_across) * SQUARE, (tl.program_id(0) % tiles_across) * SQUARE
+
+
+@triton.jit
 def _tile_indices(HW, H, W, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr):
     """Query pixels of this program, their rows and columns, and which exist.
 
@@ -44,10 +51,10 @@ def _tile_indices(HW, H, W, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr):
     keys the tile sees form a small window; global layers: ``BLOCK_Q`` consecutive pixels.
     """
     if LOCAL:
-        tiles_across = tl.cdiv(W, SQUARE)
+        top, left = _square_corner(W)
         place = tl.arange(0, BLOCK_Q)
-        qr = (tl.program_id(0) // tiles_across) * SQUARE + place // SQUARE
-        qc = (tl.program_id(0) % tiles_across) * SQUARE + place % SQUARE
+        qr = top + place // SQUARE
+        qc = left + place % SQUARE
         q_ok = (qr < H) & (qc < W)
         qi = tl.where(q_ok, qr * W + qc, 0)
     else:
@@ -68,9 +75,7 @@ def _key_window(HW, H, W, RADIUS, LOCAL: tl.constexpr, BLOCK_J: tl.constexpr, KE
     tiles across. Global layers see all ``H W`` pixels as one row (``KEY_COLS = BLOCK_J``).
     """
     if LOCAL:
-        tiles_across = tl.cdiv(W, SQUARE)
-        top = (tl.program_id(0) // tiles_across) * SQUARE
-        left = (tl.program_id(0) % tiles_across) * SQUARE
+        top, left = _square_corner(W)
         row_lo = tl.maximum(top - RADIUS, 0)
         row_hi = tl.minimum(top + SQUARE + RADIUS, H)
         col_lo = tl.maximum(left - RADIUS, 0)
@@ -134,12 +139,18 @@ def _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL: tl.constexpr):
 
 
 @triton.jit
-def _keep(seed, bn, qi, g, jj, HW, V, G, M, threshold,
+def _rows(bn, qi, g, vi, HW, V, G):
+    """Row numbers ``(Q, V)`` of the tile: of the output ``(BN, HW, V, C)`` and of the softmax rows
+    ``(BN, HW, V, G)`` (the per-element outputs, log-sum-exps and dropout counters)."""
+    pixel_rows = (bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]
+    return pixel_rows, pixel_rows * G + g
+
+
+@triton.jit
+def _keep(seed, row, jj, HW, M, threshold,
           BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr):
-    """Whether dropout keeps each entry, ``(R, X)``: the same draw in both passes."""
-    vi = tl.arange(0, BLOCK_V)
+    """Whether dropout keeps each entry, ``(R, X)``, of softmax rows ``row`` ``(Q, V)``: the same draw in both passes."""
     mi = tl.arange(0, BLOCK_M)
-    row = ((bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]) * G + g  # (Q, V)
     entry = jj.to(tl.int64)[:, None] * M + mi[None, :]  # (J, M)
     counter = row[:, :, None, None] * (HW * M) + entry[None, None, :, :]  # (Q, V, J, M)
     return tl.reshape(_kept(seed, counter, threshold), (BLOCK_Q * BLOCK_V, BLOCK_J * BLOCK_M))
@@ -159,13 +170,14 @@ def dropout_flags(FLAGS, seed, threshold, count, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _logits(q, Q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
+def _logits(q, Q_rows, Q, E, gl, kt, table, inside, key_ok, v_ok, D2,
             BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_M: tl.constexpr):
-    """The logits of a tile ``(R, X)``; ``-inf`` for entries that are not keys of the row."""
+    """The logits of a tile ``(R, X)``; ``-inf`` for entries that are not keys of the row.
+
+    ``table`` ``(Q, V, J)``: where the encoding of each (query, output element, key pixel) starts in ``E``.
+    """
     content = tl.dot(q, tl.trans(kt), input_precision="ieee")  # (Q, X)
     content = tl.reshape(content, (BLOCK_Q, 1, BLOCK_J, BLOCK_M))
-    vi = tl.arange(0, BLOCK_V)
-    table = (vi[None, :, None] * T + offset[:, None, :]) * D2  # (Q, V, J)
     positional = tl.zeros((BLOCK_Q, BLOCK_V, BLOCK_J), dtype=q.dtype)
     for d in range(D2):
         q_d = tl.load(Q + Q_rows + d)  # (Q,): rows of missing queries are clamped by the caller
@@ -195,13 +207,13 @@ def _load_group_logits(GL, bn, g, qi, q_ok, HW, V, G, M, HAS_GROUP: tl.constexpr
 def _key_tile(tile, row_lo, row_hi, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
               HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_V: tl.constexpr,
               BLOCK_J: tl.constexpr, KEY_COLS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_C: tl.constexpr):
-    """Key tile number ``tile``: its pixels, keys, offsets and the logits of the program's rows."""
+    """Key tile number ``tile``: its pixels, keys, positional-table starts and the logits of the program's rows."""
     jj, j_ok = _tile_keys(tile, row_lo, row_hi, col_lo, col_hi, per_row, W, BLOCK_J, KEY_COLS)
     kt, key_pointers, key_mask, key_ok = _load_keys(K, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
     offset, inside = _offsets(qr, qc, q_ok, jj, j_ok, W, RADIUS, SIDE, LOCAL)
-    logits = _logits(q, q_rows, Q, E, gl, kt, offset, inside, key_ok, v_ok, V, T, D2,
-                     BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
-    return jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits
+    table = (tl.arange(0, BLOCK_V)[None, :, None] * T + offset[:, None, :]) * D2  # (Q, V, J)
+    logits = _logits(q, q_rows, Q, E, gl, kt, table, inside, key_ok, v_ok, D2, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
+    return jj, j_ok, kt, key_pointers, key_mask, table, inside, logits
 
 
 @triton.jit
@@ -231,9 +243,10 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
     row_max = tl.full((BLOCK_Q * BLOCK_V,), NEGATIVE_START, dtype=q.dtype)
     row_sum = tl.zeros((BLOCK_Q * BLOCK_V,), dtype=q.dtype)
     acc = tl.zeros((BLOCK_Q * BLOCK_V, BLOCK_C), dtype=q.dtype)
+    pixel_rows, rows = _rows(bn, qi, g, vi, HW, V, G)
     row_lo, row_hi, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J, KEY_COLS)
     for tile in range(0, tiles):
-        jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
+        jj, j_ok, kt, key_pointers, key_mask, table, inside, logits = _key_tile(
             tile, row_lo, row_hi, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
             HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, KEY_COLS, BLOCK_M, BLOCK_C)
         new_max = tl.maximum(row_max, tl.max(logits, 1))
@@ -241,7 +254,7 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
         rescale = tl.exp(row_max - new_max)
         row_sum = row_sum * rescale + tl.sum(p, 1)
         if DROPOUT:
-            kept = _keep(seed, bn, qi, g, jj, HW, V, G, M, threshold, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
+            kept = _keep(seed, rows, jj, HW, M, threshold, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
             p = tl.where(kept, p * keep_scale, 0.0)
         values, value_pointers, value_mask, value_ok = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         acc = acc * rescale[:, None] + tl.dot(p.to(values.dtype), values, input_precision="ieee")
@@ -249,7 +262,6 @@ def attention_forward(Q, K, VAL, E, GL, O, LSE, seed, threshold, keep_scale,
     row_sum = tl.where(row_sum > 0, row_sum, 1.0)
     out = tl.reshape(acc / row_sum[:, None], (BLOCK_Q, BLOCK_V, BLOCK_C))
     ci = tl.arange(0, BLOCK_C)
-    rows = ((bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]) * G + g  # (Q, V)
     row_ok = q_ok[:, None] & v_ok[None, :]
     tl.store(O + rows[:, :, None] * C + ci[None, None, :], out, mask=row_ok[:, :, None] & (ci[None, None, :] < C))
     lse = tl.reshape(row_max + tl.log(row_sum), (BLOCK_Q, BLOCK_V))
@@ -271,10 +283,9 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
     bn, g, qi, qr, qc, q_ok, q, q_rows, gl, gl_pointers, gl_mask, vi, v_ok = _program_start(
         Q, GL, HW, H, W, G, M, V, C, LOCAL, HAS_GROUP, BLOCK_Q, BLOCK_V, BLOCK_M, BLOCK_C)
     ci = tl.arange(0, BLOCK_C)
-    rows = ((bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]) * G + g  # (Q, V)
+    pixel_rows, rows = _rows(bn, qi, g, vi, HW, V, G)
     row_ok = q_ok[:, None] & v_ok[None, :]
-    out_rows = (bn * HW + qi).to(tl.int64)[:, None] * V + vi[None, :]  # rows of dO (BN, HW, V, C)
-    grad_out = tl.load(DO + out_rows[:, :, None] * C + ci[None, None, :],
+    grad_out = tl.load(DO + pixel_rows[:, :, None] * C + ci[None, None, :],
                        mask=row_ok[:, :, None] & (ci[None, None, :] < C), other=0.0)
     grad_out = tl.reshape(grad_out, (BLOCK_Q * BLOCK_V, BLOCK_C))
     lse = tl.reshape(tl.load(LSE + rows, mask=row_ok, other=float("inf")), (BLOCK_Q * BLOCK_V,))  # p = 0 off the rows
@@ -283,14 +294,14 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
     grad_gl = tl.zeros((BLOCK_Q, BLOCK_V, BLOCK_M), dtype=q.dtype)
     row_lo, row_hi, col_lo, col_hi, per_row, tiles = _key_window(HW, H, W, RADIUS, LOCAL, BLOCK_J, KEY_COLS)
     for tile in range(0, tiles):
-        jj, j_ok, kt, key_pointers, key_mask, offset, inside, logits = _key_tile(
+        jj, j_ok, kt, key_pointers, key_mask, table, inside, logits = _key_tile(
             tile, row_lo, row_hi, col_lo, col_hi, per_row, bn, q, q_rows, qr, qc, q_ok, Q, K, E, gl, v_ok,
             HW, W, M, V, C, D2, T, SIDE, RADIUS, LOCAL, BLOCK_Q, BLOCK_V, BLOCK_J, KEY_COLS, BLOCK_M, BLOCK_C)
         p = tl.exp(logits - lse[:, None])  # (R, X), 0 off the keys and rows
         values, value_pointers, value_mask, value_ok = _load_keys(VAL, bn, jj, j_ok, HW, M, C, BLOCK_J, BLOCK_M, BLOCK_C)
         grad_p = tl.dot(grad_out, tl.trans(values), input_precision="ieee")  # (R, X)
         if DROPOUT:
-            kept = _keep(seed, bn, qi, g, jj, HW, V, G, M, threshold, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
+            kept = _keep(seed, rows, jj, HW, M, threshold, BLOCK_Q, BLOCK_V, BLOCK_J, BLOCK_M)
             dropped = tl.where(kept, p * keep_scale, 0.0)
             grad_p = tl.where(kept, grad_p * keep_scale, 0.0)
         else:
@@ -304,7 +315,6 @@ def attention_backward(Q, K, VAL, E, GL, DO, LSE, DELTA, DQ, DK, DV, DE, DGL, se
         tl.atomic_add(DK + key_pointers, tl.reshape(grad_keys, (BLOCK_J, BLOCK_M, BLOCK_C)), mask=key_mask)
         grad_gl += tl.sum(grad_s, 2)
         grad_pos = tl.sum(grad_s, 3)  # (Q, V, J)
-        table = (vi[None, :, None] * T + offset[:, None, :]) * D2
         pos_mask = v_ok[None, :, None] & inside[:, None, :]
         for d in range(D2):
             column = tl.sum(tl.sum(grad_pos * tl.load(E + table + d, mask=pos_mask, other=0.0), 2), 1)  # (Q,)
