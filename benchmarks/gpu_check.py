@@ -189,6 +189,7 @@ def equality(device_name: str, impls: Sequence[str], budget_s: float) -> List[Di
     device = torch.device(device_name)
     group, side, batch, heads = get_group("p4"), 9, 2, 2
     deadline = time.monotonic() + budget_s
+    exact: Dict[str, object] = {}  # kind -> the float64 reference layer, its input and results (or the error)
     records = []
     for impl in ("reference",) + tuple(impls):
         for kind in KINDS:
@@ -199,41 +200,54 @@ def equality(device_name: str, impls: Sequence[str], budget_s: float) -> List[Di
                     return records
                 record = {"impl": impl, "kind": kind, "precision": precision}
                 try:
-                    torch.manual_seed(0)
-                    exact = cls(group, 3, 6, 5, heads, extent, 0.0, attention_impl="reference").to(device).double()
+                    if kind not in exact:
+                        torch.manual_seed(0)
+                        layer = cls(group, 3, 6, 5, heads, extent, 0.0, attention_impl="reference").to(device).double()
+                        shape = (batch, 3, side, side) if lifting else (batch, 3, group.num_elements, side, side)
+                        exact[kind] = _Exact(layer, torch.randn(shape, device=device, dtype=torch.float64))
                     layer = cls(group, 3, 6, 5, heads, extent, 0.0, attention_impl=impl).to(device)
-                    layer.load_state_dict(exact.state_dict())  # copied into float32
-                    shape = (batch, 3, side, side) if lifting else (batch, 3, group.num_elements, side, side)
-                    x = torch.randn(shape, device=device, dtype=torch.float64)
+                    layer.load_state_dict(exact[kind].layer.state_dict())  # copied into float32
                     keys = (extent ** 2 if "local" in kind else side ** 2) * (1 if lifting else group.num_elements)
                     entries = batch * heads * group.num_elements * side * side * keys
-                    record.update(_compare(exact, layer, x, precision, entries))
+                    record.update(exact[kind].compare(layer, precision, entries))
                 except Exception as error:  # recorded, and the next one runs
                     record["error"] = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
                 records.append(record)
     return records
 
 
-def _compare(exact, layer, x, precision: str, entries: int) -> Dict[str, object]:
-    """Errors of ``layer`` (float32 or bf16 autocast) over the float64 ``exact``, each over its bound."""
-    import torch
+class _Exact:
+    """A float64 reference layer, its input, a gradient of its output, and its output and gradients."""
 
-    def run(module, inp, autocast: bool):
-        inp = inp.clone().requires_grad_(True)
-        with torch.autocast(inp.device.type, dtype=torch.bfloat16, enabled=autocast):
-            out = module(inp)
-        grads = torch.autograd.grad(out.float(), [inp] + list(module.parameters()), grad_out.to(out.dtype))
+    def __init__(self, layer, x):
+        import torch
+
+        self.layer, self.x = layer, x
+        self.grad_out = torch.randn(layer(x).shape, device=x.device, dtype=torch.float64)
+        self.output, self.grads = self.run(layer, x, autocast=False)
+
+    def run(self, module, x, autocast: bool):
+        """Output and gradients (input first, then every parameter) of ``module`` at ``x``, in float64."""
+        import torch
+
+        x = x.clone().requires_grad_(True)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = module(x)
+        grads = torch.autograd.grad(out.float(), [x] + list(module.parameters()), self.grad_out.to(out.dtype))
         return out.double(), [g.double() for g in grads]
 
-    grad_out = torch.randn(exact(x).shape, device=x.device, dtype=torch.float64)
-    expected, expected_grads = run(exact, x, False)
-    actual, actual_grads = run(layer, x.float(), precision == "bf16")
-    relative = BFLOAT16_BOUND if precision == "bf16" else ROUND_OFF_FACTOR * 1.1920929e-07 * math.sqrt(entries)
-    scale = max(g.abs().max().item() for g in expected_grads) or 1.0
-    output_ratio = (actual - expected).abs().max().item() / (relative * expected.abs().max().item())
-    gradient_ratio = max((a - e).abs().max().item() for a, e in zip(actual_grads, expected_grads)) / (relative * scale)
-    return {"output_ratio": output_ratio, "gradient_ratio": gradient_ratio,
-            "passed": output_ratio <= 1.0 and gradient_ratio <= 1.0}
+    def compare(self, layer, precision: str, entries: int) -> Dict[str, object]:
+        """Errors of ``layer`` (float32 or bf16 autocast) over the float64 results, each over its bound."""
+        import torch
+
+        actual, actual_grads = self.run(layer, self.x.float(), autocast=precision == "bf16")
+        eps = torch.finfo(torch.float32).eps
+        relative = BFLOAT16_BOUND if precision == "bf16" else ROUND_OFF_FACTOR * eps * math.sqrt(entries)
+        scale = max(g.abs().max().item() for g in self.grads) or 1.0
+        output_ratio = (actual - self.output).abs().max().item() / (relative * self.output.abs().max().item())
+        gradient_ratio = max((a - e).abs().max().item() for a, e in zip(actual_grads, self.grads)) / (relative * scale)
+        return {"output_ratio": output_ratio, "gradient_ratio": gradient_ratio,
+                "passed": output_ratio <= 1.0 and gradient_ratio <= 1.0}
 
 
 def _json_lines(text: str) -> List[Dict[str, object]]:
