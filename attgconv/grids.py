@@ -108,7 +108,7 @@ class PlanarGrid:
                 passes it).
             group_dim: the group axis of ``x``.
         """
-        return self.group.transform_feature_map(x, element, group_dim, self.ACTION, self.elements)
+        return self.group.transform_feature_map(x, element, group_dim, action=self.ACTION, axis_order=self.elements)
 
 
 _GRIDS: Dict[str, PlanarGrid] = {}

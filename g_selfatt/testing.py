@@ -15,6 +15,7 @@ which only interpolation can apply to a pixel grid, so it is never exact there.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, Dict, Iterable, Optional
 
 import torch
@@ -22,6 +23,7 @@ from torch import Tensor
 
 from g_selfatt.functional.rotation import disc_mask, rotate_images
 from g_selfatt.groups import Group
+from g_selfatt.nn.attention import FEATURE_MAP_ACTION
 
 Transform = Callable[[Tensor, int], Tensor]
 
@@ -39,12 +41,14 @@ def transforms_for(group: Group, kind: str) -> Transform:
 
     Args:
         group: the group.
-        kind: ``"image"`` (``(..., H, W)``), ``"group"`` (``(..., G, H, W)``) or
-            ``"invariant"`` (left unchanged).
+        kind: ``"image"`` (``(..., H, W)``), ``"group"`` (``(..., G, H, W)``, a feature map of the
+            self-attention layers: the right-regular action, :data:`FEATURE_MAP_ACTION`) or
+            ``"invariant"`` (left unchanged). Attentive G-CNN feature maps take their grid's
+            :meth:`attgconv.grids.PlanarGrid.transform_feature_map` (the left-regular action).
     """
     table = {
         "image": group.transform_image,
-        "group": group.transform_feature_map,
+        "group": functools.partial(group.transform_feature_map, action=FEATURE_MAP_ACTION),
         "invariant": identity_transform,
     }
     if kind not in table:

@@ -301,7 +301,7 @@ def plot_attention_equivariance(layer: nn.Module, x: Tensor, element: int, pixel
     moved = attention_maps(layer, transform_in(x, element), moved_pixel,
                            output_element=right_translate(group, output_element, element),
                            query_element=right_translate(group, query_element, element))
-    expected = group.transform_feature_map(maps, element)
+    expected = transforms_for(group, "group")(maps, element)
     rows = {"x": maps, "u x": moved, "u . (maps of x)": expected}
     markers = {"x": pixel, "u x": moved_pixel, "u . (maps of x)": moved_pixel}
     figure = plot_group_feature_maps(rows, element_labels(group), cmap="viridis", symmetric=False, markers=markers)

@@ -23,6 +23,7 @@ from g_selfatt.nn import (
     get_norm,
     whitening_init_,
 )
+from g_selfatt_models.hyperparameters import GSAHyperParameters
 
 __all__ = ["GroupTransformer"]
 
@@ -85,7 +86,7 @@ class GroupTransformer(nn.Module):
         in_channels: int,
         num_channels: int,
         num_heads: int,
-        norm_type: str = "LayerNorm",
+        norm_type: str = GSAHyperParameters.norm_type,
         block_sizes: Sequence[int],
         expansion_per_block: Optional[Union[int, Sequence[int]]],
         crop_per_layer: Optional[Union[int, Sequence[int]]],

@@ -16,11 +16,11 @@ from torch import nn
 
 from g_selfatt.groups import get_group
 from g_selfatt.nn.attention import DEFAULT_GROUP_AXIS_INDEX
-from g_selfatt.nn.init import WHITENING_SCALE
 from g_selfatt_models.cnn import CNN
 from g_selfatt_models.compat.state_dicts import convert_z2cnn_checkpoint
 from g_selfatt_models import protocols
 from g_selfatt_models.group_transformer import GroupTransformer
+from g_selfatt_models.hyperparameters import GSAHyperParameters, TrainingHyperParameters, gsa_from
 from g_selfatt_models.registry import DataSpec, register_model
 
 # The layout of GroupTransformer per dataset (original model.py; rotDigits and
@@ -59,29 +59,25 @@ ARCHITECTURES: Dict[str, Dict[str, Any]] = {
 
 # Fields of the configuration that change the layout of ARCHITECTURES (None: the dataset's).
 LAYOUT_FIELDS = ("num_channels", "num_heads", "block_sizes")
-_DATASET_LAYOUT = dict.fromkeys(LAYOUT_FIELDS)
 
-_COMMON = dict(_DATASET_LAYOUT, norm_type="LayerNorm", activation_function="Swish", whitening_scale=WHITENING_SCALE,
-               weight_decay=1e-4, attention_type="Local")
-
-# The paper's command lines (shared/docs: "Command lines used for the paper").
-GSA_DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "rotMNIST": dict(_COMMON, optimizer="Adam", lr=1e-3, scheduler="constant", batch_size=8,
-                     epochs=300, patch_size=9, dropout_att=0.1, dropout_values=0.1),
-    "CIFAR10": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.01,
-                    scheduler="linear_warmup_cosine", batch_size=24, epochs=350, patch_size=5,
-                    dropout_att=0.1, dropout_values=0.0),
-    "PCam": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.01,
-                 scheduler="linear_warmup_cosine", batch_size=16, epochs=100, patch_size=5,
-                 dropout_att=0.1, dropout_values=0.1),
-    "rotDigits": dict(_COMMON, optimizer="Adam", lr=2e-3, scheduler="constant", batch_size=16,
-                      epochs=6, patch_size=5, dropout_att=0.0, dropout_values=0.0, whitening_scale=1.0),
+# The paper's command lines (shared/docs: "Command lines used for the paper"); the fields not
+# given keep the defaults of GSAHyperParameters.
+GSA_DEFAULTS: Dict[str, GSAHyperParameters] = {
+    "rotMNIST": GSAHyperParameters(optimizer="Adam", lr=1e-3, scheduler="constant", batch_size=8,
+                                   epochs=300, patch_size=9, dropout_att=0.1, dropout_values=0.1),
+    "CIFAR10": GSAHyperParameters(optimizer="SGD", optimizer_momentum=0.9, lr=0.01,
+                                  scheduler="linear_warmup_cosine", batch_size=24, epochs=350, patch_size=5,
+                                  dropout_att=0.1, dropout_values=0.0),
+    "PCam": GSAHyperParameters(optimizer="SGD", optimizer_momentum=0.9, lr=0.01,
+                               scheduler="linear_warmup_cosine", batch_size=16, epochs=100, patch_size=5,
+                               dropout_att=0.1, dropout_values=0.1),
+    "rotDigits": GSAHyperParameters(optimizer="Adam", lr=2e-3, scheduler="constant", batch_size=16,
+                                    epochs=6, patch_size=5, dropout_att=0.0, dropout_values=0.0,
+                                    whitening_scale=1.0),
     # 24 channels and 3 heads: the best validation accuracy of the layouts searched so far
     # (runs/rotMNIST5k/search.csv: 92.2% against 85.4% for 16 channels and 2 heads).
-    "rotMNIST5k": dict(protocols.ROTMNIST5K, **dict(_DATASET_LAYOUT, num_channels=24, num_heads=3),
-                       norm_type="BatchNorm", activation_function="Swish",
-                       whitening_scale=1.0, attention_type="Local", patch_size=5, dropout_att=0.0,
-                       dropout_values=0.0),
+    "rotMNIST5k": gsa_from(protocols.ROTMNIST5K, num_channels=24, num_heads=3, norm_type="BatchNorm",
+                           whitening_scale=1.0, patch_size=5, dropout_att=0.0, dropout_values=0.0),
 }
 
 ATTENTION_TYPES = ("Local", "Global")
@@ -205,8 +201,8 @@ def p8msa(config: Any, data: DataSpec) -> nn.Module:
 @register_model(
     family="cnn", datasets=("rotMNIST", "rotMNIST5k"), convert_checkpoint=convert_z2cnn_checkpoint,
     description="Z2 CNN baseline (Cohen & Welling 2016), 28x28 inputs",
-    defaults={"rotMNIST": dict(optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128,
-                               epochs=300, scheduler="constant"),
+    defaults={"rotMNIST": TrainingHyperParameters(optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128,
+                                                  epochs=300, scheduler="constant"),
               "rotMNIST5k": protocols.ROTMNIST5K},
 )
 def z2cnn(config: Any, data: DataSpec) -> nn.Module:

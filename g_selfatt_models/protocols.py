@@ -9,11 +9,11 @@ them under it unless a field is set on the command line.
 
 from __future__ import annotations
 
-from typing import Any, Dict
+from g_selfatt_models.hyperparameters import TrainingHyperParameters
 
 # Adam at 3e-3 with one epoch of linear warm-up and a cosine decay to 0 over 20 epochs, batch 32:
 # of the learning rates tried on p4sa (1e-3, 3e-3), the one with the higher validation accuracy.
-ROTMNIST5K: Dict[str, Any] = dict(
+ROTMNIST5K = TrainingHyperParameters(
     optimizer="Adam", optimizer_momentum=0.0, lr=3e-3, weight_decay=1e-4, batch_size=32, epochs=20,
     scheduler="linear_warmup_cosine", warmup_epochs=1.0, sched_decay_steps=(), sched_decay_factor=1.0,
 )

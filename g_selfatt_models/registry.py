@@ -79,9 +79,9 @@ class ModelSpec:
         builder: ``builder(config, data) -> nn.Module``.
         family: ``"gsa"`` (self-attention) or ``"attgconv"`` (attentive G-CNN) or ``"cnn"``.
         description: one line for ``list_models``.
-        defaults: the paper's hyper-parameters for this model, per architecture
-            (``{"rotMNIST": {"lr": 1e-3, ...}}``); the runner applies them where the user
-            did not set a value.
+        defaults: the paper's hyper-parameters for this model, per architecture, as records of
+            :mod:`g_selfatt_models.hyperparameters` (``{"rotMNIST": GSAHyperParameters(lr=1e-3,
+            ...)}``, read as mappings); the runner applies them where the user did not set a value.
         datasets: architectures the model is defined for (empty = all).
         convert_checkpoint: maps a state_dict saved by the original implementation
             (its key names, ``module.`` prefix already stripped) to this model's key

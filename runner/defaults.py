@@ -24,43 +24,23 @@ import config as config_file
 from attgconv.attentive import FORMULATIONS
 from datasets import VALIDATION_MODES
 from g_selfatt.nn.attention import GROUP_AXIS_INDICES, check_patch_size
-from g_selfatt.nn.init import WHITENING_SCALE
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS
 from g_selfatt_models.gsa_zoo import ATTENTION_TYPES
+from g_selfatt_models.hyperparameters import GSAHyperParameters
 from runner.distributed import DEVICES
 from runner.errors import ConfigError
 from runner.precision import AMP_DTYPES
 from runner.schedulers import SCHEDULERS
 from runner.signals import parse_stop_signals
 
-# Values used when neither the command line nor the model's defaults set a field: a short run
-# that a laptop CPU finishes in minutes.
+# Values used when neither the command line nor the model's defaults set a field: the defaults of
+# the hyper-parameter records (a short run that a laptop CPU finishes in minutes), and the fields
+# of the runner itself.
 FALLBACKS: Dict[str, Any] = {
-    "optimizer": "Adam",
-    "optimizer_momentum": 0.9,
-    "lr": 1e-3,
-    "weight_decay": 1e-4,
-    "batch_size": 32,
-    "epochs": 3,
-    "scheduler": "constant",
-    "sched_decay_steps": (),
-    "sched_decay_factor": 2.0,
-    "sched_patience": 20,
-    "warmup_epochs": 10.0,
+    **GSAHyperParameters(),
     "grad_clip": 0.0,
     "amp": "none",
-    "augment": False,
-    "norm_type": "LayerNorm",
-    "attention_type": "Local",
-    "activation_function": "Swish",
-    "patch_size": 5,
-    "dropout_att": 0.1,
-    "dropout_values": 0.1,
-    "whitening_scale": WHITENING_SCALE,
-    "num_channels": None,  # None: the dataset's layout
-    "num_heads": None,
-    "block_sizes": None,
-    "valid_size": None,
+    "valid_size": None,  # None: the dataset's usual size
 }
 
 # The values each enumerated field accepts.
@@ -327,7 +307,8 @@ def field_help() -> str:
     """Every field of ``config.py`` with its default and meaning, grouped as in the file.
 
     The text is read from the comments above each field in ``config.py``, so the listing and
-    the file never disagree; placeholders show where their value comes from instead.
+    the file never disagree; a placeholder shows that the model's default fills it, and the
+    fallback (:data:`FALLBACKS`, the defaults of the hyper-parameter records) where the model has none.
     """
     defaults = config_file.get_config()
     lines, comment = [], []
@@ -339,7 +320,7 @@ def field_help() -> str:
         elif field and field.group(1) in defaults:
             name = field.group(1)
             value = defaults[name]
-            shown = "(from the model's defaults)" if value is None else repr(value)
+            shown = f"(the model's default, else {FALLBACKS[name]!r})" if value is None else repr(value)
             meaning = " ".join(comment) or ""
             lines.append(f"    --config.{name}={shown}\n        {meaning}")
             comment = []

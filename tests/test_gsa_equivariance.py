@@ -54,7 +54,8 @@ def test_original_group_axis_index_is_not_equivariant(name, extent):
     group = get_group(name)
     layer = make_layer(group, "group", extent, group_axis_index="original").double().eval()
     x = make_input(group, "group", torch.float64)
-    errors = equivariance_errors(layer, x, group.transform_feature_map, group.transform_feature_map,
+    action = transforms_for(group, "group")
+    errors = equivariance_errors(layer, x, action, action,
                                  group.grid_exact()[1:])
     assert max(errors.values()) > 1e-3
 

@@ -29,6 +29,7 @@ from g_selfatt_models import released
 from g_selfatt_models import checkpoints
 from runner import files, paths
 from g_selfatt_models.checkpoints import CheckpointError
+from runner.defaults import FALLBACKS
 from runner.errors import ConfigError
 from test_main_e2e import make_config
 
@@ -246,7 +247,7 @@ def test_help_lists_every_field_with_its_default_and_meaning():
                             capture_output=True, text=True, timeout=120)
     text = " ".join(result.stdout.split())  # absl's usage text, whatever its line breaks
     for name, value in config_file.get_config().items():
-        shown = "(from the model's defaults)" if value is None else repr(value)
+        shown = f"(the model's default, else {FALLBACKS[name]!r})" if value is None else repr(value)
         assert f"--config.{name}={shown}" in text, name
     assert "--config.checkpoint_every='10min' Write a resumable checkpoint every N" in text
     assert "Run control:" in text

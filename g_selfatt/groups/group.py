@@ -10,7 +10,7 @@ their kernels by ``h^-1 g``, so theirs transform under the left-regular one. Bot
 actions of one group, named by :data:`ACTIONS` and passed to
 :meth:`Group.transform_feature_map`:
 
-    "right":  [u . f](g, x) = f(g u, M_u^-1 x)        (GSA-Nets, the default)
+    "right":  [u . f](g, x) = f(g u, M_u^-1 x)        (GSA-Nets)
     "left":   [u . f](g, x) = f(u^-1 g, M_u^-1 x)     (attentive G-CNNs)
 
 where ``x`` is the pixel position relative to the image centre. Each is a
@@ -211,8 +211,8 @@ class Group(nn.Module):
         """``table[g, m]`` is the index of ``m g^-1``, ``(G, G)`` long.
 
         It is invariant under joint right multiplication, ``(m u) (g u)^-1 = m g^-1``,
-        which is what makes group self-attention equivariant under the action of
-        :meth:`transform_feature_map`. For rotations it is ``(m - g) mod n``.
+        which is what makes group self-attention equivariant under the right-regular action
+        (:meth:`transform_feature_map` with ``action="right"``). For rotations it is ``(m - g) mod n``.
         """
         return self.cayley_table()[:, self.inverse_indices()].t()
 
@@ -261,7 +261,7 @@ class Group(nn.Module):
             actions[index] = (self.rotation_steps(index), self.is_mirror(index))
         return actions[index]
 
-    def axis_permutation(self, index: int, action: str = "right",
+    def axis_permutation(self, index: int, action: str,
                          axis_order: Optional[Sequence[int]] = None) -> Tensor:
         """Where the action of element ``u`` reads the group axis: ``(G,)`` long.
 
@@ -278,7 +278,7 @@ class Group(nn.Module):
         source = table[order, index] if action == "right" else table[self.inverse_indices()[index], order]
         return position[source]
 
-    def transform_feature_map(self, x: Tensor, index: int, group_dim: int = -3, action: str = "right",
+    def transform_feature_map(self, x: Tensor, index: int, group_dim: int = -3, *, action: str,
                               axis_order: Optional[Sequence[int]] = None) -> Tensor:
         """Acts with a grid-exact element ``u`` on a group feature map ``(..., G, H, W)``.
 

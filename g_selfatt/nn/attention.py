@@ -58,6 +58,9 @@ from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
 GROUP_AXIS_INDICES = ("relative", "original")
 DEFAULT_GROUP_AXIS_INDEX = GROUP_AXIS_INDICES[0]  # exactly equivariant
+# The group feature maps of every layer here transform under the right-regular action of the group
+# (g_selfatt.groups, module docstring): the positional encoding of output element g is read at M_g (j - i).
+FEATURE_MAP_ACTION = "right"
 
 def original_group_indices(group: Group) -> Tensor:
     """The original's group-axis index ``(m + v - g) mod n`` (for rotations), ``(V, G, M)``."""

@@ -39,6 +39,7 @@ the CIFAR-10 runs train with random crops and flips, as the authors' released ru
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Dict, Optional, Tuple
 
@@ -47,22 +48,25 @@ from torch import Tensor, nn
 
 from attgconv import get_grid
 from g_selfatt_models import protocols
+from g_selfatt_models.hyperparameters import TrainingHyperParameters
 from g_selfatt_models.attgconv_zoo.layers import LayerFactory
 from g_selfatt_models.attgconv_zoo.networks import AllCNNC, DenseNet, ResNet, RotMNISTCNN
 from g_selfatt_models.registry import Builder, DataSpec, register_model
 
-_COMMON = dict(optimizer_momentum=0.0, scheduler="constant", sched_decay_steps=(), sched_decay_factor=1.0)
-
-DEFAULTS: Dict[str, Dict[str, Any]] = {
-    "rotMNIST": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=100),
-    "allcnnc": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=1e-3,
-                    batch_size=128, epochs=350, scheduler="multistep", sched_decay_steps=(200, 250, 300),
-                    sched_decay_factor=10.0, augment=True),
-    "resnet44": dict(_COMMON, optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=0.0,
-                     batch_size=128, epochs=300, scheduler="multistep", sched_decay_steps=(50, 100, 150),
-                     sched_decay_factor=10.0, augment=True),
-    "densenet": dict(_COMMON, optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=64, epochs=100,
-                     scheduler="plateau", sched_decay_factor=2.0, sched_patience=20),
+# The original scripts' hyper-parameters; the fields not given keep the defaults of
+# TrainingHyperParameters.
+_Hyper = functools.partial(TrainingHyperParameters, optimizer_momentum=0.0, scheduler="constant",
+                           sched_decay_steps=(), sched_decay_factor=1.0)
+DEFAULTS: Dict[str, TrainingHyperParameters] = {
+    "rotMNIST": _Hyper(optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=128, epochs=100),
+    "allcnnc": _Hyper(optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=1e-3,
+                      batch_size=128, epochs=350, scheduler="multistep", sched_decay_steps=(200, 250, 300),
+                      sched_decay_factor=10.0, augment=True),
+    "resnet44": _Hyper(optimizer="SGD", optimizer_momentum=0.9, lr=0.05, weight_decay=0.0,
+                       batch_size=128, epochs=300, scheduler="multistep", sched_decay_steps=(50, 100, 150),
+                       sched_decay_factor=10.0, augment=True),
+    "densenet": _Hyper(optimizer="Adam", lr=1e-3, weight_decay=1e-4, batch_size=64, epochs=100,
+                       scheduler="plateau", sched_decay_factor=2.0, sched_patience=20),
 }
 
 # The smallest image side of each architecture (the runner enlarges smaller images to it): valid
