@@ -46,6 +46,17 @@ def reference_files(prefix: str):
 
 
 @pytest.fixture(scope="session")
+def main_server():
+    """Runs ``main.py`` command lines forked from one process that imported everything once
+    (:class:`forked_main.ForkedMain`; one thread per run), shared by the tests of a worker."""
+    from forked_main import ForkedMain
+
+    server = ForkedMain(dict(os.environ, OMP_NUM_THREADS="1"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
 def wheel_env(tmp_path_factory):
     """A fresh venv with the built wheel and a package named ``datasets`` (see tests/wheel_env.py)."""
     from tests import wheel_env as module

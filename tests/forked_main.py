@@ -17,11 +17,13 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Dict, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+_RUN = subprocess.run  # the real one, for commands that are not main.py runs
 
 
 class ForkedMain:
@@ -39,6 +41,22 @@ class ForkedMain:
         if not reply:
             raise RuntimeError(f"the forked-main server stopped (exit {self.process.wait()})")
         return json.loads(reply)["returncode"]
+
+    def run_command(self, command: Sequence[str], *args: object, check: bool = False, cwd: Path = REPO_ROOT,
+                    **kwargs: object) -> subprocess.CompletedProcess:
+        """``subprocess.run`` with ``[python, ".../main.py", *argv]`` run through the server (its output
+        printed after it), any other command passed on to ``subprocess.run``: a stand-in for it in
+        scripts that start ``main.py``."""
+        if len(command) < 2 or Path(command[1]).name != "main.py" or args or kwargs:
+            return _RUN(command, *args, check=check, cwd=cwd, **kwargs)
+        with tempfile.TemporaryDirectory() as folder:
+            output = Path(folder) / "output.txt"
+            returncode = self.run(command[2:], output, Path(cwd))
+            text = output.read_text()
+        print(text, end="", flush=True)
+        if check and returncode != 0:
+            raise subprocess.CalledProcessError(returncode, command, output=text)
+        return subprocess.CompletedProcess(command, returncode)
 
     def close(self) -> None:
         self.process.stdin.close()

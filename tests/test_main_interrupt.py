@@ -57,7 +57,7 @@ def finish(process, timeout_s=300):
 with_the_uninterrupted_run = pytest.mark.xdist_group("uninterrupted_run")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session: kept while other modules' tests run on this worker
 def uninterrupted(tmp_path_factory):
     """The final ``last`` checkpoint of the run that nothing stopped."""
     save_dir = tmp_path_factory.mktemp("straight")

@@ -1,6 +1,10 @@
-"""requirements.txt and conda_requirements.txt list the same packages, torch pinned, no torchvision."""
+"""requirements.txt and conda_requirements.txt list the same packages, torch pinned, no torchvision;
+the test runner groups tests as ``make test`` asks."""
 
+import os
 import re
+import subprocess
+import sys
 
 from tests.conftest import REPO_ROOT
 
@@ -25,3 +29,29 @@ def test_requirement_files_agree_and_pin_torch():
     assert "torch==2.13.0" in [line.strip() for line in pip_lines]
     assert any(line.strip() == "- torch==2.13.0" for line in conda_lines)
     assert not any("torchvision" in line.split("#", 1)[0] for line in pip_lines + conda_lines)
+
+
+GROUPED_TESTS = '''
+import os
+import pytest
+
+@pytest.mark.xdist_group("one")
+@pytest.mark.parametrize("index", range(6))
+def test_grouped(index):
+    with open(os.environ["WORKERS_FILE"], "a") as handle:
+        handle.write(os.environ["PYTEST_XDIST_WORKER"] + "\\n")
+'''
+
+
+def test_make_tests_xdist_groups_run_on_one_worker(tmp_path):
+    """``make test`` (``-n 2 --dist loadgroup``) runs the tests of one ``xdist_group`` on one worker,
+    which is what lets the suite make their shared, expensive fixtures once (a pytest that breaks the
+    grouping would spread them out and run those fixtures twice)."""
+    (tmp_path / "test_grouped.py").write_text(GROUPED_TESTS)
+    workers = tmp_path / "workers.txt"
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-n", "2", "--dist", "loadgroup", "-p",
+                             "no:cacheprovider", "test_grouped.py"], cwd=tmp_path, capture_output=True, text=True,
+                            env=dict(os.environ, WORKERS_FILE=str(workers)), timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:]
+    names = workers.read_text().split()
+    assert len(names) == 6 and len(set(names)) == 1, names

@@ -20,9 +20,10 @@ def _table_module():
 on_the_table = pytest.mark.xdist_group("rotmnist5k_table")
 
 
-@pytest.fixture(scope="module")
-def table_run(tmp_path_factory):
-    """The script on 40 fixture digits: four models, two seeds, one step each."""
+@pytest.fixture(scope="session")  # session: kept while other modules' tests run on this worker
+def table_run(tmp_path_factory, main_server):
+    """The script on 40 fixture digits: four models, two seeds, one step each (its main.py runs
+    forked from one process that imported everything once)."""
     tmp_path = tmp_path_factory.mktemp("table")
     fixture_data.make_rotmnist5k(tmp_path / "data", n=40)
     table = _table_module()
@@ -30,7 +31,9 @@ def table_run(tmp_path_factory):
             "--output-dir", str(tmp_path / "out"), f"--config.data_root={tmp_path / 'data'}",
             "--config.max_examples=4", "--config.batch_size=4", "--config.epochs=1",
             "--config.valid_size=4", "--config.num_threads=1", "--config.device=cpu"]
-    table.main(argv)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(table.subprocess, "run", main_server.run_command)
+        table.main(argv)
     return table, argv, tmp_path
 
 
@@ -175,8 +178,10 @@ def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
     assert all(0 < layer["share_of_step"] for layer in layers)
 
 
-def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_path, capsys):
+def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_path, capsys, monkeypatch,
+                                                                           main_server):
     search = load_script("tools/rotmnist5k_search.py")
+    monkeypatch.setattr(search.subprocess, "run", main_server.run_command)
     fixture_data.make_rotmnist5k(tmp_path / "data", n=40)
     argv = ["--only", "p4_h4", "--threads", "1", "--save-dir", str(tmp_path / "saved"), "--log", str(tmp_path / "log.csv"),
             f"--config.data_root={tmp_path / 'data'}", "--config.max_examples=4", "--config.batch_size=4",

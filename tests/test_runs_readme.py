@@ -9,7 +9,6 @@ attention, precision, ...) is exactly the command of the README. Each command ru
 from __future__ import annotations
 
 import ast
-import os
 import shlex
 
 import pytest
@@ -19,7 +18,6 @@ import fixture_data
 from g_selfatt_models import checkpoints
 
 from conftest import REPO_ROOT
-from forked_main import ForkedMain
 
 README = REPO_ROOT / "runs" / "README.md"
 PREFIX = ("python", "main.py")
@@ -87,16 +85,9 @@ def test_readme_has_the_papers_gsa_command(dataset):
     assert matching, f"no {dataset} command of runs/README.md sets all of {expected}"
 
 
-@pytest.fixture(scope="module")
-def main_py():
-    server = ForkedMain(dict(os.environ, OMP_NUM_THREADS="1"))
-    yield server
-    server.close()
-
-
 @pytest.mark.parametrize("number,arguments", readme_commands(),
                          ids=[f"line{n}" for n, _ in readme_commands()])
-def test_readme_command_trains_one_step(tmp_path, main_py, number, arguments):
+def test_readme_command_trains_one_step(tmp_path, main_server, number, arguments):
     assert all(a.startswith("--config.") for a in arguments), arguments
     dataset = flag_value(arguments, "dataset", DEFAULT_DATASET)
     writer, dataset_flags = FIXTURES[dataset]
@@ -107,7 +98,7 @@ def test_readme_command_trains_one_step(tmp_path, main_py, number, arguments):
              "--config.batch_size=2", "--config.rotation_angles=0", "--config.device=cpu",
              "--config.num_workers=0", "--config.num_threads=1", *dataset_flags]
     output = tmp_path / "output.txt"
-    returncode = main_py.run([*arguments, *smoke], output)
+    returncode = main_server.run([*arguments, *smoke], output)
     assert returncode == 0, f"runs/README.md line {number}:\n{output.read_text()[-4000:]}"
     (last,) = (tmp_path / "saved").glob("*.last.pt")
     saved = checkpoints.read(last)
