@@ -9,6 +9,7 @@ more threads than the machine may have and small query blocks, so that head-batc
 are split between threads.
 """
 
+import copy
 import itertools
 import json
 import logging
@@ -33,10 +34,13 @@ from g_selfatt_models import DataSpec, create_model
 from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
 from tests.attention_checks import (
     KINDS,
+    ROUND_OFF_FACTOR,
     assert_close,
     check_against_float64,
     float32_bound,
+    gradient_scales,
     pair,
+    run,
     score_entries,
 )
 from tests.conftest import load_script
@@ -443,6 +447,56 @@ def test_an_empty_batch_gives_empty_outputs_and_gradients(kind, impl):
     assert empty.grad.shape == empty.shape
 
 
+_POSITIONAL = ("row_embedding.3", "col_embedding.3")
+
+
+def _logit_terms(layer, x):
+    """The content, positional and group terms of ``layer``'s logits on ``x``, each
+    ``(B, N, V, G, H, W, M, K)``: the logits of copies with the other two terms' weights zeroed."""
+    terms = []
+    for kept in ("key", _POSITIONAL, "group_embedding"):
+        part = copy.deepcopy(layer)
+        with torch.no_grad():
+            for name, parameter in part.named_parameters():
+                if name.startswith(("key", *_POSITIONAL, "group_embedding")) and not name.startswith(kept):
+                    parameter.zero_()
+            q, k = part._project(part.query, x), part._project(part.key, x)
+            terms.append(part.attention_logits(q, k, x.shape[1]))
+    return terms
+
+
+@pytest.mark.parametrize("impl", [f"fused-{layout}" for layout in fused_attention.LAYOUTS])
+def test_rows_whose_factored_exponentials_underflow_are_computed_directly(impl, monkeypatch):
+    """Content terms of several hundred, under positional and group terms of thousands that decide
+    where a row's largest logit is, make the product of the three factored exponentials underflow
+    float64 (below 1e-200) in some rows; those rows are recomputed from the logits, forward and
+    backward, and every result equals the reference to the round-off of logits that large."""
+    reference, fused, x = pair("group_local", "p4", 6, 3, torch.float64, impl=_select(impl, monkeypatch))
+    with torch.no_grad():
+        for name, parameter in reference.named_parameters():
+            if name.startswith((*_POSITIONAL, "group_embedding")):
+                parameter.mul_(5000.0)
+            elif name.startswith("key"):
+                parameter.mul_(150.0)
+        fused.load_state_dict(reference.state_dict())
+        content, positional, group = _logit_terms(reference, x)
+        logits = content + positional + group
+        finite = torch.isfinite(logits)
+        rows = lambda t: t.masked_fill(~finite, -math.inf).flatten(-2).amax(-1)  # noqa: E731
+        base = rows(content) + rows(positional) + rows(group)
+        assert (base - rows(logits) > -math.log(1e-200)).any()  # some rows underflow when factored
+        largest_logit = logits[finite].abs().max().item()
+    grad_out = torch.randn_like(reference(x))
+    expected, expected_grads = run(reference, torch.float64, x, grad_out)
+    actual, actual_grads = run(fused, torch.float64, x, grad_out)
+    n_terms = score_entries("group_local", "p4", 6, 3)
+    tolerance = max(1e-12, ROUND_OFF_FACTOR * torch.finfo(torch.float64).eps * math.sqrt(n_terms) * largest_logit)
+    assert_close(actual, expected, expected.abs().max(), 0.0, tolerance, "float64 output")
+    scales = gradient_scales(expected_grads)
+    for name, grad in expected_grads.items():
+        assert_close(actual_grads[name], grad, scales[name], 0.0, tolerance, f"float64 gradient of {name}")
+
+
 @pytest.mark.parametrize("group_name,lifting", [("p4", True), ("p4", False), ("z2", False)])
 def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, monkeypatch):
     """Every task of the lanes kernel adds into its own sums, added up in task order afterwards."""
@@ -469,7 +523,7 @@ def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, 
 
 
 @pytest.mark.parametrize("model,layouts", [
-    ("p4sa", ["lanes", "channel_major", "pixel_major"]),  # 28x28 lifting, p4 at 14x14 (8 ch), at 7x7 (16 ch)
+    ("p4sa", ["lanes", "lanes", "pixel_major"]),  # 28x28 lifting, p4 at 14x14 (8 ch), at 7x7 (16 ch)
     ("z2sa", ["lanes", "lanes", "lanes"]),
 ])
 def test_the_kernel_chooses_its_layout_from_the_shapes(model, layouts, monkeypatch):

@@ -762,11 +762,13 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 //   out        (BN, V, C, L)
 //   lse        (BN, V, G, L)
 // A tile is LANES consecutive lanes, held as one vector (Vec); all its logits (G T M vectors)
-// stay in the caches. The logits are exponentiated directly, not factored: one exponential per
-// score entry, which is what makes groups with many elements on small images cheaper in the
-// one-query layouts (the caller's choice of layout weighs that). Dropout entry (t M + m) of a row is kept or
-// dropped by the same hash of (seed, row, entry) as in the other layouts, the row being that of
-// the query's pixel.
+// stay in the caches. Group layers (M > 1) factor the exponentials as the one-query layouts do,
+// exp(c + pl + gl - max) = exp(c - max c) exp(pl - max pl) exp(gl - max gl): G T M exponentials
+// of the content logits per tile, shared by every v, and V G (T + M) of the other two terms,
+// instead of V G T M; a tile in which a lane's factored sum underflows is recomputed directly.
+// Layers with one key element exponentiate their logits directly (nothing to share). Dropout
+// entry (t M + m) of a row is kept or dropped by the same hash of (seed, row, entry) as in the
+// other layouts, the row being that of the query's pixel.
 
 constexpr int LANES = 8;  // one AVX2 register of float32
 
@@ -824,6 +826,14 @@ inline Vec<double> exp_lanes(Vec<double> x) {
   return x;
 }
 
+// Whether the comparison vector `mask` (all bits set where true) is true in any lane.
+template <typename M>
+inline bool any_lane(const M& mask) {
+  for (int l = 0; l < LANES; ++l)
+    if (mask[l]) return true;
+  return false;
+}
+
 template <typename V>
 inline V log_lanes(V x) {
   for (int l = 0; l < LANES; ++l) x[l] = std::log(x[l]);
@@ -869,10 +879,21 @@ class LaneWorker {
     offsets_.resize(T_);
     for (int64_t a = 0; a < p.patch; ++a)
       for (int64_t b = 0; b < p.patch; ++b) offsets_[a * p.patch + b] = a * p.padded_width + b;
+    for (int64_t b = 0; b < p.patch; ++b)
+      for (int64_t a = 0; a < p.patch; ++a) scatter_order_.push_back(a * p.patch + b);
+    factored_ = grp_ != nullptr;
     c_.resize(G_ * T_ * M_);
+    if (factored_) {
+      ec_.resize(G_ * T_ * M_);
+      cmax_.resize(G_);
+      ep_.resize(T_);
+      eg_.resize(M_);
+    }
     e_.resize(T_ * M_);
     acc_.resize(T_ * M_);
     dpre_.resize(T_ * M_);
+    dsum_.resize(V_ * T_ * M_);
+    go_.resize(V_);
     dpm_.resize(T_ * M_);
     pl_.resize(T_);
     gl_.resize(M_);
@@ -887,9 +908,12 @@ class LaneWorker {
       std::fill(psum, psum + TM, V{});
       for (int64_t g = 0; g < G_; ++g) {
         V* e = e_.data();
-        const V mx = logits(b, j0, v, g);
-        const V total = reduce<V>(TM, [&](int64_t x) { return e[x] = exp_lanes(e[x] - mx); });
-        store(lse + (v * G_ + g) * L_ + j0, mx + log_lanes(total));
+        V total, base;
+        if (!factored_ || !factored_row(b, j0, v, g, &total, &base)) {
+          base = logits(b, j0, v, g);
+          total = reduce<V>(TM, [&](int64_t x) { return e[x] = exp_lanes(e[x] - base); });
+        }
+        store(lse + (v * G_ + g) * L_ + j0, base + log_lanes(total));
         const V norm = T(1) / total;
         if (p_.dropout) {
           uint64_t keys[LANES];
@@ -938,12 +962,11 @@ class LaneWorker {
           }
           for (int i = 0; i < NB; ++i) dpre_[(t0 + i) * M_ + m] = d[i];
         });
-      V* dsum = acc_.data();  // (T, M): the probabilities after dropout summed over g
+      V* dsum = dsum_.data() + v * TM;  // (T, M): the probabilities after dropout summed over g
       std::fill(dsum, dsum + TM, V{});
       for (int64_t g = 0; g < G_; ++g) {
-        V* e = e_.data();  // logits, then probabilities, then dS
-        logits(b, j0, v, g);
-        const V lse_row = load(lse + (v * G_ + g) * L_ + j0);
+        V* e = e_.data();  // probabilities, then dS
+        probabilities(b, j0, v, g, load(lse + (v * G_ + g) * L_ + j0));
         const V* dp = dpre_.data();
         V delta;
         if (p_.dropout) {
@@ -951,7 +974,6 @@ class LaneWorker {
           row_keys(b, j0, v, g, keys);
           const T keep = static_cast<T>(p_.keep_scale);
           delta = reduce<V>(TM, [&](int64_t x) {
-            e[x] = exp_lanes(e[x] - lse_row);
             const V kept_scale = mask(keys, x) * keep;
             dsum[x] += e[x] * kept_scale;
             dpm_[x] = kept_scale * dpre_[x];
@@ -960,7 +982,6 @@ class LaneWorker {
           dp = dpm_.data();
         } else {
           delta = reduce<V>(TM, [&](int64_t x) {
-            e[x] = exp_lanes(e[x] - lse_row);
             dsum[x] += e[x];
             return e[x] * dp[x];
           });
@@ -973,16 +994,20 @@ class LaneWorker {
         positional_gradient(b, j0, v, g, pos_acc);
         if (grp_ != nullptr) group_gradient(b, j0, v, g, grp_acc);
       }
-      // grad_v[m, c] (shifted) += dsum[t, m] grad_out[v, c].
-      for (int64_t t = 0; t < T_; ++t)
-        for (int64_t ch = 0; ch < C_; ++ch) {
-          const V go = load(gout + ch * L_);
-          for (int64_t m = 0; m < M_; ++m) {
-            T* dst = grad_row(grad_v, m, ch) + j0 + offsets_[t];
-            store(dst, load(dst) + dsum[t * M_ + m] * go);
-          }
-        }
     }
+    // grad_v[m, c] (shifted) += sum_v dsum[v, t, m] grad_out[v, c]. Here and for grad_k the offsets
+    // are walked column by column (scatter_order_): the rows of neighbouring offsets overlap, and a
+    // store still in flight cannot be forwarded to an overlapping load.
+    for (const int64_t t : scatter_order_)
+      for (int64_t ch = 0; ch < C_; ++ch) {
+        for (int64_t v = 0; v < V_; ++v) go_[v] = load(grad_out + (v * C_ + ch) * L_ + j0);
+        for (int64_t m = 0; m < M_; ++m) {
+          V gv{};
+          for (int64_t v = 0; v < V_; ++v) gv += dsum_[(v * T_ + t) * M_ + m] * go_[v];
+          T* dst = grad_row(grad_v, m, ch) + j0 + offsets_[t];
+          store(dst, load(dst) + gv);
+        }
+      }
     // Content: grad_q[g, c] += sum_{t, m} dC[g, t, m] k[m, c] (shifted); grad_k[m, c] (shifted)
     // += sum_g dC[g, t, m] q[g, c].
     for (int64_t g = 0; g < G_; ++g)
@@ -993,7 +1018,7 @@ class LaneWorker {
           return reduce<V>(T_, [&](int64_t t) { return dc[t * M_ + m] * load(key + offsets_[t]); });
         });
       }
-    for (int64_t t = 0; t < T_; ++t)
+    for (const int64_t t : scatter_order_)
       for (int64_t ch = 0; ch < C_; ++ch)
         for (int64_t m = 0; m < M_; ++m) {
           V gk{};
@@ -1024,10 +1049,72 @@ class LaneWorker {
           }
           for (int i = 0; i < NB; ++i) c_[(g * T_ + t0 + i) * M_ + m] = acc[i];
         });
+    if (!factored_) return;
+    const int64_t TM = T_ * M_;
+    for (int64_t g = 0; g < G_; ++g) {  // ec_ (G, T, M) = exp(c - max c), shared by every v
+      const V* c = c_.data() + g * TM;
+      V mx = c[0];
+      for (int64_t x = 1; x < TM; ++x) mx = vmax(mx, c[x]);
+      cmax_[g] = mx;
+      V* ec = ec_.data() + g * TM;
+      for (int64_t x = 0; x < TM; ++x) ec[x] = exp_lanes(c[x] - mx);
+    }
+  }
+
+  // Group layers: e_ (T, M) = exp(c - max c) exp(pl - max pl) exp(gl - max gl) for row (v, g),
+  // *base the sum of the three maxima and *total the row's sum. False (e_ then undefined) where
+  // a lane's sum underflows: the row is computed directly instead.
+  bool factored_row(int64_t b, int64_t j0, int64_t v, int64_t g, V* total, V* base) {
+    terms(b, j0, v, g);
+    V pmax = pl_[0], gmax = gl_[0];
+    for (int64_t t = 1; t < T_; ++t) pmax = vmax(pmax, pl_[t]);
+    for (int64_t m = 1; m < M_; ++m) gmax = vmax(gmax, gl_[m]);
+    for (int64_t t = 0; t < T_; ++t) ep_[t] = exp_lanes(pl_[t] - pmax);
+    for (int64_t m = 0; m < M_; ++m) eg_[m] = exp_lanes(gl_[m] - gmax);
+    const V* ec = ec_.data() + g * T_ * M_;
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t m = 0; m < M_; ++m) e_[t * M_ + m] = ec[t * M_ + m] * ep_[t] * eg_[m];
+    *base = cmax_[g] + pmax + gmax;
+    *total = reduce<V>(T_ * M_, [&](int64_t x) { return e_[x]; });
+    return !any_lane(!(*total >= splat(static_cast<T>(Limits<T>::tiny))));
+  }
+
+  // e_ (T, M): the probabilities of row (v, g) from its log-sum-exp `lse` (per lane), computed
+  // as the forward pass computed them: factored unless a lane's factored sum underflowed there.
+  void probabilities(int64_t b, int64_t j0, int64_t v, int64_t g, const V& lse) {
+    const int64_t TM = T_ * M_;
+    if (factored_) {
+      V total, base;
+      factored_row(b, j0, v, g, &total, &base);
+      // The forward pass's decision, recovered from the stored log-sum-exp: its factored sum
+      // was exp(lse - base).
+      if (!any_lane(lse - base < splat(static_cast<T>(std::log(Limits<T>::tiny))))) {
+        const V scale = exp_lanes(base - lse);
+        for (int64_t x = 0; x < TM; ++x) e_[x] *= scale;
+        return;
+      }
+    }
+    logits(b, j0, v, g);
+    for (int64_t x = 0; x < TM; ++x) e_[x] = exp_lanes(e_[x] - lse);
   }
 
   // e_ (T, M): the logits of row (v, g); returns their maximum over (t, m) per lane.
   V logits(int64_t b, int64_t j0, int64_t v, int64_t g) {
+    terms(b, j0, v, g);
+    V mx0 = splat(-std::numeric_limits<T>::infinity()), mx1 = mx0;
+    const V* c = c_.data() + g * T_ * M_;
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t m = 0; m < M_; ++m) {
+        const V value = c[t * M_ + m] + pl_[t] + gl_[m];
+        e_[t * M_ + m] = value;
+        ((t & 1) ? mx1 : mx0) = vmax((t & 1) ? mx1 : mx0, value);
+      }
+    return vmax(mx0, mx1);
+  }
+
+  // pl_ (T) and gl_ (M): the positional term (plus the outside-image bias) and the group term
+  // of row (v, g).
+  void terms(int64_t b, int64_t j0, int64_t v, int64_t g) {
     in_blocks(T_, [&](auto nb, int64_t t0) {  // positional term plus the outside-image bias
       constexpr int NB = decltype(nb)::value;
       V acc[NB];
@@ -1043,15 +1130,6 @@ class LaneWorker {
       const T* e = grp_ ? grp_ + ((v * G_ + g) * M_ + m) * Dg_ : nullptr;
       gl_[m] = grp_ ? reduce<V>(Dg_, [&](int64_t d) { return e[d] * load(query_row(b, g, D2_ + d) + j0); }) : V{};
     }
-    V mx0 = splat(-std::numeric_limits<T>::infinity()), mx1 = mx0;
-    const V* c = c_.data() + g * T_ * M_;
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t m = 0; m < M_; ++m) {
-        const V value = c[t * M_ + m] + pl_[t] + gl_[m];
-        e_[t * M_ + m] = value;
-        ((t & 1) ? mx1 : mx0) = vmax((t & 1) ? mx1 : mx0, value);
-      }
-    return vmax(mx0, mx1);
   }
 
   // dS (in e_) summed over m: the positional term's gradient, into grad_q and pos_acc.
@@ -1099,8 +1177,9 @@ class LaneWorker {
   const Problem& p_;
   const T *q_, *k_, *v_, *bias_, *pos_, *grp_;
   int64_t G_ = 0, M_ = 0, V_ = 0, C_ = 0, D2_ = 0, Dg_ = 0, T_ = 0, L_ = 0, LK_ = 0;
-  std::vector<int64_t> offsets_;
-  std::vector<V> c_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_;
+  bool factored_ = false;  // group layers: the exponentials factored (see the section's comment)
+  std::vector<int64_t> offsets_, scatter_order_;
+  std::vector<V> c_, ec_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, dsum_, go_;
 };
 
 // Tasks of the lanes kernel: (head-batch, part), each part a contiguous run of tiles. A head-batch
