@@ -884,7 +884,6 @@ class LaneWorker {
     factored_ = grp_ != nullptr;
     c_.resize(G_ * T_ * M_);
     if (factored_) {
-      ec_.resize(G_ * T_ * M_);
       cmax_.resize(G_);
       ep_.resize(T_);
       eg_.resize(M_);
@@ -893,7 +892,6 @@ class LaneWorker {
     acc_.resize(T_ * M_);
     dpre_.resize(T_ * M_);
     dsum_.resize(V_ * T_ * M_);
-    go_.resize(V_);
     dpm_.resize(T_ * M_);
     pl_.resize(T_);
     gl_.resize(M_);
@@ -998,16 +996,20 @@ class LaneWorker {
     // grad_v[m, c] (shifted) += sum_v dsum[v, t, m] grad_out[v, c]. Here and for grad_k the offsets
     // are walked column by column (scatter_order_): the rows of neighbouring offsets overlap, and a
     // store still in flight cannot be forwarded to an overlapping load.
+    // Blocks of channels keep independent sums in registers (a sum over v alone is a chain of V
+    // dependent multiply-adds).
     for (const int64_t t : scatter_order_)
-      for (int64_t ch = 0; ch < C_; ++ch) {
-        for (int64_t v = 0; v < V_; ++v) go_[v] = load(grad_out + (v * C_ + ch) * L_ + j0);
-        for (int64_t m = 0; m < M_; ++m) {
-          V gv{};
-          for (int64_t v = 0; v < V_; ++v) gv += dsum_[(v * T_ + t) * M_ + m] * go_[v];
-          T* dst = grad_row(grad_v, m, ch) + j0 + offsets_[t];
-          store(dst, load(dst) + gv);
-        }
-      }
+      for (int64_t m = 0; m < M_; ++m)
+        in_blocks(C_, [&](auto nb, int64_t c0) {
+          constexpr int NB = decltype(nb)::value;
+          V gv[NB] = {};
+          for (int64_t v = 0; v < V_; ++v) {
+            const V w = dsum_[(v * T_ + t) * M_ + m];
+            const T* gout = grad_out + (v * C_ + c0) * L_ + j0;
+            for (int i = 0; i < NB; ++i) gv[i] += w * load(gout + i * L_);
+          }
+          add_to_rows<NB>(grad_row(grad_v, m, c0) + j0 + offsets_[t], gv);
+        });
     // Content: grad_q[g, c] += sum_{t, m} dC[g, t, m] k[m, c] (shifted); grad_k[m, c] (shifted)
     // += sum_g dC[g, t, m] q[g, c].
     for (int64_t g = 0; g < G_; ++g)
@@ -1019,13 +1021,16 @@ class LaneWorker {
         });
       }
     for (const int64_t t : scatter_order_)
-      for (int64_t ch = 0; ch < C_; ++ch)
-        for (int64_t m = 0; m < M_; ++m) {
-          V gk{};
-          for (int64_t g = 0; g < G_; ++g) gk += dc_[(g * T_ + t) * M_ + m] * load(query_row(b, g, ch) + j0);
-          T* dst = grad_row(grad_k, m, ch) + j0 + offsets_[t];
-          store(dst, load(dst) + gk);
-        }
+      for (int64_t m = 0; m < M_; ++m)
+        in_blocks(C_, [&](auto nb, int64_t c0) {
+          constexpr int NB = decltype(nb)::value;
+          V gk[NB] = {};
+          for (int64_t g = 0; g < G_; ++g) {
+            const V w = dc_[(g * T_ + t) * M_ + m];
+            for (int i = 0; i < NB; ++i) gk[i] += w * load(query_row(b, g, c0 + i) + j0);
+          }
+          add_to_rows<NB>(grad_row(grad_k, m, c0) + j0 + offsets_[t], gk);
+        });
     for (int64_t gc = 0; gc < G_ * C_; ++gc) store(grad_q + gc * L_ + j0, gq_[gc]);
   }
 
@@ -1034,30 +1039,40 @@ class LaneWorker {
   const T* query_row(int64_t b, int64_t g, int64_t ch) const { return q_ + ((b * G_ + g) * C_ + ch) * L_; }
   // Row (m, c) of a head-batch's (M, C, LK) block of the key or value gradient.
   T* grad_row(T* block, int64_t m, int64_t ch) const { return block + (m * C_ + ch) * LK_; }
+  // Adds add[i] to the tile at dst + i LK (NB consecutive channel rows of a gradient block).
+  template <int NB>
+  void add_to_rows(T* dst, const V* add) const {
+    for (int i = 0; i < NB; ++i) store(dst + i * LK_, load(dst + i * LK_) + add[i]);
+  }
 
-  // c_ (G, T, M): the content logits of the tile, the same for every v.
+  // c (T, M): the content logits of query element g of the tile, the same for every v.
+  void content_logits(int64_t b, int64_t j0, int64_t g, V* c) {
+    for (int64_t m = 0; m < M_; ++m)
+      in_blocks(T_, [&](auto nb, int64_t t0) {
+        constexpr int NB = decltype(nb)::value;
+        V acc[NB] = {};
+        for (int64_t ch = 0; ch < C_; ++ch) {
+          const V qv = load(query_row(b, g, ch) + j0);
+          const T* key = row(k_, b, m, ch) + j0;
+          for (int i = 0; i < NB; ++i) acc[i] += qv * load(key + offsets_[t0 + i]);
+        }
+        for (int i = 0; i < NB; ++i) c[(t0 + i) * M_ + m] = acc[i];
+      });
+  }
+
+  // c_ (G, T, M): the content logits of the tile; for group layers their exponentials
+  // exp(c - max c) instead, with the maxima in cmax_ (the logits themselves are recomputed by the
+  // rare rows that need them: this keeps the tile's working set in the L1 cache).
   void content(int64_t b, int64_t j0) {
-    for (int64_t g = 0; g < G_; ++g)
-      for (int64_t m = 0; m < M_; ++m)
-        in_blocks(T_, [&](auto nb, int64_t t0) {
-          constexpr int NB = decltype(nb)::value;
-          V acc[NB] = {};
-          for (int64_t ch = 0; ch < C_; ++ch) {
-            const V qv = load(query_row(b, g, ch) + j0);
-            const T* key = row(k_, b, m, ch) + j0;
-            for (int i = 0; i < NB; ++i) acc[i] += qv * load(key + offsets_[t0 + i]);
-          }
-          for (int i = 0; i < NB; ++i) c_[(g * T_ + t0 + i) * M_ + m] = acc[i];
-        });
-    if (!factored_) return;
     const int64_t TM = T_ * M_;
-    for (int64_t g = 0; g < G_; ++g) {  // ec_ (G, T, M) = exp(c - max c), shared by every v
-      const V* c = c_.data() + g * TM;
+    for (int64_t g = 0; g < G_; ++g) {
+      V* c = c_.data() + g * TM;
+      content_logits(b, j0, g, c);
+      if (!factored_) continue;
       V mx = c[0];
       for (int64_t x = 1; x < TM; ++x) mx = vmax(mx, c[x]);
       cmax_[g] = mx;
-      V* ec = ec_.data() + g * TM;
-      for (int64_t x = 0; x < TM; ++x) ec[x] = exp_lanes(c[x] - mx);
+      for (int64_t x = 0; x < TM; ++x) c[x] = exp_lanes(c[x] - mx);
     }
   }
 
@@ -1071,7 +1086,7 @@ class LaneWorker {
     for (int64_t m = 1; m < M_; ++m) gmax = vmax(gmax, gl_[m]);
     for (int64_t t = 0; t < T_; ++t) ep_[t] = exp_lanes(pl_[t] - pmax);
     for (int64_t m = 0; m < M_; ++m) eg_[m] = exp_lanes(gl_[m] - gmax);
-    const V* ec = ec_.data() + g * T_ * M_;
+    const V* ec = c_.data() + g * T_ * M_;
     for (int64_t t = 0; t < T_; ++t)
       for (int64_t m = 0; m < M_; ++m) e_[t * M_ + m] = ec[t * M_ + m] * ep_[t] * eg_[m];
     *base = cmax_[g] + pmax + gmax;
@@ -1103,6 +1118,10 @@ class LaneWorker {
     terms(b, j0, v, g);
     V mx0 = splat(-std::numeric_limits<T>::infinity()), mx1 = mx0;
     const V* c = c_.data() + g * T_ * M_;
+    if (factored_) {  // c_ holds exponentials: the logits again, in place in e_
+      content_logits(b, j0, g, e_.data());
+      c = e_.data();
+    }
     for (int64_t t = 0; t < T_; ++t)
       for (int64_t m = 0; m < M_; ++m) {
         const V value = c[t * M_ + m] + pl_[t] + gl_[m];
@@ -1179,7 +1198,7 @@ class LaneWorker {
   int64_t G_ = 0, M_ = 0, V_ = 0, C_ = 0, D2_ = 0, Dg_ = 0, T_ = 0, L_ = 0, LK_ = 0;
   bool factored_ = false;  // group layers: the exponentials factored (see the section's comment)
   std::vector<int64_t> offsets_, scatter_order_;
-  std::vector<V> c_, ec_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, dsum_, go_;
+  std::vector<V> c_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, dsum_;
 };
 
 // Tasks of the lanes kernel: (head-batch, part), each part a contiguous run of tiles. A head-batch
