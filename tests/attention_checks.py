@@ -106,10 +106,11 @@ def float32_bound(n_terms: int, scale) -> float:
     return ROUND_OFF_FACTOR * FLOAT32_EPS * math.sqrt(n_terms) * float(torch.as_tensor(scale).detach())
 
 
-def check_against_float64(impl, kind, group_name, side, patch, heads=2, float32_reference=True):
+def check_against_float64(impl, kind, group_name, side, patch, heads=2, float32_reference=True, **widths):
     """Float64 ``impl`` = reference to 1e-12 of scale; float32 of ``impl`` (and of the reference, if
-    ``float32_reference``) within the round-off bound of float64."""
-    reference, efficient, x = pair(kind, group_name, side, patch, torch.float64, heads=heads, impl=impl)
+    ``float32_reference``) within the round-off bound of float64. ``widths``: ``in_channels`` and
+    ``mid_channels`` of :func:`pair`."""
+    reference, efficient, x = pair(kind, group_name, side, patch, torch.float64, heads=heads, impl=impl, **widths)
     grad_out = torch.randn_like(reference(x))
     expected, expected_grads = run(reference, torch.float64, x, grad_out)
     actual, actual_grads = run(efficient, torch.float64, x, grad_out)

@@ -25,6 +25,7 @@ import torch
 
 import g_selfatt.nn.efficient_attention as efficient_attention
 import g_selfatt.nn.fused_attention as fused_attention
+import g_selfatt.nn.input_space_lifting as input_space_lifting
 from g_selfatt.groups import get_group
 from g_selfatt.nn import GroupLocalSelfAttention, GroupSelfAttention
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS
@@ -113,6 +114,8 @@ def _select(impl, monkeypatch):
     """The ``attention_impl`` of a test parameter (forcing a layout of the fused kernel if asked)."""
     if impl in FORCED_LAYOUTS:
         monkeypatch.setattr(fused_attention.FusedGeometry, "layout", property(lambda _: FORCED_LAYOUTS[impl]))
+        if FORCED_LAYOUTS[impl] != "lanes":  # lifting in the input space needs the lanes layout
+            monkeypatch.setattr(input_space_lifting, "applies", lambda *args: False)
         return "fused"
     return impl
 
@@ -535,6 +538,7 @@ def test_the_kernel_chooses_its_layout_from_the_shapes(model, layouts, monkeypat
         return original(geometry, *args)
 
     monkeypatch.setattr(efficient_attention, "fused_attention", spy)
+    monkeypatch.setattr(input_space_lifting, "fused_attention", spy)  # the lifting layers (1 input channel)
     create_model(model, dataset="rotMNIST5k")(torch.randn(2, 1, 28, 28))
     assert chosen == layouts
 

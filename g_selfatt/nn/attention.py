@@ -52,6 +52,7 @@ from torch import Tensor, nn
 
 from g_selfatt.functional.encoding import flat_relative_offsets
 from g_selfatt.groups import Group
+from g_selfatt.nn import input_space_lifting
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS, IMPLEMENTATIONS, resolve_impl
 from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
@@ -184,9 +185,16 @@ class SelfAttentionCore(nn.Module):
         """
         height, width = self._check_input(x)
         q = self._project(self.query, x)  # (B, C, N, G, H, W)
+        impl = self.resolved_impl(q)
+        if impl == "fused" and input_space_lifting.applies(self.lifting, self.local, self.in_channels,
+                                                           self.mid_channels):
+            out = input_space_lifting.lifting_attention(self.attention_tables(), x, self.query, self.key,
+                                                        self.value, self.num_heads)  # (B, C, N, V, H, W)
+            out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
+            return self._output(out)  # (B, C_out, V, H, W)
         k = self._project(self.key, x)
         v = self._project(self.value, x)
-        run = IMPLEMENTATIONS[self.resolved_impl(q)].run
+        run = IMPLEMENTATIONS[impl].run
         if run is not None:
             out = run(self.attention_tables(), q, k, v, x.shape[1])  # (B, C, N, V, H, W)
             out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)

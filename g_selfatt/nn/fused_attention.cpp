@@ -52,6 +52,7 @@ struct Problem {
   int64_t pixel_major;           // layouts of keys, values and table: 1 pixel-major, 0 channel-major
   int64_t lanes, key_lanes;      // lanes layout: L and LK (see "lanes" below)
   int64_t padded_width;          // lanes layout: Wp = W + 2 r
+  int64_t pos_heads;             // lanes layout: 1, or N positional tables, head n of head-batch b = b mod N
   uint64_t seed;
   uint32_t threshold;            // an entry is kept when its 24-bit hash is below this
   double keep_scale;             // 2^24 / threshold (0 when everything is dropped)
@@ -757,7 +758,8 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 //   ql         (BN, G, C, L)    queries, already divided by sqrt(C_in); zero on padding lanes
 //   kl, vl     (BN, M, C, LK)   keys and values on the padded grid (zero outside the image)
 //   bias       (LK)             0 inside the image, -BIG outside: keys outside get no weight
-//   pos        (V, T, D2)       T = P P, offset (a, b) at t = a P + b
+//   pos        (V, T, D2)       T = P P, offset (a, b) at t = a P + b; or (N, V, T, D2), one
+//                               table per head (pos_heads = N; the head of head-batch b is b mod N)
 //   grp        (V, G, M, Dg)    absent for lifting layers
 //   out        (BN, V, C, L)
 //   lse        (BN, V, G, L)
@@ -1037,6 +1039,8 @@ class LaneWorker {
  private:
   const T* row(const T* base, int64_t b, int64_t m, int64_t ch) const { return base + ((b * M_ + m) * C_ + ch) * LK_; }
   const T* query_row(int64_t b, int64_t g, int64_t ch) const { return q_ + ((b * G_ + g) * C_ + ch) * L_; }
+  // The positional table of head-batch b, (V, T, D2).
+  const T* pos_table(int64_t b) const { return pos_ + (b % p_.pos_heads) * V_ * T_ * D2_; }
   // Row (m, c) of a head-batch's (M, C, LK) block of the key or value gradient.
   T* grad_row(T* block, int64_t m, int64_t ch) const { return block + (m * C_ + ch) * LK_; }
   // Adds add[i] to the tile at dst + i LK (NB consecutive channel rows of a gradient block).
@@ -1138,7 +1142,7 @@ class LaneWorker {
       constexpr int NB = decltype(nb)::value;
       V acc[NB];
       for (int i = 0; i < NB; ++i) acc[i] = load(bias_ + j0 + offsets_[t0 + i]);
-      const T* e = pos_ + (v * T_ + t0) * D2_;
+      const T* e = pos_table(b) + (v * T_ + t0) * D2_;
       for (int64_t d = 0; d < D2_; ++d) {
         const V qd = load(query_row(b, g, d) + j0);
         for (int i = 0; i < NB; ++i) acc[i] += e[i * D2_ + d] * qd;
@@ -1155,7 +1159,7 @@ class LaneWorker {
   void positional_gradient(int64_t b, int64_t j0, int64_t v, int64_t g, V* pos_acc) {
     V* dpl = pl_.data();  // the logits' positional terms are no longer needed
     for (int64_t t = 0; t < T_; ++t) dpl[t] = reduce<V>(M_, [&](int64_t m) { return e_[t * M_ + m]; });
-    const T* e = pos_ + v * T_ * D2_;
+    const T* e = pos_table(b) + v * T_ * D2_;
     for (int64_t d = 0; d < D2_; ++d) {
       const V qd = load(query_row(b, g, d) + j0);
       gq_[g * C_ + d] += reduce<V>(T_, [&](int64_t t) { return dpl[t] * e[t * D2_ + d]; });
@@ -1263,7 +1267,8 @@ void lanes_backward_impl(const Problem& p, const T* q, const T* k, const T* v, c
     for (int64_t j = 0; j < grp_size; ++j) grp_sum[task][j] = sum_lanes(grp_acc[j]);
   });
   for (int64_t task = 0; task < count; ++task) {
-    for (int64_t j = 0; j < pos_size; ++j) grad_pos[j] += pos_sum[task][j];
+    T* pos_block = grad_pos + (task / tasks.parts % p.pos_heads) * pos_size;  // the table of the task's head
+    for (int64_t j = 0; j < pos_size; ++j) pos_block[j] += pos_sum[task][j];
     for (int64_t j = 0; j < grp_size; ++j) grad_grp[j] += grp_sum[task][j];
     if (tasks.parts > 1) {
       const int64_t b = task / tasks.parts;

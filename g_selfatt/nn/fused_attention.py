@@ -78,7 +78,7 @@ _HASH_BITS = 24
 class _Problem(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("bn", "height", "width", "g", "m", "v", "c", "d2", "dg", "local", "patch", "radius", "threads",
-                 "block", "dropout", "pixel_major", "lanes", "key_lanes", "padded_width")] + [
+                 "block", "dropout", "pixel_major", "lanes", "key_lanes", "padded_width", "pos_heads")] + [
         ("seed", ctypes.c_uint64), ("threshold", ctypes.c_uint32), ("keep_scale", ctypes.c_double)]
 
 
@@ -279,6 +279,7 @@ class FusedGeometry:
     radius: int
     dropout: float = 0.0
     seed: int = 0
+    pos_heads: int = 1  # N: one positional table per head (lanes layout only), else 1
 
     @property
     def side(self) -> int:
@@ -326,6 +327,7 @@ class FusedGeometry:
             threads=torch.get_num_threads(), block=QUERY_BLOCK, dropout=int(self.dropout > 0),
             pixel_major=int(layout == "pixel_major"), lanes=self.lanes if lanes else 0,
             key_lanes=self.key_lanes if lanes else 0, padded_width=self.padded_width if lanes else 0,
+            pos_heads=self.pos_heads,
             seed=self.seed % 2 ** 64, threshold=threshold, keep_scale=scale,
         )
 
@@ -376,7 +378,7 @@ class LanesAttention(torch.autograd.Function):
     """``out (BN, V, C, L)`` from the lanes layout: ``q (BN, G, C, L)``, keys and values ``(BN, M, C, LK)``.
 
     ``bias`` is ``(LK,)`` (0 inside the image, :data:`OUTSIDE_BIAS` outside), ``pos_table``
-    ``(V, T, 2D)`` and ``group_table`` ``(V, G, M, D_g)`` or ``None``. Lanes that stand for no
+    ``(V, T, 2D)`` (or ``(N, V, T, 2D)``, one per head, with ``geometry.pos_heads = N``) and ``group_table`` ``(V, G, M, D_g)`` or ``None``. Lanes that stand for no
     pixel must have zero queries; their outputs are meaningless and must get a zero gradient.
     """
 
@@ -442,7 +444,8 @@ def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, po
         geometry: sizes, dropout rate and seed.
         q: queries ``(B, C, N, G, H, W)``, already divided by ``sqrt(C_in)``.
         k, v: keys and values ``(B, C, N, M, H, W)``.
-        pos_table: encodings of the acted offsets, ``(V, T, 2D)``.
+        pos_table: encodings of the acted offsets, ``(V, T, 2D)``; or ``(N, V, T, 2D)``, one table per
+            head, when ``geometry.pos_heads = N`` (local layers in the lanes layout only).
         group_table: ``(V, G, M, D_g)`` or ``None`` (lifting layers).
 
     Returns:
@@ -451,6 +454,9 @@ def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, po
     batch, heads = q.shape[0], q.shape[2]
     group_table = None if group_table is None else group_table.contiguous()
     layout = geometry.layout
+    if geometry.pos_heads != 1 and layout != "lanes":
+        raise ValueError(f"One positional table per head needs the lanes layout; this layer runs in the "
+                         f"{layout!r} layout.")
     if layout == "lanes":
         out = LanesAttention.apply(geometry, _lane_queries(geometry, q), _lane_keys(geometry, k),
                                    _lane_keys(geometry, v), _lane_bias(geometry, q), pos_table.contiguous(),
