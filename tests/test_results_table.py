@@ -178,6 +178,22 @@ def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
     assert all(0 < layer["share_of_step"] for layer in layers)
 
 
+def test_epoch_benchmark_sets_fields_of_the_model(capsys):
+    import json
+
+    benchmark = load_script("benchmarks/rotmnist5k_epoch.py")
+    benchmark.main(["--models", "z2sa", "--repeats", "1", "--threads", "1", "--set", "num_channels=8",
+                    "num_heads=2"])
+    model = json.loads(capsys.readouterr().out.splitlines()[0])
+    import g_selfatt_models as models
+
+    network = models.create_model("z2sa", dataset="rotMNIST5k", num_channels=8, num_heads=2)
+    assert (model["num_channels"], model["num_heads"]) == (8, 2)
+    assert model["parameters"] == sum(p.numel() for p in network.parameters())
+    with pytest.raises(SystemExit, match="FIELD=VALUE"):
+        benchmark.main(["--models", "z2sa", "--set", "num_heads"])
+
+
 def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_path, capsys, monkeypatch,
                                                                            main_server):
     search = load_script("tools/rotmnist5k_search.py")
