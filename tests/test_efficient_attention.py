@@ -27,7 +27,7 @@ import g_selfatt.nn.efficient_attention as efficient_attention
 import g_selfatt.nn.fused_attention as fused_attention
 import g_selfatt.nn.input_space_lifting as input_space_lifting
 from g_selfatt.groups import get_group
-from g_selfatt.nn import GroupLocalSelfAttention, GroupSelfAttention
+from g_selfatt.nn import GroupLocalSelfAttention, GroupSelfAttention, LiftLocalSelfAttention
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS
 from g_selfatt.nn.efficient_attention import dropout_mask
 from g_selfatt.testing import assert_equivariant
@@ -565,3 +565,19 @@ def test_benchmark_builds_the_cases_people_train_and_compares_them_with_p4cnn(mo
         (layer,) = record["layers"]  # the tiny case is one attention layer
         assert layer["time_s"] > 0  # the share is of the unrounded times: compared to the printed ones' precision
         assert layer["share_of_step"] == pytest.approx(layer["time_s"] / record["time_s"], abs=0.01)
+
+
+@pytest.mark.parametrize("group_name,shared", [("z2", True), ("p4", True), ("mz2", True), ("p4m", True),
+                                               ("p8", False), ("p12", False)])
+@pytest.mark.parametrize("lifting", [True, False])
+def test_grid_exact_groups_share_one_positional_table_permuted(group_name, shared, lifting):
+    """Where every element maps the patch onto itself, the table of each output element is that of
+    the identity, permuted, bitwise; the lanes kernel then computes it once."""
+    cls = LiftLocalSelfAttention if lifting else GroupLocalSelfAttention
+    layer = cls(get_group(group_name), 3, 6, 5, 2, 5, 0.0)
+    table = layer.attention_tables().positional  # (V, T, 2D)
+    perm = fused_attention.shared_table_permutation(table)
+    assert (perm is not None) == shared
+    if shared:
+        assert torch.equal(table, table[0][perm])
+        assert all(sorted(row.tolist()) == list(range(table.shape[1])) for row in perm)  # permutations

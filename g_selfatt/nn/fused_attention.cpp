@@ -759,7 +759,9 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 //   kl, vl     (BN, M, C, LK)   keys and values on the padded grid (zero outside the image)
 //   bias       (LK)             0 inside the image, -BIG outside: keys outside get no weight
 //   pos        (V, T, D2)       T = P P, offset (a, b) at t = a P + b; or (N, V, T, D2), one
-//                               table per head (pos_heads = N; the head of head-batch b is b mod N)
+//                               table per head (pos_heads = N; the head of head-batch b is b mod N);
+//                               with perm, only the table of v = 0: (T, D2) or (N, T, D2)
+//   perm       (V, T) or null   the table of v is that of v = 0 at entries perm[v, t]
 //   grp        (V, G, M, Dg)    absent for lifting layers
 //   out        (BN, V, C, L)
 //   lse        (BN, V, G, L)
@@ -768,7 +770,12 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 // exp(c + pl + gl - max) = exp(c - max c) exp(pl - max pl) exp(gl - max gl): G T M exponentials
 // of the content logits per tile, shared by every v, and V G (T + M) of the other two terms,
 // instead of V G T M; a tile in which a lane's factored sum underflows is recomputed directly.
-// Layers with one key element exponentiate their logits directly (nothing to share). Dropout
+// Where the table of every v is a permutation of the table of v = 0 (perm: the groups whose
+// elements map the offsets of the patch onto the patch, such as z2, p4, p4m), the positional logits
+// and their exponentials are computed once per tile and g for v = 0 and read through the
+// permutation for every v (T instead of V T of each), the exponentials of layers with one key
+// element then factor as well, and the gradient of that one table is gathered over v before it
+// is contracted. Otherwise layers with one key element exponentiate their logits directly. Dropout
 // entry (t M + m) of a row is kept or dropped by the same hash of (seed, row, entry) as in the
 // other layouts, the row being that of the query's pixel.
 
@@ -872,8 +879,9 @@ class LaneWorker {
  public:
   using V = Vec<T>;
 
-  LaneWorker(const Problem& p, const T* q, const T* k, const T* v, const T* bias, const T* pos, const T* grp)
-      : p_(p), q_(q), k_(k), v_(v), bias_(bias), pos_(pos), grp_(grp) {
+  LaneWorker(const Problem& p, const T* q, const T* k, const T* v, const T* bias, const T* pos, const int64_t* perm,
+             const T* grp)
+      : p_(p), q_(q), k_(k), v_(v), bias_(bias), pos_(pos), perm_(perm), grp_(grp) {
     G_ = p.g; M_ = p.m; V_ = p.v; C_ = p.c; D2_ = p.d2; Dg_ = p.dg;
     T_ = p.patch * p.patch;
     L_ = p.lanes;
@@ -883,12 +891,20 @@ class LaneWorker {
       for (int64_t b = 0; b < p.patch; ++b) offsets_[a * p.patch + b] = a * p.padded_width + b;
     for (int64_t b = 0; b < p.patch; ++b)
       for (int64_t a = 0; a < p.patch; ++a) scatter_order_.push_back(a * p.patch + b);
-    factored_ = grp_ != nullptr;
+    shared_ = perm_ != nullptr;
+    factored_ = grp_ != nullptr || shared_;
     c_.resize(G_ * T_ * M_);
     if (factored_) {
       cmax_.resize(G_);
       ep_.resize(T_);
-      eg_.resize(M_);
+      eg_.assign(M_, splat(T(1)));
+    }
+    if (shared_) {
+      P_.resize(G_ * T_);
+      EP_.resize(G_ * T_);
+      PM_.resize(G_);
+      DP_.resize(G_ * T_);
+      inside_.resize(T_);
     }
     e_.resize(T_ * M_);
     acc_.resize(T_ * M_);
@@ -948,6 +964,7 @@ class LaneWorker {
     const int64_t TM = T_ * M_;
     dc_.assign(G_ * TM, V{});
     gq_.assign(G_ * C_, V{});
+    if (shared_) std::fill(DP_.begin(), DP_.end(), V{});
     for (int64_t v = 0; v < V_; ++v) {
       const T* gout = grad_out + v * C_ * L_ + j0;  // row c at gout + c L
       // dP before dropout: dpre[t, m] = sum_c grad_out[v, c] val[m, c] (shifted).
@@ -995,6 +1012,7 @@ class LaneWorker {
         if (grp_ != nullptr) group_gradient(b, j0, v, g, grp_acc);
       }
     }
+    if (shared_) shared_positional_gradient(b, j0, pos_acc);
     // grad_v[m, c] (shifted) += sum_v dsum[v, t, m] grad_out[v, c]. Here and for grad_k the offsets
     // are walked column by column (scatter_order_): the rows of neighbouring offsets overlap, and a
     // store still in flight cannot be forwarded to an overlapping load.
@@ -1040,7 +1058,7 @@ class LaneWorker {
   const T* row(const T* base, int64_t b, int64_t m, int64_t ch) const { return base + ((b * M_ + m) * C_ + ch) * LK_; }
   const T* query_row(int64_t b, int64_t g, int64_t ch) const { return q_ + ((b * G_ + g) * C_ + ch) * L_; }
   // The positional table of head-batch b, (V, T, D2).
-  const T* pos_table(int64_t b) const { return pos_ + (b % p_.pos_heads) * V_ * T_ * D2_; }
+  const T* pos_table(int64_t b) const { return pos_ + (b % p_.pos_heads) * (shared_ ? 1 : V_) * T_ * D2_; }
   // Row (m, c) of a head-batch's (M, C, LK) block of the key or value gradient.
   T* grad_row(T* block, int64_t m, int64_t ch) const { return block + (m * C_ + ch) * LK_; }
   // Adds add[i] to the tile at dst + i LK (NB consecutive channel rows of a gradient block).
@@ -1078,18 +1096,54 @@ class LaneWorker {
       cmax_[g] = mx;
       for (int64_t x = 0; x < TM; ++x) c[x] = exp_lanes(c[x] - mx);
     }
+    if (shared_) shared_positions(b, j0);
+  }
+
+  // Shared positional table (perm_): P_ (G, T), the positional logits of the table of v = 0,
+  // their maxima PM_ (G) over all offsets and EP_ = exp(P - PM); inside_ (T) is 1 where the key
+  // lies inside the image, else 0. Row (v, g) reads entry perm[v, t] of them.
+  void shared_positions(int64_t b, int64_t j0) {
+    const T* table = pos_table(b);  // (T, D2)
+    for (int64_t g = 0; g < G_; ++g) {
+      V* P = P_.data() + g * T_;
+      in_blocks(T_, [&](auto nb, int64_t t0) {
+        constexpr int NB = decltype(nb)::value;
+        V acc[NB] = {};
+        for (int64_t d = 0; d < D2_; ++d) {
+          const V qd = load(query_row(b, g, d) + j0);
+          for (int i = 0; i < NB; ++i) acc[i] += table[(t0 + i) * D2_ + d] * qd;
+        }
+        for (int i = 0; i < NB; ++i) P[t0 + i] = acc[i];
+      });
+      V mx = P[0];
+      for (int64_t t = 1; t < T_; ++t) mx = vmax(mx, P[t]);
+      PM_[g] = mx;
+      for (int64_t t = 0; t < T_; ++t) EP_[g * T_ + t] = exp_lanes(P[t] - mx);
+    }
+    for (int64_t t = 0; t < T_; ++t) inside_[t] = load(bias_ + j0 + offsets_[t]) == V{} ? splat(T(1)) : V{};
   }
 
   // Group layers: e_ (T, M) = exp(c - max c) exp(pl - max pl) exp(gl - max gl) for row (v, g),
   // *base the sum of the three maxima and *total the row's sum. False (e_ then undefined) where
   // a lane's sum underflows: the row is computed directly instead.
   bool factored_row(int64_t b, int64_t j0, int64_t v, int64_t g, V* total, V* base) {
-    terms(b, j0, v, g);
-    V pmax = pl_[0], gmax = gl_[0];
-    for (int64_t t = 1; t < T_; ++t) pmax = vmax(pmax, pl_[t]);
-    for (int64_t m = 1; m < M_; ++m) gmax = vmax(gmax, gl_[m]);
-    for (int64_t t = 0; t < T_; ++t) ep_[t] = exp_lanes(pl_[t] - pmax);
-    for (int64_t m = 0; m < M_; ++m) eg_[m] = exp_lanes(gl_[m] - gmax);
+    V pmax, gmax{};
+    if (shared_) {  // the shared table's exponentials, permuted; keys outside the image get 0
+      const int64_t* perm = perm_ + v * T_;
+      pmax = PM_[g];
+      for (int64_t t = 0; t < T_; ++t) ep_[t] = EP_[g * T_ + perm[t]] * inside_[t];
+    } else {
+      positional_term(b, j0, v, g);
+      pmax = pl_[0];
+      for (int64_t t = 1; t < T_; ++t) pmax = vmax(pmax, pl_[t]);
+      for (int64_t t = 0; t < T_; ++t) ep_[t] = exp_lanes(pl_[t] - pmax);
+    }
+    if (grp_ != nullptr) {
+      group_term(b, j0, v, g);
+      gmax = gl_[0];
+      for (int64_t m = 1; m < M_; ++m) gmax = vmax(gmax, gl_[m]);
+      for (int64_t m = 0; m < M_; ++m) eg_[m] = exp_lanes(gl_[m] - gmax);
+    }
     const V* ec = c_.data() + g * T_ * M_;
     for (int64_t t = 0; t < T_; ++t)
       for (int64_t m = 0; m < M_; ++m) e_[t * M_ + m] = ec[t * M_ + m] * ep_[t] * eg_[m];
@@ -1138,7 +1192,18 @@ class LaneWorker {
   // pl_ (T) and gl_ (M): the positional term (plus the outside-image bias) and the group term
   // of row (v, g).
   void terms(int64_t b, int64_t j0, int64_t v, int64_t g) {
-    in_blocks(T_, [&](auto nb, int64_t t0) {  // positional term plus the outside-image bias
+    positional_term(b, j0, v, g);
+    group_term(b, j0, v, g);
+  }
+
+  // pl_ (T): the positional term of row (v, g) plus the outside-image bias.
+  void positional_term(int64_t b, int64_t j0, int64_t v, int64_t g) {
+    if (shared_) {
+      const int64_t* perm = perm_ + v * T_;
+      for (int64_t t = 0; t < T_; ++t) pl_[t] = load(bias_ + j0 + offsets_[t]) + P_[g * T_ + perm[t]];
+      return;
+    }
+    in_blocks(T_, [&](auto nb, int64_t t0) {
       constexpr int NB = decltype(nb)::value;
       V acc[NB];
       for (int i = 0; i < NB; ++i) acc[i] = load(bias_ + j0 + offsets_[t0 + i]);
@@ -1149,21 +1214,45 @@ class LaneWorker {
       }
       for (int i = 0; i < NB; ++i) pl_[t0 + i] = acc[i];
     });
-    for (int64_t m = 0; m < M_; ++m) {  // group term
+  }
+
+  // gl_ (M): the group term of row (v, g) (0 for lifting layers).
+  void group_term(int64_t b, int64_t j0, int64_t v, int64_t g) {
+    for (int64_t m = 0; m < M_; ++m) {
       const T* e = grp_ ? grp_ + ((v * G_ + g) * M_ + m) * Dg_ : nullptr;
       gl_[m] = grp_ ? reduce<V>(Dg_, [&](int64_t d) { return e[d] * load(query_row(b, g, D2_ + d) + j0); }) : V{};
     }
   }
 
-  // dS (in e_) summed over m: the positional term's gradient, into grad_q and pos_acc.
+  // dS (in e_) summed over m: the positional term's gradient, into grad_q and pos_acc (with a
+  // shared table, into DP_ at the permuted offsets; shared_positional_gradient finishes it).
   void positional_gradient(int64_t b, int64_t j0, int64_t v, int64_t g, V* pos_acc) {
     V* dpl = pl_.data();  // the logits' positional terms are no longer needed
     for (int64_t t = 0; t < T_; ++t) dpl[t] = reduce<V>(M_, [&](int64_t m) { return e_[t * M_ + m]; });
+    if (shared_) {
+      const int64_t* perm = perm_ + v * T_;
+      for (int64_t t = 0; t < T_; ++t) DP_[g * T_ + perm[t]] += dpl[t];
+      return;
+    }
     const T* e = pos_table(b) + v * T_ * D2_;
     for (int64_t d = 0; d < D2_; ++d) {
       const V qd = load(query_row(b, g, d) + j0);
       gq_[g * C_ + d] += reduce<V>(T_, [&](int64_t t) { return dpl[t] * e[t * D2_ + d]; });
       for (int64_t t = 0; t < T_; ++t) pos_acc[(v * T_ + t) * D2_ + d] += dpl[t] * qd;
+    }
+  }
+
+  // Shared table: DP_ (G, T), the positional gradients of every v gathered at the offsets of the
+  // table of v = 0, into grad_q and pos_acc (T, D2).
+  void shared_positional_gradient(int64_t b, int64_t j0, V* pos_acc) {
+    const T* table = pos_table(b);
+    for (int64_t g = 0; g < G_; ++g) {
+      const V* dp = DP_.data() + g * T_;
+      for (int64_t d = 0; d < D2_; ++d) {
+        const V qd = load(query_row(b, g, d) + j0);
+        gq_[g * C_ + d] += reduce<V>(T_, [&](int64_t t) { return dp[t] * table[t * D2_ + d]; });
+        for (int64_t t = 0; t < T_; ++t) pos_acc[t * D2_ + d] += dp[t] * qd;
+      }
     }
   }
 
@@ -1198,10 +1287,14 @@ class LaneWorker {
   }
 
   const Problem& p_;
-  const T *q_, *k_, *v_, *bias_, *pos_, *grp_;
+  const T *q_, *k_, *v_, *bias_, *pos_;
+  const int64_t* perm_;  // (V, T) or null: the shared positional table (see the section's comment)
+  const T* grp_;
   int64_t G_ = 0, M_ = 0, V_ = 0, C_ = 0, D2_ = 0, Dg_ = 0, T_ = 0, L_ = 0, LK_ = 0;
-  bool factored_ = false;  // group layers: the exponentials factored (see the section's comment)
+  bool factored_ = false;  // the exponentials factored: group layers, and layers with a shared table
+  bool shared_ = false;    // one positional table, permuted for every v
   std::vector<int64_t> offsets_, scatter_order_;
+  std::vector<V> P_, EP_, PM_, DP_, inside_;
   std::vector<V> c_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, dsum_;
 };
 
@@ -1221,11 +1314,11 @@ struct LaneTasks {
 
 template <typename T>
 void lanes_forward_impl(const Problem& p, const T* q, const T* k, const T* v, const T* bias, const T* pos,
-                        const T* grp, T* out, T* lse) {
+                        const int64_t* perm, const T* grp, T* out, T* lse) {
   const LaneTasks tasks(p);
   std::vector<LaneWorker<T>*> workers(std::max<int64_t>(1, p.threads), nullptr);
   parallel_tasks(p.threads, tasks.count(p), true, [&](int64_t thread, int64_t task) {
-    if (!workers[thread]) workers[thread] = new LaneWorker<T>(p, q, k, v, bias, pos, grp);
+    if (!workers[thread]) workers[thread] = new LaneWorker<T>(p, q, k, v, bias, pos, perm, grp);
     const int64_t b = task / tasks.parts, part = task % tasks.parts;
     for (int64_t tile = tasks.first(part); tile < tasks.last(part); ++tile)
       workers[thread]->forward(b, tile * LANES, out + b * p.v * p.c * p.lanes, lse + b * p.v * p.g * p.lanes);
@@ -1238,16 +1331,16 @@ void lanes_forward_impl(const Problem& p, const T* q, const T* k, const T* v, co
 // does not depend on which thread ran which task.
 template <typename T>
 void lanes_backward_impl(const Problem& p, const T* q, const T* k, const T* v, const T* bias, const T* pos,
-                         const T* grp, const T* grad_out, const T* lse, T* grad_q, T* grad_k, T* grad_v,
+                         const int64_t* perm, const T* grp, const T* grad_out, const T* lse, T* grad_q, T* grad_k, T* grad_v,
                          T* grad_pos, T* grad_grp) {
   const LaneTasks tasks(p);
   const int64_t count = tasks.count(p), T_ = p.patch * p.patch;
-  const int64_t pos_size = p.v * T_ * p.d2, grp_size = grp ? p.v * p.g * p.m * p.dg : 0;
+  const int64_t pos_size = (perm ? 1 : p.v) * T_ * p.d2, grp_size = grp ? p.v * p.g * p.m * p.dg : 0;
   const int64_t kv_size = p.m * p.c * p.key_lanes;  // one head-batch of grad_k
   std::vector<std::vector<T>> pos_sum(count), grp_sum(count), k_part(count), v_part(count);
   std::vector<LaneWorker<T>*> workers(std::max<int64_t>(1, p.threads), nullptr);
   parallel_tasks(p.threads, count, true, [&](int64_t thread, int64_t task) {
-    if (!workers[thread]) workers[thread] = new LaneWorker<T>(p, q, k, v, bias, pos, grp);
+    if (!workers[thread]) workers[thread] = new LaneWorker<T>(p, q, k, v, bias, pos, perm, grp);
     const int64_t b = task / tasks.parts, part = task % tasks.parts;
     std::vector<Vec<T>> pos_acc(pos_size), grp_acc(grp_size);
     T *gk = grad_k + b * kv_size, *gv = grad_v + b * kv_size;
@@ -1314,15 +1407,16 @@ DEFINE_ENTRY_POINTS(double, f64)
 
 #define DEFINE_LANES_ENTRY_POINTS(T, SUFFIX)                                                                     \
   extern "C" int fused_lanes_forward_##SUFFIX(const Problem* p, const T* q, const T* k, const T* v,             \
-                                              const T* bias, const T* pos, const T* grp, T* out, T* lse) {      \
-    lanes_forward_impl<T>(*p, q, k, v, bias, pos, grp, out, lse);                                               \
+                                              const T* bias, const T* pos, const int64_t* perm, const T* grp,   \
+                                              T* out, T* lse) {                                                  \
+    lanes_forward_impl<T>(*p, q, k, v, bias, pos, perm, grp, out, lse);                                         \
     return 0;                                                                                                    \
   }                                                                                                              \
   extern "C" int fused_lanes_backward_##SUFFIX(const Problem* p, const T* q, const T* k, const T* v,            \
-                                               const T* bias, const T* pos, const T* grp, const T* grad_out,    \
-                                               const T* lse, T* grad_q, T* grad_k, T* grad_v, T* grad_pos,      \
-                                               T* grad_grp) {                                                    \
-    lanes_backward_impl<T>(*p, q, k, v, bias, pos, grp, grad_out, lse, grad_q, grad_k, grad_v, grad_pos,        \
+                                               const T* bias, const T* pos, const int64_t* perm, const T* grp,  \
+                                               const T* grad_out, const T* lse, T* grad_q, T* grad_k, T* grad_v, \
+                                               T* grad_pos, T* grad_grp) {                                       \
+    lanes_backward_impl<T>(*p, q, k, v, bias, pos, perm, grp, grad_out, lse, grad_q, grad_k, grad_v, grad_pos,  \
                            grad_grp);                                                                            \
     return 0;                                                                                                    \
   }

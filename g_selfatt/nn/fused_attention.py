@@ -228,7 +228,7 @@ def supports(t: Tensor, key_elements: int, autocast: bool = False) -> bool:
 
 
 # The kernel's entry points (each in f32 and f64) and the number of tensors they take after the problem.
-_ENTRY_POINTS = {"fused_forward": 7, "fused_backward": 12, "fused_lanes_forward": 8, "fused_lanes_backward": 13}
+_ENTRY_POINTS = {"fused_forward": 7, "fused_backward": 12, "fused_lanes_forward": 9, "fused_lanes_backward": 14}
 
 
 def _load(path: Path) -> ctypes.CDLL:
@@ -378,30 +378,31 @@ class LanesAttention(torch.autograd.Function):
     """``out (BN, V, C, L)`` from the lanes layout: ``q (BN, G, C, L)``, keys and values ``(BN, M, C, LK)``.
 
     ``bias`` is ``(LK,)`` (0 inside the image, :data:`OUTSIDE_BIAS` outside), ``pos_table``
-    ``(V, T, 2D)`` (or ``(N, V, T, 2D)``, one per head, with ``geometry.pos_heads = N``) and ``group_table`` ``(V, G, M, D_g)`` or ``None``. Lanes that stand for no
+    ``(V, T, 2D)`` (or ``(N, V, T, 2D)``, one per head, with ``geometry.pos_heads = N``; with ``perm``
+    ``(V, T)``, only the table of ``v = 0``: ``(T, 2D)`` or ``(N, T, 2D)``) and ``group_table`` ``(V, G, M, D_g)`` or ``None``. Lanes that stand for no
     pixel must have zero queries; their outputs are meaningless and must get a zero gradient.
     """
 
     @staticmethod
     def forward(ctx, geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, pos_table: Tensor,
-                group_table: Optional[Tensor]) -> Tensor:
+                perm: Optional[Tensor], group_table: Optional[Tensor]) -> Tensor:
         g = geometry
         out = q.new_empty(g.heads_batch, g.num_out, g.channels, g.lanes)
         lse = q.new_empty(g.heads_batch, g.num_out, g.num_query_elements, g.lanes)
-        _call("fused_lanes_forward", q.dtype, g.problem(), q, k, v, bias, pos_table, group_table, out, lse)
+        _call("fused_lanes_forward", q.dtype, g.problem(), q, k, v, bias, pos_table, perm, group_table, out, lse)
         ctx.geometry = geometry
-        ctx.save_for_backward(q, k, v, bias, pos_table, group_table, lse)
+        ctx.save_for_backward(q, k, v, bias, pos_table, perm, group_table, lse)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_out: Tensor):
-        q, k, v, bias, pos_table, group_table, lse = ctx.saved_tensors
+        q, k, v, bias, pos_table, perm, group_table, lse = ctx.saved_tensors
         grads = [torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v), torch.zeros_like(pos_table),
                  None if group_table is None else torch.zeros_like(group_table)]
-        _call("fused_lanes_backward", q.dtype, ctx.geometry.problem(), q, k, v, bias, pos_table, group_table,
+        _call("fused_lanes_backward", q.dtype, ctx.geometry.problem(), q, k, v, bias, pos_table, perm, group_table,
               grad_out.contiguous(), lse, *grads)
-        return (None, grads[0], grads[1], grads[2], None, grads[3], grads[4])
+        return (None, grads[0], grads[1], grads[2], None, grads[3], None, grads[4])
 
 
 def _lane_queries(geometry: FusedGeometry, q: Tensor) -> Tensor:
@@ -436,8 +437,23 @@ def _lanes_output(geometry: FusedGeometry, out: Tensor, batch: int, heads: int) 
     return out[..., :g.width].permute(0, 3, 1, 2, 4, 5)
 
 
+def shared_table_permutation(pos_table: Tensor) -> Optional[Tensor]:
+    """``perm (V, T)`` such that ``pos_table[v, t]`` equals ``pos_table[0, perm[v, t]]`` exactly for every
+    ``v`` and ``t``, or ``None`` where no such permutation exists.
+
+    It exists where every element maps the offsets of the patch onto the patch (``z2``, ``p4``,
+    ``mz2``, ``p4m``): the acted offsets are then the same coordinates, bitwise
+    (:func:`~g_selfatt.nn.positional_encoding.acted_offset_table`), and so are their encodings.
+    """
+    first = pos_table[0]  # (T, 2D)
+    matches = (pos_table[:, :, None, :] == first[None, None, :, :]).all(-1)  # (V, T, T)
+    if not bool(matches.any(-1).all()):
+        return None
+    return matches.to(torch.int8).argmax(-1).to(torch.int64).contiguous()  # (V, T): a matching entry
+
+
 def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
-                    group_table: Optional[Tensor]) -> Tensor:
+                    group_table: Optional[Tensor], perm: Optional[Tensor] = None) -> Tensor:
     """The fused attention before ``wout``.
 
     Args:
@@ -447,6 +463,9 @@ def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, po
         pos_table: encodings of the acted offsets, ``(V, T, 2D)``; or ``(N, V, T, 2D)``, one table per
             head, when ``geometry.pos_heads = N`` (local layers in the lanes layout only).
         group_table: ``(V, G, M, D_g)`` or ``None`` (lifting layers).
+        perm: ``(V, T)``: ``pos_table`` holds only the table of ``v = 0`` (``(T, 2D)``, or ``(N, T, 2D)``),
+            that of ``v`` being its entries ``perm[v]`` (lanes layout only). Without it, the lanes
+            layout finds one where it exists (:func:`shared_table_permutation`).
 
     Returns:
         ``(B, C, N, V, H, W)``.
@@ -454,13 +473,16 @@ def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, po
     batch, heads = q.shape[0], q.shape[2]
     group_table = None if group_table is None else group_table.contiguous()
     layout = geometry.layout
-    if geometry.pos_heads != 1 and layout != "lanes":
-        raise ValueError(f"One positional table per head needs the lanes layout; this layer runs in the "
-                         f"{layout!r} layout.")
+    if (geometry.pos_heads != 1 or perm is not None) and layout != "lanes":
+        raise ValueError(f"One positional table per head, or one permuted for every output element, needs "
+                         f"the lanes layout; this layer runs in the {layout!r} layout.")
     if layout == "lanes":
+        if perm is None and geometry.pos_heads == 1:
+            perm = shared_table_permutation(pos_table)
+            pos_table = pos_table if perm is None else pos_table[0]  # (T, 2D): the table of v = 0
         out = LanesAttention.apply(geometry, _lane_queries(geometry, q), _lane_keys(geometry, k),
                                    _lane_keys(geometry, v), _lane_bias(geometry, q), pos_table.contiguous(),
-                                   group_table)  # (BN, V, C, L)
+                                   perm, group_table)  # (BN, V, C, L)
         return _lanes_output(geometry, out, batch, heads)
     if layout == "pixel_major":
         arrange, pos_table = pixel_major, pos_table.contiguous()  # (V, T, 2D)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from g_selfatt.nn.attention_tables import AttentionTables
-from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention
+from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention, shared_table_permutation
 
 
 def kernel_channels(in_channels: int) -> int:
@@ -86,15 +86,20 @@ def _attention(tables: AttentionTables, x: Tensor, query: nn.Module, key: nn.Mod
     k = torch.cat([zeros, inputs], dim=1).unsqueeze(3)
     v = torch.cat([inputs, ones, zeros[:, :in_channels]], dim=1).unsqueeze(3)
     positional = tables.positional.to(x.dtype)  # (V, T, C)
+    perm = shared_table_permutation(positional)  # (V, T): every v reads the table of v = 0, or None
+    if perm is not None:
+        positional = positional[:1]
     pos_table = torch.cat([torch.einsum("cnb,vtc->nvtb", w_q, positional),
-                           torch.einsum("cn,vtc->nvt", b_q, positional).unsqueeze(-1)], dim=-1)  # (N, V, T, C_in + 1)
+                           torch.einsum("cn,vtc->nvt", b_q, positional).unsqueeze(-1)], dim=-1)  # (N, V', T, C_in + 1)
+    if perm is not None:
+        pos_table = pos_table[:, 0]  # (N, T, C_in + 1)
     geometry = FusedGeometry(
         heads_batch=batch * heads, height=height, width=width, num_query_elements=1, num_key_elements=1,
         num_out=tables.num_out, channels=kernel_channels(in_channels), pos_channels=in_channels + 1, local=True,
         patch_size=tables.patch_size, radius=tables.radius, dropout=tables.dropout,
         seed=int(torch.randint(0, 2 ** 62, ())) if tables.dropout > 0 else 0, pos_heads=heads,
     )
-    out = fused_attention(geometry, q, k, v, pos_table, None)  # (B, C', N, V, H, W)
+    out = fused_attention(geometry, q, k, v, pos_table, None, perm)  # (B, C', N, V, H, W)
     # A_v (sum_j p_j x_j) + b_v (sum_j p_j): one product with a block-diagonal matrix over the heads.
     sums = out[:, :in_channels + 1].transpose(1, 2).reshape(batch, heads * (in_channels + 1), -1)  # (B, N C_in', V H W)
     weight = torch.cat([w_v, b_v.unsqueeze(-1)], dim=-1)  # (C, N, C_in + 1)
