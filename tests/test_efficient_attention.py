@@ -525,11 +525,16 @@ def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, 
         assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
 
 
-@pytest.mark.parametrize("model,layouts", [
-    ("p4sa", ["lanes", "lanes", "pixel_major"]),  # 28x28 lifting, p4 at 14x14 (8 ch), at 7x7 (16 ch)
-    ("z2sa", ["lanes", "lanes", "lanes"]),
+@pytest.mark.parametrize("model,fields,layouts", [
+    ("p4sa", {}, ["lanes", "lanes", "lanes"]),  # 28x28 lifting, p4 at 14x14 (1.31 lanes per query), 7x7 (1.63)
+    ("p8sa", {}, ["lanes", "lanes", "lanes"]),
+    ("z2sa", {}, ["lanes", "lanes", "lanes"]),
+    # patch 13: 14 x 26 = 364 -> 368 lanes for 196 queries (1.9 per query), 12 channels per head;
+    # 7 x 19 = 133 -> 136 for 49 (2.8), 24 channels per head
+    ("p4sa", {"patch_size": 13}, ["lanes", "channel_major", "pixel_major"]),
+    ("p4sa", {"attention_type": "Global"}, ["channel_major"] * 3),  # global layers: one query at a time
 ])
-def test_the_kernel_chooses_its_layout_from_the_shapes(model, layouts, monkeypatch):
+def test_the_kernel_chooses_its_layout_from_the_shapes(model, fields, layouts, monkeypatch):
     chosen = []
     original = fused_attention.fused_attention
 
@@ -539,7 +544,7 @@ def test_the_kernel_chooses_its_layout_from_the_shapes(model, layouts, monkeypat
 
     monkeypatch.setattr(efficient_attention, "fused_attention", spy)
     monkeypatch.setattr(input_space_lifting, "fused_attention", spy)  # the lifting layers (1 input channel)
-    create_model(model, dataset="rotMNIST5k")(torch.randn(2, 1, 28, 28))
+    create_model(model, dataset="rotMNIST5k", **fields)(torch.randn(2, 1, 28, 28))
     assert chosen == layouts
 
 

@@ -65,9 +65,10 @@ QUERY_BLOCK = 16  # queries per task of the kernel's thread pool
 LAYOUTS = ("lanes", "pixel_major", "channel_major")
 # Local group layers use the lanes layout while it pads at most this many lanes per query (the
 # padding columns of a small image cost more than the lanes save). Measured with the p4 layers of
-# rotMNIST5k's p4sa (patch 5: 14x14, 1.31 lanes per query, lanes 22% faster; 7x7, 1.63, 9% slower)
-# and of the paper's rotMNIST layout (patch 9: 28x28 and 24x24, 1.29 and 1.33, lanes faster).
-LANES_PADDING = 1.4
+# rotMNIST5k's p4sa (patch 5: 14x14, 1.31 lanes per query, lanes 22% faster; 7x7, 1.63, lanes 7%
+# faster since the positional tables are shared, 9% slower before) and of the paper's rotMNIST
+# layout (patch 9: 28x28 and 24x24, 1.29 and 1.33, lanes faster).
+LANES_PADDING = 1.7
 # Local layers outside the lanes layout with at least this many channels per head use the
 # pixel-major layout: their contractions run along the channels instead of along the keys.
 PIXEL_MAJOR_CHANNELS = 16
