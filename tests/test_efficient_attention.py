@@ -572,17 +572,20 @@ def test_benchmark_builds_the_cases_people_train_and_compares_them_with_p4cnn(mo
         assert layer["share_of_step"] == pytest.approx(layer["time_s"] / record["time_s"], abs=0.01)
 
 
-@pytest.mark.parametrize("group_name,shared", [("z2", True), ("p4", True), ("mz2", True), ("p4m", True),
-                                               ("p8", False), ("p12", False)])
+@pytest.mark.parametrize("group_name,bases", [("z2", None), ("p4", 1), ("mz2", 1), ("p4m", 1), ("p8", 2),
+                                              ("p8m", 2), ("p12", 3), ("p16", 4)])
 @pytest.mark.parametrize("lifting", [True, False])
-def test_grid_exact_groups_share_one_positional_table_permuted(group_name, shared, lifting):
-    """Where every element maps the patch onto itself, the table of each output element is that of
-    the identity, permuted, bitwise; the lanes kernel then computes it once."""
+def test_positional_tables_permute_few_base_tables(group_name, bases, lifting):
+    """The table of v u is that of v permuted, bitwise, where u maps the patch onto itself: the lanes
+    kernel computes the base tables' logits once for every v."""
     cls = LiftLocalSelfAttention if lifting else GroupLocalSelfAttention
     layer = cls(get_group(group_name), 3, 6, 5, 2, 5, 0.0)
     table = layer.attention_tables().positional  # (V, T, 2D)
-    perm = fused_attention.shared_table_permutation(table)
-    assert (perm is not None) == shared
-    if shared:
-        assert torch.equal(table, table[0][perm])
-        assert all(sorted(row.tolist()) == list(range(table.shape[1])) for row in perm)  # permutations
+    shared = fused_attention.shared_tables(table)
+    assert (shared is None) == (bases is None)
+    if shared is not None:
+        base_elements, perm = shared
+        assert len(base_elements) == bases
+        assert torch.equal(table, table[base_elements].flatten(0, 1)[perm])
+        for row in perm:  # each v: a permutation of the rows of one base table
+            assert sorted(row.tolist()) == list(range(row[0] // 25 * 25, row[0] // 25 * 25 + 25))

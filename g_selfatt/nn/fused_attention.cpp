@@ -53,6 +53,7 @@ struct Problem {
   int64_t lanes, key_lanes;      // lanes layout: L and LK (see "lanes" below)
   int64_t padded_width;          // lanes layout: Wp = W + 2 r
   int64_t pos_heads;             // lanes layout: 1, or N positional tables, head n of head-batch b = b mod N
+  int64_t pos_bases;             // lanes layout with perm: U tables that every v's table permutes
   uint64_t seed;
   uint32_t threshold;            // an entry is kept when its 24-bit hash is below this
   double keep_scale;             // 2^24 / threshold (0 when everything is dropped)
@@ -760,8 +761,9 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 //   bias       (LK)             0 inside the image, -BIG outside: keys outside get no weight
 //   pos        (V, T, D2)       T = P P, offset (a, b) at t = a P + b; or (N, V, T, D2), one
 //                               table per head (pos_heads = N; the head of head-batch b is b mod N);
-//                               with perm, only the table of v = 0: (T, D2) or (N, T, D2)
-//   perm       (V, T) or null   the table of v is that of v = 0 at entries perm[v, t]
+//                               with perm, U base tables: (U T, D2) or (N, U T, D2)
+//   perm       (V, T) or null   the table of v is the rows perm[v, t] of the U T rows of the base
+//                               tables (all in one base table: the one of v)
 //   grp        (V, G, M, Dg)    absent for lifting layers
 //   out        (BN, V, C, L)
 //   lse        (BN, V, G, L)
@@ -770,12 +772,12 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 // exp(c + pl + gl - max) = exp(c - max c) exp(pl - max pl) exp(gl - max gl): G T M exponentials
 // of the content logits per tile, shared by every v, and V G (T + M) of the other two terms,
 // instead of V G T M; a tile in which a lane's factored sum underflows is recomputed directly.
-// Where the table of every v is a permutation of the table of v = 0 (perm: the groups whose
-// elements map the offsets of the patch onto the patch, such as z2, p4, p4m), the positional logits
-// and their exponentials are computed once per tile and g for v = 0 and read through the
-// permutation for every v (T instead of V T of each), the exponentials of layers with one key
-// element then factor as well, and the gradient of that one table is gathered over v before it
-// is contracted. Otherwise layers with one key element exponentiate their logits directly. Dropout
+// Where the tables of the V output elements are permutations of U < V base tables (perm: the
+// elements v and v u have permuted tables when u maps the offsets of the patch onto the patch, so
+// U = 1 for p4 and p4m, 2 for p8, 3 for p12), the positional logits and their exponentials are
+// computed once per tile and g for the base tables and read through the permutation for every v
+// (U T instead of V T of each), the exponentials of layers with one key element then factor as
+// well, and the gradient of the base tables is gathered over v before it is contracted. Otherwise layers with one key element exponentiate their logits directly. Dropout
 // entry (t M + m) of a row is kept or dropped by the same hash of (seed, row, entry) as in the
 // other layouts, the row being that of the query's pixel.
 
@@ -900,10 +902,12 @@ class LaneWorker {
       eg_.assign(M_, splat(T(1)));
     }
     if (shared_) {
-      P_.resize(G_ * T_);
-      EP_.resize(G_ * T_);
-      PM_.resize(G_);
-      DP_.resize(G_ * T_);
+      U_ = p.pos_bases;
+      R_ = U_ * T_;
+      P_.resize(G_ * R_);
+      EP_.resize(G_ * R_);
+      PM_.resize(G_ * U_);
+      DP_.resize(G_ * R_);
       inside_.resize(T_);
     }
     e_.resize(T_ * M_);
@@ -1058,7 +1062,7 @@ class LaneWorker {
   const T* row(const T* base, int64_t b, int64_t m, int64_t ch) const { return base + ((b * M_ + m) * C_ + ch) * LK_; }
   const T* query_row(int64_t b, int64_t g, int64_t ch) const { return q_ + ((b * G_ + g) * C_ + ch) * L_; }
   // The positional table of head-batch b, (V, T, D2).
-  const T* pos_table(int64_t b) const { return pos_ + (b % p_.pos_heads) * (shared_ ? 1 : V_) * T_ * D2_; }
+  const T* pos_table(int64_t b) const { return pos_ + (b % p_.pos_heads) * (shared_ ? R_ : V_ * T_) * D2_; }
   // Row (m, c) of a head-batch's (M, C, LK) block of the key or value gradient.
   T* grad_row(T* block, int64_t m, int64_t ch) const { return block + (m * C_ + ch) * LK_; }
   // Adds add[i] to the tile at dst + i LK (NB consecutive channel rows of a gradient block).
@@ -1099,26 +1103,29 @@ class LaneWorker {
     if (shared_) shared_positions(b, j0);
   }
 
-  // Shared positional table (perm_): P_ (G, T), the positional logits of the table of v = 0,
-  // their maxima PM_ (G) over all offsets and EP_ = exp(P - PM); inside_ (T) is 1 where the key
-  // lies inside the image, else 0. Row (v, g) reads entry perm[v, t] of them.
+  // Shared positional tables (perm_): P_ (G, U T), the positional logits of the U base tables, their
+  // maxima PM_ (G, U) over each table's offsets and EP_ = exp(P - PM); inside_ (T) is 1 where the
+  // key lies inside the image, else 0. Row (v, g) reads entries perm[v, t] of them.
   void shared_positions(int64_t b, int64_t j0) {
-    const T* table = pos_table(b);  // (T, D2)
+    const T* table = pos_table(b);  // (U T, D2)
     for (int64_t g = 0; g < G_; ++g) {
-      V* P = P_.data() + g * T_;
-      in_blocks(T_, [&](auto nb, int64_t t0) {
+      V* P = P_.data() + g * R_;
+      in_blocks(R_, [&](auto nb, int64_t r0) {
         constexpr int NB = decltype(nb)::value;
         V acc[NB] = {};
         for (int64_t d = 0; d < D2_; ++d) {
           const V qd = load(query_row(b, g, d) + j0);
-          for (int i = 0; i < NB; ++i) acc[i] += table[(t0 + i) * D2_ + d] * qd;
+          for (int i = 0; i < NB; ++i) acc[i] += table[(r0 + i) * D2_ + d] * qd;
         }
-        for (int i = 0; i < NB; ++i) P[t0 + i] = acc[i];
+        for (int i = 0; i < NB; ++i) P[r0 + i] = acc[i];
       });
-      V mx = P[0];
-      for (int64_t t = 1; t < T_; ++t) mx = vmax(mx, P[t]);
-      PM_[g] = mx;
-      for (int64_t t = 0; t < T_; ++t) EP_[g * T_ + t] = exp_lanes(P[t] - mx);
+      for (int64_t u = 0; u < U_; ++u) {
+        const V* Pu = P + u * T_;
+        V mx = Pu[0];
+        for (int64_t t = 1; t < T_; ++t) mx = vmax(mx, Pu[t]);
+        PM_[g * U_ + u] = mx;
+        for (int64_t t = 0; t < T_; ++t) EP_[g * R_ + u * T_ + t] = exp_lanes(Pu[t] - mx);
+      }
     }
     for (int64_t t = 0; t < T_; ++t) inside_[t] = load(bias_ + j0 + offsets_[t]) == V{} ? splat(T(1)) : V{};
   }
@@ -1130,8 +1137,8 @@ class LaneWorker {
     V pmax, gmax{};
     if (shared_) {  // the shared table's exponentials, permuted; keys outside the image get 0
       const int64_t* perm = perm_ + v * T_;
-      pmax = PM_[g];
-      for (int64_t t = 0; t < T_; ++t) ep_[t] = EP_[g * T_ + perm[t]] * inside_[t];
+      pmax = PM_[g * U_ + perm[0] / T_];  // the maximum of v's base table
+      for (int64_t t = 0; t < T_; ++t) ep_[t] = EP_[g * R_ + perm[t]] * inside_[t];
     } else {
       positional_term(b, j0, v, g);
       pmax = pl_[0];
@@ -1200,7 +1207,7 @@ class LaneWorker {
   void positional_term(int64_t b, int64_t j0, int64_t v, int64_t g) {
     if (shared_) {
       const int64_t* perm = perm_ + v * T_;
-      for (int64_t t = 0; t < T_; ++t) pl_[t] = load(bias_ + j0 + offsets_[t]) + P_[g * T_ + perm[t]];
+      for (int64_t t = 0; t < T_; ++t) pl_[t] = load(bias_ + j0 + offsets_[t]) + P_[g * R_ + perm[t]];
       return;
     }
     in_blocks(T_, [&](auto nb, int64_t t0) {
@@ -1231,7 +1238,7 @@ class LaneWorker {
     for (int64_t t = 0; t < T_; ++t) dpl[t] = reduce<V>(M_, [&](int64_t m) { return e_[t * M_ + m]; });
     if (shared_) {
       const int64_t* perm = perm_ + v * T_;
-      for (int64_t t = 0; t < T_; ++t) DP_[g * T_ + perm[t]] += dpl[t];
+      for (int64_t t = 0; t < T_; ++t) DP_[g * R_ + perm[t]] += dpl[t];
       return;
     }
     const T* e = pos_table(b) + v * T_ * D2_;
@@ -1242,16 +1249,16 @@ class LaneWorker {
     }
   }
 
-  // Shared table: DP_ (G, T), the positional gradients of every v gathered at the offsets of the
-  // table of v = 0, into grad_q and pos_acc (T, D2).
+  // Shared tables: DP_ (G, U T), the positional gradients of every v gathered at the rows of the
+  // base tables, into grad_q and pos_acc (U T, D2).
   void shared_positional_gradient(int64_t b, int64_t j0, V* pos_acc) {
     const T* table = pos_table(b);
     for (int64_t g = 0; g < G_; ++g) {
-      const V* dp = DP_.data() + g * T_;
+      const V* dp = DP_.data() + g * R_;
       for (int64_t d = 0; d < D2_; ++d) {
         const V qd = load(query_row(b, g, d) + j0);
-        gq_[g * C_ + d] += reduce<V>(T_, [&](int64_t t) { return dp[t] * table[t * D2_ + d]; });
-        for (int64_t t = 0; t < T_; ++t) pos_acc[t * D2_ + d] += dp[t] * qd;
+        gq_[g * C_ + d] += reduce<V>(R_, [&](int64_t r) { return dp[r] * table[r * D2_ + d]; });
+        for (int64_t r = 0; r < R_; ++r) pos_acc[r * D2_ + d] += dp[r] * qd;
       }
     }
   }
@@ -1288,11 +1295,12 @@ class LaneWorker {
 
   const Problem& p_;
   const T *q_, *k_, *v_, *bias_, *pos_;
-  const int64_t* perm_;  // (V, T) or null: the shared positional table (see the section's comment)
+  const int64_t* perm_;  // (V, T) or null: the shared positional tables (see the section's comment)
   const T* grp_;
   int64_t G_ = 0, M_ = 0, V_ = 0, C_ = 0, D2_ = 0, Dg_ = 0, T_ = 0, L_ = 0, LK_ = 0;
+  int64_t U_ = 0, R_ = 0;  // shared tables: U base tables of T rows, R = U T rows
   bool factored_ = false;  // the exponentials factored: group layers, and layers with a shared table
-  bool shared_ = false;    // one positional table, permuted for every v
+  bool shared_ = false;    // the positional tables of every v permute U base tables
   std::vector<int64_t> offsets_, scatter_order_;
   std::vector<V> P_, EP_, PM_, DP_, inside_;
   std::vector<V> c_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, dsum_;
@@ -1335,7 +1343,7 @@ void lanes_backward_impl(const Problem& p, const T* q, const T* k, const T* v, c
                          T* grad_pos, T* grad_grp) {
   const LaneTasks tasks(p);
   const int64_t count = tasks.count(p), T_ = p.patch * p.patch;
-  const int64_t pos_size = (perm ? 1 : p.v) * T_ * p.d2, grp_size = grp ? p.v * p.g * p.m * p.dg : 0;
+  const int64_t pos_size = (perm ? p.pos_bases : p.v) * T_ * p.d2, grp_size = grp ? p.v * p.g * p.m * p.dg : 0;
   const int64_t kv_size = p.m * p.c * p.key_lanes;  // one head-batch of grad_k
   std::vector<std::vector<T>> pos_sum(count), grp_sum(count), k_part(count), v_part(count);
   std::vector<LaneWorker<T>*> workers(std::max<int64_t>(1, p.threads), nullptr);

@@ -44,7 +44,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -79,7 +79,7 @@ _HASH_BITS = 24
 class _Problem(ctypes.Structure):
     _fields_ = [(name, ctypes.c_int64) for name in
                 ("bn", "height", "width", "g", "m", "v", "c", "d2", "dg", "local", "patch", "radius", "threads",
-                 "block", "dropout", "pixel_major", "lanes", "key_lanes", "padded_width", "pos_heads")] + [
+                 "block", "dropout", "pixel_major", "lanes", "key_lanes", "padded_width", "pos_heads", "pos_bases")] + [
         ("seed", ctypes.c_uint64), ("threshold", ctypes.c_uint32), ("keep_scale", ctypes.c_double)]
 
 
@@ -281,6 +281,7 @@ class FusedGeometry:
     dropout: float = 0.0
     seed: int = 0
     pos_heads: int = 1  # N: one positional table per head (lanes layout only), else 1
+    pos_bases: int = 0  # U: the positional tables permute U base tables (lanes layout only), else 0
 
     @property
     def side(self) -> int:
@@ -328,7 +329,7 @@ class FusedGeometry:
             threads=torch.get_num_threads(), block=QUERY_BLOCK, dropout=int(self.dropout > 0),
             pixel_major=int(layout == "pixel_major"), lanes=self.lanes if lanes else 0,
             key_lanes=self.key_lanes if lanes else 0, padded_width=self.padded_width if lanes else 0,
-            pos_heads=self.pos_heads,
+            pos_heads=self.pos_heads, pos_bases=self.pos_bases,
             seed=self.seed % 2 ** 64, threshold=threshold, keep_scale=scale,
         )
 
@@ -380,7 +381,7 @@ class LanesAttention(torch.autograd.Function):
 
     ``bias`` is ``(LK,)`` (0 inside the image, :data:`OUTSIDE_BIAS` outside), ``pos_table``
     ``(V, T, 2D)`` (or ``(N, V, T, 2D)``, one per head, with ``geometry.pos_heads = N``; with ``perm``
-    ``(V, T)``, only the table of ``v = 0``: ``(T, 2D)`` or ``(N, T, 2D)``) and ``group_table`` ``(V, G, M, D_g)`` or ``None``. Lanes that stand for no
+    ``(V, T)``, the ``U = geometry.pos_bases`` base tables: ``(U T, 2D)`` or ``(N, U T, 2D)``) and ``group_table`` ``(V, G, M, D_g)`` or ``None``. Lanes that stand for no
     pixel must have zero queries; their outputs are meaningless and must get a zero gradient.
     """
 
@@ -438,19 +439,37 @@ def _lanes_output(geometry: FusedGeometry, out: Tensor, batch: int, heads: int) 
     return out[..., :g.width].permute(0, 3, 1, 2, 4, 5)
 
 
-def shared_table_permutation(pos_table: Tensor) -> Optional[Tensor]:
-    """``perm (V, T)`` such that ``pos_table[v, t]`` equals ``pos_table[0, perm[v, t]]`` exactly for every
-    ``v`` and ``t``, or ``None`` where no such permutation exists.
+def shared_tables(pos_table: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+    """Base tables that the positional tables of the output elements permute, where fewer than ``V``.
 
-    It exists where every element maps the offsets of the patch onto the patch (``z2``, ``p4``,
-    ``mz2``, ``p4m``): the acted offsets are then the same coordinates, bitwise
-    (:func:`~g_selfatt.nn.positional_encoding.acted_offset_table`), and so are their encodings.
+    The table of ``v u`` is that of ``v`` permuted, bitwise, when ``u`` maps the offsets of the patch
+    onto the patch (the acted offsets are then the same coordinates:
+    :func:`~g_selfatt.nn.positional_encoding.acted_offset_table`): one base table for ``p4``,
+    ``mz2`` and ``p4m``, two for ``p8`` and ``p8m``, three for ``p12``.
+
+    Args:
+        pos_table: ``(V, T, 2D)``.
+
+    Returns:
+        ``(bases, perm)``: the output elements whose tables are the bases, ``(U,)``, and ``perm (V, T)``
+        with ``pos_table[v, t]`` equal to row ``perm[v, t]`` of ``pos_table[bases].flatten(0, 1)``;
+        ``None`` where every table is a base (``U = V``).
     """
-    first = pos_table[0]  # (T, 2D)
-    matches = (pos_table[:, :, None, :] == first[None, None, :, :]).all(-1)  # (V, T, T)
-    if not bool(matches.any(-1).all()):
+    num_out, entries = pos_table.shape[:2]
+    bases: List[int] = []
+    perm = torch.empty(num_out, entries, dtype=torch.int64)
+    for v in range(num_out):
+        for u, base in enumerate(bases):
+            matches = (pos_table[v][:, None, :] == pos_table[base][None, :, :]).all(-1)  # (T, T)
+            if bool(matches.any(-1).all()):
+                perm[v] = u * entries + matches.to(torch.int8).argmax(-1)  # a matching row of the base
+                break
+        else:
+            perm[v] = len(bases) * entries + torch.arange(entries)
+            bases.append(v)
+    if len(bases) == num_out:
         return None
-    return matches.to(torch.int8).argmax(-1).to(torch.int64).contiguous()  # (V, T): a matching entry
+    return torch.tensor(bases, dtype=torch.int64), perm.to(pos_table.device)
 
 
 def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, pos_table: Tensor,
@@ -464,9 +483,10 @@ def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, po
         pos_table: encodings of the acted offsets, ``(V, T, 2D)``; or ``(N, V, T, 2D)``, one table per
             head, when ``geometry.pos_heads = N`` (local layers in the lanes layout only).
         group_table: ``(V, G, M, D_g)`` or ``None`` (lifting layers).
-        perm: ``(V, T)``: ``pos_table`` holds only the table of ``v = 0`` (``(T, 2D)``, or ``(N, T, 2D)``),
-            that of ``v`` being its entries ``perm[v]`` (lanes layout only). Without it, the lanes
-            layout finds one where it exists (:func:`shared_table_permutation`).
+        perm: ``(V, T)``: ``pos_table`` holds ``U`` base tables (``(U, T, 2D)``, or ``(N, U, T, 2D)``), the
+            table of ``v`` being rows ``perm[v]`` of their ``U T`` rows (lanes layout only; see
+            :func:`shared_tables`). Without it, the lanes layout finds base tables where fewer than
+            ``V`` serve.
 
     Returns:
         ``(B, C, N, V, H, W)``.
@@ -479,8 +499,13 @@ def fused_attention(geometry: FusedGeometry, q: Tensor, k: Tensor, v: Tensor, po
                          f"the lanes layout; this layer runs in the {layout!r} layout.")
     if layout == "lanes":
         if perm is None and geometry.pos_heads == 1:
-            perm = shared_table_permutation(pos_table)
-            pos_table = pos_table if perm is None else pos_table[0]  # (T, 2D): the table of v = 0
+            shared = shared_tables(pos_table)
+            if shared is not None:
+                bases, perm = shared
+                pos_table = pos_table[bases]  # (U, T, 2D)
+        if perm is not None:
+            pos_table = pos_table.flatten(-3, -2)  # (U T, 2D) or (N, U T, 2D)
+            geometry = dataclasses.replace(geometry, pos_bases=pos_table.shape[-2] // perm.shape[1])
         out = LanesAttention.apply(geometry, _lane_queries(geometry, q), _lane_keys(geometry, k),
                                    _lane_keys(geometry, v), _lane_bias(geometry, q), pos_table.contiguous(),
                                    perm, group_table)  # (BN, V, C, L)

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from g_selfatt.nn.attention_tables import AttentionTables
-from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention, shared_table_permutation
+from g_selfatt.nn.fused_attention import FusedGeometry, fused_attention, shared_tables
 
 
 def kernel_channels(in_channels: int) -> int:
@@ -86,13 +86,13 @@ def _attention(tables: AttentionTables, x: Tensor, query: nn.Module, key: nn.Mod
     k = torch.cat([zeros, inputs], dim=1).unsqueeze(3)
     v = torch.cat([inputs, ones, zeros[:, :in_channels]], dim=1).unsqueeze(3)
     positional = tables.positional.to(x.dtype)  # (V, T, C)
-    perm = shared_table_permutation(positional)  # (V, T): every v reads the table of v = 0, or None
-    if perm is not None:
-        positional = positional[:1]
+    shared = shared_tables(positional)  # base tables that the V tables permute, if fewer than V
+    perm = None
+    if shared is not None:
+        bases, perm = shared
+        positional = positional[bases]  # (U, T, C)
     pos_table = torch.cat([torch.einsum("cnb,vtc->nvtb", w_q, positional),
-                           torch.einsum("cn,vtc->nvt", b_q, positional).unsqueeze(-1)], dim=-1)  # (N, V', T, C_in + 1)
-    if perm is not None:
-        pos_table = pos_table[:, 0]  # (N, T, C_in + 1)
+                           torch.einsum("cn,vtc->nvt", b_q, positional).unsqueeze(-1)], dim=-1)  # (N, V or U, T, C_in + 1)
     geometry = FusedGeometry(
         heads_batch=batch * heads, height=height, width=width, num_query_elements=1, num_key_elements=1,
         num_out=tables.num_out, channels=kernel_channels(in_channels), pos_channels=in_channels + 1, local=True,
