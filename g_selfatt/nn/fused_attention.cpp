@@ -1017,23 +1017,8 @@ class LaneWorker {
       }
     }
     if (shared_) shared_positional_gradient(b, j0, pos_acc);
-    // grad_v[m, c] (shifted) += sum_v dsum[v, t, m] grad_out[v, c]. Here and for grad_k the offsets
-    // are walked column by column (scatter_order_): the rows of neighbouring offsets overlap, and a
-    // store still in flight cannot be forwarded to an overlapping load.
-    // Blocks of channels keep independent sums in registers (a sum over v alone is a chain of V
-    // dependent multiply-adds).
-    for (const int64_t t : scatter_order_)
-      for (int64_t m = 0; m < M_; ++m)
-        in_blocks(C_, [&](auto nb, int64_t c0) {
-          constexpr int NB = decltype(nb)::value;
-          V gv[NB] = {};
-          for (int64_t v = 0; v < V_; ++v) {
-            const V w = dsum_[(v * T_ + t) * M_ + m];
-            const T* gout = grad_out + (v * C_ + c0) * L_ + j0;
-            for (int i = 0; i < NB; ++i) gv[i] += w * load(gout + i * L_);
-          }
-          add_to_rows<NB>(grad_row(grad_v, m, c0) + j0 + offsets_[t], gv);
-        });
+    // grad_v[m, c] (shifted) += sum_v dsum[v, t, m] grad_out[v, c].
+    add_shifted(V_, dsum_.data(), grad_out + j0, grad_v, j0);
     // Content: grad_q[g, c] += sum_{t, m} dC[g, t, m] k[m, c] (shifted); grad_k[m, c] (shifted)
     // += sum_g dC[g, t, m] q[g, c].
     for (int64_t g = 0; g < G_; ++g)
@@ -1044,17 +1029,7 @@ class LaneWorker {
           return reduce<V>(T_, [&](int64_t t) { return dc[t * M_ + m] * load(key + offsets_[t]); });
         });
       }
-    for (const int64_t t : scatter_order_)
-      for (int64_t m = 0; m < M_; ++m)
-        in_blocks(C_, [&](auto nb, int64_t c0) {
-          constexpr int NB = decltype(nb)::value;
-          V gk[NB] = {};
-          for (int64_t g = 0; g < G_; ++g) {
-            const V w = dc_[(g * T_ + t) * M_ + m];
-            for (int i = 0; i < NB; ++i) gk[i] += w * load(query_row(b, g, c0 + i) + j0);
-          }
-          add_to_rows<NB>(grad_row(grad_k, m, c0) + j0 + offsets_[t], gk);
-        });
+    add_shifted(G_, dc_.data(), query_row(b, 0, 0) + j0, grad_k, j0);
     for (int64_t gc = 0; gc < G_ * C_; ++gc) store(grad_q + gc * L_ + j0, gq_[gc]);
   }
 
@@ -1065,10 +1040,26 @@ class LaneWorker {
   const T* pos_table(int64_t b) const { return pos_ + (b % p_.pos_heads) * (shared_ ? R_ : V_ * T_) * D2_; }
   // Row (m, c) of a head-batch's (M, C, LK) block of the key or value gradient.
   T* grad_row(T* block, int64_t m, int64_t ch) const { return block + (m * C_ + ch) * LK_; }
-  // Adds add[i] to the tile at dst + i LK (NB consecutive channel rows of a gradient block).
-  template <int NB>
-  void add_to_rows(T* dst, const V* add) const {
-    for (int i = 0; i < NB; ++i) store(dst + i * LK_, load(dst + i * LK_) + add[i]);
+  // block[m, c] (M, C, LK), at lanes j0 + offset of t, += sum_{x < X} w[x, t, m] src[x, c], for the
+  // key and value gradients: w (X, T, M) vectors; src[x, c] the tile's vector at src + (x C + c) L.
+  // The offsets are walked column by column (scatter_order_): the rows of neighbouring offsets
+  // overlap, and a store still in flight cannot be forwarded to an overlapping load. Blocks of
+  // channels keep independent sums in registers (a sum over x alone is a chain of X dependent
+  // multiply-adds).
+  void add_shifted(int64_t X, const V* w, const T* src, T* block, int64_t j0) const {
+    for (const int64_t t : scatter_order_)
+      for (int64_t m = 0; m < M_; ++m)
+        in_blocks(C_, [&](auto nb, int64_t c0) {
+          constexpr int NB = decltype(nb)::value;
+          V sum[NB] = {};
+          for (int64_t x = 0; x < X; ++x) {
+            const V wx = w[(x * T_ + t) * M_ + m];
+            const T* rows = src + (x * C_ + c0) * L_;
+            for (int i = 0; i < NB; ++i) sum[i] += wx * load(rows + i * L_);
+          }
+          T* dst = grad_row(block, m, c0) + j0 + offsets_[t];
+          for (int i = 0; i < NB; ++i) store(dst + i * LK_, load(dst + i * LK_) + sum[i]);
+        });
   }
 
   // c (T, M): the content logits of query element g of the tile, the same for every v.
