@@ -15,7 +15,9 @@ and, for the blur columns, the rotated test digit rotated again (see :mod:`teste
 has a row in ``runs.csv`` or a test report is not trained again, and ``runs.csv``, the table and
 the figure are rewritten after every run, so an interrupted table (even one whose checkpoints are
 gone) goes on where it stopped, and a run cut short goes on from its last checkpoint
-(``--config.resume=True``); ``--overwrite`` retrains.
+(``--config.resume=True``); ``--overwrite`` retrains. ``runs.csv`` is read again before every
+write, so two table processes (say one per core, ``--models`` split between them) can share one
+``--output-dir``.
 
 Writes to ``--output-dir``:
 
@@ -266,9 +268,15 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     return target
 
 
-def _table_order(models: Sequence[str]):
-    """Sort key of (model, seed): the models in the order of ``models`` (others after), then seed."""
-    return lambda key: (models.index(key[0]) if key[0] in models else len(models), key[0], key[1])
+def _table_order(key) -> tuple:
+    """Sort key of (model, seed): the models in the order of :data:`MODELS` (others after), then seed."""
+    model, seed = key
+    return (MODELS.index(model) if model in MODELS else len(MODELS), model, seed)
+
+
+def _keyed(rows: Sequence[Mapping[str, object]]) -> Dict[tuple, Mapping[str, object]]:
+    """``rows`` keyed by (model, seed)."""
+    return {(row["model"], int(row["seed"])): row for row in rows}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
@@ -310,16 +318,18 @@ def write_outputs(rows: Sequence[Mapping[str, object]], output_dir: pathlib.Path
 
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
-    rows = {(row["model"], int(row["seed"])): row for row in recorded_rows(args.output_dir / "runs.csv")}
+    runs_csv = args.output_dir / "runs.csv"
     for seed in args.seeds:  # seed by seed, so that a table cut short has every model
         for model in args.models:
-            if (model, seed) in rows and not args.overwrite:
+            if (model, seed) in _keyed(recorded_rows(runs_csv)) and not args.overwrite:
                 print(f"[table] {model} seed {seed}: recorded in runs.csv, reused", flush=True)
                 continue
             prefix = train_and_test(model, seed, args.save_dir.resolve(), args.extra, args.overwrite)
-            rows[model, seed] = read_run(model, seed, prefix)
-            write_outputs([rows[key] for key in sorted(rows, key=_table_order(args.models))], args.output_dir)
-    ordered = [rows[key] for key in sorted(rows, key=_table_order(args.models))]
+            # Re-read just before writing: another table process may have recorded runs meanwhile.
+            rows = {**_keyed(recorded_rows(runs_csv)), (model, seed): read_run(model, seed, prefix)}
+            write_outputs([rows[key] for key in sorted(rows, key=_table_order)], args.output_dir)
+    rows = _keyed(recorded_rows(runs_csv))
+    ordered = [rows[key] for key in sorted(rows, key=_table_order)]
     print(write_outputs(ordered, args.output_dir))
     if args.ship:
         for kind in SHIPPED_KINDS:
