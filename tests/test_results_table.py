@@ -81,6 +81,38 @@ def test_finished_runs_are_not_trained_again(table_run, capsys):
     assert not (tmp_path / "gone").exists()
 
 
+def _write_runs(path, header, rows):
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=header)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@on_the_table
+def test_rows_that_another_table_process_records_meanwhile_are_kept(table_run, tmp_path, monkeypatch):
+    table, argv, run_path = table_run
+    with open(run_path / "out" / "runs.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = reader.fieldnames, list(reader)
+    key = lambda row: (row["model"], row["seed"])  # noqa: E731
+    out = tmp_path / "out"
+    out.mkdir()
+    _write_runs(out / "runs.csv", header, [row for row in rows if key(row) not in {("p4sa", "1"), ("z2cnn", "1")}])
+    reuse_finished_run = table.train_and_test
+
+    def another_process_records_z2cnn_seed1(model, seed, *args):
+        _write_runs(out / "runs.csv", header, [row for row in rows if key(row) != ("p4sa", "1")])
+        return reuse_finished_run(model, seed, *args)
+
+    monkeypatch.setattr(table, "train_and_test", another_process_records_z2cnn_seed1)
+    elsewhere = list(argv)
+    elsewhere[elsewhere.index("--output-dir") + 1] = str(out)
+    elsewhere[elsewhere.index("--models") + 1:elsewhere.index("--seeds") + 3] = ["p4sa", "--seeds", "1"]
+    table.main(elsewhere)
+    with open(out / "runs.csv", newline="") as handle:
+        assert [key(row) for row in csv.DictReader(handle)] == [key(row) for row in rows]  # in MODELS' order
+
+
 @on_the_table
 def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(table_run, tmp_path):
     import json
