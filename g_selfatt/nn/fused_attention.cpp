@@ -851,6 +851,17 @@ inline V log_lanes(V x) {
   return x;
 }
 
+// Calls body(std::true_type) where `dropout`, else body(std::false_type): a loop written once
+// with `if constexpr` for both.
+template <typename F>
+inline void with_dropout(bool dropout, F body) {
+  if (dropout) {
+    body(std::true_type());
+  } else {
+    body(std::false_type());
+  }
+}
+
 // Calls body(nb, i) for i = 0, nb, ... over [0, n), in blocks of nb = 8, then 4, then 1 (a
 // compile-time constant), so that the body can keep nb independent accumulators in registers.
 template <typename F>
@@ -915,6 +926,7 @@ class LaneWorker {
     dpre_.resize(T_ * M_);
     dsum_.resize(V_ * T_ * M_);
     dpm_.resize(T_ * M_);
+    kept_.resize(T_ * M_);
     pl_.resize(T_);
     gl_.resize(M_);
   }
@@ -927,21 +939,41 @@ class LaneWorker {
       V* psum = acc_.data();  // (T, M): the probabilities summed over g (after dropout)
       std::fill(psum, psum + TM, V{});
       for (int64_t g = 0; g < G_; ++g) {
-        V* e = e_.data();
         V total, base;
-        if (!factored_ || !factored_row(b, j0, v, g, &total, &base)) {
+        const bool factored = factored_ && factored_sum(b, j0, v, g, &total, &base);
+        if (!factored) {
           base = logits(b, j0, v, g);
-          total = reduce<V>(TM, [&](int64_t x) { return e[x] = exp_lanes(e[x] - base); });
+          total = reduce<V>(TM, [&](int64_t x) { return e_[x] = exp_lanes(e_[x] - base); });
         }
         store(lse + (v * G_ + g) * L_ + j0, base + log_lanes(total));
-        const V norm = T(1) / total;
+        V norm = T(1) / total;
+        uint64_t keys[LANES];
         if (p_.dropout) {
-          uint64_t keys[LANES];
           row_keys(b, j0, v, g, keys);
-          const V keep = norm * static_cast<T>(p_.keep_scale);
-          for (int64_t x = 0; x < TM; ++x) psum[x] += e[x] * keep * mask(keys, x);
+          norm = norm * static_cast<T>(p_.keep_scale);
+        }
+        // psum += the row's probabilities (after dropout), factored or as stored in e_.
+        auto add = [&](auto dropout, auto prob) {
+          for (int64_t t = 0; t < T_; ++t)
+            for (int64_t m = 0; m < M_; ++m) {
+              const int64_t x = t * M_ + m;
+              if constexpr (decltype(dropout)::value) {
+                psum[x] += prob(t, m, x) * mask(keys, x);
+              } else {
+                psum[x] += prob(t, m, x);
+              }
+            }
+        };
+        if (factored) {
+          const V* ec = c_.data() + g * TM;
+          for (int64_t t = 0; t < T_; ++t) ep_[t] *= norm;
+          with_dropout(p_.dropout, [&](auto dropout) {
+            add(dropout, [&](int64_t t, int64_t m, int64_t x) { return ec[x] * ep_[t] * eg_[m]; });
+          });
         } else {
-          for (int64_t x = 0; x < TM; ++x) psum[x] += e[x] * norm;
+          with_dropout(p_.dropout, [&](auto dropout) {
+            add(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x] * norm; });
+          });
         }
       }
       // out[v, c] = sum_{t, m} psum[t, m] val[m, c] (shifted by the offset of t).
@@ -986,32 +1018,32 @@ class LaneWorker {
       V* dsum = dsum_.data() + v * TM;  // (T, M): the probabilities after dropout summed over g
       std::fill(dsum, dsum + TM, V{});
       for (int64_t g = 0; g < G_; ++g) {
-        V* e = e_.data();  // probabilities, then dS
-        probabilities(b, j0, v, g, load(lse + (v * G_ + g) * L_ + j0));
+        const V lse_row = load(lse + (v * G_ + g) * L_ + j0);
+        // The forward pass's choice, recovered from the stored log-sum-exp: factored unless
+        // its factored sum underflowed in a lane (it was exp(lse - base)).
+        const bool factored = factored_ && scaled_factors(b, j0, v, g, lse_row);
+        if (!factored) direct_probabilities(b, j0, v, g, lse_row);
         const V* dp = dpre_.data();
-        V delta;
         if (p_.dropout) {
           uint64_t keys[LANES];
           row_keys(b, j0, v, g, keys);
           const T keep = static_cast<T>(p_.keep_scale);
-          delta = reduce<V>(TM, [&](int64_t x) {
-            const V kept_scale = mask(keys, x) * keep;
-            dsum[x] += e[x] * kept_scale;
-            dpm_[x] = kept_scale * dpre_[x];
-            return e[x] * dpm_[x];
-          });
+          for (int64_t x = 0; x < TM; ++x) {
+            kept_[x] = mask(keys, x) * keep;
+            dpm_[x] = kept_[x] * dpre_[x];
+          }
           dp = dpm_.data();
-        } else {
-          delta = reduce<V>(TM, [&](int64_t x) {
-            dsum[x] += e[x];
-            return e[x] * dp[x];
-          });
         }
         V* dc = dc_.data() + g * TM;
-        for (int64_t x = 0; x < TM; ++x) {
-          e[x] = e[x] * (dp[x] - delta);  // dS = P (dP - delta)
-          dc[x] += e[x];
-        }
+        with_dropout(p_.dropout, [&](auto dropout) {
+          if (factored) {
+            const V* ec = c_.data() + g * TM;
+            row_gradient(dropout, [&](int64_t t, int64_t m, int64_t x) { return ec[x] * ep_[t] * eg_[m]; }, dp,
+                         dsum, dc);
+          } else {
+            row_gradient(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x]; }, dp, dsum, dc);
+          }
+        });
         positional_gradient(b, j0, v, g, pos_acc);
         if (grp_ != nullptr) group_gradient(b, j0, v, g, grp_acc);
       }
@@ -1121,10 +1153,10 @@ class LaneWorker {
     for (int64_t t = 0; t < T_; ++t) inside_[t] = load(bias_ + j0 + offsets_[t]) == V{} ? splat(T(1)) : V{};
   }
 
-  // Group layers: e_ (T, M) = exp(c - max c) exp(pl - max pl) exp(gl - max gl) for row (v, g),
-  // *base the sum of the three maxima and *total the row's sum. False (e_ then undefined) where
-  // a lane's sum underflows: the row is computed directly instead.
-  bool factored_row(int64_t b, int64_t j0, int64_t v, int64_t g, V* total, V* base) {
+  // The factors of row (v, g)'s exponentials: ep_ (T) = exp(pl - max pl), eg_ (M) = exp(gl -
+  // max gl), with c_ holding exp(c - max c), so that exp(logit - base) = c_[g, t, m] ep_[t] eg_[m];
+  // returns base, the sum of the three maxima.
+  V factors(int64_t b, int64_t j0, int64_t v, int64_t g) {
     V pmax, gmax{};
     if (shared_) {  // the shared table's exponentials, permuted; keys outside the image get 0
       const int64_t* perm = perm_ + v * T_;
@@ -1142,32 +1174,75 @@ class LaneWorker {
       for (int64_t m = 1; m < M_; ++m) gmax = vmax(gmax, gl_[m]);
       for (int64_t m = 0; m < M_; ++m) eg_[m] = exp_lanes(gl_[m] - gmax);
     }
+    return cmax_[g] + pmax + gmax;
+  }
+
+  // Group layers: the factors of row (v, g) (see factors), *base and the row's factored sum
+  // *total = sum_t ep_[t] sum_m c_[g, t, m] eg_[m]. False where a lane's sum underflows: the
+  // row is computed directly instead.
+  bool factored_sum(int64_t b, int64_t j0, int64_t v, int64_t g, V* total, V* base) {
+    *base = factors(b, j0, v, g);
     const V* ec = c_.data() + g * T_ * M_;
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t m = 0; m < M_; ++m) e_[t * M_ + m] = ec[t * M_ + m] * ep_[t] * eg_[m];
-    *base = cmax_[g] + pmax + gmax;
-    *total = reduce<V>(T_ * M_, [&](int64_t x) { return e_[x]; });
+    *total = reduce<V>(T_, [&](int64_t t) {
+      const V* et = ec + t * M_;
+      V s{};
+      for (int64_t m = 0; m < M_; ++m) s += et[m] * eg_[m];
+      return ep_[t] * s;
+    });
     return !any_lane(!(*total >= splat(static_cast<T>(Limits<T>::tiny))));
   }
 
-  // e_ (T, M): the probabilities of row (v, g) from its log-sum-exp `lse` (per lane), computed
-  // as the forward pass computed them: factored unless a lane's factored sum underflowed there.
-  void probabilities(int64_t b, int64_t j0, int64_t v, int64_t g, const V& lse) {
-    const int64_t TM = T_ * M_;
-    if (factored_) {
-      V total, base;
-      factored_row(b, j0, v, g, &total, &base);
-      // The forward pass's decision, recovered from the stored log-sum-exp: its factored sum
-      // was exp(lse - base).
-      if (!any_lane(lse - base < splat(static_cast<T>(std::log(Limits<T>::tiny))))) {
-        const V scale = exp_lanes(base - lse);
-        for (int64_t x = 0; x < TM; ++x) e_[x] *= scale;
-        return;
-      }
-    }
-    logits(b, j0, v, g);
-    for (int64_t x = 0; x < TM; ++x) e_[x] = exp_lanes(e_[x] - lse);
+  // The factors of row (v, g) scaled by exp(base - lse), so that its probabilities are
+  // c_[g, t, m] ep_[t] eg_[m]; false where the forward pass did not factor the row.
+  bool scaled_factors(int64_t b, int64_t j0, int64_t v, int64_t g, const V& lse) {
+    const V base = factors(b, j0, v, g);
+    if (any_lane(lse - base < splat(static_cast<T>(std::log(Limits<T>::tiny))))) return false;
+    const V scale = exp_lanes(base - lse);
+    for (int64_t t = 0; t < T_; ++t) ep_[t] *= scale;
+    return true;
   }
+
+  // e_ (T, M): the probabilities of row (v, g) from its logits and log-sum-exp `lse` (per lane).
+  void direct_probabilities(int64_t b, int64_t j0, int64_t v, int64_t g, const V& lse) {
+    logits(b, j0, v, g);
+    for (int64_t x = 0; x < T_ * M_; ++x) e_[x] = exp_lanes(e_[x] - lse);
+  }
+
+  // Row (v, g) of the backward pass from its probabilities P = prob(t, m, x) (x = t M + m) and
+  // dP (dp, after dropout): dsum (T, M) += P (times kept_ with dropout); dc (T, M) += dS = P (dP -
+  // delta), delta = sum_x P dP; pl_ (T) and gl_ (M) receive dS summed over m and over t.
+  template <typename D, typename P>
+  void row_gradient(D dropout, P prob, const V* dp, V* dsum, V* dc) {
+    V* partial = gl_.data();  // delta summed over t for each m, then dS summed over t
+    std::fill(partial, partial + M_, V{});
+    for (int64_t t = 0; t < T_; ++t)
+      for (int64_t m = 0; m < M_; ++m) {
+        const int64_t x = t * M_ + m;
+        const V pr = prob(t, m, x);
+        if constexpr (decltype(dropout)::value) {
+          dsum[x] += pr * kept_[x];
+        } else {
+          dsum[x] += pr;
+        }
+        partial[m] += pr * dp[x];
+      }
+    V delta{};
+    for (int64_t m = 0; m < M_; ++m) delta += partial[m];
+    std::fill(partial, partial + M_, V{});
+    for (int64_t t = 0; t < T_; ++t) {
+      V over_m{};
+      for (int64_t m = 0; m < M_; ++m) {
+        const int64_t x = t * M_ + m;
+        const V ds = prob(t, m, x) * (dp[x] - delta);
+        dc[x] += ds;
+        over_m += ds;
+        partial[m] += ds;
+      }
+      pl_[t] = over_m;
+    }
+  }
+
+
 
   // e_ (T, M): the logits of row (v, g); returns their maximum over (t, m) per lane.
   V logits(int64_t b, int64_t j0, int64_t v, int64_t g) {
@@ -1222,11 +1297,11 @@ class LaneWorker {
     }
   }
 
-  // dS (in e_) summed over m: the positional term's gradient, into grad_q and pos_acc (with a
-  // shared table, into DP_ at the permuted offsets; shared_positional_gradient finishes it).
+  // dS summed over m (pl_, from row_gradient): the positional term's gradient, into grad_q and
+  // pos_acc (with a shared table, into DP_ at the permuted offsets; shared_positional_gradient
+  // finishes it).
   void positional_gradient(int64_t b, int64_t j0, int64_t v, int64_t g, V* pos_acc) {
-    V* dpl = pl_.data();  // the logits' positional terms are no longer needed
-    for (int64_t t = 0; t < T_; ++t) dpl[t] = reduce<V>(M_, [&](int64_t m) { return e_[t * M_ + m]; });
+    const V* dpl = pl_.data();
     if (shared_) {
       const int64_t* perm = perm_ + v * T_;
       for (int64_t t = 0; t < T_; ++t) DP_[g * R_ + perm[t]] += dpl[t];
@@ -1254,12 +1329,9 @@ class LaneWorker {
     }
   }
 
-  // dS (in e_) summed over t: the group term's gradient, into grad_q and grp_acc.
+  // dS summed over t (gl_, from row_gradient): the group term's gradient, into grad_q and grp_acc.
   void group_gradient(int64_t b, int64_t j0, int64_t v, int64_t g, V* grp_acc) {
-    V* dgl = gl_.data();  // the logits' group terms are no longer needed
-    std::fill(dgl, dgl + M_, V{});
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t m = 0; m < M_; ++m) dgl[m] += e_[t * M_ + m];
+    const V* dgl = gl_.data();
     const T* e = grp_ + (v * G_ + g) * M_ * Dg_;
     for (int64_t d = 0; d < Dg_; ++d) {
       const V qd = load(query_row(b, g, D2_ + d) + j0);
@@ -1294,7 +1366,7 @@ class LaneWorker {
   bool shared_ = false;    // the positional tables of every v permute U base tables
   std::vector<int64_t> offsets_, scatter_order_;
   std::vector<V> P_, EP_, PM_, DP_, inside_;
-  std::vector<V> c_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, dsum_;
+  std::vector<V> c_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, kept_, dsum_;
 };
 
 // Tasks of the lanes kernel: (head-batch, part), each part a contiguous run of tiles. A head-batch
