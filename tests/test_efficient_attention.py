@@ -589,3 +589,17 @@ def test_positional_tables_permute_few_base_tables(group_name, bases, lifting):
         assert torch.equal(table, table[base_elements].flatten(0, 1)[perm])
         for row in perm:  # each v: a permutation of the rows of one base table
             assert sorted(row.tolist()) == list(range(row[0] // 25 * 25, row[0] // 25 * 25 + 25))
+
+
+def test_library_load_benchmark_measures_a_process_that_imports_only_the_library(monkeypatch, capsys):
+    """benchmarks/library_under_load.py: the measured process sets no wait policy and imports no runner."""
+    benchmark = load_script("benchmarks/library_under_load.py")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # as main.py and the suite's runs leave it
+    record = benchmark.measure(repeats=1, batch=1, wait_policy=None)
+    assert record["step_s"] > 0 and record["batch"] == 1
+    assert record["omp_wait_policy"] == "unset" and record["runner_imported"] is False
+    steps = iter([0.5, 1.25])
+    monkeypatch.setattr(benchmark, "measure", lambda repeats, batch, policy: {"step_s": next(steps), "batch": batch})
+    benchmark.main(["--repeats", "1", "--batch", "2", "--busy", "1"])
+    idle, loaded = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert (idle["load"], loaded["load"], loaded["busy_processes"], loaded["loaded_over_idle"]) == ("idle", "busy", 1, 2.5)
