@@ -139,6 +139,29 @@ def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(t
     assert written == sorted([*manifest, "manifest.json"])
 
 
+@on_the_table
+def test_ship_replaces_the_model_of_the_same_kind_shipped_before_for_the_dataset(table_run, tmp_path):
+    import json
+
+    table, argv, _ = table_run
+    shipped_dir = tmp_path / "shipped"
+    (shipped_dir / "pretrained").mkdir(parents=True)
+    before = {"pretrained/rotMNIST5k_model_p4sa_old.pt": {"model": "p4sa", "dataset": "rotMNIST5k"},
+              "pretrained/rotMNIST5k_model_p4cnn_kept.pt": {"model": "p4cnn", "dataset": "rotMNIST5k"},
+              "rotDigits_model_p4sa_kept.pt": {"model": "p4sa", "dataset": "rotDigits"}}
+    for name in before:
+        (shipped_dir / name).write_bytes(b"a checkpoint")
+    (shipped_dir / "manifest.json").write_text(json.dumps({"checkpoints": before}))
+    table.main(argv + ["--ship", "--saved-dir", str(shipped_dir)])
+    manifest = json.loads((shipped_dir / "manifest.json").read_text())["checkpoints"]
+    assert "pretrained/rotMNIST5k_model_p4sa_old.pt" not in manifest
+    assert not (shipped_dir / "pretrained" / "rotMNIST5k_model_p4sa_old.pt").exists()
+    for name in ("pretrained/rotMNIST5k_model_p4cnn_kept.pt", "rotDigits_model_p4sa_kept.pt"):  # other kind, dataset
+        assert manifest[name] == before[name] and (shipped_dir / name).exists()
+    assert sorted(record["model"] for record in manifest.values() if record["dataset"] == "rotMNIST5k") == [
+        "f_att_p4cnn", "p4cnn", "p4sa"]
+
+
 def test_arguments_other_than_config_fields_are_refused(capsys):
     with pytest.raises(SystemExit):
         _table_module().parse_args(["--model", "p4sa"])

@@ -229,7 +229,9 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     """Copies the checkpoint of ``row`` into ``saved_dir/pretrained`` and records it in the manifest.
 
     The file gets the name the runner derives for the run's configuration, and both files are
-    written to a temporary file first and then renamed.
+    written to a temporary file first and then renamed. It replaces the model of the same kind
+    shipped before for the dataset: that one's manifest entry goes, then its file (the earlier
+    file stays in the repository's history).
     """
     from ml_collections import config_dict
 
@@ -251,7 +253,13 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     temporary.replace(target)
     manifest_path = saved_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"checkpoints": {}}
-    manifest["checkpoints"][f"{SHIPPED_FOLDER}/{target.name}"] = {
+    name = f"{SHIPPED_FOLDER}/{target.name}"
+    replaced = [other for other, record in manifest["checkpoints"].items()
+                if other != name and record.get("dataset") == config.dataset
+                and kind_of(record["model"]) == kind_of(saved["model"])]
+    for other in replaced:
+        del manifest["checkpoints"][other]
+    manifest["checkpoints"][name] = {
         "model": saved["model"],
         "dataset": config.dataset,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
@@ -264,6 +272,9 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     temporary = manifest_path.with_name(f".{manifest_path.name}.tmp")
     temporary.write_text(json.dumps(manifest, indent=2) + "\n")
     temporary.replace(manifest_path)
+    for other in replaced:
+        (saved_dir / other).unlink(missing_ok=True)
+        print(f"[table] {other} replaced", flush=True)
     print(f"[table] shipped {row['model']} seed {row['seed']} as {target}", flush=True)
     return target
 
