@@ -50,7 +50,7 @@ def test_every_run_has_a_row_with_its_rotation_accuracies(table_run):
         assert float(row["accuracy_0deg"]) == float(row["test_accuracy"])  # both from unrotated images
         blurred = [key for key in row if key.startswith("blur_")]  # rotMNIST5k digits have upright sources
         assert len(blurred) == 20 and "blur_15deg" in blurred and "blur_90deg" not in blurred
-        assert float(row["seconds_per_epoch"]) > 0 and int(row["epochs"]) == 1
+        assert float(row["seconds_per_epoch"]) > 0 and int(row["epochs"]) == 1 and row["threads"] == "1"
     assert {row["parameters"] for row in rows if row["model"] == "z2cnn"} == {"21620"}
     assert (tmp_path / "out" / "rotation.png").stat().st_size > 0
 
@@ -65,6 +65,8 @@ def test_table_gives_the_mean_and_spread_over_seeds(table_run):
         expected = f"{statistics.mean(accuracies):.2f} ± {statistics.stdev(accuracies):.2f}"
         line = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
         assert line.split(" | ")[2] == expected
+        seconds = statistics.mean(float(row["seconds_per_epoch"]) for row in rows if row["model"] == model)
+        assert line.split(" | ")[-1] == f"{seconds:.1f} (1 thread) |"  # the runs' --config.num_threads
 
 
 @on_the_table

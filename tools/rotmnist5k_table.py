@@ -24,7 +24,7 @@ Writes to ``--output-dir``:
 * ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle
   (``accuracy_<a>deg``) and, off the 90-degree grid, with the test digits rotated a second time
   (``blur_<a>deg``), parameters, seconds of the fastest training epoch (the least disturbed by
-  other work), best epoch, checkpoint);
+  other work) and the run's ``--config.num_threads``, best epoch, checkpoint);
 * ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
   accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
   by the other 15-degree steps (each digit interpolated once, from its source), the lowest
@@ -108,6 +108,9 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
     with open(f"{prefix}.metrics.csv") as handle:
         history = list(csv.DictReader(handle))
     network = main.load_model(prefix.with_suffix(".pt"))
+    from g_selfatt_models import checkpoints
+
+    threads = checkpoints.read(prefix.with_suffix(".pt"))["config"].get("num_threads")
     best = max(history, key=lambda row: float(row["best_val_accuracy"]))
     return {
         "model": model,
@@ -117,6 +120,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         **{f"blur_{angle:g}deg": blur[angle] for angle in sorted(blur)},
         "parameters": sum(p.numel() for p in network.parameters()),
         "seconds_per_epoch": min(float(row["train_seconds"]) for row in history),
+        "threads": threads or "",  # "": the runner's default, one per core
         "epochs": len(history),
         "best_val_accuracy": float(best["best_val_accuracy"]),
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
@@ -158,9 +162,19 @@ def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
             "blur: other 15° steps, rotated twice %": _mean_std(per_run(_angles(runs[0], "blur_"), "blur_"))
             if _angles(runs[0], "blur_") else NOT_MEASURED,
             "parameters": f"{int(runs[0]['parameters']):,}",
-            "s / epoch": f"{statistics.mean(float(run['seconds_per_epoch']) for run in runs):.1f}",
+            "s / epoch": f"{statistics.mean(float(run['seconds_per_epoch']) for run in runs):.1f}"
+                         + _threads_note(runs),
         })
     return summary
+
+
+def _threads_note(runs: Sequence[Mapping[str, object]]) -> str:
+    """`` (N threads)`` where every run recorded the same thread count, else nothing."""
+    counts = {str(run.get("threads") or "") for run in runs}
+    if len(counts) != 1 or "" in counts:
+        return ""
+    count = int(counts.pop())
+    return f" ({count} thread{'s' if count > 1 else ''})"
 
 
 def markdown(summary: Sequence[Mapping[str, str]]) -> str:
