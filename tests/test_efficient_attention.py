@@ -526,12 +526,14 @@ def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, 
 
 
 @pytest.mark.parametrize("model,fields,layouts", [
-    ("p4sa", {}, ["lanes", "lanes", "lanes"]),  # 28x28 lifting, p4 at 14x14 (1.31 lanes per query), 7x7 (1.63)
+    # rows of W + r lanes: 28x28 lifting, p4 at 14x14 (14 x 16 = 224 lanes for 196 queries, 1.14 per
+    # query), 7x7 (7 x 9 = 63 -> 64 for 49, 1.31)
+    ("p4sa", {}, ["lanes", "lanes", "lanes"]),
     ("p8sa", {}, ["lanes", "lanes", "lanes"]),
     ("z2sa", {}, ["lanes", "lanes", "lanes"]),
-    # patch 13: 14 x 26 = 364 -> 368 lanes for 196 queries (1.9 per query), 12 channels per head;
-    # 7 x 19 = 133 -> 136 for 49 (2.8), 24 channels per head
-    ("p4sa", {"patch_size": 13}, ["lanes", "channel_major", "pixel_major"]),
+    # patch 13 (r = 6): 14 x 20 = 280 lanes for 196 queries (1.43 per query); 7 x 13 = 91 -> 96
+    # for 49 (1.96), 24 channels per head
+    ("p4sa", {"patch_size": 13}, ["lanes", "lanes", "pixel_major"]),
     ("p4sa", {"attention_type": "Global"}, ["channel_major"] * 3),  # global layers: one query at a time
 ])
 def test_the_kernel_chooses_its_layout_from_the_shapes(model, fields, layouts, monkeypatch):

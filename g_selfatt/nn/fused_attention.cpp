@@ -51,7 +51,7 @@ struct Problem {
   int64_t dropout;               // 1: apply the dropout mask
   int64_t pixel_major;           // layouts of keys, values and table: 1 pixel-major, 0 channel-major
   int64_t lanes, key_lanes;      // lanes layout: L and LK (see "lanes" below)
-  int64_t padded_width;          // lanes layout: Wp = W + 2 r
+  int64_t padded_width;          // lanes layout: Wp = W + r
   int64_t pos_heads;             // lanes layout: 1, or N positional tables, head n of head-batch b = b mod N
   int64_t pos_bases;             // lanes layout with perm: U tables that every v's table permutes
   uint64_t seed;
@@ -748,10 +748,12 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 // For local layers with few channels per head the work per query is tiny (a few hundred
 // multiply-adds), so the kernel runs the queries side by side instead: the vector lanes run
 // along neighbouring query pixels, and every contraction is a sum of shifted, contiguous
-// rows. With the image zero-padded by r = P / 2 on each side (padded width Wp = W + 2 r),
-// lane j stands for the query at (y, x) = (j / Wp, j % Wp) and its key at patch offset
-// (a, b) sits at padded position j + a Wp + b, for every lane alike: each offset is one
-// shift. Lanes with x >= W (and those past H Wp that fill the last tile) are padding; their
+// rows. The keys lie on a zero-padded grid of rows Wp = W + r long (r = P / 2 zero columns
+// before each image row, r zero rows above and below): pixel (y, x) at position (y + r) Wp +
+// x + r. Lane j stands for the query at (y, x) = (j / Wp, j % Wp), and its key at patch offset
+// (a, b) sits at position j + a Wp + b, for every lane alike: each offset is one shift (a key
+// past the right edge of its row lands in the zero columns that begin the next row). Lanes
+// with x >= W (and those past H Wp that fill the last tile) are padding; their
 // queries are zero and they take no gradient (the caller discards their outputs), so they
 // cost time but never change a result.
 //

@@ -304,8 +304,9 @@ class FusedGeometry:
 
     @property
     def padded_width(self) -> int:
-        """``Wp = W + 2 r``: the row length of the zero-padded grid of the lanes layout."""
-        return self.width + 2 * self.radius
+        """``Wp = W + r``: the row length of the zero-padded grid of the lanes layout (``r`` zero
+        columns before each image row; those of the next row catch the keys past a row's end)."""
+        return self.width + self.radius
 
     @property
     def lanes(self) -> int:
@@ -408,18 +409,19 @@ class LanesAttention(torch.autograd.Function):
 
 
 def _lane_queries(geometry: FusedGeometry, q: Tensor) -> Tensor:
-    """``(B, C, N, G, H, W)`` -> ``(B N, G, C, L)``: each row padded by ``2 r`` zeros, then to ``L`` lanes."""
+    """``(B, C, N, G, H, W)`` -> ``(B N, G, C, L)``: each row padded by ``r`` zeros, then to ``L`` lanes."""
     batch, channels, heads, elements, height, width = q.shape
-    t = F.pad(q.permute(0, 2, 3, 1, 4, 5), (0, 2 * geometry.radius))  # (B, N, G, C, H, Wp)
+    t = F.pad(q.permute(0, 2, 3, 1, 4, 5), (0, geometry.radius))  # (B, N, G, C, H, Wp)
     t = t.reshape(batch * heads, elements, channels, height * geometry.padded_width)
     return F.pad(t, (0, geometry.lanes - t.shape[-1]))  # (BN, G, C, L)
 
 
 def _lane_keys(geometry: FusedGeometry, t: Tensor) -> Tensor:
-    """``(B, C, N, M, H, W)`` -> ``(B N, M, C, LK)``: the zero-padded grid, flattened and extended to ``LK``."""
+    """``(B, C, N, M, H, W)`` -> ``(B N, M, C, LK)``: the zero-padded grid (``r`` zero columns before
+    each row, ``r`` zero rows above and below), flattened and extended to ``LK``."""
     batch, channels, heads, elements = t.shape[:4]
     r = geometry.radius
-    t = F.pad(t.permute(0, 2, 3, 1, 4, 5), (r, r, r, r))  # (B, N, M, C, Hp, Wp)
+    t = F.pad(t.permute(0, 2, 3, 1, 4, 5), (r, 0, r, r))  # (B, N, M, C, H + 2 r, Wp)
     t = t.reshape(batch * heads, elements, channels, -1)
     return F.pad(t, (0, geometry.key_lanes - t.shape[-1]))  # (BN, M, C, LK)
 
@@ -427,7 +429,7 @@ def _lane_keys(geometry: FusedGeometry, t: Tensor) -> Tensor:
 def _lane_bias(geometry: FusedGeometry, like: Tensor) -> Tensor:
     """``(LK,)``: 0 where the padded key grid lies inside the image, :data:`OUTSIDE_BIAS` elsewhere."""
     r = geometry.radius
-    inside = F.pad(like.new_ones(geometry.height, geometry.width), (r, r, r, r)).flatten()
+    inside = F.pad(like.new_ones(geometry.height, geometry.width), (r, 0, r, r)).flatten()
     inside = F.pad(inside, (0, geometry.key_lanes - inside.numel()))
     return (1 - inside) * OUTSIDE_BIAS
 
