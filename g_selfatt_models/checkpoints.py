@@ -402,7 +402,15 @@ def load_model(path: Union[str, pathlib.Path], model: str = "", dataset: str = "
         ValueError: an unknown model or dataset name.
     """
     path = checkpoint_file(path)
-    saved = read(path)
+    return model_from(read(path), path, model, dataset, original_architecture=original_architecture)
+
+
+def model_from(saved: Any, path: pathlib.Path, model: str = "", dataset: str = "", *,
+               original_architecture: bool = False) -> nn.Module:
+    """:func:`load_model` for a checkpoint already read from ``path`` (by :func:`read`).
+
+    For callers that need the checkpoint's other entries too, so the file is read once.
+    """
     if is_project_checkpoint(saved):
         config = dict(saved["config"])
         for name, asked, held in (("model", model, saved["model"]), ("dataset", dataset, config["dataset"])):

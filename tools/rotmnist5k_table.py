@@ -98,7 +98,7 @@ def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequenc
 
 def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
     """One row of ``runs.csv`` from the files a run wrote."""
-    import main  # the experiment runner, for load_model
+    from g_selfatt_models import checkpoints
 
     report = json.loads(prefix.with_suffix(".test.json").read_text())
     with open(f"{prefix}.rotation.csv") as handle:
@@ -107,10 +107,9 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
     blur = {float(row["angle_deg"]): float(row["blur_accuracy"]) for row in points if row.get("blur_accuracy")}
     with open(f"{prefix}.metrics.csv") as handle:
         history = list(csv.DictReader(handle))
-    network = main.load_model(prefix.with_suffix(".pt"))
-    from g_selfatt_models import checkpoints
-
-    threads = checkpoints.read(prefix.with_suffix(".pt"))["config"].get("num_threads")
+    saved = checkpoints.read(prefix.with_suffix(".pt"))
+    network = checkpoints.model_from(saved, prefix.with_suffix(".pt"))
+    threads = saved["config"].get("num_threads")
     best = max(history, key=lambda row: float(row["best_val_accuracy"]))
     return {
         "model": model,

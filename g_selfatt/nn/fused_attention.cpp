@@ -967,11 +967,8 @@ class LaneWorker {
             }
         };
         if (factored) {
-          const V* ec = c_.data() + g * TM;
           for (int64_t t = 0; t < T_; ++t) ep_[t] *= norm;
-          with_dropout(p_.dropout, [&](auto dropout) {
-            add(dropout, [&](int64_t t, int64_t m, int64_t x) { return ec[x] * ep_[t] * eg_[m]; });
-          });
+          with_dropout(p_.dropout, [&](auto dropout) { add(dropout, factored_entries(g)); });
         } else {
           with_dropout(p_.dropout, [&](auto dropout) {
             add(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x] * norm; });
@@ -1039,9 +1036,7 @@ class LaneWorker {
         V* dc = dc_.data() + g * TM;
         with_dropout(p_.dropout, [&](auto dropout) {
           if (factored) {
-            const V* ec = c_.data() + g * TM;
-            row_gradient(dropout, [&](int64_t t, int64_t m, int64_t x) { return ec[x] * ep_[t] * eg_[m]; }, dp,
-                         dsum, dc);
+            row_gradient(dropout, factored_entries(g), dp, dsum, dc);
           } else {
             row_gradient(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x]; }, dp, dsum, dc);
           }
@@ -1202,6 +1197,13 @@ class LaneWorker {
     const V scale = exp_lanes(base - lse);
     for (int64_t t = 0; t < T_; ++t) ep_[t] *= scale;
     return true;
+  }
+
+  // Entry (t, m) (x = t M + m) of a factored row g, read from its factors: c_[g, x] ep_[t] eg_[m]
+  // (a probability once ep_ is scaled by factored_sum's 1 / total or by scaled_factors).
+  auto factored_entries(int64_t g) const {
+    const V* ec = c_.data() + g * T_ * M_;
+    return [this, ec](int64_t t, int64_t m, int64_t x) { return ec[x] * ep_[t] * eg_[m]; };
   }
 
   // e_ (T, M): the probabilities of row (v, g) from its logits and log-sum-exp `lse` (per lane).
