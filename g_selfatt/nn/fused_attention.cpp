@@ -91,20 +91,21 @@ inline bool kept(uint64_t key, uint32_t x, uint32_t threshold) {
   return (h >> 8) < threshold;
 }
 
+// ln 2 in two parts (the first exact in float32, so that x - n ln2_hi is exact) and the
+// coefficients of the degree-7 polynomial of exp_mantissa, highest first.
+constexpr float kLn2Hi = 0.693145751953125f;
+constexpr float kLn2Lo = 1.42860682030941723212e-6f;
+constexpr float kExpCoefficients[] = {1.0f / 5040.0f, 1.0f / 720.0f, 1.0f / 120.0f, 1.0f / 24.0f,
+                                      1.0f / 6.0f, 0.5f, 1.0f, 1.0f};
+
 // exp(x) / 2^n for float32 (or a vector of them), with n = round(x / ln 2) given: Cody-Waite
 // reduction of x by n ln 2, then a degree-7 polynomial (about 1 ulp).
 template <typename F>
 inline F exp_mantissa(F x, F n) {
-  F r = x - n * 0.693145751953125f;
-  r = r - n * 1.42860682030941723212e-6f;
-  F p = F{} + 1.0f / 5040.0f;
-  p = p * r + 1.0f / 720.0f;
-  p = p * r + 1.0f / 120.0f;
-  p = p * r + 1.0f / 24.0f;
-  p = p * r + 1.0f / 6.0f;
-  p = p * r + 0.5f;
-  p = p * r + 1.0f;
-  p = p * r + 1.0f;
+  F r = x - n * kLn2Hi;
+  r = r - n * kLn2Lo;
+  F p = F{} + kExpCoefficients[0];
+  for (int i = 1; i < 8; ++i) p = p * r + kExpCoefficients[i];
   return p;
 }
 
@@ -820,23 +821,57 @@ inline auto sum_lanes(const V& x) {
   return total;
 }
 
+// x[k] = exp(x[k]) in every lane of K float32 vectors, as exp_approx does for one float. Each step
+// is taken for all K before the next: the steps of one exp form a long chain of dependent
+// operations, and K independent chains side by side in program order let the core overlap them.
+template <int K>
+inline void exp_lanes_k(Vec<float>* x) {
+  using I = decltype(x[0] < x[0]);  // int32 lanes
+  const Vec<float> shifter = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  Vec<float> n[K], r[K], p[K];
+  for (int k = 0; k < K; ++k) {
+    r[k] = vmax(x[k] < 88.0f ? x[k] : splat(88.0f), splat(-87.0f));
+    n[k] = (r[k] * 1.44269504088896341f + shifter) - shifter;
+  }
+  for (int k = 0; k < K; ++k) r[k] = (r[k] - n[k] * kLn2Hi) - n[k] * kLn2Lo;
+  for (int k = 0; k < K; ++k) p[k] = splat(kExpCoefficients[0]);
+  for (int i = 1; i < 8; ++i)
+    for (int k = 0; k < K; ++k) p[k] = p[k] * r[k] + kExpCoefficients[i];
+  for (int k = 0; k < K; ++k) {
+    const I bits = (__builtin_convertvector(n[k], I) + 127) << 23;
+    Vec<float> scale;
+    std::memcpy(&scale, &bits, sizeof(scale));
+    const Vec<float> result = x[k] < -87.0f ? Vec<float>{} : p[k] * scale;
+    x[k] = x[k] != x[k] ? x[k] : result;
+  }
+}
+
 // exp of every lane: float32 as exp_approx (vectorised), float64 lane by lane.
 inline Vec<float> exp_lanes(Vec<float> x) {
-  using I = int32_t __attribute__((vector_size(LANES * sizeof(int32_t))));
-  const Vec<float> xc = vmax(x < 88.0f ? x : splat(88.0f), splat(-87.0f));
-  const Vec<float> shifter = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
-  const Vec<float> n = (xc * 1.44269504088896341f + shifter) - shifter;
-  const Vec<float> p = exp_mantissa(xc, n);
-  const I bits = (__builtin_convertvector(n, I) + 127) << 23;
-  Vec<float> scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  const Vec<float> result = x < -87.0f ? Vec<float>{} : p * scale;
-  return x != x ? x : result;
+  exp_lanes_k<1>(&x);
+  return x;
 }
 
 inline Vec<double> exp_lanes(Vec<double> x) {
   for (int l = 0; l < LANES; ++l) x[l] = std::exp(x[l]);
   return x;
+}
+
+// dst[x] = exp(src[x] - shift) for x < n, vectors of lanes (dst may be src; exp_shifted of the
+// one-query layouts for scalars); float32 four vectors at a time (see exp_lanes_k).
+template <typename V>
+inline void exp_lanes_shifted(V* dst, const V* src, const V& shift, int64_t n) {
+  int64_t x = 0;
+  if constexpr (std::is_same_v<V, Vec<float>>) {
+    constexpr int K = 4;
+    for (; x + K <= n; x += K) {
+      V block[K];
+      for (int k = 0; k < K; ++k) block[k] = src[x + k] - shift;
+      exp_lanes_k<K>(block);
+      for (int k = 0; k < K; ++k) dst[x + k] = block[k];
+    }
+  }
+  for (; x < n; ++x) dst[x] = exp_lanes(src[x] - shift);
 }
 
 // Whether the comparison vector `mask` (all bits set where true) is true in any lane.
@@ -864,14 +899,18 @@ inline void with_dropout(bool dropout, F body) {
   }
 }
 
-// Calls body(nb, i) for i = 0, nb, ... over [0, n), in blocks of nb = 8, then 4, then 1 (a
+// Calls body(nb, i) for i = 0, nb, ... over [0, n), in blocks of nb = B, then B / 2, ..., 1 (a
 // compile-time constant), so that the body can keep nb independent accumulators in registers.
+template <int B, typename F>
+inline void in_blocks_of(int64_t n, F body) {
+  int64_t i = 0;
+  for (; i + B <= n; i += B) body(std::integral_constant<int, B>(), i);
+  if constexpr (B > 1) in_blocks_of<B / 2>(n - i, [&](auto nb, int64_t j) { body(nb, i + j); });
+}
+
 template <typename F>
 inline void in_blocks(int64_t n, F body) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) body(std::integral_constant<int, 8>(), i);
-  for (; i + 4 <= n; i += 4) body(std::integral_constant<int, 4>(), i);
-  for (; i < n; ++i) body(std::integral_constant<int, 1>(), i);
+  in_blocks_of<8>(n, body);
 }
 
 // sum_{i < n} term(i) in four interleaved partial sums (four independent addition chains).
@@ -1091,19 +1130,30 @@ class LaneWorker {
         });
   }
 
-  // c (T, M): the content logits of query element g of the tile, the same for every v.
-  void content_logits(int64_t b, int64_t j0, int64_t g, V* c) {
-    for (int64_t m = 0; m < M_; ++m)
-      in_blocks(T_, [&](auto nb, int64_t t0) {
-        constexpr int NB = decltype(nb)::value;
-        V acc[NB] = {};
-        for (int64_t ch = 0; ch < C_; ++ch) {
-          const V qv = load(query_row(b, g, ch) + j0);
-          const T* key = row(k_, b, m, ch) + j0;
-          for (int i = 0; i < NB; ++i) acc[i] += qv * load(key + offsets_[t0 + i]);
-        }
-        for (int i = 0; i < NB; ++i) c[(t0 + i) * M_ + m] = acc[i];
-      });
+  // c (count, T, M): the content logits of query elements g0 .. g0 + count - 1 of the tile, the
+  // same for every v. Each shifted key vector is loaded once for a block of up to 4 of them (the
+  // shifted loads are unaligned; the queries' are aligned).
+  void content_logits(int64_t b, int64_t j0, int64_t g0, int64_t count, V* c) {
+    const int64_t TM = T_ * M_;
+    in_blocks_of<4>(count, [&](auto gb, int64_t gi) {
+      constexpr int GB = decltype(gb)::value;
+      for (int64_t m = 0; m < M_; ++m)
+        in_blocks_of<2>(T_, [&](auto nb, int64_t t0) {
+          constexpr int NB = decltype(nb)::value;
+          V acc[GB][NB] = {};
+          for (int64_t ch = 0; ch < C_; ++ch) {
+            const T* key = row(k_, b, m, ch) + j0;
+            V kv[NB];
+            for (int i = 0; i < NB; ++i) kv[i] = load(key + offsets_[t0 + i]);
+            for (int j = 0; j < GB; ++j) {
+              const V qv = load(query_row(b, g0 + gi + j, ch) + j0);
+              for (int i = 0; i < NB; ++i) acc[j][i] += qv * kv[i];
+            }
+          }
+          for (int j = 0; j < GB; ++j)
+            for (int i = 0; i < NB; ++i) c[(gi + j) * TM + (t0 + i) * M_ + m] = acc[j][i];
+        });
+    });
   }
 
   // c_ (G, T, M): the content logits of the tile; for group layers their exponentials
@@ -1111,15 +1161,15 @@ class LaneWorker {
   // rare rows that need them: this keeps the tile's working set in the L1 cache).
   void content(int64_t b, int64_t j0) {
     const int64_t TM = T_ * M_;
-    for (int64_t g = 0; g < G_; ++g) {
-      V* c = c_.data() + g * TM;
-      content_logits(b, j0, g, c);
-      if (!factored_) continue;
-      V mx = c[0];
-      for (int64_t x = 1; x < TM; ++x) mx = vmax(mx, c[x]);
-      cmax_[g] = mx;
-      for (int64_t x = 0; x < TM; ++x) c[x] = exp_lanes(c[x] - mx);
-    }
+    content_logits(b, j0, 0, G_, c_.data());
+    if (factored_)
+      for (int64_t g = 0; g < G_; ++g) {
+        V* c = c_.data() + g * TM;
+        V mx = c[0];
+        for (int64_t x = 1; x < TM; ++x) mx = vmax(mx, c[x]);
+        cmax_[g] = mx;
+        exp_lanes_shifted(c, c, mx, TM);
+      }
     if (shared_) shared_positions(b, j0);
   }
 
@@ -1144,7 +1194,7 @@ class LaneWorker {
         V mx = Pu[0];
         for (int64_t t = 1; t < T_; ++t) mx = vmax(mx, Pu[t]);
         PM_[g * U_ + u] = mx;
-        for (int64_t t = 0; t < T_; ++t) EP_[g * R_ + u * T_ + t] = exp_lanes(Pu[t] - mx);
+        exp_lanes_shifted(EP_.data() + g * R_ + u * T_, Pu, mx, T_);
       }
     }
     for (int64_t t = 0; t < T_; ++t) inside_[t] = load(bias_ + j0 + offsets_[t]) == V{} ? splat(T(1)) : V{};
@@ -1163,13 +1213,13 @@ class LaneWorker {
       positional_term(b, j0, v, g);
       pmax = pl_[0];
       for (int64_t t = 1; t < T_; ++t) pmax = vmax(pmax, pl_[t]);
-      for (int64_t t = 0; t < T_; ++t) ep_[t] = exp_lanes(pl_[t] - pmax);
+      exp_lanes_shifted(ep_.data(), pl_.data(), pmax, T_);
     }
     if (grp_ != nullptr) {
       group_term(b, j0, v, g);
       gmax = gl_[0];
       for (int64_t m = 1; m < M_; ++m) gmax = vmax(gmax, gl_[m]);
-      for (int64_t m = 0; m < M_; ++m) eg_[m] = exp_lanes(gl_[m] - gmax);
+      exp_lanes_shifted(eg_.data(), gl_.data(), gmax, M_);
     }
     return cmax_[g] + pmax + gmax;
   }
@@ -1209,7 +1259,7 @@ class LaneWorker {
   // e_ (T, M): the probabilities of row (v, g) from its logits and log-sum-exp `lse` (per lane).
   void direct_probabilities(int64_t b, int64_t j0, int64_t v, int64_t g, const V& lse) {
     logits(b, j0, v, g);
-    for (int64_t x = 0; x < T_ * M_; ++x) e_[x] = exp_lanes(e_[x] - lse);
+    exp_lanes_shifted(e_.data(), e_.data(), lse, T_ * M_);
   }
 
   // Row (v, g) of the backward pass from its probabilities P = prob(t, m, x) (x = t M + m) and
@@ -1254,7 +1304,7 @@ class LaneWorker {
     V mx0 = splat(-std::numeric_limits<T>::infinity()), mx1 = mx0;
     const V* c = c_.data() + g * T_ * M_;
     if (factored_) {  // c_ holds exponentials: the logits again, in place in e_
-      content_logits(b, j0, g, e_.data());
+      content_logits(b, j0, g, 1, e_.data());
       c = e_.data();
     }
     for (int64_t t = 0; t < T_; ++t)
