@@ -318,3 +318,11 @@ def test_blur_report_recalibrates_batchnorm_and_measures_drift_per_stage():
     drift = dict(blur.stage_drift(nn.Sequential(model), lambda x: x, images, shifted))
     assert drift["input"] == pytest.approx(float((0.1 * torch.ones_like(images)).norm() / images.norm()))
     assert set(drift) == {"input", "0.0", "0.1", "0.2"}
+
+
+def test_readme_shows_the_committed_results_table():
+    """README's results table is ``runs/rotMNIST5k/table.md`` as the script last wrote it, every row."""
+    table = (REPO_ROOT / "runs" / "rotMNIST5k" / "table.md").read_text().splitlines()
+    readme = (REPO_ROOT / "README.md").read_text()
+    section = readme.split("## Results on real rotated digits", 1)[1].split("\n## ", 1)[0]
+    assert len(table) >= 3 and all(f"\n{line}\n" in section for line in table)
