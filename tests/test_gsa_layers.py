@@ -20,6 +20,8 @@ from g_selfatt.nn import (
     GroupSelfAttention,
     LiftLocalSelfAttention,
     LiftSelfAttention,
+    PointwiseConv2d,
+    PointwiseConv3d,
     TransformerBlock,
     get_activation,
     get_norm,
@@ -246,6 +248,33 @@ def test_group_pooling_helpers():
     assert max_pooling_rd_on_G(x, 2, 2, 0).shape == (2, 3, 4, 3, 3)
     torch.testing.assert_close(average_pooling_rd_on_G(x, 2, 2, 0)[0, 1, 2, 0, 0], x[0, 1, 2, :2, :2].mean())
     torch.testing.assert_close(max_pooling_group(x), x.max(dim=2).values)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("cls, convolution, spatial", [(PointwiseConv2d, torch.nn.functional.conv2d, (5, 6)),
+                                                       (PointwiseConv3d, torch.nn.functional.conv3d, (4, 5, 6))])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_pointwise_convolution_is_the_convolution_of_kernel_size_one(cls, convolution, spatial, bias, stride):
+    torch.manual_seed(0)
+    layer = cls(3, 7, stride=stride, bias=bias).double()
+    x = torch.randn(2, 3, *spatial, dtype=torch.float64).transpose(-1, -2).requires_grad_()  # not contiguous
+    out = layer(x)
+    expected = convolution(x, layer.weight, layer.bias, stride=stride)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    grad = torch.randn_like(out)
+    got = torch.autograd.grad(out, [x, *layer.parameters()], grad)
+    want = torch.autograd.grad(expected, [x, *layer.parameters()], grad)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+
+
+def test_pointwise_convolution_keeps_the_state_dict_of_the_convolution():
+    conv = torch.nn.Conv3d(4, 6, kernel_size=1)
+    layer = PointwiseConv3d(4, 6)
+    layer.load_state_dict(conv.state_dict())
+    x = torch.randn(2, 4, 3, 5, 5)
+    scale = x.abs().max() * conv.weight.abs().sum(1).max() + conv.bias.abs().max()
+    torch.testing.assert_close(layer(x), conv(x), rtol=0, atol=float(scale) * 4 * torch.finfo(x.dtype).eps * 4)
 
 
 def test_crop_and_block_shapes():

@@ -12,7 +12,7 @@ from g_selfatt.nn.attention import (
 )
 from g_selfatt.nn.cropping import Crop
 from g_selfatt.nn.init import whitening_init_
-from g_selfatt.nn.layers import Conv2d1x1, Conv3d1x1, LayerNorm, get_norm
+from g_selfatt.nn.layers import Conv2d1x1, Conv3d1x1, LayerNorm, PointwiseConv2d, PointwiseConv3d, get_norm, pointwise_conv
 from g_selfatt.nn.positional_encoding import PositionalMLP
 from g_selfatt.nn.transformer_block import TransformerBlock
 
@@ -31,6 +31,8 @@ __all__ = [
     "LayerNorm",
     "LiftLocalSelfAttention",
     "LiftSelfAttention",
+    "PointwiseConv2d",
+    "PointwiseConv3d",
     "PositionalMLP",
     "RdSelfAttention",
     "SelfAttentionCore",
@@ -39,6 +41,7 @@ __all__ = [
     "activations",
     "get_activation",
     "get_norm",
+    "pointwise_conv",
     "recorded_group_axis_index",
     "set_group_axis_index",
     "whitening_init_",

@@ -54,6 +54,7 @@ from g_selfatt.functional.encoding import flat_relative_offsets
 from g_selfatt.groups import Group
 from g_selfatt.nn import input_space_lifting
 from g_selfatt.nn.dispatch import ATTENTION_IMPLS, IMPLEMENTATIONS, resolve_impl
+from g_selfatt.nn.layers import PointwiseConv2d, PointwiseConv3d
 from g_selfatt.nn.attention_tables import AttentionTables
 from g_selfatt.nn.positional_encoding import PositionalMLP, acted_offset_table
 
@@ -143,11 +144,11 @@ class SelfAttentionCore(nn.Module):
             self.group_embedding = nn.Embedding(group.num_elements, self.dim_group_encoding)
         self._register_indices()
 
-        projection = nn.Conv2d if self.lifting else nn.Conv3d
-        self.query = projection(in_channels, mid_channels * num_heads, kernel_size=1)
-        self.key = projection(in_channels, mid_channels * num_heads, kernel_size=1)
-        self.value = projection(in_channels, mid_channels * num_heads, kernel_size=1)
-        self.wout = nn.Conv3d(mid_channels * num_heads, out_channels, kernel_size=1)
+        projection = PointwiseConv2d if self.lifting else PointwiseConv3d
+        self.query = projection(in_channels, mid_channels * num_heads)
+        self.key = projection(in_channels, mid_channels * num_heads)
+        self.value = projection(in_channels, mid_channels * num_heads)
+        self.wout = PointwiseConv3d(mid_channels * num_heads, out_channels)
         self.dropout_attention = nn.Dropout(attention_dropout_rate)
 
     # ------------------------------------------------------------ buffers

@@ -7,9 +7,9 @@ from torch import nn
 
 from g_selfatt.nn.activations import get_activation
 from g_selfatt.nn.cropping import Crop
-from g_selfatt.nn.layers import get_norm
+from g_selfatt.nn.layers import PointwiseConv2d, PointwiseConv3d, get_norm
 
-_CONVOLUTIONS = {2: nn.Conv2d, 3: nn.Conv3d}
+_CONVOLUTIONS = {2: PointwiseConv2d, 3: PointwiseConv3d}
 
 
 class TransformerBlock(nn.Module):
@@ -57,13 +57,13 @@ class TransformerBlock(nn.Module):
             nn.Dropout(value_dropout_rate),
         )
         self.mlp = nn.Sequential(
-            conv(out_channels, out_channels // 2, kernel_size=1),
+            conv(out_channels, out_channels // 2),
             norm(out_channels // 2),
             get_activation(activation_function),
-            conv(out_channels // 2, out_channels, kernel_size=1),
+            conv(out_channels // 2, out_channels),
             norm(out_channels),
         )
-        shortcut = [conv(in_channels, out_channels, kernel_size=1)] if in_channels != out_channels else []
+        shortcut = [conv(in_channels, out_channels)] if in_channels != out_channels else []
         self.shortcut = nn.Sequential(*shortcut)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
