@@ -59,7 +59,8 @@ def get_config() -> config_dict.ConfigDict:
     config.grad_clip = placeholder(float)
     # Mixed precision: "none", "fp16" (with loss scaling) or "bf16".
     config.amp = placeholder(str)
-    # Random crop and horizontal flip of training batches (datasets that define them).
+    # The dataset's random augmentation of training batches, where it defines one (CIFAR10: random
+    # crop and horizontal flip; rotMNIST5k: random rotation).
     config.augment = placeholder(bool)
 
     # ----- Self-attention architecture (GSA-Nets; unset values come from the model) ----------

@@ -50,7 +50,7 @@ from datasets.errors import (
     RecordError,
 )
 from datasets.records import check_records, missing_classes
-from datasets.transforms import BatchTransform, Compose, Normalize, RandomCropFlip, Resize, rotate_images
+from datasets.transforms import BatchTransform, Compose, Normalize, RandomCropFlip, RandomRotation, Resize, rotate_images
 from g_selfatt_models.registry import DATA_SPECS, DataSpec
 
 VALIDATION_MODES = ("held_out", "test", "att_gconvs")
@@ -63,12 +63,13 @@ SplitBuilder = Callable[..., Tuple[Dataset, Dataset, Dataset]]
 
 @dataclasses.dataclass(frozen=True)
 class _Entry:
-    """A registered dataset: its spec, normalisation, augmentation and split builder."""
+    """A registered dataset: its spec, normalisation, training augmentation (``None``: it has
+    none) and split builder."""
 
     spec: DataSpec
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
-    augment: bool
+    augment: Optional[BatchTransform]
     build: SplitBuilder
 
 
@@ -76,17 +77,17 @@ _MNIST_MEAN, _MNIST_STD = (0.1307,), (0.3081,)
 
 _DATASETS: Dict[str, _Entry] = {
     "rotMNIST": _Entry(DATA_SPECS["rotMNIST"], _MNIST_MEAN, _MNIST_STD,
-                       False, rot_mnist.build_splits),
+                       None, rot_mnist.build_splits),
     "CIFAR10": _Entry(DATA_SPECS["CIFAR10"], (0.4914, 0.4822, 0.4465),
-                      (0.2023, 0.1994, 0.2010), True, cifar10.build_splits),
+                      (0.2023, 0.1994, 0.2010), RandomCropFlip(padding=4), cifar10.build_splits),
     "PCam": _Entry(DATA_SPECS["PCam"], (0.701, 0.538, 0.692),
-                   (0.235, 0.277, 0.213), False, pcam.build_splits),
-    "MNIST": _Entry(DATA_SPECS["MNIST"], _MNIST_MEAN, _MNIST_STD, False,
+                   (0.235, 0.277, 0.213), None, pcam.build_splits),
+    "MNIST": _Entry(DATA_SPECS["MNIST"], _MNIST_MEAN, _MNIST_STD, None,
                     mnist.build_splits),
     "rotDigits": _Entry(DATA_SPECS["rotDigits"], (rot_digits.MEAN,),
-                        (rot_digits.STD,), False, rot_digits.build_splits),
+                        (rot_digits.STD,), None, rot_digits.build_splits),
     "rotMNIST5k": _Entry(DATA_SPECS["rotMNIST5k"], _MNIST_MEAN, _MNIST_STD,
-                         False, rot_mnist5k.build_splits),
+                         RandomRotation(), rot_mnist5k.build_splits),
 }
 
 DATASET_NAMES: Tuple[str, ...] = tuple(_DATASETS)
@@ -166,13 +167,12 @@ def load_splits(name: str, root: Union[str, Path], *, validation: str = "held_ou
         raise ValueError(
             f"Unknown validation {validation!r}; expected one of {list(VALIDATION_MODES)}."
         )
-    augment = RandomCropFlip(padding=4) if entry.augment else None
     if validation == "att_gconvs":
         train, test, normalize = _att_gconvs_pipeline(name, Path(root), download)
-        return Splits(train, test, test, entry.spec, normalize, augment)
+        return Splits(train, test, test, entry.spec, normalize, entry.augment)
     train, valid, test = entry.build(Path(root), validation=validation, download=download,
                                      seed=seed, valid_size=valid_size)
-    return Splits(train, valid, test, entry.spec, Normalize(entry.mean, entry.std), augment)
+    return Splits(train, valid, test, entry.spec, Normalize(entry.mean, entry.std), entry.augment)
 
 
 def _att_gconvs_pipeline(name: str, root: Path, download: bool) -> Tuple[Dataset, Dataset, Normalize]:
@@ -201,6 +201,7 @@ __all__ = [
     "Normalize",
     "PCam",
     "RandomCropFlip",
+    "RandomRotation",
     "RecordError",
     "Resize",
     "Splits",

@@ -128,6 +128,33 @@ class RandomCropFlip(BatchTransform):
         return f"RandomCropFlip(padding={self.padding})"
 
 
+class RandomRotation(BatchTransform):
+    """Rotates each image about its centre by its own angle, uniform in [0, 360) degrees.
+
+    Bilinear interpolation with zero fill (:func:`rotate_images`); integer images become float in
+    [0, 1], so apply it to the raw images, before :class:`Normalize`. For datasets of digits
+    rotated by uniform angles, the rotated digit follows the data's own distribution of
+    orientations (interpolated once more).
+    """
+
+    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draws one angle per image: float64 tensor (batch,) in degrees, on the generator's device
+        (CPU without one)."""
+        device = generator.device if generator is not None else torch.device("cpu")
+        return torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * 360.0
+
+    def apply(self, images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+        """Rotates ``images`` (B, C, H, W) by the angles returned by :meth:`sample`."""
+        return rotate_images(images, angles.to(images.device))
+
+    def __call__(self, images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.apply(images, self.sample(images.shape[0], generator))
+
+    def __repr__(self) -> str:
+        return "RandomRotation()"
+
+
 class Resize(BatchTransform):
     """Converts to float in [0, 1] (see :func:`to_unit_float`) and resizes to ``size x size``.
 
@@ -190,4 +217,4 @@ def rotate_images(images: torch.Tensor, angles_deg: Angles) -> torch.Tensor:
     return functional.rotate_images(to_unit_float(images), angles_deg)
 
 
-__all__ = ["BatchTransform", "Compose", "Normalize", "RandomCropFlip", "Resize", "rotate_images", "to_unit_float"]
+__all__ = ["BatchTransform", "Compose", "Normalize", "RandomCropFlip", "RandomRotation", "Resize", "rotate_images", "to_unit_float"]

@@ -58,7 +58,8 @@ class TrainingHyperParameters(_Record):
         sched_decay_factor: ``multistep`` and ``plateau``: the divisor of each decay.
         sched_patience: ``plateau``: epochs without a better validation accuracy before a decay.
         warmup_epochs: ``linear_warmup_cosine``: epochs of linear warm-up from 0.
-        augment: random crop and horizontal flip of training batches (datasets that define them).
+        augment: the dataset's random augmentation of training batches (CIFAR10: random crop and
+            horizontal flip; rotMNIST5k: random rotation), where it defines one.
     """
 
     optimizer: str = "Adam"

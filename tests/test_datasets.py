@@ -19,7 +19,7 @@ import datasets
 from datasets import cifar10, mnist, pcam, rot_digits, rot_mnist, rot_mnist5k
 from datasets.download import Resource, load_cache, md5_of, save_cache
 from datasets.errors import ChecksumError, CorruptFileError, DatasetNotFoundError, DownloadError
-from datasets.transforms import Normalize, RandomCropFlip, rotate_images
+from datasets.transforms import Normalize, RandomCropFlip, RandomRotation, rotate_images
 from tests import fixture_data
 
 PAPER_NORMALISATION = {
@@ -478,6 +478,29 @@ def test_random_crop_flip_is_a_shifted_window_and_reproducible():
         seen.add(matches[0])
     assert {flip for _, _, flip in seen} == {False, True}
     assert len({(dy, dx) for dy, dx, _ in seen}) > 20
+
+
+def test_random_rotation_turns_each_image_by_its_own_uniform_angle_reproducibly():
+    augment = RandomRotation()
+    images = torch.rand(500, 1, 9, 9, generator=torch.Generator().manual_seed(1))
+    out = augment(images, torch.Generator().manual_seed(3))
+    assert out.shape == images.shape and out.dtype == images.dtype
+    torch.testing.assert_close(out, augment(images, torch.Generator().manual_seed(3)), rtol=0, atol=0)
+    assert not torch.equal(out, augment(images, torch.Generator().manual_seed(4)))
+    angles = augment.sample(500, torch.Generator().manual_seed(3))
+    for row in (0, 1, 2):  # each image is rotated by the angle drawn for it
+        torch.testing.assert_close(out[row], rotate_images(images[row], float(angles[row])), rtol=0, atol=1e-6)
+    # uniform on [0, 360): each quarter holds a quarter of 500 draws, within 4 standard deviations
+    quarters = torch.bincount((angles // 90).long(), minlength=4)
+    assert bool((angles >= 0).all() and (angles < 360).all()) and quarters.numel() == 4
+    assert bool(((quarters - 125).abs() <= 4 * (500 * 0.25 * 0.75) ** 0.5).all())
+    raw = augment(torch.full((2, 1, 5, 5), 255, dtype=torch.uint8), torch.Generator().manual_seed(0))
+    assert raw.dtype == torch.float32 and float(raw.max()) <= 1.0 + 1e-6
+
+
+def test_rotmnist5k_augmentation_is_a_random_rotation(tmp_path):
+    fixture_data.make_rotmnist5k(tmp_path, n=20)
+    assert isinstance(datasets.load_splits("rotMNIST5k", tmp_path, valid_size=3).train_augment, RandomRotation)
 
 
 def test_rotate_images_matches_rot90_and_identity():

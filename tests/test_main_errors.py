@@ -80,7 +80,7 @@ def test_bad_choice_value(tmp_path, capsys):
 
 
 def test_augmentation_where_the_dataset_has_none(tmp_path, capsys):
-    assert_user_error(make_config(tmp_path, model="z2sa", augment=True), capsys,
+    assert_user_error(make_config(tmp_path, dataset="rotDigits", model="z2sa", augment=True), capsys,
                       "defines no training augmentation")
 
 

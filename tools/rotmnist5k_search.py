@@ -57,6 +57,10 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     "p4_c24_h3_ep40_ln_drop": {"num_channels": 24, "num_heads": 3, "epochs": 40, "norm_type": "LayerNorm",
                                "dropout_att": 0.1, "dropout_values": 0.1},
     "p4_c24_h3_ep40_bs8": {"num_channels": 24, "num_heads": 3, "epochs": 40, "batch_size": 8},
+    # Against the gap and the blur sensitivity at once: every training digit turned by a fresh random
+    # angle in every epoch (the dataset's augmentation, interpolated once more), 20 epochs to compare
+    # with p4_c24_h3 (the same run without it).
+    "p4_c24_h3_rot": {"num_channels": 24, "num_heads": 3, "epochs": 20, "augment": True},
     # The quick start's budget: 2 epochs of the small layout (``make run``). The protocol's warm-up
     # of one epoch spends half of it; shorter warm-ups, smaller batches (more steps) and rates.
     "q2_base": {"num_channels": 16, "num_heads": 2, "epochs": 2},
