@@ -74,7 +74,30 @@ class Normalize(BatchTransform):
         return f"Normalize(mean={self.mean}, std={self.std})"
 
 
-class RandomCropFlip(BatchTransform):
+class RandomBatchTransform(BatchTransform):
+    """A random transform with its own parameters per image: :meth:`sample` draws them from the
+    generator (on its device), :meth:`apply` applies them, so a batch can be transformed again
+    with the same draw."""
+
+    @abc.abstractmethod
+    def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Draws the parameters of ``batch`` images."""
+
+    @abc.abstractmethod
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
+        """Transforms ``images`` (B, C, H, W) with parameters returned by :meth:`sample`."""
+
+    def __call__(self, images: torch.Tensor,
+                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        return self.apply(images, self.sample(images.shape[0], generator))
+
+
+def _generator_device(generator: Optional[torch.Generator]) -> torch.device:
+    """Where ``generator`` draws: its device, or the CPU without one."""
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+class RandomCropFlip(RandomBatchTransform):
     """Random crop after zero padding, then a random horizontal flip, independently per image.
 
     The batch-wise equivalent of padding each image with ``padding`` zeros, cropping a window
@@ -99,7 +122,7 @@ class RandomCropFlip(BatchTransform):
             int64 tensor (batch, 3) on the generator's device (CPU without one): row and
             column offsets in [0, 2 * padding] into the padded image and a flip flag (0 or 1).
         """
-        device = generator.device if generator is not None else torch.device("cpu")
+        device = _generator_device(generator)
         offsets = torch.randint(0, 2 * self.padding + 1, (batch, 2), generator=generator,
                                 device=device)
         flips = torch.randint(0, 2, (batch, 1), generator=generator, device=device)
@@ -120,15 +143,11 @@ class RandomCropFlip(BatchTransform):
         flip = params[:, 2].bool().view(batch, 1, 1, 1)
         return torch.where(flip, crops.flip(-1), crops).contiguous()
 
-    def __call__(self, images: torch.Tensor,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return self.apply(images, self.sample(images.shape[0], generator))
-
     def __repr__(self) -> str:
         return f"RandomCropFlip(padding={self.padding})"
 
 
-class RandomRotation(BatchTransform):
+class RandomRotation(RandomBatchTransform):
     """Rotates each image about its centre by its own angle, uniform in [0, 360) degrees.
 
     Bilinear interpolation with zero fill (:func:`rotate_images`); integer images become float in
@@ -140,16 +159,12 @@ class RandomRotation(BatchTransform):
     def sample(self, batch: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
         """Draws one angle per image: float64 tensor (batch,) in degrees, on the generator's device
         (CPU without one)."""
-        device = generator.device if generator is not None else torch.device("cpu")
-        return torch.rand(batch, generator=generator, device=device, dtype=torch.float64) * 360.0
+        return torch.rand(batch, generator=generator, device=_generator_device(generator),
+                          dtype=torch.float64) * 360.0
 
-    def apply(self, images: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    def apply(self, images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         """Rotates ``images`` (B, C, H, W) by the angles returned by :meth:`sample`."""
-        return rotate_images(images, angles.to(images.device))
-
-    def __call__(self, images: torch.Tensor,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        return self.apply(images, self.sample(images.shape[0], generator))
+        return rotate_images(images, params.to(images.device))
 
     def __repr__(self) -> str:
         return "RandomRotation()"
@@ -217,4 +232,4 @@ def rotate_images(images: torch.Tensor, angles_deg: Angles) -> torch.Tensor:
     return functional.rotate_images(to_unit_float(images), angles_deg)
 
 
-__all__ = ["BatchTransform", "Compose", "Normalize", "RandomCropFlip", "RandomRotation", "Resize", "rotate_images", "to_unit_float"]
+__all__ = ["BatchTransform", "Compose", "Normalize", "RandomBatchTransform", "RandomCropFlip", "RandomRotation", "Resize", "rotate_images", "to_unit_float"]
