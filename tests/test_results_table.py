@@ -270,6 +270,10 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     assert "p4_h4: recorded" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 1
     assert search.command("k", {"block_sizes": (0, 1, 2)}, tmp_path, 2)[5] == "--config.block_sizes=(0,1,2)"
+    # seed 0 unless the candidate names one, given once
+    seeds = [[flag for flag in search.command("k", flags, tmp_path, 2) if flag.startswith("--config.seed=")]
+             for flags in ({}, {"seed": 1})]
+    assert seeds == [["--config.seed=0"], ["--config.seed=1"]]
     # A run whose row is missing (the session ended before it was written) goes on from its checkpoint.
     (tmp_path / "log.csv").unlink()
     assert "--config.resume=True" in search.command("p4_h4", search.CANDIDATES["p4_h4"], tmp_path / "saved", 1)
