@@ -238,6 +238,11 @@ def best_run(rows: Sequence[Mapping[str, object]], kind: str) -> Mapping[str, ob
     return max((row for row in runs if row["model"] == model), key=lambda row: float(row["best_val_accuracy"]))
 
 
+def _plain(value: object) -> object:
+    """``value`` with lists as tuples (a configuration read back from a checkpoint holds lists)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     """Copies the checkpoint of ``row`` into ``saved_dir/pretrained`` and records it in the manifest.
 
@@ -258,8 +263,14 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     saved = checkpoints.read(source)
     config = config_dict.ConfigDict(saved["config"])
     config.path, config.save_dir = "", str(saved_dir / SHIPPED_FOLDER)
-    target = paths.best_checkpoint_path(config, models.get_model_spec(saved["model"]).family)
-    layout = {name: config.get(name) for name in LAYOUT_FIELDS if config.get(name) is not None}
+    spec = models.get_model_spec(saved["model"])
+    target = paths.best_checkpoint_path(config, spec.family)
+    # The flags that find the file: its layout, and every default of the model for the dataset that
+    # the run did not keep (so they stay right after the protocol changes).
+    defaults = spec.defaults.get(config.dataset, {})
+    changed = {name: config.get(name) for name in LAYOUT_FIELDS if config.get(name) is not None}
+    changed.update({name: config.get(name) for name, value in defaults.items()
+                    if flag_value(_plain(config.get(name))) != flag_value(_plain(value))})
     target.parent.mkdir(exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, temporary)
@@ -277,7 +288,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
         "dataset": config.dataset,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
         "flags": (f"--config.dataset={config.dataset} --config.model={saved['model']} "
-                  + "".join(f"--config.{name}={flag_value(value)} " for name, value in layout.items())
+                  + "".join(f"--config.{name}={flag_value(_plain(value))} " for name, value in changed.items())
                   + f"--config.seed={config.seed} --config.save_dir=saved/{SHIPPED_FOLDER}"),
         "validation_accuracy": float(row["best_val_accuracy"]),
         "test_accuracy": float(row["test_accuracy"]),
