@@ -240,8 +240,12 @@ def test_epoch_benchmark_times_the_model_and_each_attention_layer(capsys):
     benchmark.main(["--models", "z2sa", "z2cnn", "--repeats", "1", "--threads", "1"])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     model, *layers, cnn = lines
-    assert (model["model"], model["batch"], cnn["model"]) == ("z2sa", 32, "z2cnn")
-    assert model["epoch_s"] == pytest.approx(model["step_s"] * 110, abs=0.1)  # 3,500 digits in batches of 32
+    from g_selfatt_models.protocols import ROTMNIST5K
+
+    batch = ROTMNIST5K["batch_size"]  # the protocol's
+    assert (model["model"], model["batch"], cnn["model"]) == ("z2sa", batch, "z2cnn")
+    steps = -(-3500 // batch)  # 3,500 training digits
+    assert model["epoch_s"] == pytest.approx(model["step_s"] * steps, abs=0.1)
     from g_selfatt.nn.attention import SelfAttentionCore
     import g_selfatt_models as models
 
@@ -287,11 +291,17 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     search.main(argv)
     assert "p4_h4: recorded" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 1
-    assert search.command("k", {"block_sizes": (0, 1, 2)}, tmp_path, 2)[5] == "--config.block_sizes=(0,1,2)"
-    # seed 0 unless the candidate names one, given once
-    seeds = [[flag for flag in search.command("k", flags, tmp_path, 2) if flag.startswith("--config.seed=")]
-             for flags in ({}, {"seed": 1})]
-    assert seeds == [["--config.seed=0"], ["--config.seed=1"]]
+    assert "--config.block_sizes=(0,1,2)" in search.command("k", {"block_sizes": (0, 1, 2)}, tmp_path, 2)
+    # The base (seed 0, and the protocol's epochs and batch when the search began) unless the
+    # candidate names another value, each field given once.
+
+    def given(flags, field):
+        return [flag for flag in search.command("k", flags, tmp_path, 2) if flag.startswith(f"--config.{field}=")]
+
+    assert [given({}, "seed"), given({"seed": 1}, "seed")] == [["--config.seed=0"], ["--config.seed=1"]]
+    assert given({}, "epochs") + given({}, "batch_size") == ["--config.epochs=20", "--config.batch_size=32"]
+    assert given({"epochs": 40, "batch_size": 8}, "epochs") + given({"epochs": 40, "batch_size": 8}, "batch_size") == [
+        "--config.epochs=40", "--config.batch_size=8"]
     # A run whose row is missing (the session ended before it was written) goes on from its checkpoint.
     (tmp_path / "log.csv").unlink()
     assert "--config.resume=True" in search.command("p4_h4", search.CANDIDATES["p4_h4"], tmp_path / "saved", 1)
