@@ -182,6 +182,26 @@ def test_ship_replaces_the_model_of_the_same_kind_shipped_before_for_the_dataset
         "f_att_p4cnn", "p4cnn", "p4sa"]
 
 
+@on_the_table
+def test_ship_keeps_the_model_of_a_kind_the_table_does_not_have_yet(table_run, tmp_path, capsys):
+    import json
+
+    table, argv, _ = table_run
+    shipped_dir = tmp_path / "shipped"
+    (shipped_dir / "pretrained").mkdir(parents=True)
+    before = {"pretrained/rotMNIST5k_model_f_att_p4cnn_old.pt": {"model": "f_att_p4cnn", "dataset": "rotMNIST5k"}}
+    (shipped_dir / "pretrained" / "rotMNIST5k_model_f_att_p4cnn_old.pt").write_bytes(b"a checkpoint")
+    (shipped_dir / "manifest.json").write_text(json.dumps({"checkpoints": before}))
+    partial = list(argv)  # a table of p4sa alone so far, in another output folder
+    partial[partial.index("--output-dir") + 1] = str(tmp_path / "partial")
+    partial[partial.index("--models") + 1:partial.index("--seeds")] = ["p4sa"]
+    table.main(partial + ["--ship", "--saved-dir", str(shipped_dir)])
+    assert "no attentive G-CNN in the table yet" in capsys.readouterr().out
+    manifest = json.loads((shipped_dir / "manifest.json").read_text())["checkpoints"]
+    assert sorted(record["model"] for record in manifest.values()) == ["f_att_p4cnn", "p4sa"]
+    assert (shipped_dir / "pretrained" / "rotMNIST5k_model_f_att_p4cnn_old.pt").exists()
+
+
 def test_arguments_other_than_config_fields_are_refused(capsys):
     with pytest.raises(SystemExit):
         _table_module().parse_args(["--model", "p4sa"])
