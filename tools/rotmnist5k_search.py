@@ -7,12 +7,12 @@ Usage::
                                       [--log runs/rotMNIST5k/search.csv]
 
 Every candidate of :data:`CANDIDATES` is one ``main.py`` run on rotMNIST5k with its flags on top
-of :data:`SEARCH_BASE` (the protocol's number of epochs and batch when the search began: the
-protocol changed since, and a candidate must run as it was recorded), the dataset's protocol and
-p4sa's defaults (each candidate spells out its layout; the seed is 0
-unless the candidate names another, which repeats a candidate with fresh initial weights, batch
-order and augmentation); the epoch is selected on the 500 validation digits and only validation
-numbers are recorded: the test digits play no part in the search. Each finished
+of :data:`SEARCH_BASE` (seed 0, and the protocol's number of epochs and batch when the search
+began: the protocol changed since, and a candidate must run as it was recorded), the dataset's
+protocol and p4sa's defaults. Each candidate spells out its layout; one that names another seed
+repeats a candidate with fresh initial weights, batch order and augmentation. The epoch is
+selected on the 500 validation digits and only validation numbers are recorded: the test digits
+play no part in the search. Each finished
 run appends one row to ``--log`` (written to a temporary file, then renamed), and a candidate
 whose key is in the log is not run again, so an interrupted search goes on where it stopped; a
 run that was cut short goes on from its last checkpoint (``--config.resume=True``).
@@ -40,7 +40,8 @@ MAX_PARAMETERS = 45_000  # the paper's rotMNIST GSA-Net has 44,428
 # (g_selfatt_models/protocols.py has 40 epochs and batch 8 since): the base of every candidate.
 SEARCH_BASE: Dict[str, object] = {"model": "p4sa", "seed": 0, "epochs": 20, "batch_size": 32}
 
-# key -> flags on top of the rotMNIST5k protocol. In the order they are run; keys are never reused.
+# key -> flags on top of SEARCH_BASE and the rotMNIST5k protocol. In the order they are run; keys are
+# never reused.
 CANDIDATES: Dict[str, Dict[str, object]] = {
     "p4_h2": {"num_channels": 16, "num_heads": 2},  # the previous table's layout (BatchNorm, mean pooling)
     "p4_h4": {"num_channels": 16, "num_heads": 4},
