@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import csv
 import pathlib
 import shlex
@@ -122,11 +121,9 @@ def test_rows_that_another_table_process_records_meanwhile_are_kept(table_run, t
 def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(table_run, tmp_path):
     import json
 
-    import config as config_file
     import main
     from g_selfatt_models.released import file_sha256
     from runner import paths
-    from runner.defaults import resolve_config
 
     table, argv, run_path = table_run
     shipped_dir = tmp_path / "shipped"
@@ -146,15 +143,10 @@ def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(t
         # The recorded flags (with the runs' data options) name the file: the fields the runs set
         # away from the protocol (batch 4, 1 epoch) are among them, the ones they kept are not.
         assert "--config.batch_size=4" in record["flags"] and "--config.lr=" not in record["flags"]
-        config = config_file.get_config()
         data_flags = [flag for flag in argv if flag.split("=")[0] in ("--config.data_root", "--config.max_examples",
                                                                          "--config.valid_size")]
-        for flag in shlex.split(record["flags"]) + data_flags:
-            field, text = flag[len("--config."):].split("=", 1)
-            config[field] = text if field in ("model", "dataset", "save_dir", "data_root") else ast.literal_eval(text)
-        spec = main.model_spec(config, main.data_spec(config).architecture)
-        resolve_config(config, spec.defaults[main.data_spec(config).architecture])
-        assert paths.best_checkpoint_path(config, spec.family).name == pathlib.Path(name).name
+        config, family = _resolved(shlex.split(record["flags"]) + data_flags)
+        assert paths.best_checkpoint_path(config, family).name == pathlib.Path(name).name
     written = sorted(str(path.relative_to(shipped_dir)) for path in shipped_dir.rglob("*") if path.is_file())
     assert written == sorted([*manifest, "manifest.json"])
 
