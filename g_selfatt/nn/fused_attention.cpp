@@ -952,6 +952,8 @@ class LaneWorker {
       cmax_.resize(G_);
       ep_.resize(T_);
       eg_.assign(M_, splat(T(1)));
+      rows_t_.resize(G_ * T_);
+      rows_m_.resize(G_ * M_);
     }
     if (shared_) {
       U_ = p.pos_bases;
@@ -975,44 +977,12 @@ class LaneWorker {
   // out (V, C, tile) and lse (V, G, tile) of the tile at lane j0 of head-batch b.
   void forward(int64_t b, int64_t j0, T* out, T* lse) {
     content(b, j0);
-    const int64_t TM = T_ * M_;
     for (int64_t v = 0; v < V_; ++v) {
-      V* psum = acc_.data();  // (T, M): the probabilities summed over g (after dropout)
-      std::fill(psum, psum + TM, V{});
-      for (int64_t g = 0; g < G_; ++g) {
-        V total, base;
-        const bool factored = factored_ && factored_sum(b, j0, v, g, &total, &base);
-        if (!factored) {
-          base = logits(b, j0, v, g);
-          total = reduce<V>(TM, [&](int64_t x) { return e_[x] = exp_lanes(e_[x] - base); });
-        }
-        store(lse + (v * G_ + g) * L_ + j0, base + log_lanes(total));
-        V norm = T(1) / total;
-        uint64_t keys[LANES];
-        if (p_.dropout) {
-          row_keys(b, j0, v, g, keys);
-          norm = norm * static_cast<T>(p_.keep_scale);
-        }
-        // psum += the row's probabilities (after dropout), factored or as stored in e_.
-        auto add = [&](auto dropout, auto prob) {
-          for (int64_t t = 0; t < T_; ++t)
-            for (int64_t m = 0; m < M_; ++m) {
-              const int64_t x = t * M_ + m;
-              if constexpr (decltype(dropout)::value) {
-                psum[x] += prob(t, m, x) * mask(keys, x);
-              } else {
-                psum[x] += prob(t, m, x);
-              }
-            }
-        };
-        if (factored) {
-          for (int64_t t = 0; t < T_; ++t) ep_[t] *= norm;
-          with_dropout(p_.dropout, [&](auto dropout) { add(dropout, factored_entries(g)); });
-        } else {
-          with_dropout(p_.dropout, [&](auto dropout) {
-            add(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x] * norm; });
-          });
-        }
+      V* psum = acc_.data();  // (T, M): the probabilities of output element v summed over g (after dropout)
+      if (factored_ && !p_.dropout && factored_rows(b, j0, v, lse)) {
+        mix_rows(psum);
+      } else {
+        sum_rows(b, j0, v, lse, psum);
       }
       // out[v, c] = sum_{t, m} psum[t, m] val[m, c] (shifted by the offset of t).
       in_blocks(C_, [&](auto nb, int64_t c0) {
@@ -1027,6 +997,82 @@ class LaneWorker {
         for (int i = 0; i < NB; ++i) store(out + (v * C_ + c0 + i) * L_ + j0, o[i]);
       });
     }
+  }
+
+  // psum (T, M) = the probabilities of the rows (v, g) of the tile summed over g, after dropout, row by
+  // row (any row: factored or not, with or without dropout); stores each row's log-sum-exp in lse.
+  void sum_rows(int64_t b, int64_t j0, int64_t v, T* lse, V* psum) {
+    const int64_t TM = T_ * M_;
+    std::fill(psum, psum + TM, V{});
+    for (int64_t g = 0; g < G_; ++g) {
+      V total, base;
+      const bool factored = factored_ && factored_sum(b, j0, v, g, &total, &base);
+      if (!factored) {
+        base = logits(b, j0, v, g);
+        total = reduce<V>(TM, [&](int64_t x) { return e_[x] = exp_lanes(e_[x] - base); });
+      }
+      store(lse + (v * G_ + g) * L_ + j0, base + log_lanes(total));
+      V norm = T(1) / total;
+      uint64_t keys[LANES];
+      if (p_.dropout) {
+        row_keys(b, j0, v, g, keys);
+        norm = norm * static_cast<T>(p_.keep_scale);
+      }
+      // psum += the row's probabilities (after dropout), factored or as stored in e_.
+      auto add = [&](auto dropout, auto prob) {
+        for (int64_t t = 0; t < T_; ++t)
+          for (int64_t m = 0; m < M_; ++m) {
+            const int64_t x = t * M_ + m;
+            if constexpr (decltype(dropout)::value) {
+              psum[x] += prob(t, m, x) * mask(keys, x);
+            } else {
+              psum[x] += prob(t, m, x);
+            }
+          }
+      };
+      if (factored) {
+        for (int64_t t = 0; t < T_; ++t) ep_[t] *= norm;
+        with_dropout(p_.dropout, [&](auto dropout) { add(dropout, factored_entries(g)); });
+      } else {
+        with_dropout(p_.dropout, [&](auto dropout) {
+          add(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x] * norm; });
+        });
+      }
+    }
+  }
+
+  // The factors of all G rows (v, g) of the tile, normalised: rows_t_ (G, T) = ep_ / total and rows_m_
+  // (G, M) = eg_, so that probability (g, t, m) is c_[g, t, m] rows_t_[g, t] rows_m_[g, m]; stores each
+  // row's log-sum-exp in lse. False where a row does not factor (see factored_sum).
+  bool factored_rows(int64_t b, int64_t j0, int64_t v, T* lse) {
+    for (int64_t g = 0; g < G_; ++g) {
+      V total, base;
+      if (!factored_sum(b, j0, v, g, &total, &base)) return false;
+      store(lse + (v * G_ + g) * L_ + j0, base + log_lanes(total));
+      const V norm = T(1) / total;
+      for (int64_t t = 0; t < T_; ++t) rows_t_[g * T_ + t] = ep_[t] * norm;
+      std::copy(eg_.begin(), eg_.end(), rows_m_.begin() + g * M_);
+    }
+    return true;
+  }
+
+  // psum (T, M) = sum_g c_[g, t, m] rows_t_[g, t] rows_m_[g, m] (see factored_rows): for each
+  // offset t, a block of up to 8 key elements m summed over g in registers, so that psum is written
+  // once instead of once per g.
+  void mix_rows(V* psum) const {
+    const int64_t TM = T_ * M_;
+    for (int64_t t = 0; t < T_; ++t)
+      in_blocks(M_, [&](auto mb, int64_t m0) {
+        constexpr int MB = decltype(mb)::value;
+        V acc[MB] = {};
+        for (int64_t g = 0; g < G_; ++g) {
+          const V a = rows_t_[g * T_ + t];
+          const V* ec = c_.data() + g * TM + t * M_ + m0;
+          const V* em = rows_m_.data() + g * M_ + m0;
+          for (int i = 0; i < MB; ++i) acc[i] += ec[i] * (a * em[i]);
+        }
+        for (int i = 0; i < MB; ++i) psum[t * M_ + m0 + i] = acc[i];
+      });
   }
 
   // Gradients of the tile at lane j0 of head-batch b: writes grad_q (G, C, tile); adds into
@@ -1267,36 +1313,42 @@ class LaneWorker {
   // delta), delta = sum_x P dP; pl_ (T) and gl_ (M) receive dS summed over m and over t.
   template <typename D, typename P>
   void row_gradient(D dropout, P prob, const V* dp, V* dsum, V* dc) {
-    V* partial = gl_.data();  // delta summed over t for each m, then dS summed over t
-    std::fill(partial, partial + M_, V{});
-    for (int64_t t = 0; t < T_; ++t)
-      for (int64_t m = 0; m < M_; ++m) {
-        const int64_t x = t * M_ + m;
-        const V pr = prob(t, m, x);
-        if constexpr (decltype(dropout)::value) {
-          dsum[x] += pr * kept_[x];
-        } else {
-          dsum[x] += pr;
-        }
-        partial[m] += pr * dp[x];
-      }
+    // Both passes run over blocks of up to 8 key elements m, whose sums over t stay in registers.
     V delta{};
-    for (int64_t m = 0; m < M_; ++m) delta += partial[m];
-    std::fill(partial, partial + M_, V{});
-    for (int64_t t = 0; t < T_; ++t) {
-      V over_m{};
-      for (int64_t m = 0; m < M_; ++m) {
-        const int64_t x = t * M_ + m;
-        const V ds = prob(t, m, x) * (dp[x] - delta);
-        dc[x] += ds;
-        over_m += ds;
-        partial[m] += ds;
+    in_blocks(M_, [&](auto mb, int64_t m0) {
+      constexpr int MB = decltype(mb)::value;
+      V partial[MB] = {};  // P dP summed over t
+      for (int64_t t = 0; t < T_; ++t)
+        for (int i = 0; i < MB; ++i) {
+          const int64_t x = t * M_ + m0 + i;
+          const V pr = prob(t, m0 + i, x);
+          if constexpr (decltype(dropout)::value) {
+            dsum[x] += pr * kept_[x];
+          } else {
+            dsum[x] += pr;
+          }
+          partial[i] += pr * dp[x];
+        }
+      for (int i = 0; i < MB; ++i) delta += partial[i];
+    });
+    std::fill(pl_.begin(), pl_.end(), V{});
+    in_blocks(M_, [&](auto mb, int64_t m0) {
+      constexpr int MB = decltype(mb)::value;
+      V over_t[MB] = {};  // dS summed over t
+      for (int64_t t = 0; t < T_; ++t) {
+        V over_m{};
+        for (int i = 0; i < MB; ++i) {
+          const int64_t x = t * M_ + m0 + i;
+          const V ds = prob(t, m0 + i, x) * (dp[x] - delta);
+          dc[x] += ds;
+          over_m += ds;
+          over_t[i] += ds;
+        }
+        pl_[t] += over_m;
       }
-      pl_[t] = over_m;
-    }
+      for (int i = 0; i < MB; ++i) gl_[m0 + i] = over_t[i];
+    });
   }
-
-
 
   // e_ (T, M): the logits of row (v, g); returns their maximum over (t, m) per lane.
   V logits(int64_t b, int64_t j0, int64_t v, int64_t g) {
@@ -1420,6 +1472,7 @@ class LaneWorker {
   bool shared_ = false;    // the positional tables of every v permute U base tables
   std::vector<int64_t> offsets_, scatter_order_;
   std::vector<V> P_, EP_, PM_, DP_, inside_;
+  std::vector<V> rows_t_, rows_m_;  // factored_rows: the factors of every g of one v
   std::vector<V> c_, cmax_, ep_, eg_, e_, acc_, pl_, gl_, dc_, gq_, dpre_, dpm_, kept_, dsum_;
 };
 
