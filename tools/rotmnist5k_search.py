@@ -78,6 +78,11 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     "p4_c24_h3_ep40_rot_seed1": {"num_channels": 24, "num_heads": 3, "epochs": 40, "augment": True, "seed": 1},
     "p4_c24_h3_ep40_bs8_rot_seed1": {"num_channels": 24, "num_heads": 3, "epochs": 40, "batch_size": 8,
                                      "augment": True, "seed": 1},
+    # Under the batch-8 protocol (95.0% and 94.2% on seeds 0 and 1), against the generalisation gap: a
+    # smaller patch (3x3: a stronger locality prior, and a third of the key pixels), and the
+    # paper's size (32 channels, 4 heads: 92.8% in 20 epochs at batch 32, against 92.2% for 24/3).
+    "p4_c24_h3_ep40_bs8_p3": {"num_channels": 24, "num_heads": 3, "epochs": 40, "batch_size": 8, "patch_size": 3},
+    "p4_c32_h4_ep40_bs8": {"num_channels": 32, "num_heads": 4, "epochs": 40, "batch_size": 8},
     # The quick start's budget: 2 epochs of the small layout (``make run``). The protocol's warm-up
     # of one epoch spends half of it; shorter warm-ups, smaller batches (more steps) and rates.
     "q2_base": {"num_channels": 16, "num_heads": 2, "epochs": 2},
