@@ -1,6 +1,7 @@
 # One-command entry points. `make run` trains and tests p4sa (in its small layout, QUICK_LAYOUT) on
 # the real digits of rotMNIST5k for QUICK_EPOCHS epochs; `make test` runs the test suite. Both create
-# `.venv` first.
+# `.venv` first: `make run` with what running needs (requirements.txt), `make test` with the test
+# suite's packages as well (requirements-test.txt).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ QUICK_LAYOUT ?= --config.num_channels=16 --config.num_heads=2
 # and two epochs are what the quick start can afford either way (see README, "Why not 90%").
 QUICK_BATCH ?= 32
 
-.PHONY: setup run test clean
+.PHONY: setup setup-test run test clean
 
 $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,13 +21,19 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
+$(VENV)/.installed-test: requirements-test.txt $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-test.txt
+	touch $@
+
 setup: $(VENV)/.installed
+
+setup-test: $(VENV)/.installed-test
 
 # Each `make run` trains the quick start afresh (overwrite), so it can be run again and again.
 run: setup
 	$(PY) main.py --config.epochs=$(QUICK_EPOCHS) --config.batch_size=$(QUICK_BATCH) $(QUICK_LAYOUT) --config.rotation_angles=4 --config.overwrite=True
 
-test: setup
+test: setup-test
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 clean:

@@ -1,4 +1,5 @@
-"""requirements.txt and conda_requirements.txt list the same packages, torch pinned, no torchvision;
+"""requirements.txt (running) and requirements-test.txt (the suite, on top of it) together list the
+packages of conda_requirements.txt, torch pinned, no torchvision, nothing of the suite needed to run;
 the test runner groups tests as ``make test`` asks."""
 
 import os
@@ -12,6 +13,8 @@ from tests.conftest import REPO_ROOT
 def _names(lines):
     names = set()
     for line in lines:
+        if line.strip().startswith("-r "):  # an included file, read on its own
+            continue
         line = line.split("#", 1)[0].strip().lstrip("- ").strip()
         match = re.match(r"([A-Za-z0-9_.\-]+)", line)
         if match and ":" not in line:
@@ -20,12 +23,15 @@ def _names(lines):
 
 
 def test_requirement_files_agree_and_pin_torch():
-    pip_lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    run_lines = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    test_lines = (REPO_ROOT / "requirements-test.txt").read_text().splitlines()
+    pip_lines = run_lines + test_lines
     conda_lines = (REPO_ROOT / "conda_requirements.txt").read_text().splitlines()
-    pip_names = _names(pip_lines)
     dependencies = conda_lines[conda_lines.index("dependencies:") + 1:]
     conda_names = _names(dependencies) - {"python", "pip"}
-    assert pip_names == conda_names
+    assert "-r requirements.txt" in [line.strip() for line in test_lines]
+    assert _names(run_lines) | _names(test_lines) == conda_names
+    assert not _names(run_lines) & {"pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel", "triton"}
     assert "torch==2.13.0" in [line.strip() for line in pip_lines]
     assert any(line.strip() == "- torch==2.13.0" for line in conda_lines)
     assert not any("torchvision" in line.split("#", 1)[0] for line in pip_lines + conda_lines)
