@@ -134,6 +134,9 @@ def get_config() -> config_dict.ConfigDict:
     config.device = "auto"
     # Train the model; False only tests (usually with pretrained=True).
     config.train = True
+    # Test the selected model on the test split afterwards; False for model selection (a search)
+    # that must not look at the test images.
+    config.test = True
     # Load weights before training/testing, from `checkpoint` or else from `path`.
     config.pretrained = False
     # Explicit checkpoint file for pretrained=True, e.g. one of the original implementation.

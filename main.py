@@ -253,6 +253,9 @@ def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context
             train(model, loaders, config, context, best_path, logger, spec.family)
         if not context.is_main:
             return RunResult(model, {}, best_path)
+        if not config.test:
+            logging.info("Not tested (config.test=False): the selected model is %s.", best_path)
+            return RunResult(model, {}, best_path)
         if not (config.train or config.pretrained):
             logging.warning("Testing an untrained model (config.train=False without "
                             "config.pretrained=True).")

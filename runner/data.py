@@ -136,7 +136,7 @@ def build_loaders(config: config_dict.ConfigDict, context: Context, image_size: 
             f"--config.augment=True, but {config.dataset} defines no training augmentation; "
             "use --config.augment=False.")
     for name, split, needed in (("training", train, config.train), ("validation", valid, config.train),
-                                ("test", test, True)):
+                                ("test", test, config.test)):
         if needed and len(split) == 0:
             raise ConfigError(
                 f"The {name} split of {config.dataset} under {config.data_root} is empty: the run "

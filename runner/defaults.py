@@ -186,6 +186,9 @@ def check_config(config: config_dict.ConfigDict) -> None:
         parse_stop_signals(config.stop_signals)
     except ValueError as error:
         raise ConfigError(f"config.stop_signals={config.stop_signals!r}: {error}.") from None
+    if not (config.train or config.test):
+        raise ConfigError("config.train=False and config.test=False leave nothing to do; set one of them "
+                          "to True.")
     if config.resume and not config.train:
         raise ConfigError("config.resume=True continues training; it needs config.train=True.")
     if config.resume and config.overwrite:

@@ -31,7 +31,7 @@ from runner.errors import ConfigError
 # Fields that change neither the data, the trained weights nor their selection: where the run
 # reads and writes, how fast it runs, what it reports, and how it is started or stopped.
 # (device, num_workers and the attention implementations compute the same function.)
-NOT_IDENTITY = ("train", "pretrained", "checkpoint", "resume", "overwrite", "save_dir", "path",
+NOT_IDENTITY = ("train", "test", "pretrained", "checkpoint", "resume", "overwrite", "save_dir", "path",
                 "rotation_angles", "log_every", "wandb", "wandb_project", "device", "num_workers",
                 "num_threads", "download", "checkpoint_every", "max_nonfinite_steps", "stop_signals",
                 "collective_timeout_minutes",

@@ -137,6 +137,11 @@ def test_resume_without_checkpoint(tmp_path, capsys):
                       "no checkpoint to resume from", ".last.pt")
 
 
+def test_neither_training_nor_testing(tmp_path, capsys):
+    assert_user_error(make_config(tmp_path, train=False, test=False), capsys, "config.train=False",
+                      "config.test=False", "nothing to do")
+
+
 @pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
 def test_wandb_missing(tmp_path, capsys):
     assert_user_error(make_config(tmp_path, model="z2sa", wandb=True), capsys,

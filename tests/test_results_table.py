@@ -298,6 +298,8 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     assert [(row["key"], row["flags"], row["parameters"], row["threads"]) for row in rows] == [
         ("p4_h4", "num_channels=16 num_heads=4", "11670", "1")]
     assert not any("test" in column for column in rows[0])
+    # The runs never look at the test digits (--config.test=False): no test report is written.
+    assert not list((tmp_path / "saved" / "p4_h4").glob("*.test.json"))
     history = list(csv.DictReader(open(tmp_path / "saved" / "p4_h4" / "model.metrics.csv")))
     assert float(rows[0]["best_val_accuracy"]) == max(float(row["val_accuracy"]) for row in history)
     search.main(argv)

@@ -106,7 +106,7 @@ def command(key: str, flags: Mapping[str, object], save_dir: pathlib.Path, threa
     return [sys.executable, str(REPO_ROOT / "main.py"), "--config.dataset=rotMNIST5k",
             *[f"--config.{name}={flag_value(value)}" for name, value in settings.items()],
             f"--config.path={checkpoint}", start_or_resume_flag(checkpoint),
-            "--config.rotation_angles=0", f"--config.num_threads={threads}", *extra]
+            "--config.test=False", f"--config.num_threads={threads}", *extra]
 
 
 def read_log(path: pathlib.Path) -> List[Dict[str, str]]:
