@@ -775,6 +775,8 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 // exp(c + pl + gl - max) = exp(c - max c) exp(pl - max pl) exp(gl - max gl): G T M exponentials
 // of the content logits per tile, shared by every v, and V G (T + M) of the other two terms,
 // instead of V G T M; a tile in which a lane's factored sum underflows is recomputed directly.
+// Without dropout, the forward pass then sums the probabilities of output element v over g from
+// their factors, block by block of key elements in registers (mix_rows).
 // Where the tables of the V output elements are permutations of U < V base tables (perm: the
 // elements v and v u have permuted tables when u maps the offsets of the patch onto the patch, so
 // U = 1 for p4 and p4m, 2 for p8, 3 for p12), the positional logits and their exponentials are
