@@ -780,3 +780,42 @@ def test_flag_values_read_back_as_the_same_values():
         text = flag_value(value)
         assert " " not in text
         assert (text if isinstance(value, str) else ast.literal_eval(text)) == value
+
+
+@pytest.mark.parametrize("optimizer", ["Adam", "SGD"])
+def test_the_optimizer_is_fused_on_the_cpu_and_updates_as_the_per_tensor_one(optimizer):
+    config = config_dict.ConfigDict({"optimizer": optimizer, "lr": 1e-2, "optimizer_momentum": 0.9,
+                                     "weight_decay": 1e-4})
+    torch.manual_seed(0)
+    fused_model, plain_model = Tiny(), Tiny()
+    plain_model.load_state_dict(fused_model.state_dict())
+    fused = trainer.build_optimizer(fused_model, config)
+    assert all(group["fused"] for group in fused.param_groups)
+    plain_class = torch.optim.Adam if optimizer == "Adam" else torch.optim.SGD
+    plain = plain_class(plain_model.parameters(), **{key: value for key, value in fused.defaults.items()
+                                                      if key not in ("fused", "foreach")}, foreach=False)
+    for _ in range(5):
+        gradients = [torch.randn_like(p) for p in fused_model.parameters()]
+        for model in (fused_model, plain_model):
+            for p, g in zip(model.parameters(), gradients):
+                p.grad = g.clone()
+        fused.step()
+        plain.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        # Five updates, each a few float32 operations on values of the parameters' scale: at most 20
+        # eps of round-off per update (a wrong update would differ by about lr = 1e-2).
+        bound = 5 * 20 * torch.finfo(torch.float32).eps * max(1.0, b.abs().max().item())
+        assert (a - b).abs().max().item() <= bound
+
+
+def test_a_checkpoint_of_an_unfused_optimizer_resumes_unfused():
+    config = config_dict.ConfigDict({"optimizer": "Adam", "lr": 1e-3, "optimizer_momentum": 0.9,
+                                     "weight_decay": 0.0})
+    model = Tiny()
+    older = torch.optim.Adam(model.parameters(), lr=1e-3)  # as runs made before the fused optimizer
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    older.step()
+    resumed = trainer.build_optimizer(model, config)
+    resumed.load_state_dict(older.state_dict())
+    assert not any(group["fused"] for group in resumed.param_groups)
