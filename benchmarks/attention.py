@@ -200,14 +200,12 @@ def _zoo_case(case: str, impl: str, device) -> Callable[[], None]:
 
 
 def _training_step(model, config, batch: int, channels: int, classes: int, side: int, device) -> Callable[[], None]:
-    """One optimizer step of ``model`` on a random batch (the optimizer of ``config``)."""
+    """One optimizer step of ``model`` on a random batch (the optimizer ``main.py`` builds for ``config``)."""
     import torch
 
-    if config.optimizer == "Adam":
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.optimizer_momentum,
-                                    weight_decay=config.weight_decay)
+    from trainer import build_optimizer
+
+    optimizer = build_optimizer(model, config)
     x = torch.randn(batch, channels, side, side, device=device)
     y = torch.randint(0, classes, (batch,), device=device)
 
