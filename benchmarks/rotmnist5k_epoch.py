@@ -7,7 +7,7 @@ Usage::
                                           [--threads T] [--set FIELD=VALUE ...]
 
 Each model is built as ``--config.dataset=rotMNIST5k`` builds it (its defaults for that dataset)
-and takes optimizer steps (Adam) on random 28x28 batches of the protocol's batch size; after one
+and takes optimizer steps (the protocol's, as main.py builds them) on random 28x28 batches of the protocol's batch size; after one
 warm-up step, ``step_s`` is the median of ``--repeats`` timed steps and ``epoch_s`` the time of
 the 3,500 training digits' steps at that rate (no validation). For the self-attention models,
 one line per attention layer follows: forward + backward of that layer alone on the input it
@@ -46,8 +46,12 @@ TRAIN_IMAGES = 3500
 
 
 def training_step(model: nn.Module, batch: int) -> Callable[[], None]:
-    """One Adam step on a random batch of 28x28 digits."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=ROTMNIST5K["lr"])
+    """One step of the protocol's optimizer (as ``main.py`` builds it) on a random batch of 28x28 digits."""
+    from ml_collections import config_dict
+
+    from trainer import build_optimizer
+
+    optimizer = build_optimizer(model, config_dict.ConfigDict(dict(ROTMNIST5K)))
     images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
 
     def step() -> None:
