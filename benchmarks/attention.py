@@ -184,7 +184,7 @@ def _model_case(case: str, impl: str, device, batch: Optional[int] = None) -> Ca
         settings["dropout_att"] = 0.0  # FlexAttention has no attention dropout
     config = types.SimpleNamespace(**settings)
     model = create_model(f"{group}sa", config, DataSpec(dataset, channels, classes, side, dataset))
-    return _training_step(model.to(device).train(), config, batch, channels, classes, side, device)
+    return training_step(model.to(device).train(), config, batch, channels, classes, side, device)
 
 
 def _zoo_case(case: str, impl: str, device) -> Callable[[], None]:
@@ -196,10 +196,10 @@ def _zoo_case(case: str, impl: str, device) -> Callable[[], None]:
     model = create_model(name, dataset=dataset, **overrides).to(device).train()
     data = get_data_spec(dataset)
     config = model_settings(name, data, {})
-    return _training_step(model, config, batch, data.in_channels, data.num_classes, data.image_size, device)
+    return training_step(model, config, batch, data.in_channels, data.num_classes, data.image_size, device)
 
 
-def _training_step(model, config, batch: int, channels: int, classes: int, side: int, device) -> Callable[[], None]:
+def training_step(model, config, batch: int, channels: int, classes: int, side: int, device) -> Callable[[], None]:
     """One optimizer step of ``model`` on a random batch (the optimizer ``main.py`` builds for ``config``)."""
     import torch
 

@@ -27,7 +27,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 for _folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
@@ -36,37 +36,21 @@ for _folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
 
 import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
+from ml_collections import config_dict  # noqa: E402
 
 import g_selfatt_models as models  # noqa: E402
-from attention import layer_split, median_seconds  # noqa: E402  (benchmarks/attention.py)
+from attention import layer_split, median_seconds, training_step  # noqa: E402  (benchmarks/attention.py)
 from g_selfatt_models.protocols import ROTMNIST5K  # noqa: E402
 
 TRAIN_IMAGES = 3500
-
-
-def training_step(model: nn.Module, batch: int) -> Callable[[], None]:
-    """One step of the protocol's optimizer (as ``main.py`` builds it) on a random batch of 28x28 digits."""
-    from ml_collections import config_dict
-
-    from trainer import build_optimizer
-
-    optimizer = build_optimizer(model, config_dict.ConfigDict(dict(ROTMNIST5K)))
-    images, labels = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-
-    return step
 
 
 def measure(name: str, repeats: int, fields: Optional[Dict[str, Any]] = None) -> List[dict]:
     torch.manual_seed(0)
     model = models.create_model(name, dataset="rotMNIST5k", **(fields or {})).train()
     batch = ROTMNIST5K["batch_size"]
-    step = training_step(model, batch)
+    protocol = config_dict.ConfigDict(dict(ROTMNIST5K))  # its optimizer, as main.py builds it
+    step = training_step(model, protocol, batch, 1, 10, 28, torch.device("cpu"))
     step_s = median_seconds(step, repeats)
     lines = [{"model": name, **(fields or {}), "parameters": sum(p.numel() for p in model.parameters()), "batch": batch,
               "step_s": round(step_s, 4), "epoch_s": round(step_s * math.ceil(TRAIN_IMAGES / batch), 1),
