@@ -7,9 +7,10 @@ Usage::
                                           [--threads T] [--set FIELD=VALUE ...]
 
 Each model is built as ``--config.dataset=rotMNIST5k`` builds it (its defaults for that dataset)
-and takes optimizer steps (the protocol's, as main.py builds them) on random 28x28 batches of the protocol's batch size; after one
-warm-up step, ``step_s`` is the median of ``--repeats`` timed steps and ``epoch_s`` the time of
-the 3,500 training digits' steps at that rate (no validation). For the self-attention models,
+and takes steps of the protocol's optimizer (as ``main.py`` builds it) on random 28x28 batches
+of the protocol's batch size; after one warm-up step, ``step_s`` is the median of ``--repeats``
+timed steps and ``epoch_s`` the time of the 3,500 training digits' steps at that rate (no
+validation). For the self-attention models,
 one line per attention layer follows: forward + backward of that layer alone on the input it
 sees in the model (captured by a hook), its median time per step and its share of the step
 (``layer_split`` of ``benchmarks/attention.py``). ``--set`` overrides fields of every model's
