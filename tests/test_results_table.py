@@ -194,6 +194,67 @@ def test_ship_keeps_the_model_of_a_kind_the_table_does_not_have_yet(table_run, t
     assert (shipped_dir / "pretrained" / "rotMNIST5k_model_f_att_p4cnn_old.pt").exists()
 
 
+def _table_elsewhere(table_run, tmp_path, edit_rows):
+    """The fixture's table copied into another output folder with ``edit_rows`` applied to its
+    rows; returns the arguments that run the script on it."""
+    _, argv, run_path = table_run
+    with open(run_path / "out" / "runs.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        header, rows = reader.fieldnames, list(reader)
+    (tmp_path / "out").mkdir()
+    _write_runs(tmp_path / "out" / "runs.csv", header, edit_rows(rows))
+    elsewhere = list(argv)
+    elsewhere[elsewhere.index("--output-dir") + 1] = str(tmp_path / "out")
+    return elsewhere, rows
+
+
+@on_the_table
+def test_ship_takes_the_best_seed_whose_checkpoint_is_here_and_names_the_missing_one(table_run, tmp_path, capsys):
+    import json
+
+    table = table_run[0]
+
+    def best_p4sa_gone(rows):
+        best = max((row for row in rows if row["model"] == "p4sa"), key=lambda row: float(row["best_val_accuracy"]))
+        return [{**row, "checkpoint": str(tmp_path / "gone.pt")} if row is best else row for row in rows]
+
+    argv, rows = _table_elsewhere(table_run, tmp_path, best_p4sa_gone)
+    p4sa = sorted((row for row in rows if row["model"] == "p4sa"), key=lambda row: -float(row["best_val_accuracy"]))
+    table.main(argv + ["--ship", "--saved-dir", str(tmp_path / "shipped")])
+    assert f"p4sa seed {p4sa[0]['seed']} has the best validation accuracy but its checkpoint" in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "shipped" / "manifest.json").read_text())["checkpoints"]
+    assert [record["seed"] for record in manifest.values() if record["model"] == "p4sa"] == [int(p4sa[1]["seed"])]
+
+
+@on_the_table
+def test_ship_keeps_the_shipped_model_when_no_checkpoint_of_the_best_is_here(table_run, tmp_path, capsys):
+    import json
+
+    table = table_run[0]
+    argv, _ = _table_elsewhere(table_run, tmp_path, lambda rows: [
+        {**row, "checkpoint": str(tmp_path / "gone.pt")} if row["model"] == "p4sa" else row for row in rows])
+    (tmp_path / "shipped").mkdir()
+    before = {"pretrained/rotMNIST5k_model_p4sa_old.pt": {"model": "p4sa", "dataset": "rotMNIST5k"}}
+    (tmp_path / "shipped" / "manifest.json").write_text(json.dumps({"checkpoints": before}))
+    table.main(argv + ["--ship", "--saved-dir", str(tmp_path / "shipped")])
+    assert "No checkpoint of p4sa is here to ship. The one shipped before stays." in capsys.readouterr().out
+    manifest = json.loads((tmp_path / "shipped" / "manifest.json").read_text())["checkpoints"]
+    assert manifest["pretrained/rotMNIST5k_model_p4sa_old.pt"] == before["pretrained/rotMNIST5k_model_p4sa_old.pt"]
+
+
+@on_the_table
+def test_ship_does_not_copy_a_run_shipped_already(table_run, tmp_path, capsys):
+    table, argv, _ = table_run
+    shipped_dir = tmp_path / "shipped"
+    table.main(argv + ["--ship", "--saved-dir", str(shipped_dir)])
+    files = {path: path.stat().st_mtime_ns for path in shipped_dir.rglob("*") if path.is_file()}
+    capsys.readouterr()
+    table.main(argv + ["--ship", "--saved-dir", str(shipped_dir)])
+    out = capsys.readouterr().out
+    assert out.count("is shipped already as pretrained/rotMNIST5k_model_") == 2 and "shipped p4sa" not in out
+    assert {path: path.stat().st_mtime_ns for path in shipped_dir.rglob("*") if path.is_file()} == files
+
+
 def test_arguments_other_than_config_fields_are_refused(capsys):
     with pytest.raises(SystemExit):
         _table_module().parse_args(["--model", "p4sa"])

@@ -41,9 +41,10 @@ Extra ``--config.<field>=<value>`` arguments are passed to every run (e.g.
 ``saved/pretrained/`` under the names the runner derives from their configuration (so
 ``--config.save_dir=saved/pretrained --config.pretrained=True`` finds them, and a run of the same
 configuration trains into ``saved/`` beside them) and records each in ``saved/manifest.json``
-with its sha256, flags, validation and test accuracy (the whole configuration is in the file). "Best" is decided on the validation part only: the
-model with the highest mean best-validation accuracy over the seeds, and its seed with the
-highest best-validation accuracy.
+with its seed, sha256, flags, validation and test accuracy (the whole configuration is in the
+file). "Best" is decided on the validation part only: the model with the highest mean
+best-validation accuracy over the seeds, and its seed with the highest best-validation accuracy
+among those whose checkpoint is here. A run shipped already is not copied again.
 """
 
 from __future__ import annotations
@@ -228,14 +229,38 @@ def kind_of(model: str) -> str:
 
 
 def best_run(rows: Sequence[Mapping[str, object]], kind: str) -> Mapping[str, object]:
-    """The run to ship of the ``kind`` of model, chosen on validation accuracies only."""
+    """The run to ship of the ``kind`` of model, chosen on validation accuracies only.
+
+    The model is the one with the highest mean best-validation accuracy over its seeds, and the run
+    its seed with the highest one among those whose checkpoint is still here (a ``runs.csv`` may
+    come from a session whose checkpoints are gone); a better seed without its checkpoint is named.
+    """
     runs = [row for row in rows if kind_of(str(row["model"])) == kind]
     if not runs:
         raise ValueError(f"The table has no {kind} to ship.")
     names = dict.fromkeys(row["model"] for row in runs)
     model = max(names, key=lambda name: statistics.mean(
         float(row["best_val_accuracy"]) for row in runs if row["model"] == name))
-    return max((row for row in runs if row["model"] == model), key=lambda row: float(row["best_val_accuracy"]))
+    seeds = sorted((row for row in runs if row["model"] == model), key=lambda row: -float(row["best_val_accuracy"]))
+    available = [row for row in seeds if (REPO_ROOT / str(row["checkpoint"])).is_file()]
+    for row in seeds[:seeds.index(available[0]) if available else len(seeds)]:
+        print(f"[table] {model} seed {row['seed']} has the best validation accuracy but its checkpoint "
+              f"{row['checkpoint']} is gone; to ship it, train it again: --models {model} --seeds {row['seed']} "
+              "--overwrite", flush=True)
+    if not available:
+        raise FileNotFoundError(f"No checkpoint of {model} is here to ship.")
+    return available[0]
+
+
+def shipped_before(row: Mapping[str, object], manifest: Mapping[str, Mapping[str, object]]) -> str:
+    """The manifest's name of the file shipped from ``row``'s run ("" if none): same model, seed and
+    accuracies."""
+    for name, record in manifest.items():
+        if (record.get("dataset"), record.get("model"), record.get("seed")) == ("rotMNIST5k", row["model"], int(row["seed"])) \
+                and record.get("validation_accuracy") == float(row["best_val_accuracy"]) \
+                and record.get("test_accuracy") == float(row["test_accuracy"]):
+            return name
+    return ""
 
 
 def _plain(value: object) -> object:
@@ -271,7 +296,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     changed = {name: config.get(name) for name in LAYOUT_FIELDS if config.get(name) is not None}
     changed.update({name: config.get(name) for name, value in defaults.items()
                     if flag_value(_plain(config.get(name))) != flag_value(_plain(value))})
-    target.parent.mkdir(exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
     temporary = target.with_name(f".{target.name}.tmp")
     shutil.copyfile(source, temporary)
     temporary.replace(target)
@@ -286,6 +311,7 @@ def ship(row: Mapping[str, object], saved_dir: pathlib.Path) -> pathlib.Path:
     manifest["checkpoints"][name] = {
         "model": saved["model"],
         "dataset": config.dataset,
+        "seed": config.seed,
         "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
         "flags": (f"--config.dataset={config.dataset} --config.model={saved['model']} "
                   + "".join(f"--config.{name}={flag_value(_plain(value))} " for name, value in changed.items())
@@ -368,10 +394,27 @@ def main(argv: Sequence[str]) -> None:
     print(write_outputs(ordered, args.output_dir))
     if args.ship:
         for kind in SHIPPED_KINDS:
-            if any(kind_of(str(row["model"])) == kind for row in ordered):
-                ship(best_run(ordered, kind), args.saved_dir)
-            else:  # a table still being trained
-                print(f"[table] no {kind} in the table yet: the one shipped before stays", flush=True)
+            ship_best(ordered, kind, args.saved_dir)
+
+
+def ship_best(rows: Sequence[Mapping[str, object]], kind: str, saved_dir: pathlib.Path) -> None:
+    """Ships the best run of ``kind`` (:func:`best_run`) unless it is shipped already; the model
+    shipped before stays where the table has no such run yet or none with its checkpoint."""
+    if not any(kind_of(str(row["model"])) == kind for row in rows):  # a table still being trained
+        print(f"[table] no {kind} in the table yet: the one shipped before stays", flush=True)
+        return
+    try:
+        row = best_run(rows, kind)
+    except FileNotFoundError as error:
+        print(f"[table] {error} The one shipped before stays.", flush=True)
+        return
+    manifest_path = saved_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())["checkpoints"] if manifest_path.exists() else {}
+    name = shipped_before(row, manifest)
+    if name:
+        print(f"[table] {row['model']} seed {row['seed']} is shipped already as {name}", flush=True)
+        return
+    ship(row, saved_dir)
 
 
 if __name__ == "__main__":
