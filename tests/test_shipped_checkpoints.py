@@ -114,18 +114,20 @@ def test_shipped_checkpoint_reproduces_its_validation_accuracy(key):
 @pytest.mark.parametrize("key", ROTATION_GSA_NETS, ids=[f"{dataset}-{model}" for dataset, model in ROTATION_GSA_NETS])
 def test_shipped_gsa_net_is_invariant_to_the_rotations_of_the_grid(key):
     """Exact invariance to every group element that maps the pixel grid onto itself (the quarter
-    turns), checked in float64 on the first 256 test images: its round-off (1e-16) flips no
-    prediction."""
+    turns), checked on the logits of the first 64 test images in float64: the network's round-off
+    there is about 1e-13 of the largest logit, so a bound of 1e6 eps catches any broken symmetry
+    (a non-equivariant layer changes logits by 1e-3 or more)."""
     _, model, splits = _load(key)
     model64 = copy.deepcopy(model).double()
-    images = torch.stack([splits.test[index][0] for index in range(min(256, len(splits.test)))]).double()
+    images = torch.stack([splits.test[index][0] for index in range(min(64, len(splits.test)))]).double()
     images = splits.batch_transform(images)  # (B, C, H, W)
     exact = model.group.grid_exact()
     assert len(exact) == 4  # the identity and three quarter turns
     with torch.no_grad():
-        predicted = model64(images).argmax(dim=1)
+        logits = model64(images)  # (B, classes)
+        bound = 1e6 * torch.finfo(torch.float64).eps * logits.abs().max()
         for element in exact[1:]:
-            assert torch.equal(model64(model.group.transform_image(images, element)).argmax(dim=1), predicted)
+            assert (model64(model.group.transform_image(images, element)) - logits).abs().max() <= bound
 
 
 def test_shipped_rotdigits_p4sa_beats_its_translation_only_baseline():
