@@ -255,6 +255,14 @@ def test_ship_does_not_copy_a_run_shipped_already(table_run, tmp_path, capsys):
     assert {path: path.stat().st_mtime_ns for path in shipped_dir.rglob("*") if path.is_file()} == files
 
 
+def test_seconds_per_epoch_are_averaged_per_thread_count():
+    seconds = _table_module()._seconds_per_epoch
+    runs = [{"seconds_per_epoch": "180", "threads": "1"}, {"seconds_per_epoch": "70", "threads": "2"},
+            {"seconds_per_epoch": "170", "threads": "1"}, {"seconds_per_epoch": "80", "threads": "2"}]
+    assert seconds(runs) == "175.0 (1 thread); 75.0 (2 threads)"
+    assert seconds(runs[:1] + [{"seconds_per_epoch": "90", "threads": ""}]) == "90.0; 180.0 (1 thread)"
+
+
 def test_arguments_other_than_config_fields_are_refused(capsys):
     with pytest.raises(SystemExit):
         _table_module().parse_args(["--model", "p4sa"])

@@ -162,19 +162,24 @@ def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
             "blur: other 15° steps, rotated twice %": _mean_std(per_run(_angles(runs[0], "blur_"), "blur_"))
             if _angles(runs[0], "blur_") else NOT_MEASURED,
             "parameters": f"{int(runs[0]['parameters']):,}",
-            "s / epoch": f"{statistics.mean(float(run['seconds_per_epoch']) for run in runs):.1f}"
-                         + _threads_note(runs),
+            "s / epoch": _seconds_per_epoch(runs),
         })
     return summary
 
 
-def _threads_note(runs: Sequence[Mapping[str, object]]) -> str:
-    """`` (N threads)`` where every run recorded the same thread count, else nothing."""
-    counts = {str(run.get("threads") or "") for run in runs}
-    if len(counts) != 1 or "" in counts:
-        return ""
-    count = int(counts.pop())
-    return f" ({count} thread{'s' if count > 1 else ''})"
+def _seconds_per_epoch(runs: Sequence[Mapping[str, object]]) -> str:
+    """Mean seconds per epoch of ``runs`` for each thread count they recorded, e.g. ``178.4 (1
+    thread); 75.2 (2 threads)``; a run without a recorded count (the runner's default) is
+    averaged without a note."""
+    by_threads: Dict[str, List[float]] = {}
+    for run in runs:
+        by_threads.setdefault(str(run.get("threads") or ""), []).append(float(run["seconds_per_epoch"]))
+
+    def note(count: str) -> str:
+        return f" ({count} thread{'s' if int(count) > 1 else ''})" if count else ""
+
+    return "; ".join(f"{statistics.mean(seconds):.1f}{note(count)}"
+                     for count, seconds in sorted(by_threads.items(), key=lambda item: int(item[0] or 0)))
 
 
 def markdown(summary: Sequence[Mapping[str, str]]) -> str:
