@@ -221,7 +221,7 @@ def test_ship_takes_the_best_seed_whose_checkpoint_is_here_and_names_the_missing
     argv, rows = _table_elsewhere(table_run, tmp_path, best_p4sa_gone)
     p4sa = sorted((row for row in rows if row["model"] == "p4sa"), key=lambda row: -float(row["best_val_accuracy"]))
     table.main(argv + ["--ship", "--saved-dir", str(tmp_path / "shipped")])
-    assert f"p4sa seed {p4sa[0]['seed']} has the best validation accuracy but its checkpoint" in capsys.readouterr().out
+    assert f"p4sa seed {p4sa[0]['seed']}: its checkpoint {tmp_path / 'gone.pt'} is gone" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "shipped" / "manifest.json").read_text())["checkpoints"]
     assert [record["seed"] for record in manifest.values() if record["model"] == "p4sa"] == [int(p4sa[1]["seed"])]
 
@@ -237,21 +237,26 @@ def test_ship_keeps_the_shipped_model_when_no_checkpoint_of_the_best_is_here(tab
     before = {"pretrained/rotMNIST5k_model_p4sa_old.pt": {"model": "p4sa", "dataset": "rotMNIST5k"}}
     (tmp_path / "shipped" / "manifest.json").write_text(json.dumps({"checkpoints": before}))
     table.main(argv + ["--ship", "--saved-dir", str(tmp_path / "shipped")])
-    assert "No checkpoint of p4sa is here to ship. The one shipped before stays." in capsys.readouterr().out
+    assert "no checkpoint of p4sa is here: the one shipped before stays" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "shipped" / "manifest.json").read_text())["checkpoints"]
     assert manifest["pretrained/rotMNIST5k_model_p4sa_old.pt"] == before["pretrained/rotMNIST5k_model_p4sa_old.pt"]
 
 
 @on_the_table
-def test_ship_does_not_copy_a_run_shipped_already(table_run, tmp_path, capsys):
+def test_ship_does_not_copy_a_run_shipped_already_even_when_its_checkpoint_is_gone(table_run, tmp_path, capsys):
     table, argv, _ = table_run
     shipped_dir = tmp_path / "shipped"
     table.main(argv + ["--ship", "--saved-dir", str(shipped_dir)])
     files = {path: path.stat().st_mtime_ns for path in shipped_dir.rglob("*") if path.is_file()}
     capsys.readouterr()
     table.main(argv + ["--ship", "--saved-dir", str(shipped_dir)])
+    # The same table in a later session, its checkpoints gone.
+    gone, _ = _table_elsewhere(table_run, tmp_path, lambda rows: [{**row, "checkpoint": str(tmp_path / "gone.pt")}
+                                                                  for row in rows])
+    table.main(gone + ["--ship", "--saved-dir", str(shipped_dir)])
     out = capsys.readouterr().out
-    assert out.count("is shipped already as pretrained/rotMNIST5k_model_") == 2 and "shipped p4sa" not in out
+    assert out.count("is shipped already as pretrained/rotMNIST5k_model_") == 4
+    assert "shipped p4sa" not in out and "is gone" not in out
     assert {path: path.stat().st_mtime_ns for path in shipped_dir.rglob("*") if path.is_file()} == files
 
 

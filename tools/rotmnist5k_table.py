@@ -233,28 +233,17 @@ def kind_of(model: str) -> str:
     return "attentive G-CNN" if family == "attgconv" and attentive else "other"
 
 
-def best_run(rows: Sequence[Mapping[str, object]], kind: str) -> Mapping[str, object]:
-    """The run to ship of the ``kind`` of model, chosen on validation accuracies only.
-
-    The model is the one with the highest mean best-validation accuracy over its seeds, and the run
-    its seed with the highest one among those whose checkpoint is still here (a ``runs.csv`` may
-    come from a session whose checkpoints are gone); a better seed without its checkpoint is named.
-    """
+def ranked_runs(rows: Sequence[Mapping[str, object]], kind: str) -> List[Mapping[str, object]]:
+    """The runs of the model to ship of the ``kind``, best first, chosen on validation accuracies
+    only: the model with the highest mean best-validation accuracy over its seeds, its seeds by
+    their best-validation accuracy."""
     runs = [row for row in rows if kind_of(str(row["model"])) == kind]
     if not runs:
         raise ValueError(f"The table has no {kind} to ship.")
     names = dict.fromkeys(row["model"] for row in runs)
     model = max(names, key=lambda name: statistics.mean(
         float(row["best_val_accuracy"]) for row in runs if row["model"] == name))
-    seeds = sorted((row for row in runs if row["model"] == model), key=lambda row: -float(row["best_val_accuracy"]))
-    available = [row for row in seeds if (REPO_ROOT / str(row["checkpoint"])).is_file()]
-    for row in seeds[:seeds.index(available[0]) if available else len(seeds)]:
-        print(f"[table] {model} seed {row['seed']} has the best validation accuracy but its checkpoint "
-              f"{row['checkpoint']} is gone; to ship it, train it again: --models {model} --seeds {row['seed']} "
-              "--overwrite", flush=True)
-    if not available:
-        raise FileNotFoundError(f"No checkpoint of {model} is here to ship.")
-    return available[0]
+    return sorted((row for row in runs if row["model"] == model), key=lambda row: -float(row["best_val_accuracy"]))
 
 
 def shipped_before(row: Mapping[str, object], manifest: Mapping[str, Mapping[str, object]]) -> str:
@@ -403,23 +392,30 @@ def main(argv: Sequence[str]) -> None:
 
 
 def ship_best(rows: Sequence[Mapping[str, object]], kind: str, saved_dir: pathlib.Path) -> None:
-    """Ships the best run of ``kind`` (:func:`best_run`) unless it is shipped already; the model
-    shipped before stays where the table has no such run yet or none with its checkpoint."""
+    """Ships the best run of ``kind`` (:func:`ranked_runs`) unless it is shipped already.
+
+    A ``runs.csv`` may come from a session whose checkpoints are gone: then the best run whose
+    checkpoint is here is shipped and the better ones are named (with the command that trains them
+    again); the model shipped before stays where the table has no run of the kind yet or none with
+    its checkpoint.
+    """
     if not any(kind_of(str(row["model"])) == kind for row in rows):  # a table still being trained
         print(f"[table] no {kind} in the table yet: the one shipped before stays", flush=True)
         return
-    try:
-        row = best_run(rows, kind)
-    except FileNotFoundError as error:
-        print(f"[table] {error} The one shipped before stays.", flush=True)
-        return
+    ranked = ranked_runs(rows, kind)
     manifest_path = saved_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())["checkpoints"] if manifest_path.exists() else {}
-    name = shipped_before(row, manifest)
+    name = shipped_before(ranked[0], manifest)
     if name:
-        print(f"[table] {row['model']} seed {row['seed']} is shipped already as {name}", flush=True)
+        print(f"[table] {ranked[0]['model']} seed {ranked[0]['seed']} is shipped already as {name}", flush=True)
         return
-    ship(row, saved_dir)
+    for row in ranked:
+        if (REPO_ROOT / str(row["checkpoint"])).is_file():
+            ship(row, saved_dir)
+            return
+        print(f"[table] {row['model']} seed {row['seed']}: its checkpoint {row['checkpoint']} is gone; to ship it, "
+              f"train it again: --models {row['model']} --seeds {row['seed']} --overwrite", flush=True)
+    print(f"[table] no checkpoint of {ranked[0]['model']} is here: the one shipped before stays", flush=True)
 
 
 if __name__ == "__main__":
