@@ -224,6 +224,9 @@ def test_ship_takes_the_best_seed_whose_checkpoint_is_here_and_names_the_missing
     assert f"p4sa seed {p4sa[0]['seed']}: its checkpoint {tmp_path / 'gone.pt'} is gone" in capsys.readouterr().out
     manifest = json.loads((tmp_path / "shipped" / "manifest.json").read_text())["checkpoints"]
     assert [record["seed"] for record in manifest.values() if record["model"] == "p4sa"] == [int(p4sa[1]["seed"])]
+    table.main(argv + ["--ship", "--saved-dir", str(tmp_path / "shipped")])  # again: the next best is shipped already
+    out = capsys.readouterr().out
+    assert f"p4sa seed {p4sa[0]['seed']}: its checkpoint" in out and f"p4sa seed {p4sa[1]['seed']} is shipped already" in out
 
 
 @on_the_table
