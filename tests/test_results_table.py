@@ -92,16 +92,27 @@ def _write_runs(path, header, rows):
         writer.writerows(rows)
 
 
-@on_the_table
-def test_rows_that_another_table_process_records_meanwhile_are_kept(table_run, tmp_path, monkeypatch):
-    table, argv, run_path = table_run
+def _table_elsewhere(table_run, tmp_path, edit_rows):
+    """The fixture's table copied into another output folder with ``edit_rows`` applied to its
+    rows; returns the arguments that run the script on it, and the header and rows it copied."""
+    _, argv, run_path = table_run
     with open(run_path / "out" / "runs.csv", newline="") as handle:
         reader = csv.DictReader(handle)
         header, rows = reader.fieldnames, list(reader)
+    (tmp_path / "out").mkdir()
+    _write_runs(tmp_path / "out" / "runs.csv", header, edit_rows(rows))
+    elsewhere = list(argv)
+    elsewhere[elsewhere.index("--output-dir") + 1] = str(tmp_path / "out")
+    return elsewhere, header, rows
+
+
+@on_the_table
+def test_rows_that_another_table_process_records_meanwhile_are_kept(table_run, tmp_path, monkeypatch):
+    table = table_run[0]
     key = lambda row: (row["model"], row["seed"])  # noqa: E731
+    elsewhere, header, rows = _table_elsewhere(
+        table_run, tmp_path, lambda rows: [row for row in rows if key(row) not in {("p4sa", "1"), ("z2cnn", "1")}])
     out = tmp_path / "out"
-    out.mkdir()
-    _write_runs(out / "runs.csv", header, [row for row in rows if key(row) not in {("p4sa", "1"), ("z2cnn", "1")}])
     reuse_finished_run = table.train_and_test
 
     def another_process_records_z2cnn_seed1(model, seed, *args):
@@ -109,8 +120,6 @@ def test_rows_that_another_table_process_records_meanwhile_are_kept(table_run, t
         return reuse_finished_run(model, seed, *args)
 
     monkeypatch.setattr(table, "train_and_test", another_process_records_z2cnn_seed1)
-    elsewhere = list(argv)
-    elsewhere[elsewhere.index("--output-dir") + 1] = str(out)
     elsewhere[elsewhere.index("--models") + 1:elsewhere.index("--seeds") + 3] = ["p4sa", "--seeds", "1"]
     table.main(elsewhere)
     with open(out / "runs.csv", newline="") as handle:
@@ -194,20 +203,6 @@ def test_ship_keeps_the_model_of_a_kind_the_table_does_not_have_yet(table_run, t
     assert (shipped_dir / "pretrained" / "rotMNIST5k_model_f_att_p4cnn_old.pt").exists()
 
 
-def _table_elsewhere(table_run, tmp_path, edit_rows):
-    """The fixture's table copied into another output folder with ``edit_rows`` applied to its
-    rows; returns the arguments that run the script on it."""
-    _, argv, run_path = table_run
-    with open(run_path / "out" / "runs.csv", newline="") as handle:
-        reader = csv.DictReader(handle)
-        header, rows = reader.fieldnames, list(reader)
-    (tmp_path / "out").mkdir()
-    _write_runs(tmp_path / "out" / "runs.csv", header, edit_rows(rows))
-    elsewhere = list(argv)
-    elsewhere[elsewhere.index("--output-dir") + 1] = str(tmp_path / "out")
-    return elsewhere, rows
-
-
 @on_the_table
 def test_ship_takes_the_best_seed_whose_checkpoint_is_here_and_names_the_missing_one(table_run, tmp_path, capsys):
     import json
@@ -218,7 +213,7 @@ def test_ship_takes_the_best_seed_whose_checkpoint_is_here_and_names_the_missing
         best = max((row for row in rows if row["model"] == "p4sa"), key=lambda row: float(row["best_val_accuracy"]))
         return [{**row, "checkpoint": str(tmp_path / "gone.pt")} if row is best else row for row in rows]
 
-    argv, rows = _table_elsewhere(table_run, tmp_path, best_p4sa_gone)
+    argv, _, rows = _table_elsewhere(table_run, tmp_path, best_p4sa_gone)
     p4sa = sorted((row for row in rows if row["model"] == "p4sa"), key=lambda row: -float(row["best_val_accuracy"]))
     table.main(argv + ["--ship", "--saved-dir", str(tmp_path / "shipped")])
     assert f"p4sa seed {p4sa[0]['seed']}: its checkpoint {tmp_path / 'gone.pt'} is gone" in capsys.readouterr().out
@@ -234,7 +229,7 @@ def test_ship_keeps_the_shipped_model_when_no_checkpoint_of_the_best_is_here(tab
     import json
 
     table = table_run[0]
-    argv, _ = _table_elsewhere(table_run, tmp_path, lambda rows: [
+    argv, _, _ = _table_elsewhere(table_run, tmp_path, lambda rows: [
         {**row, "checkpoint": str(tmp_path / "gone.pt")} if row["model"] == "p4sa" else row for row in rows])
     (tmp_path / "shipped").mkdir()
     before = {"pretrained/rotMNIST5k_model_p4sa_old.pt": {"model": "p4sa", "dataset": "rotMNIST5k"}}
@@ -254,7 +249,7 @@ def test_ship_does_not_copy_a_run_shipped_already_even_when_its_checkpoint_is_go
     capsys.readouterr()
     table.main(argv + ["--ship", "--saved-dir", str(shipped_dir)])
     # The same table in a later session, its checkpoints gone.
-    gone, _ = _table_elsewhere(table_run, tmp_path, lambda rows: [{**row, "checkpoint": str(tmp_path / "gone.pt")}
+    gone, _, _ = _table_elsewhere(table_run, tmp_path, lambda rows: [{**row, "checkpoint": str(tmp_path / "gone.pt")}
                                                                   for row in rows])
     table.main(gone + ["--ship", "--saved-dir", str(shipped_dir)])
     out = capsys.readouterr().out

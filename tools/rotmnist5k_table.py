@@ -237,10 +237,10 @@ def kind_of(model: str) -> str:
 def ranked_runs(rows: Sequence[Mapping[str, object]], kind: str) -> List[Mapping[str, object]]:
     """The runs of the model to ship of the ``kind``, best first, chosen on validation accuracies
     only: the model with the highest mean best-validation accuracy over its seeds, its seeds by
-    their best-validation accuracy."""
+    their best-validation accuracy (none where the table has no model of the kind)."""
     runs = [row for row in rows if kind_of(str(row["model"])) == kind]
     if not runs:
-        raise ValueError(f"The table has no {kind} to ship.")
+        return []
     names = dict.fromkeys(row["model"] for row in runs)
     model = max(names, key=lambda name: statistics.mean(
         float(row["best_val_accuracy"]) for row in runs if row["model"] == name))
@@ -250,9 +250,9 @@ def ranked_runs(rows: Sequence[Mapping[str, object]], kind: str) -> List[Mapping
 def shipped_before(row: Mapping[str, object], manifest: Mapping[str, Mapping[str, object]]) -> str:
     """The manifest's name of the file shipped from ``row``'s run ("" if none): same model, seed and
     accuracies."""
+    fields = ("dataset", "model", "seed", "validation_accuracy", "test_accuracy")
     run = (DATASET, row["model"], int(row["seed"]), float(row["best_val_accuracy"]), float(row["test_accuracy"]))
     for name, record in manifest.items():
-        fields = ("dataset", "model", "seed", "validation_accuracy", "test_accuracy")
         if tuple(record.get(field) for field in fields) == run:
             return name
     return ""
@@ -400,10 +400,10 @@ def ship_best(rows: Sequence[Mapping[str, object]], kind: str, saved_dir: pathli
     command that trains them again); the model shipped before stays where the table has no run of
     the kind yet or none with its checkpoint.
     """
-    if not any(kind_of(str(row["model"])) == kind for row in rows):  # a table still being trained
+    ranked = ranked_runs(rows, kind)
+    if not ranked:  # a table still being trained
         print(f"[table] no {kind} in the table yet: the one shipped before stays", flush=True)
         return
-    ranked = ranked_runs(rows, kind)
     manifest_path = saved_dir / "manifest.json"
     manifest = json.loads(manifest_path.read_text())["checkpoints"] if manifest_path.exists() else {}
     for row in ranked:
