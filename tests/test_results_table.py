@@ -266,6 +266,12 @@ def test_seconds_per_epoch_are_averaged_per_thread_count():
     assert seconds(runs[:1] + [{"seconds_per_epoch": "90", "threads": ""}]) == "90.0; 180.0 (1 thread)"
 
 
+def test_one_seed_is_shown_without_a_spread():
+    mean_std = _table_module()._mean_std
+    assert mean_std([0.956]) == "95.60"  # one run: its spread is unknown, not 0
+    assert mean_std([0.94, 0.952]) == f"94.60 ± {100 * statistics.stdev([0.94, 0.952]):.2f}"
+
+
 def test_arguments_other_than_config_fields_are_refused(capsys):
     with pytest.raises(SystemExit):
         _table_module().parse_args(["--model", "p4sa"])

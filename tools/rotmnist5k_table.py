@@ -136,9 +136,11 @@ def _angles(row: Mapping[str, object], column: str) -> List[float]:
 
 
 def _mean_std(values: Sequence[float]) -> str:
-    """``mean ± std`` in percent (std over the seeds, n - 1; 0 for one seed)."""
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
+    """``mean ± std`` in percent (std over the seeds, n - 1); the value alone for one seed, whose
+    spread is unknown rather than 0."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f}"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
 def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
@@ -191,6 +193,10 @@ def markdown(summary: Sequence[Mapping[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _seeds_text(count: int) -> str:
+    return f"{count} seed" if count == 1 else f"{count} seeds"
+
+
 def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> None:
     """Test accuracy against the rotation angle, mean over the seeds, one line per model."""
     import matplotlib
@@ -199,11 +205,15 @@ def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> N
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7, 3.5))
-    for model in dict.fromkeys(row["model"] for row in rows):
+    seeds = {model: len({row["seed"] for row in rows if row["model"] == model}) for model in
+             dict.fromkeys(row["model"] for row in rows)}
+    same_seeds = len(set(seeds.values())) == 1
+    for model, count in seeds.items():
         runs = [row for row in rows if row["model"] == model]
         angles = sorted(_angles(runs[0], "accuracy_"))
         means = [100 * statistics.mean(float(run[f"accuracy_{a:g}deg"]) for run in runs) for a in angles]
-        line, = axes.plot(angles + [360.0], means + means[:1], marker="o", markersize=3, label=model)
+        label = model if same_seeds else f"{model} ({_seeds_text(count)})"
+        line, = axes.plot(angles + [360.0], means + means[:1], marker="o", markersize=3, label=label)
         blurred = sorted(_angles(runs[0], "blur_"))
         if blurred:  # the rotated test digits rotated again, between the exact angles
             means = {a: 100 * statistics.mean(float(run[f"blur_{a:g}deg"]) for run in runs) for a in blurred}
@@ -211,7 +221,7 @@ def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> N
                 inside = [a for a in blurred if start < a < start + 90]
                 axes.plot(inside, [means[a] for a in inside], linestyle="--", color=line.get_color(), linewidth=1)
     axes.set(xlabel="rotation of the test digits (degrees)", ylabel="test accuracy (%)", xticks=range(0, 361, 45),
-             title=f"rotMNIST5k, mean over {len(set(row['seed'] for row in rows))} seed(s); "
+             title=f"rotMNIST5k, mean over {_seeds_text(count) if same_seeds else 'the seeds'}; "
                    "dashed: test digits rotated twice (blur)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, ncol=2)
