@@ -143,11 +143,23 @@ def _mean_std(values: Sequence[float]) -> str:
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def _runs_by_model(rows: Sequence[Mapping[str, object]]) -> Dict[str, List[Mapping[str, object]]]:
+    """The runs (one per seed) of each model, models in the order of ``rows``."""
+    runs: Dict[str, List[Mapping[str, object]]] = {}
+    for row in rows:
+        runs.setdefault(str(row["model"]), []).append(row)
+    return runs
+
+
+def _counted(count: int, noun: str) -> str:
+    """``1 seed``, ``3 seeds``."""
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
     """Per model (in table order): the seed statistics of every column of ``table.md``."""
     summary = []
-    for model in dict.fromkeys(row["model"] for row in rows):
-        runs = [row for row in rows if row["model"] == model]
+    for model, runs in _runs_by_model(rows).items():
         angles = _angles(runs[0], "accuracy_")
         off_grid = [angle for angle in angles if angle % 90]
 
@@ -179,7 +191,7 @@ def _seconds_per_epoch(runs: Sequence[Mapping[str, object]]) -> str:
         by_threads.setdefault(str(run.get("threads") or ""), []).append(float(run["seconds_per_epoch"]))
 
     def note(count: str) -> str:
-        return f" ({count} thread{'s' if int(count) > 1 else ''})" if count else ""
+        return f" ({_counted(int(count), 'thread')})" if count else ""
 
     return "; ".join(f"{statistics.mean(seconds):.1f}{note(count)}"
                      for count, seconds in sorted(by_threads.items(), key=lambda item: int(item[0] or 0)))
@@ -193,10 +205,6 @@ def markdown(summary: Sequence[Mapping[str, str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _seeds_text(count: int) -> str:
-    return f"{count} seed" if count == 1 else f"{count} seeds"
-
-
 def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> None:
     """Test accuracy against the rotation angle, mean over the seeds, one line per model."""
     import matplotlib
@@ -205,14 +213,13 @@ def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> N
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(7, 3.5))
-    seeds = {model: len({row["seed"] for row in rows if row["model"] == model}) for model in
-             dict.fromkeys(row["model"] for row in rows)}
-    same_seeds = len(set(seeds.values())) == 1
-    for model, count in seeds.items():
-        runs = [row for row in rows if row["model"] == model]
+    runs_by_model = _runs_by_model(rows)
+    seed_counts = {len(runs) for runs in runs_by_model.values()}
+    same_seeds = len(seed_counts) == 1  # else each model's label says how many seeds it has
+    for model, runs in runs_by_model.items():
         angles = sorted(_angles(runs[0], "accuracy_"))
         means = [100 * statistics.mean(float(run[f"accuracy_{a:g}deg"]) for run in runs) for a in angles]
-        label = model if same_seeds else f"{model} ({_seeds_text(count)})"
+        label = model if same_seeds else f"{model} ({_counted(len(runs), 'seed')})"
         line, = axes.plot(angles + [360.0], means + means[:1], marker="o", markersize=3, label=label)
         blurred = sorted(_angles(runs[0], "blur_"))
         if blurred:  # the rotated test digits rotated again, between the exact angles
@@ -221,7 +228,7 @@ def plot_rotation(rows: Sequence[Mapping[str, object]], path: pathlib.Path) -> N
                 inside = [a for a in blurred if start < a < start + 90]
                 axes.plot(inside, [means[a] for a in inside], linestyle="--", color=line.get_color(), linewidth=1)
     axes.set(xlabel="rotation of the test digits (degrees)", ylabel="test accuracy (%)", xticks=range(0, 361, 45),
-             title=f"rotMNIST5k, mean over {_seeds_text(count) if same_seeds else 'the seeds'}; "
+             title=f"rotMNIST5k, mean over {_counted(min(seed_counts), 'seed') if same_seeds else 'the seeds'}; "
                    "dashed: test digits rotated twice (blur)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8, ncol=2)
@@ -248,13 +255,12 @@ def ranked_runs(rows: Sequence[Mapping[str, object]], kind: str) -> List[Mapping
     """The runs of the model to ship of the ``kind``, best first, chosen on validation accuracies
     only: the model with the highest mean best-validation accuracy over its seeds, its seeds by
     their best-validation accuracy (none where the table has no model of the kind)."""
-    runs = [row for row in rows if kind_of(str(row["model"])) == kind]
-    if not runs:
+    runs_by_model = _runs_by_model([row for row in rows if kind_of(str(row["model"])) == kind])
+    if not runs_by_model:
         return []
-    names = dict.fromkeys(row["model"] for row in runs)
-    model = max(names, key=lambda name: statistics.mean(
-        float(row["best_val_accuracy"]) for row in runs if row["model"] == name))
-    return sorted((row for row in runs if row["model"] == model), key=lambda row: -float(row["best_val_accuracy"]))
+    best = max(runs_by_model.values(),
+               key=lambda runs: statistics.mean(float(run["best_val_accuracy"]) for run in runs))
+    return sorted(best, key=lambda row: -float(row["best_val_accuracy"]))
 
 
 def shipped_before(row: Mapping[str, object], manifest: Mapping[str, Mapping[str, object]]) -> str:
