@@ -60,6 +60,8 @@ class TrainState:
         history: one dict of metrics per validation.
         epoch_totals: loss sum, correct predictions and examples of the current epoch so far.
         nonfinite_streak: consecutive steps, up to now, whose loss or gradient was not finite.
+        epoch_seconds: wall-clock seconds of the current epoch's steps up to the checkpoint, so
+            that an epoch stopped and resumed reports the seconds of both of its parts.
     """
 
     epoch: int = 0
@@ -72,6 +74,7 @@ class TrainState:
     history: List[Dict[str, float]] = dataclasses.field(default_factory=list)
     epoch_totals: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
     nonfinite_streak: int = 0
+    epoch_seconds: float = 0.0
 
 
 def build_optimizer(model: nn.Module, config: config_dict.ConfigDict) -> torch.optim.Optimizer:
@@ -143,6 +146,7 @@ class Trainer:
         self.checkpoint_steps, self.checkpoint_seconds = parse_checkpoint_every(
             config.checkpoint_every)
         self.last_save_time = time.monotonic()
+        self.epoch_started = time.monotonic()  # when the current epoch's steps would have begun
         self.last_saved_step: Optional[int] = None  # the step of the last state this process saved
         self.stop_request = StopRequest(parse_stop_signals(config.get("stop_signals", "")))
         self.stop_signal: Optional[int] = None
@@ -247,6 +251,8 @@ class Trainer:
         random_states = distributed.gather_objects(random_state.capture(self._generators()),
                                                    self.context)
         self.last_save_time = time.monotonic()
+        self.state.epoch_seconds = (self.last_save_time - self.epoch_started
+                                    if self.state.batch_in_epoch else 0.0)
         if not self.context.is_main:
             return
         if not model_is_finite(self.model):
@@ -270,10 +276,11 @@ class Trainer:
         train_model = distributed.wrap(self.model, self.context)
         with self.stop_request:
             while self.state.epoch < self.config.epochs and not self._step_limit_reached():
-                started = time.monotonic()
+                # Seconds of the epoch's steps before a resume count as if they ran now.
+                self.epoch_started = time.monotonic() - self.state.epoch_seconds
                 train_metrics = self._train_epoch(train_model)
-                # Wall-clock seconds of this period's optimizer steps (no validation).
-                train_metrics["train_seconds"] = time.monotonic() - started
+                # Wall-clock seconds of this epoch's optimizer steps (no validation).
+                train_metrics["train_seconds"] = time.monotonic() - self.epoch_started
                 epoch_complete = self.state.batch_in_epoch >= self.steps_per_epoch
                 if epoch_complete:
                     self.state.epoch += 1

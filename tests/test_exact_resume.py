@@ -9,6 +9,8 @@ it: nothing is saved after the last periodic checkpoint.
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -122,3 +124,26 @@ def test_a_finished_run_continues_for_more_epochs_under_its_old_name(tmp_path):
     _, last = _files(main.run(longer))
     assert (last["epoch"], last["step"]) == (3, 12)
     assert last["config"]["epochs"] == 3 and last["config"]["max_steps"] == 0
+
+
+def test_an_epoch_stopped_and_resumed_reports_the_seconds_of_both_parts(tmp_path, monkeypatch):
+    original = trainer.Trainer._train_step
+
+    def slow_then_crash(self, *args):  # the steps before the crash take at least 0.5 s each
+        if self.state.step + 1 == 8:
+            raise SimulatedCrash
+        time.sleep(0.5)
+        return original(self, *args)
+
+    monkeypatch.setattr(trainer.Trainer, "_train_step", slow_then_crash)
+    config = _config(tmp_path, "gsa")
+    with pytest.raises(SimulatedCrash):
+        main.run(config)
+    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+    saved = checkpoints.read(paths.last_checkpoint_path(paths.best_checkpoint_path(config, "any")))
+    # The checkpoint after step 6 holds steps 5 and 6 of epoch 2, 1 s of sleep at least.
+    assert saved["train_state"]["batch_in_epoch"] == 2 and saved["train_state"]["epoch_seconds"] >= 1.0
+    _, last = _files(main.run(_config(tmp_path, "gsa", resume=True)))
+    _, second = last["train_state"]["history"]
+    assert second["train_seconds"] >= saved["train_state"]["epoch_seconds"]
+    assert last["train_state"]["epoch_seconds"] == 0.0
