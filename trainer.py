@@ -60,8 +60,8 @@ class TrainState:
         history: one dict of metrics per validation.
         epoch_totals: loss sum, correct predictions and examples of the current epoch so far.
         nonfinite_streak: consecutive steps, up to now, whose loss or gradient was not finite.
-        epoch_seconds: wall-clock seconds of the current epoch's steps up to the checkpoint, so
-            that an epoch stopped and resumed reports the seconds of both of its parts.
+        epoch_seconds: wall-clock seconds of the current epoch's steps so far, so that an epoch
+            stopped and resumed reports the seconds of both of its parts.
     """
 
     epoch: int = 0
@@ -146,7 +146,6 @@ class Trainer:
         self.checkpoint_steps, self.checkpoint_seconds = parse_checkpoint_every(
             config.checkpoint_every)
         self.last_save_time = time.monotonic()
-        self.epoch_started = time.monotonic()  # when the current epoch's steps would have begun
         self.last_saved_step: Optional[int] = None  # the step of the last state this process saved
         self.stop_request = StopRequest(parse_stop_signals(config.get("stop_signals", "")))
         self.stop_signal: Optional[int] = None
@@ -251,8 +250,6 @@ class Trainer:
         random_states = distributed.gather_objects(random_state.capture(self._generators()),
                                                    self.context)
         self.last_save_time = time.monotonic()
-        self.state.epoch_seconds = (self.last_save_time - self.epoch_started
-                                    if self.state.batch_in_epoch else 0.0)
         if not self.context.is_main:
             return
         if not model_is_finite(self.model):
@@ -276,16 +273,13 @@ class Trainer:
         train_model = distributed.wrap(self.model, self.context)
         with self.stop_request:
             while self.state.epoch < self.config.epochs and not self._step_limit_reached():
-                # Seconds of the epoch's steps before a resume count as if they ran now.
-                self.epoch_started = time.monotonic() - self.state.epoch_seconds
                 train_metrics = self._train_epoch(train_model)
-                # Wall-clock seconds of this epoch's optimizer steps (no validation).
-                train_metrics["train_seconds"] = time.monotonic() - self.epoch_started
                 epoch_complete = self.state.batch_in_epoch >= self.steps_per_epoch
                 if epoch_complete:
                     self.state.epoch += 1
                     self.state.batch_in_epoch = 0
                     self.state.epoch_totals = [0.0, 0.0, 0.0]
+                    self.state.epoch_seconds = 0.0
                 if epoch_complete or self._step_limit_reached():
                     self._end_of_training_period(train_metrics, epoch_complete)
                 else:  # stopped by a signal in the middle of the epoch
@@ -360,8 +354,14 @@ class Trainer:
             write_csv(self.state.history, self.metrics_path)
 
     def _train_epoch(self, train_model: nn.Module) -> Dict[str, float]:
-        """Trains the rest of the current epoch (or up to ``max_steps``)."""
+        """Trains the rest of the current epoch (or up to ``max_steps``).
+
+        Returns:
+            The epoch's training loss and accuracy so far, and ``train_seconds``: the wall-clock
+            seconds of its optimizer steps (no validation), the part before a resume included.
+        """
         train_model.train()
+        started = time.monotonic() - self.state.epoch_seconds  # as if the saved part ran just now
         sampler = self.loaders.train_sampler
         sampler.set_epoch(self.state.epoch,
                           start=self.state.batch_in_epoch * self.config.batch_size)
@@ -380,6 +380,7 @@ class Trainer:
             totals = self.state.epoch_totals
             self.state.epoch_totals = [totals[0] + loss * len(labels), totals[1] + correct,
                                        totals[2] + len(labels)]
+            self.state.epoch_seconds = time.monotonic() - started
             progress.set_postfix(loss=f"{loss:.4f}")
             if self.config.log_every and self.state.step % self.config.log_every == 0:
                 self.logger.log({"train_loss_step": loss,
@@ -396,7 +397,8 @@ class Trainer:
         progress.close()
         totals = torch.tensor(self.state.epoch_totals, dtype=torch.float64)
         loss_sum, correct, count = distributed.sum_over_processes(totals, self.context).tolist()
-        return {"train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1)}
+        return {"train_loss": loss_sum / max(count, 1), "train_accuracy": correct / max(count, 1),
+                "train_seconds": self.state.epoch_seconds}
 
     def _count_nonfinite(self, nonfinite: bool, loss: float) -> None:
         """Counts consecutive non-finite steps.
