@@ -166,7 +166,8 @@ class RunResult:
 
 
 def report_attention_kernel(model: torch.nn.Module, config: config_dict.ConfigDict, device: torch.device) -> None:
-    """Logs how the fused attention kernel was obtained (compiled now, or cached) before the first step.
+    """Logs how the fused attention kernel was obtained (compiled now, or cached) and the threads it runs on,
+    before the first step.
 
     Only for models with self-attention that may run it (``attention_impl`` auto or fused on a CPU).
     """
@@ -178,11 +179,13 @@ def report_attention_kernel(model: torch.nn.Module, config: config_dict.ConfigDi
     if report.error:
         logging.warning("The fused attention kernel is not available (%s); attention runs as 'efficient', "
                         "about 5x slower on CPU.", report.error.splitlines()[0])
-    elif report.compiled:
-        logging.info("Compiled the fused attention kernel in %.1f s (once per machine; cached as %s).",
-                     report.seconds, report.path)
+        return
+    threads = f"torch's OpenMP threads ({report.openmp.name})" if report.openmp else "threads of its own"
+    if report.compiled:
+        logging.info("Compiled the fused attention kernel in %.1f s (once per machine; cached as %s); it runs on %s.",
+                     report.seconds, report.path, threads)
     else:
-        logging.info("Fused attention kernel: %s (cached).", report.path)
+        logging.info("Fused attention kernel: %s (cached); it runs on %s.", report.path, threads)
 
 
 def report_attention_impls(model: torch.nn.Module, device: torch.device) -> None:

@@ -23,6 +23,7 @@ the scale of the largest gradient of the layer.
 """
 
 import math
+import os
 
 import torch
 
@@ -33,6 +34,11 @@ from g_selfatt.nn import (
     LiftLocalSelfAttention,
     LiftSelfAttention,
 )
+
+# Whether the fused kernel should find torch's OpenMP runtime and run its tasks on it (Linux, with
+# torch parallelising through OpenMP, as the pip wheels do).
+OPENMP_EXPECTED = (os.path.exists("/proc/self/maps")
+                   and "parallel backend: OpenMP" in torch.__config__.parallel_info())
 
 FLOAT32_EPS = torch.finfo(torch.float32).eps
 # The constant of the random-walk estimate eps * sqrt(n) * scale; it also covers the chains of a

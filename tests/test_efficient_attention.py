@@ -17,8 +17,11 @@ import math
 import os
 import shutil
 import statistics
+import subprocess
+import sys
 import tempfile
 import types
+from typing import List
 
 import pytest
 import torch
@@ -35,6 +38,7 @@ from g_selfatt_models import DataSpec, create_model
 from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
 from tests.attention_checks import (
     KINDS,
+    OPENMP_EXPECTED,
     ROUND_OFF_FACTOR,
     assert_close,
     check_against_float64,
@@ -44,7 +48,7 @@ from tests.attention_checks import (
     run,
     score_entries,
 )
-from tests.conftest import load_script
+from tests.conftest import REPO_ROOT, load_script
 
 GROUPS = ["z2", "p4", "mz2", "p4m", "p8"]
 # (image side, patch size) for local layers; global layers use the side only.
@@ -500,10 +504,10 @@ def test_rows_whose_factored_exponentials_underflow_are_computed_directly(impl, 
         assert_close(actual_grads[name], grad, scales[name], 0.0, tolerance, f"float64 gradient of {name}")
 
 
-@pytest.mark.parametrize("group_name,lifting", [("p4", True), ("p4", False), ("z2", False)])
-def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, monkeypatch):
-    """Every task of the lanes kernel adds into its own sums, added up in task order afterwards."""
-    _select("fused-lanes", monkeypatch)
+def _fused_call(group_name: str, lifting: bool, layout: str = "lanes"):
+    """One call of the fused kernel with attention dropout, on a layer of 6 head-batches: returns a
+    function that runs it and returns the output and the gradients of every input, for comparing
+    runs bitwise (the kernel adds the same sums in the same order however its tasks are run)."""
     order = get_group(group_name).num_elements
     elements = 1 if lifting else order
     batch, channels, heads, side, patch = 2, 6, 3, 9, 5
@@ -516,13 +520,63 @@ def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, 
     group_table = None if lifting else torch.randn(order, elements, elements, channels - 4, requires_grad=True)
     inputs = [t for t in (q, k, v, pos_table, group_table) if t is not None]
     grad_out = torch.randn(batch, channels, heads, order, side, side)
+
+    def call():
+        out = fused_attention.fused_attention(geometry, q, k, v, pos_table, group_table)
+        return [out.detach()] + list(torch.autograd.grad(out, inputs, grad_out))
+
+    return call
+
+
+@pytest.mark.parametrize("group_name,lifting", [("p4", True), ("p4", False), ("z2", False)])
+def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, monkeypatch):
+    """Every task of the lanes kernel adds into its own sums, added up in task order afterwards."""
+    _select("fused-lanes", monkeypatch)
+    call = _fused_call(group_name, lifting)
     runs = []
     for threads in (1, 2, 3, 3):  # 6 head-batches: none is split into parts at these thread counts
         torch.set_num_threads(threads)
-        out = fused_attention.fused_attention(geometry, q, k, v, pos_table, group_table)
-        runs.append([out.detach()] + list(torch.autograd.grad(out, inputs, grad_out)))
+        runs.append(call())
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+
+
+def runtimes_that_differ(threads: int = 3) -> List[str]:
+    """The layouts of the fused kernel whose results on ``threads`` threads differ between torch's
+    OpenMP threads and threads of the kernel's own (none should: the same tasks add the same sums)."""
+    differ = []
+    for layout in fused_attention.LAYOUTS:
+        with pytest.MonkeyPatch.context() as patch:
+            _select(f"fused-{layout}", patch)
+            torch.manual_seed(0)
+            call = _fused_call("p4", lifting=False)
+            torch.set_num_threads(threads)
+            runs = []
+            for openmp in (True, False):
+                fused_attention.use_openmp_threads(openmp)
+                runs.append(call())
+            fused_attention.use_openmp_threads(True)
+        if not all(torch.equal(a, b) for a, b in zip(*runs)):
+            differ.append(layout)
+    return differ
+
+
+@pytest.mark.skipif(not OPENMP_EXPECTED, reason="torch runs on no OpenMP runtime that the kernel can find here")
+def test_the_kernel_runs_on_torchs_openmp_threads_with_the_same_results_as_on_its_own():
+    assert fused_attention.use_openmp_threads(True) is not None
+    assert fused_attention.build_report().openmp == fused_attention.openmp_runtime()
+    assert runtimes_that_differ() == []
+
+
+@pytest.mark.skipif(not OPENMP_EXPECTED, reason="torch runs on no OpenMP runtime that the kernel can find here")
+def test_a_smaller_openmp_team_than_asked_for_still_runs_every_task():
+    """Under a thread limit of 1 the runtime gives the kernel's 3 shares one thread, which must run them all."""
+    script = ("import tests.test_efficient_attention as t, g_selfatt.nn.fused_attention as f; "
+              "f.QUERY_BLOCK = 5; assert f.use_openmp_threads(True) is not None; print(t.runtimes_that_differ())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                            cwd=REPO_ROOT, env={**os.environ, "OMP_THREAD_LIMIT": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
 @pytest.mark.parametrize("model,fields,layouts", [

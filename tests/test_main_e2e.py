@@ -15,6 +15,7 @@ from g_selfatt.nn.attention import SelfAttentionCore
 import g_selfatt_models.attgconv_zoo  # noqa: F401  (registers allcnnc and densenet)
 from g_selfatt_models import checkpoints
 from runner import paths
+from tests.attention_checks import OPENMP_EXPECTED
 from g_selfatt_models.checkpoints import CheckpointError
 
 # dataset -> (fixture writer, its keyword arguments, model, config overrides). Small, fast
@@ -123,6 +124,7 @@ def test_the_log_file_holds_one_run_and_a_refused_run_writes_nothing_to_it(tmp_p
     log = pathlib.Path(f"{paths.output_prefix(main.run(config).checkpoint)}.log")
     first = log.read_text()
     assert first.count("Configuration (unset values filled from") == 1
+    assert ("runs on torch's OpenMP threads" if OPENMP_EXPECTED else "runs on threads of its own") in first
     with pytest.raises(ConfigError, match="already exists"):
         main.run(make_config(tmp_path, dataset="rotDigits", model="z2sa", max_examples=4, rotation_angles=0))
     assert log.read_text() == first

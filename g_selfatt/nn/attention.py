@@ -187,16 +187,16 @@ class SelfAttentionCore(nn.Module):
         height, width = self._check_input(x)
         q = self._project(self.query, x)  # (B, C, N, G, H, W)
         impl = self.resolved_impl(q)
+        if impl == "fused" and input_space_lifting.applies(self.lifting, self.local, self.in_channels,
+                                                           self.mid_channels):
+            return input_space_lifting.lifting_attention(self.attention_tables(), x, self.query, self.key,
+                                                         self.value, self.wout, self.num_heads)
         out = self._attend(impl, x, q)  # (B, C, N, V, H, W)
         out = out.reshape(x.shape[0], self.mid_channels * self.num_heads, self.group.num_elements, height, width)
         return self._output(out)  # (B, C_out, V, H, W)
 
     def _attend(self, impl: str, x: Tensor, q: Tensor) -> Tensor:
         """The attention before ``wout``, ``(B, C, N, V, H, W)``, computed by ``impl``."""
-        if impl == "fused" and input_space_lifting.applies(self.lifting, self.local, self.in_channels,
-                                                           self.mid_channels):
-            return input_space_lifting.lifting_attention(self.attention_tables(), x, self.query, self.key,
-                                                         self.value, self.num_heads)
         k = self._project(self.key, x)
         v = self._project(self.value, x)
         run = IMPLEMENTATIONS[impl].run

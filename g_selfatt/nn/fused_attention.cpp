@@ -29,8 +29,9 @@
 //   out        (BN, HW, V, C)
 //   lse        (BN, HW, V, G)   log-sum-exp of each softmax row, kept for the backward pass
 //
-// Work is split into (head-batch, query block) tasks taken from an atomic counter by a
-// few std::threads, so a thread that the OS deschedules delays only its own tasks.
+// Work is split into (head-batch, query block) tasks taken from an atomic counter by the
+// threads of torch's OpenMP runtime (or, without one, by threads of the kernel's own), so a
+// thread that the OS deschedules delays only its own tasks.
 
 #include <algorithm>
 #include <atomic>
@@ -663,14 +664,30 @@ class Worker {
   std::vector<T> dpd_, gc_, gpl_, ggl_, gk_, gv_, gp_;
 };
 
+// The OpenMP runtime's entry for a parallel region (the GOMP ABI that compilers emit for `omp
+// parallel`: fn(data) on a team of num_threads threads), set by fused_use_openmp to the runtime
+// that torch's CPU operations run on. The kernel's tasks then run on torch's own threads: with
+// threads of its own, the kernel would share the cores with torch's threads, which spin for a
+// while after each operation (OpenMP's default wait policy) on the cores the kernel needs.
+// Null: the kernel starts threads of its own.
+using OpenMPParallel = void (*)(void (*)(void*), void*, unsigned, unsigned);
+OpenMPParallel openmp_parallel = nullptr;
+
+template <typename F>
+void call_body(void* body) {
+  (*static_cast<F*>(body))();
+}
+
 // Runs task(thread, task_index) for task_index in [0, count) on `threads` threads. Dynamic:
 // each thread takes the next task from a counter (a descheduled thread delays only its own
 // task). Static: thread t runs the t-th contiguous share of the tasks, in order, so that
-// what each thread accumulates, and in which order, does not depend on timing.
+// what each thread accumulates, and in which order, does not depend on timing. The team's
+// threads take the thread indices t from a counter, so a team with fewer threads than asked
+// for (inside another parallel region, or under a thread limit) still runs every share.
 template <typename F>
 void parallel_tasks(int64_t threads, int64_t count, bool dynamic, F task) {
   threads = std::max<int64_t>(1, std::min(threads, count));
-  std::atomic<int64_t> next(0);
+  std::atomic<int64_t> next(0), slot(0);
   auto run = [&](int64_t thread) {
     if (!dynamic) {
       for (int64_t t = thread * count / threads; t < (thread + 1) * count / threads; ++t) task(thread, t);
@@ -678,10 +695,19 @@ void parallel_tasks(int64_t threads, int64_t count, bool dynamic, F task) {
     }
     for (int64_t t = next.fetch_add(1); t < count; t = next.fetch_add(1)) task(thread, t);
   };
-  std::vector<std::thread> pool;
-  for (int64_t t = 1; t < threads; ++t) pool.emplace_back(run, t);
-  run(0);
-  for (std::thread& t : pool) t.join();
+  auto member = [&]() {
+    for (int64_t t = slot.fetch_add(1); t < threads; t = slot.fetch_add(1)) run(t);
+  };
+  if (threads == 1) {
+    run(0);
+  } else if (openmp_parallel != nullptr) {
+    openmp_parallel(&call_body<decltype(member)>, &member, static_cast<unsigned>(threads), 0);
+  } else {
+    std::vector<std::thread> pool;
+    for (int64_t t = 1; t < threads; ++t) pool.emplace_back(member);
+    member();
+    for (std::thread& t : pool) t.join();
+  }
 }
 
 template <typename T, int M>
@@ -1600,6 +1626,10 @@ DEFINE_ENTRY_POINTS(double, f64)
                            grad_grp);                                                                            \
     return 0;                                                                                                    \
   }
+
+// Runs the kernel's tasks on the threads of the OpenMP runtime whose GOMP_parallel is `entry`, or
+// on threads of its own when `entry` is null.
+extern "C" void fused_use_openmp(void* entry) { openmp_parallel = reinterpret_cast<OpenMPParallel>(entry); }
 
 // Lanes per tile of the lanes layout: the caller pads the lanes to a multiple of this.
 extern "C" int64_t fused_lanes_tile() { return LANES; }

@@ -23,6 +23,9 @@ keeps an entry when a 24-bit hash of ``(seed, row, entry)`` lies below
 the same entries in the forward and backward pass, for any number of threads (the entries
 of a row are numbered by the layout: compact keys, or patch offsets in the lanes layout).
 
+Its tasks run on the threads of the OpenMP runtime that torch runs its CPU operations on
+(:func:`openmp_runtime`), where the process has one, else on threads of its own.
+
 The kernel is compiled on first use with the system's C++ compiler (``$CXX``, else
 ``g++``/``c++``/``clang++``) and cached on disk (``$G_SELFATT_CACHE``, else
 ``~/.cache/g_selfatt``), keyed by the source, the flags and the machine; see
@@ -38,6 +41,7 @@ import hashlib
 import logging
 import os
 import platform
+import re
 import shutil
 import subprocess
 import tempfile
@@ -72,6 +76,8 @@ LANES_PADDING = 1.7
 # Local layers outside the lanes layout with at least this many channels per head use the
 # pixel-major layout: their contractions run along the channels instead of along the keys.
 PIXEL_MAJOR_CHANNELS = 16
+# File names of the OpenMP runtimes torch may run on (GNU's, possibly renamed by a wheel; Intel's; LLVM's).
+_OPENMP_RUNTIME = re.compile(r"lib(gomp|iomp5|omp)(-[0-9a-f]+)?\.so(\.[0-9]+)*")
 OUTSIDE_BIAS = -1e30  # the logit bias of keys outside the image in the lanes layout
 _HASH_BITS = 24
 
@@ -94,6 +100,8 @@ class BuildReport:
         error: why it could not be built, or ``None``.
         notes: what went wrong on the way to ``path`` (an unusable cache folder, a damaged cached
             file), one sentence each; empty when nothing did.
+        openmp: the OpenMP runtime whose threads run the kernel's tasks (:func:`use_openmp_threads`),
+            or ``None`` when it starts threads of its own.
     """
 
     path: Optional[Path]
@@ -101,6 +109,7 @@ class BuildReport:
     seconds: float
     error: Optional[str] = None
     notes: Tuple[str, ...] = ()
+    openmp: Optional[Path] = None
 
 
 _lock = threading.Lock()
@@ -205,7 +214,62 @@ def library() -> Optional[ctypes.CDLL]:
             _report, _library = _build_and_load()
             for note in _report.notes:
                 logging.getLogger(__name__).warning("Fused attention kernel: %s.", note)
+            if _library is not None:
+                _report.openmp = _attach_openmp(_library, openmp_runtime())
         return _library
+
+
+def openmp_runtime() -> Optional[Path]:
+    """The OpenMP runtime that torch's CPU operations run on, where this process has loaded one.
+
+    Read from the process's memory map (Linux): the runtime in torch's own folder, else the only
+    one loaded. ``None`` where torch does not parallelise with OpenMP, where there is no memory map
+    to read, or where several runtimes are loaded and none is torch's.
+    """
+    if "parallel backend: OpenMP" not in torch.__config__.parallel_info():
+        return None
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    mapped = (line.split(maxsplit=5) for line in maps.splitlines())  # address, mode, offset, device, inode, path
+    loaded = sorted({Path(fields[5]) for fields in mapped
+                     if len(fields) == 6 and _OPENMP_RUNTIME.fullmatch(Path(fields[5]).name)})
+    torch_folder = Path(torch.__file__).resolve().parent / "lib"
+    own = [path for path in loaded if path.parent == torch_folder]
+    if own:
+        return own[0]
+    return loaded[0] if len(loaded) == 1 else None
+
+
+def _attach_openmp(lib: ctypes.CDLL, runtime: Optional[Path]) -> Optional[Path]:
+    """Points the kernel at the parallel-region entry (GOMP_parallel) of ``runtime``, already loaded
+    in this process, or at threads of its own when ``runtime`` is ``None``; returns the runtime in use."""
+    entry = None
+    if runtime is not None:
+        try:
+            entry = ctypes.CDLL(str(runtime), mode=os.RTLD_NOLOAD).GOMP_parallel  # the loaded copy, never a second
+        except (OSError, AttributeError):
+            runtime = None
+    lib.fused_use_openmp(None if entry is None else ctypes.cast(entry, ctypes.c_void_p))
+    return runtime
+
+
+def use_openmp_threads(enabled: bool = True) -> Optional[Path]:
+    """Runs the kernel's tasks on the threads of torch's OpenMP runtime (the default, where
+    :func:`openmp_runtime` finds one) or, with ``enabled=False``, on threads the kernel starts
+    itself. Results do not depend on it. Returns the runtime in use (``None``: the kernel's own threads).
+
+    On torch's threads the kernel does not compete with them: after each parallel operation
+    they keep spinning for a while (OpenMP's default wait policy), on the cores that threads of
+    the kernel's own would need.
+    """
+    lib = library()
+    if lib is None:
+        return None
+    with _lock:
+        _report.openmp = _attach_openmp(lib, openmp_runtime() if enabled else None)
+        return _report.openmp
 
 
 def build_report() -> BuildReport:
@@ -240,6 +304,8 @@ def _load(path: Path) -> ctypes.CDLL:
             function = getattr(lib, f"{name}_{suffix}")
             function.argtypes = [ctypes.POINTER(_Problem)] + [pointer] * tensors
             function.restype = ctypes.c_int
+    lib.fused_use_openmp.argtypes = [ctypes.c_void_p]
+    lib.fused_use_openmp.restype = None
     lib.fused_lanes_tile.argtypes = []
     lib.fused_lanes_tile.restype = ctypes.c_int64
     lib.fused_dropout_flags.argtypes = [ctypes.c_uint64, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint32, pointer]
