@@ -474,22 +474,41 @@ class LanesAttention(torch.autograd.Function):
         return (None, grads[0], grads[1], grads[2], None, grads[3], None, grads[4])
 
 
+class _OnGrid(torch.autograd.Function):
+    """``(B, C, N, E, H, W) -> (B N, E, C, length)``: pixel ``(y, x)`` at ``start + y Wp + x`` of each
+    row, zeros everywhere else (one zeroed tensor and one copy); the gradient is the same positions read back."""
+
+    @staticmethod
+    def forward(ctx, t: Tensor, padded_width: int, start: int, length: int) -> Tensor:
+        batch, channels, heads, elements, height, width = t.shape
+        out = t.new_zeros(batch * heads, elements, channels, length)
+        _pixels(out, heads, height, padded_width, start, width).copy_(t.permute(0, 2, 3, 1, 4, 5))
+        ctx.grid = (heads, height, padded_width, start, width)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        return _pixels(grad, *ctx.grid).permute(0, 3, 1, 2, 4, 5), None, None, None
+
+
+def _pixels(grid: Tensor, heads: int, height: int, padded_width: int, start: int, width: int) -> Tensor:
+    """The pixels of a ``(B N, E, C, length)`` grid (see :class:`_OnGrid`) as a view ``(B, N, E, C, H, W)``."""
+    rows = grid[..., start:start + height * padded_width]  # (B N, E, C, H Wp)
+    rows = rows.view(-1, heads, grid.shape[1], grid.shape[2], height, padded_width)  # (B, N, E, C, H, Wp)
+    return rows[..., :width]
+
+
 def _lane_queries(geometry: FusedGeometry, q: Tensor) -> Tensor:
-    """``(B, C, N, G, H, W)`` -> ``(B N, G, C, L)``: each row padded by ``r`` zeros, then to ``L`` lanes."""
-    batch, channels, heads, elements, height, width = q.shape
-    t = F.pad(q.permute(0, 2, 3, 1, 4, 5), (0, geometry.radius))  # (B, N, G, C, H, Wp)
-    t = t.reshape(batch * heads, elements, channels, height * geometry.padded_width)
-    return F.pad(t, (0, geometry.lanes - t.shape[-1]))  # (BN, G, C, L)
+    """``(B, C, N, G, H, W)`` -> ``(B N, G, C, L)``: each row followed by ``r`` zeros, then zeros up to ``L`` lanes."""
+    return _OnGrid.apply(q, geometry.padded_width, 0, geometry.lanes)
 
 
 def _lane_keys(geometry: FusedGeometry, t: Tensor) -> Tensor:
     """``(B, C, N, M, H, W)`` -> ``(B N, M, C, LK)``: the zero-padded grid (``r`` zero columns before
     each row, ``r`` zero rows above and below), flattened and extended to ``LK``."""
-    batch, channels, heads, elements = t.shape[:4]
-    r = geometry.radius
-    t = F.pad(t.permute(0, 2, 3, 1, 4, 5), (r, 0, r, r))  # (B, N, M, C, H + 2 r, Wp)
-    t = t.reshape(batch * heads, elements, channels, -1)
-    return F.pad(t, (0, geometry.key_lanes - t.shape[-1]))  # (BN, M, C, LK)
+    r, padded_width = geometry.radius, geometry.padded_width
+    return _OnGrid.apply(t, padded_width, r * padded_width + r, geometry.key_lanes)
 
 
 def _lane_bias(geometry: FusedGeometry, like: Tensor) -> Tensor:
