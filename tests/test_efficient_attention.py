@@ -504,7 +504,7 @@ def test_rows_whose_factored_exponentials_underflow_are_computed_directly(impl, 
         assert_close(actual_grads[name], grad, scales[name], 0.0, tolerance, f"float64 gradient of {name}")
 
 
-def _fused_call(group_name: str, lifting: bool, layout: str = "lanes"):
+def _fused_call(group_name: str, lifting: bool):
     """One call of the fused kernel with attention dropout, on a layer of 6 head-batches: returns a
     function that runs it and returns the output and the gradients of every input, for comparing
     runs bitwise (the kernel adds the same sums in the same order however its tasks are run)."""
