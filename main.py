@@ -38,7 +38,7 @@ from g_selfatt.nn import fused_attention
 from g_selfatt.nn.attention import SelfAttentionCore
 from g_selfatt_models.checkpoints import checkpoint_file, load_weights, model_input
 from g_selfatt_models import checkpoints
-from runner import distributed, paths
+from runner import allocator, distributed, paths
 from runner.data import Loaders, build_loaders
 from runner.defaults import check_field_names, field_help, resolve_config
 from g_selfatt_models.checkpoints import CheckpointError
@@ -239,12 +239,13 @@ def _train_and_test(config: config_dict.ConfigDict, context: distributed.Context
         logging.info("Configuration (unset values filled from: %s):\n%s", origins, config)
         logging.info("Device %s, %d process(es); checkpoint %s", context.device,
                      context.world_size, best_path)
-    runner.threads.configure(config.num_threads or None)
+    threads = runner.threads.configure(config.num_threads or None)
+    freed_memory = allocator.configure()
     seed_everything(config.seed)
     model = build_model(config, data).to(context.device)
     if context.is_main:
-        logging.info("Model %s: %d parameters.", config.model,
-                     sum(p.numel() for p in model.parameters()))
+        logging.info("Model %s: %d parameters; %d CPU threads; freed memory: %s.", config.model,
+                     sum(p.numel() for p in model.parameters()), threads, freed_memory)
         report_attention_kernel(model, config, context.device)
         report_attention_impls(model, context.device)
     if config.pretrained:

@@ -40,8 +40,8 @@ with attention dropout 0. ``--max-batch`` then finds, per implementation, the la
 of case (e) (the global rotMNIST p4sa) whose training step fits in the device's memory.
 ``--load`` then re-runs case (a) for the fast implementations while two processes of
 this script keep both cores busy, and prints ``loaded_over_idle`` per implementation.
-No environment variable needs setting: the workers run with the thread settings the
-project chooses (:func:`runner.threads.configure`).
+No environment variable needs setting: the workers run with the thread and allocator settings
+that ``main.py`` chooses (:func:`runner.threads.configure`, :func:`runner.allocator.configure`).
 
 Cases:
     a: one training step of the paper's rotMNIST p4sa (local, patch 9), batch 8.
@@ -82,6 +82,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
+import runner.allocator  # noqa: E402
 
 IMPLS = ("reference", "efficient", "fused", "flex", "triton")
 DEFAULT_IMPLS = {"cpu": ("reference", "efficient", "fused"), "cuda": ("reference", "efficient", "flex", "triton")}
@@ -549,6 +550,7 @@ def main(argv=None) -> None:
         if name not in IMPLS:
             parser.error(f"unknown implementation {name!r}; choose from {','.join(IMPLS)}")
     runner.threads.configure(args.threads)
+    freed_memory = runner.allocator.configure()
     if args.worker and args.max_batch:
         print(json.dumps(max_batch(impls[0], args.device)), flush=True)
         return
@@ -557,7 +559,7 @@ def main(argv=None) -> None:
               flush=True)
         return
     rates = machine_rates(args.threads)
-    print(json.dumps(dict(rates, machine=_machine())), flush=True)
+    print(json.dumps(dict(rates, machine=_machine(), freed_memory=freed_memory)), flush=True)
     idle_a = {}
     compared: Dict[str, Dict[str, object]] = {}
     comparisons = sorted({COMPARED_TO[case] for case in cases if case in COMPARED_TO})

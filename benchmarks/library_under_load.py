@@ -3,12 +3,16 @@
 
 Usage::
 
-    python benchmarks/library_under_load.py [--repeats 5] [--busy 2] [--batch 8] [--wait-policy POLICY]
+    python benchmarks/library_under_load.py [--repeats 5] [--busy 2] [--batch 8]
+                                            [--wait-policy POLICY] [--spin-count N]
 
 Each measurement runs in a fresh Python process that imports only torch and the library
 (``g_selfatt_models.create_model``: not ``main.py``, not ``runner``), with the environment of
-this process minus ``OMP_WAIT_POLICY`` (as a user who sets nothing would run it; ``--wait-policy``
-sets it, for comparison). The process trains case (a) of ``benchmarks/attention.py``: the
+this process minus the variables that say how idle OpenMP threads wait (``OMP_WAIT_POLICY``,
+``GOMP_SPINCOUNT``, ``KMP_BLOCKTIME``), as a user who sets nothing would run it;
+``--wait-policy`` and ``--spin-count`` set ``OMP_WAIT_POLICY`` and ``GOMP_SPINCOUNT`` there, for
+comparison (``--spin-count 10000``: what ``main.py`` sets, see ``runner/threads.py``). The
+process trains case (a) of ``benchmarks/attention.py``: the
 paper's rotMNIST p4sa (local attention in 9x9 patches, attention dropout 0.1), Adam, batch 8 of
 random 28x28 images; after one warm-up step, ``step_s`` is the median of ``--repeats`` timed
 steps. It runs once on idle cores and once while ``--busy`` other processes spin (one per core
@@ -30,6 +34,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+WAIT_SETTINGS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")  # runner/threads.py's USER_SETTINGS
 
 
 def worker(repeats: int, batch: int) -> Dict[str, object]:
@@ -59,14 +64,19 @@ def worker(repeats: int, batch: int) -> Dict[str, object]:
         times.append(time.perf_counter() - start)
     return {"step_s": round(statistics.median(times), 4), "batch": batch, "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset"),
+            "gomp_spincount": os.environ.get("GOMP_SPINCOUNT", "unset"),
             "runner_imported": any(name == "runner" or name.startswith("runner.") for name in sys.modules)}
 
 
-def measure(repeats: int, batch: int, wait_policy: Optional[str]) -> Dict[str, object]:
-    """:func:`worker` in a fresh process whose environment sets no OpenMP wait policy (or ``wait_policy``)."""
-    env = {name: value for name, value in os.environ.items() if name != "OMP_WAIT_POLICY"}
+def measure(repeats: int, batch: int, wait_policy: Optional[str],
+            spin_count: Optional[int] = None) -> Dict[str, object]:
+    """:func:`worker` in a fresh process whose environment says nothing of how idle OpenMP threads wait
+    (or sets ``OMP_WAIT_POLICY=wait_policy``, ``GOMP_SPINCOUNT=spin_count``)."""
+    env = {name: value for name, value in os.environ.items() if name not in WAIT_SETTINGS}
     if wait_policy:
         env["OMP_WAIT_POLICY"] = wait_policy
+    if spin_count is not None:
+        env["GOMP_SPINCOUNT"] = str(spin_count)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run([sys.executable, __file__, "--worker", "--repeats", str(repeats), "--batch", str(batch)], env=env,
                             capture_output=True, text=True, check=True)
@@ -85,19 +95,21 @@ def main(argv: Sequence[str]) -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per step (case (a): 8)")
     parser.add_argument("--wait-policy", choices=("ACTIVE", "PASSIVE"),
                         help="set OMP_WAIT_POLICY in the measured process (default: unset, as a user would run it)")
+    parser.add_argument("--spin-count", type=int,
+                        help="set GOMP_SPINCOUNT in the measured process (default: unset, as a user would run it)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args.repeats, args.batch)))
         return
-    idle = measure(args.repeats, args.batch, args.wait_policy)
+    idle = measure(args.repeats, args.batch, args.wait_policy, args.spin_count)
     print(json.dumps({"load": "idle", **idle}), flush=True)
     stop = multiprocessing.Event()
     spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)]
     for process in spinners:
         process.start()
     try:
-        loaded = measure(args.repeats, args.batch, args.wait_policy)
+        loaded = measure(args.repeats, args.batch, args.wait_policy, args.spin_count)
     finally:
         stop.set()
         for process in spinners:

@@ -7,10 +7,10 @@ Usage::
                                           [--threads T] [--set FIELD=VALUE ...]
 
 Each model is built as ``--config.dataset=rotMNIST5k`` builds it (its defaults for that dataset)
-and takes steps of the protocol's optimizer (as ``main.py`` builds it) on random 28x28 batches
-of the protocol's batch size; after one warm-up step, ``step_s`` is the median of ``--repeats``
-timed steps and ``epoch_s`` the time of the 3,500 training digits' steps at that rate (no
-validation). For the self-attention models,
+and takes steps of the protocol's optimizer (as ``main.py`` builds it, with its thread and
+allocator settings) on random 28x28 batches of the protocol's batch size; after one warm-up
+step, ``step_s`` is the median of ``--repeats`` timed steps and ``epoch_s`` the time of the
+3,500 training digits' steps at that rate (no validation). For the self-attention models,
 one line per attention layer follows: forward + backward of that layer alone on the input it
 sees in the model (captured by a hook), its median time per step and its share of the step
 (``layer_split`` of ``benchmarks/attention.py``). ``--set`` overrides fields of every model's
@@ -36,6 +36,7 @@ for _folder in (REPO_ROOT, REPO_ROOT / "benchmarks"):
         sys.path.insert(0, str(_folder))
 
 import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
+import runner.allocator  # noqa: E402
 import torch  # noqa: E402
 from ml_collections import config_dict  # noqa: E402
 
@@ -80,6 +81,7 @@ def main(argv: Sequence[str]) -> None:
                         help="override a field of every model's defaults (values read as Python literals)")
     args = parser.parse_args(argv)
     runner.threads.configure(args.threads or None)
+    runner.allocator.configure()
     fields = dict(_field(text) for text in args.set)
     for name in args.models:
         for line in measure(name, args.repeats, fields):

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import subprocess
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
-from typing import Any, Callable, Dict, Iterator, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
 
 HANDLED = (signal.SIGTERM, signal.SIGINT)  # always
 OPTIONAL = tuple(getattr(signal, name) for name in ("SIGUSR1", "SIGHUP") if hasattr(signal, name))
@@ -112,3 +114,25 @@ def stop_at_once(extra: Tuple[int, ...], error: Callable[[int], BaseException]) 
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+
+
+def run_to_completion(command: Sequence[str], cwd: Union[str, Path], label: str) -> None:
+    """Runs a ``main.py`` command line (from a tool that runs several) and returns when it succeeded.
+
+    A run that a stop signal ended (exit status 128 + the signal, its resumable checkpoint saved
+    and the command to resume printed by the run itself) ends the tool too, with the same status
+    and a line saying that the same tool command resumes it, not with a traceback.
+
+    Raises:
+        SystemExit: the run was stopped by a signal.
+        subprocess.CalledProcessError: the run failed otherwise.
+    """
+    status = subprocess.run(list(command), cwd=cwd).returncode
+    if status == 0:
+        return
+    stop_signals = {128 + number: signal.Signals(number).name for number in HANDLED + OPTIONAL}
+    if status in stop_signals:
+        print(f"{label}: stopped by {stop_signals[status]}; run the same command again to resume it.",
+              file=sys.stderr, flush=True)
+        raise SystemExit(status)
+    raise subprocess.CalledProcessError(status, list(command))

@@ -36,6 +36,7 @@ from g_selfatt.nn.efficient_attention import dropout_mask
 from g_selfatt.testing import assert_equivariant
 from g_selfatt_models import DataSpec, create_model
 from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
+import runner.threads
 from tests.attention_checks import (
     KINDS,
     OPENMP_EXPECTED,
@@ -648,14 +649,18 @@ def test_positional_tables_permute_few_base_tables(group_name, bases, lifting):
 
 
 def test_library_load_benchmark_measures_a_process_that_imports_only_the_library(monkeypatch, capsys):
-    """benchmarks/library_under_load.py: the measured process sets no wait policy and imports no runner."""
+    """benchmarks/library_under_load.py: the measured process says nothing of how OpenMP threads wait and
+    imports no runner."""
     benchmark = load_script("benchmarks/library_under_load.py")
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # as main.py and the suite's runs leave it
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")  # as a user's shell might
+    monkeypatch.setenv("GOMP_SPINCOUNT", runner.threads.SPIN_COUNT)  # as main.py leaves it
     record = benchmark.measure(repeats=1, batch=1, wait_policy=None)
     assert record["step_s"] > 0 and record["batch"] == 1
-    assert record["omp_wait_policy"] == "unset" and record["runner_imported"] is False
+    assert (record["omp_wait_policy"], record["gomp_spincount"], record["runner_imported"]) == ("unset", "unset", False)
+    assert benchmark.measure(repeats=1, batch=1, wait_policy=None, spin_count=100)["gomp_spincount"] == "100"
+    assert set(benchmark.WAIT_SETTINGS) == set(runner.threads.USER_SETTINGS)
     steps = iter([0.5, 1.25])
-    monkeypatch.setattr(benchmark, "measure", lambda repeats, batch, policy: {"step_s": next(steps), "batch": batch})
+    monkeypatch.setattr(benchmark, "measure", lambda repeats, batch, policy, spin: {"step_s": next(steps), "batch": batch})
     benchmark.main(["--repeats", "1", "--batch", "2", "--busy", "1"])
     idle, loaded = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert (idle["load"], loaded["load"], loaded["busy_processes"], loaded["loaded_over_idle"]) == ("idle", "busy", 1, 2.5)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import pytest
 import torch
@@ -125,6 +126,7 @@ def test_the_log_file_holds_one_run_and_a_refused_run_writes_nothing_to_it(tmp_p
     first = log.read_text()
     assert first.count("Configuration (unset values filled from") == 1
     assert ("runs on torch's OpenMP threads" if OPENMP_EXPECTED else "runs on threads of its own") in first
+    assert re.search(r"parameters; \d+ CPU threads; freed memory: (kept|set by \$\w+|unchanged \(.+\))\.", first)
     with pytest.raises(ConfigError, match="already exists"):
         main.run(make_config(tmp_path, dataset="rotDigits", model="z2sa", max_examples=4, rotation_angles=0))
     assert log.read_text() == first

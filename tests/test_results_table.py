@@ -6,6 +6,8 @@ import csv
 import pathlib
 import shlex
 import statistics
+import subprocess
+import sys
 
 import pytest
 
@@ -34,7 +36,7 @@ def table_run(tmp_path_factory, main_server):
             "--config.max_examples=4", "--config.batch_size=4", "--config.epochs=1",
             "--config.valid_size=4", "--config.num_threads=1", "--config.device=cpu"]
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(table.subprocess, "run", main_server.run_command)
+        patch.setattr(subprocess, "run", main_server.run_command)  # as runner.signals runs main.py
         table.main(argv)
     return table, argv, tmp_path
 
@@ -363,10 +365,22 @@ def test_epoch_benchmark_sets_fields_of_the_model(capsys):
         benchmark.main(["--models", "z2sa", "--set", "num_heads"])
 
 
+def test_a_run_that_a_signal_stopped_ends_the_tool_without_a_traceback(capsys):
+    from runner.signals import run_to_completion
+
+    run_to_completion([sys.executable, "-c", "pass"], REPO_ROOT, "[table] ok")
+    with pytest.raises(SystemExit) as stopped:
+        run_to_completion([sys.executable, "-c", "import sys; sys.exit(143)"], REPO_ROOT, "[table] p4sa seed 0")
+    assert stopped.value.code == 143
+    assert "[table] p4sa seed 0: stopped by SIGTERM; run the same command again to resume it." in capsys.readouterr().err
+    with pytest.raises(subprocess.CalledProcessError):
+        run_to_completion([sys.executable, "-c", "import sys; sys.exit(1)"], REPO_ROOT, "[table] p4sa seed 0")
+
+
 def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_path, capsys, monkeypatch,
                                                                            main_server):
     search = load_script("tools/rotmnist5k_search.py")
-    monkeypatch.setattr(search.subprocess, "run", main_server.run_command)
+    monkeypatch.setattr(subprocess, "run", main_server.run_command)  # as runner.signals runs main.py
     fixture_data.make_rotmnist5k(tmp_path / "data", n=40)
     argv = ["--only", "p4_h4", "--threads", "1", "--save-dir", str(tmp_path / "saved"), "--log", str(tmp_path / "log.csv"),
             f"--config.data_root={tmp_path / 'data'}", "--config.max_examples=4", "--config.batch_size=4",

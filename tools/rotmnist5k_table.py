@@ -56,7 +56,6 @@ import json
 import pathlib
 import shutil
 import statistics
-import subprocess
 import sys
 from typing import Dict, List, Mapping, Sequence
 
@@ -87,6 +86,7 @@ def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequenc
         print(f"[table] {model} seed {seed}: done before, reusing {prefix}.test.json", flush=True)
         return prefix
     from runner.paths import start_or_resume_flag
+    from runner.signals import run_to_completion
 
     checkpoint = prefix.with_suffix(".pt")
     start = "--config.overwrite=True" if overwrite else start_or_resume_flag(checkpoint)
@@ -94,7 +94,7 @@ def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequenc
                f"--config.model={model}", f"--config.seed={seed}", f"--config.rotation_angles={NUM_ANGLES}",
                f"--config.path={checkpoint}", start, *extra]
     print("[table]", " ".join(command[1:]), flush=True)
-    subprocess.run(command, check=True, cwd=REPO_ROOT)
+    run_to_completion(command, REPO_ROOT, f"[table] {model} seed {seed}")
     return prefix
 
 
