@@ -119,18 +119,30 @@ def stop_at_once(extra: Tuple[int, ...], error: Callable[[int], BaseException]) 
 def run_to_completion(command: Sequence[str], cwd: Union[str, Path], label: str) -> None:
     """Runs a ``main.py`` command line (from a tool that runs several) and returns when it succeeded.
 
-    A run that a stop signal ended (exit status 128 + the signal, its resumable checkpoint saved
-    and the command to resume printed by the run itself) ends the tool too, with the same status
-    and a line saying that the same tool command resumes it, not with a traceback.
+    The run shares the tool's process group, so Ctrl-C in a terminal, or a signal to the group,
+    reaches it directly, and it stops cleanly after its current step, saving a resumable
+    checkpoint. Meanwhile the tool lets the stop signals pass instead of dying of them (a
+    ``KeyboardInterrupt`` in ``subprocess.run`` would kill the run before it has saved). A run that
+    a stop signal ended (exit status 128 + the signal) ends the tool too, with the same status and
+    a line saying that the same tool command resumes it, not with a traceback.
 
     Raises:
         SystemExit: the run was stopped by a signal.
         subprocess.CalledProcessError: the run failed otherwise.
     """
-    status = subprocess.run(list(command), cwd=cwd).returncode
+    numbers = HANDLED + OPTIONAL
+    previous: Dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for number in numbers:  # a Python handler, not SIG_IGN: the run starts with the default action
+            previous[number] = signal.signal(number, lambda signal_number, frame: None)
+    try:
+        status = subprocess.run(list(command), cwd=cwd).returncode
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     if status == 0:
         return
-    stop_signals = {128 + number: signal.Signals(number).name for number in HANDLED + OPTIONAL}
+    stop_signals = {128 + number: signal.Signals(number).name for number in numbers}
     if status in stop_signals:
         print(f"{label}: stopped by {stop_signals[status]}; run the same command again to resume it.",
               file=sys.stderr, flush=True)

@@ -377,6 +377,42 @@ def test_a_run_that_a_signal_stopped_ends_the_tool_without_a_traceback(capsys):
         run_to_completion([sys.executable, "-c", "import sys; sys.exit(1)"], REPO_ROOT, "[table] p4sa seed 0")
 
 
+# A tool running one stand-in for main.py, which saves for half a second when SIGINT stops it.
+_TOOL = """
+import sys
+from runner.signals import run_to_completion
+run_to_completion([sys.executable, "-c", sys.argv[1], sys.argv[2]], ".", "[table] p4sa seed 0")
+"""
+_RUN = """
+import pathlib, signal, sys, time
+def stop(signal_number, frame):
+    time.sleep(0.5)  # its current step, then its resumable checkpoint
+    pathlib.Path(sys.argv[1], "saved").write_text("checkpoint")
+    sys.exit(128 + signal_number)
+signal.signal(signal.SIGINT, stop)
+pathlib.Path(sys.argv[1], "ready").write_text("")
+time.sleep(60)
+"""
+
+
+def test_ctrl_c_on_a_tool_lets_its_run_save_before_both_end(tmp_path):
+    """Ctrl-C reaches the terminal's whole process group: the tool waits while its run saves."""
+    import os
+    import signal
+    import time
+
+    tool = subprocess.Popen([sys.executable, "-c", _TOOL, _RUN, str(tmp_path)], cwd=REPO_ROOT, start_new_session=True,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "ready").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(tool.pid, signal.SIGINT)  # what Ctrl-C does
+    _, err = tool.communicate(timeout=60)
+    assert tool.returncode == 130
+    assert (tmp_path / "saved").read_text() == "checkpoint"
+    assert "stopped by SIGINT; run the same command again to resume it." in err and "Traceback" not in err
+
+
 def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_path, capsys, monkeypatch,
                                                                            main_server):
     search = load_script("tools/rotmnist5k_search.py")
