@@ -90,7 +90,7 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     # The paper's size under the batch-8 protocol gave p4 its best validation (96.0% against 95.0% and
     # 94.2% for 24 channels in 3 heads): the same width for p12, the best group of the table.
     "p12_c32_h4_ep40_bs8": {"model": "p12sa", "num_channels": 32, "num_heads": 4, "epochs": 40, "batch_size": 8},
-    # The quick start's budget: 2 epochs of the small layout (``make run``). The protocol's warm-up
+    # The former quick start's budget: 2 epochs of the small layout (``make run`` then). The warm-up
     # of one epoch spends half of it; shorter warm-ups, smaller batches (more steps) and rates.
     "q2_base": {"num_channels": 16, "num_heads": 2, "epochs": 2},
     "q2_w01": {"num_channels": 16, "num_heads": 2, "epochs": 2, "warmup_epochs": 0.1},
