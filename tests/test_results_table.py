@@ -129,6 +129,45 @@ def test_rows_that_another_table_process_records_meanwhile_are_kept(table_run, t
 
 
 @on_the_table
+def test_a_recorded_row_of_another_configuration_is_not_reused(table_run, tmp_path, capsys):
+    table = table_run[0]
+    other = lambda row: {**row, "run": "0badc0de"} if (row["model"], row["seed"]) == ("p4sa", "0") else row  # noqa: E731
+    elsewhere, _, _ = _table_elsewhere(table_run, tmp_path, lambda rows: [other(row) for row in rows])
+    before = (tmp_path / "out" / "runs.csv").read_bytes()
+    with pytest.raises(SystemExit) as stopped:
+        table.main(elsewhere)
+    message = str(stopped.value.code)
+    assert message.startswith("Error: ") and "p4sa seed 0 from run 0badc0de" in message
+    assert "--output-dir" in message and "--overwrite" in message
+    assert (tmp_path / "out" / "runs.csv").read_bytes() == before
+    assert capsys.readouterr().out.count("recorded in runs.csv, reused") == 3  # seed 0's CNNs, then it stops
+
+
+@on_the_table
+def test_a_finished_run_of_another_configuration_is_not_reused(table_run, tmp_path, capsys):
+    """A layout flag (or a changed default) makes the table's p4sa another run than the one saved."""
+    table, argv, run_path = table_run
+    checkpoint = run_path / "saved" / "p4sa_seed0" / "model.pt"
+    before = checkpoint.read_bytes()
+    elsewhere = list(argv) + ["--config.num_channels=8", "--config.num_heads=2"]
+    elsewhere[elsewhere.index("--output-dir") + 1] = str(tmp_path / "out")
+    with pytest.raises(SystemExit) as stopped:
+        table.main(elsewhere)
+    message = str(stopped.value.code)
+    assert f"{checkpoint} holds a run of p4sa seed 0 under another configuration" in message
+    from g_selfatt_models.gsa_zoo import GSA_DEFAULTS
+
+    assert f"num_channels: {GSA_DEFAULTS['rotMNIST5k'].num_channels} -> 8" in message and "--save-dir" in message
+    assert checkpoint.read_bytes() == before
+    out = capsys.readouterr().out
+    assert out.count("done before, reusing") == 3 and "p4sa seed 0: done before" not in out  # CNNs have no layout
+    rows = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    assert [row["model"] for row in rows] == ["z2cnn", "p4cnn", "f_att_p4cnn"]
+    recorded = {(row["model"], row["seed"]): row["run"] for row in csv.DictReader(open(run_path / "out" / "runs.csv"))}
+    assert [row["run"] for row in rows] == [recorded[(row["model"], "0")] for row in rows]  # the same runs
+
+
+@on_the_table
 def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(table_run, tmp_path):
     import json
 
@@ -281,24 +320,8 @@ def test_arguments_other_than_config_fields_are_refused(capsys):
 
 
 def _resolved(flags):
-    """The configuration of ``main.py <flags>`` after the defaults are filled in."""
-    import ast
-
-    import config as config_file
-    import main
-    from runner.defaults import resolve_config
-
-    config = config_file.get_config()
-    for flag in flags:
-        field, text = flag[len("--config."):].split("=", 1)
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = text
-        config[field] = float(value) if isinstance(config[field], float) else value
-    spec = main.model_spec(config, main.data_spec(config).architecture)
-    resolve_config(config, spec.defaults.get(main.data_spec(config).architecture, {}))
-    return config, spec.family
+    """The configuration of ``main.py <flags>`` after the defaults are filled in, and the family."""
+    return _table_module().resolved_config(flags)
 
 
 def _readme_rotmnist5k_commands():

@@ -15,7 +15,10 @@ and, for the blur columns, the rotated test digit rotated again (see :mod:`teste
 has a row in ``runs.csv`` or a test report is not trained again, and ``runs.csv``, the table and
 the figure are rewritten after every run, so an interrupted table (even one whose checkpoints are
 gone) goes on where it stopped, and a run cut short goes on from its last checkpoint
-(``--config.resume=True``); ``--overwrite`` retrains. ``runs.csv`` is read again before every
+(``--config.resume=True``); ``--overwrite`` retrains. A row or a finished run is reused only if it is
+the run the table would train now (the same run identity, :func:`runner.paths.run_identity`):
+after a default changed, or under other ``--config`` flags, the tool stops with an error that
+names the difference instead of mixing two configurations in one table. ``runs.csv`` is read again before every
 write, so two table processes (say one per core, ``--models`` split between them) can share one
 ``--output-dir``.
 
@@ -24,7 +27,8 @@ Writes to ``--output-dir``:
 * ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle
   (``accuracy_<a>deg``) and, off the 90-degree grid, with the test digits rotated a second time
   (``blur_<a>deg``), parameters, seconds of the fastest training epoch (the least disturbed by
-  other work) and the run's ``--config.num_threads``, best epoch, checkpoint);
+  other work) and the run's ``--config.num_threads``, best epoch, checkpoint, and ``run``: the hash
+  of the run's identity, which rows written before that column lack);
 * ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
   accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
   by the other 15-degree steps (each digit interpolated once, from its source), the lowest
@@ -76,13 +80,104 @@ def run_prefix(save_dir: pathlib.Path, model: str, seed: int) -> pathlib.Path:
     return save_dir / f"{model}_seed{seed}" / "model"
 
 
+class OtherRunError(Exception):
+    """A file of the table (a row of ``runs.csv``, a finished run) holds another configuration's run."""
+
+
+def run_flags(model: str, seed: int, extra: Sequence[str]) -> List[str]:
+    """The ``--config`` flags of one run of the table (its path and start flag aside)."""
+    return [f"--config.dataset={DATASET}", f"--config.model={model}", f"--config.seed={seed}",
+            f"--config.rotation_angles={NUM_ANGLES}", *extra]
+
+
+def resolved_config(flags: Sequence[str]):
+    """The configuration of ``main.py <flags>`` once the model's defaults are filled in, and the
+    model's family (a value is read as a Python literal where it is one, else as text)."""
+    import ast
+
+    import config as config_file
+    import main
+    from runner.defaults import resolve_config
+
+    config = config_file.get_config()
+    for flag in flags:
+        field, text = flag[len("--config."):].split("=", 1)
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = text
+        config[field] = float(value) if isinstance(config[field], float) else value
+    architecture = main.data_spec(config).architecture
+    spec = main.model_spec(config, architecture)
+    resolve_config(config, spec.defaults.get(architecture, {}))
+    return config, spec.family
+
+
+def planned_identity(model: str, seed: int, extra: Sequence[str]) -> Dict[str, object]:
+    """The run identity (:func:`runner.paths.run_identity`) of the table's run of ``model`` and ``seed``
+    under today's defaults and ``extra``."""
+    from runner import paths
+
+    config, family = resolved_config(run_flags(model, seed, extra))
+    return paths.run_identity(config, family)
+
+
+def saved_identity(checkpoint: pathlib.Path, model: str) -> Dict[str, object]:
+    """The run identity of the run saved in ``checkpoint``."""
+    import g_selfatt_models as models
+    from g_selfatt_models import checkpoints
+    from runner import paths
+
+    return paths.run_identity(checkpoints.read(checkpoint)["config"], models.get_model_spec(model).family)
+
+
+def check_reused_run(prefix: pathlib.Path, model: str, seed: int, extra: Sequence[str]) -> None:
+    """Checks that the finished run at ``prefix`` is the run the table would train now.
+
+    Raises:
+        OtherRunError: it was trained under another configuration (say, a default changed since).
+    """
+    from runner import paths
+
+    differences = paths.identity_differences(saved_identity(prefix.with_suffix(".pt"), model),
+                                             planned_identity(model, seed, extra))
+    if differences:
+        raise OtherRunError(
+            f"{prefix.with_suffix('.pt')} holds a run of {model} seed {seed} under another configuration "
+            f"({'; '.join(differences)}); the table never reuses nor replaces it. Train this table into "
+            "another folder with --save-dir DIR (and --output-dir DIR for its runs.csv).")
+
+
+def check_recorded_row(row: Mapping[str, object], output_dir: pathlib.Path, extra: Sequence[str]) -> None:
+    """Checks that a row of ``runs.csv`` records the run the table would train now (its ``run``
+    column, the identity hash; rows written before that column are taken as they are).
+
+    Raises:
+        OtherRunError: the row is another configuration's run.
+    """
+    from runner import paths
+
+    model, seed = str(row["model"]), int(row["seed"])
+    planned = paths.identity_hash(planned_identity(model, seed, extra))
+    if row.get("run") and row["run"] != planned:
+        raise OtherRunError(
+            f"{output_dir / 'runs.csv'} records {model} seed {seed} from run {row['run']}, another "
+            f"configuration than this table's ({planned}: a default or a --config flag differs); the "
+            "table never mixes the two. Write this table to another --output-dir (and --save-dir), or "
+            "train the run again with --overwrite.")
+
+
 def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequence[str], overwrite: bool) -> pathlib.Path:
     """Runs ``main.py`` for one model and seed unless its test report exists; returns the prefix.
 
     A run cut short (its resumable checkpoint exists) goes on from there unless ``overwrite``.
+
+    Raises:
+        OtherRunError: the finished run there has another configuration.
     """
     prefix = run_prefix(save_dir, model, seed)
     if prefix.with_suffix(".test.json").exists() and not overwrite:
+        check_reused_run(prefix, model, seed, extra)
         print(f"[table] {model} seed {seed}: done before, reusing {prefix}.test.json", flush=True)
         return prefix
     from runner.paths import start_or_resume_flag
@@ -90,9 +185,9 @@ def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequenc
 
     checkpoint = prefix.with_suffix(".pt")
     start = "--config.overwrite=True" if overwrite else start_or_resume_flag(checkpoint)
-    command = [sys.executable, str(REPO_ROOT / "main.py"), f"--config.dataset={DATASET}",
-               f"--config.model={model}", f"--config.seed={seed}", f"--config.rotation_angles={NUM_ANGLES}",
-               f"--config.path={checkpoint}", start, *extra]
+    flags = run_flags(model, seed, extra)
+    command = [sys.executable, str(REPO_ROOT / "main.py"), *flags[:4], f"--config.path={checkpoint}", start,
+               *flags[4:]]
     print("[table]", " ".join(command[1:]), flush=True)
     run_to_completion(command, REPO_ROOT, f"[table] {model} seed {seed}")
     return prefix
@@ -101,6 +196,7 @@ def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequenc
 def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
     """One row of ``runs.csv`` from the files a run wrote."""
     from g_selfatt_models import checkpoints
+    from runner import paths
 
     report = json.loads(prefix.with_suffix(".test.json").read_text())
     with open(f"{prefix}.rotation.csv") as handle:
@@ -126,6 +222,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "best_val_accuracy": float(best["best_val_accuracy"]),
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
                           if prefix.is_relative_to(REPO_ROOT) else prefix.with_suffix(".pt")),
+        "run": paths.identity_hash(saved_identity(prefix.with_suffix(".pt"), model)),
     }
 
 
@@ -390,10 +487,25 @@ def write_outputs(rows: Sequence[Mapping[str, object]], output_dir: pathlib.Path
 
 def main(argv: Sequence[str]) -> None:
     args = parse_args(argv)
+    try:
+        make_table(args)
+    except OtherRunError as error:
+        sys.exit(f"Error: {error}")
+
+
+def make_table(args: argparse.Namespace) -> None:
+    """Trains the runs missing from the table, writes it, ships the best models (``--ship``).
+
+    Raises:
+        OtherRunError: a recorded row or a finished run holds another configuration than the
+            table's.
+    """
     runs_csv = args.output_dir / "runs.csv"
     for seed in args.seeds:  # seed by seed, so that a table cut short has every model
         for model in args.models:
-            if (model, seed) in _keyed(recorded_rows(runs_csv)) and not args.overwrite:
+            recorded = _keyed(recorded_rows(runs_csv)).get((model, seed))
+            if recorded and not args.overwrite:
+                check_recorded_row(recorded, args.output_dir, args.extra)
                 print(f"[table] {model} seed {seed}: recorded in runs.csv, reused", flush=True)
                 continue
             prefix = train_and_test(model, seed, args.save_dir.resolve(), args.extra, args.overwrite)
