@@ -99,8 +99,8 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     "q2_w01_bs8": {"num_channels": 16, "num_heads": 2, "epochs": 2, "warmup_epochs": 0.1, "batch_size": 8},
     # With batch-8 steps 1.6-2.4x faster (runner/threads.py's spin count), about 100 s of training
     # hold 4 epochs of the default layout at batch 8: with the protocol's warm-up, and a shorter one.
-    "q4_bs8": {"epochs": 4, "batch_size": 8},
-    "q4_bs8_w01": {"epochs": 4, "batch_size": 8, "warmup_epochs": 0.1},
+    "q4_bs8": {"num_channels": 24, "num_heads": 3, "epochs": 4, "batch_size": 8},
+    "q4_bs8_w01": {"num_channels": 24, "num_heads": 3, "epochs": 4, "batch_size": 8, "warmup_epochs": 0.1},
 }
 COLUMNS = ("key", "flags", "parameters", "best_val_accuracy", "best_epoch", "last_train_accuracy",
            "last_train_loss", "epochs", "seconds_per_epoch", "threads")
