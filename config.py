@@ -33,13 +33,13 @@ def get_config() -> config_dict.ConfigDict:
     config.seed = 0
 
     # ----- Optimisation (unset values come from the model's defaults) ------------------------
-    # Optimizer: "SGD" or "Adam".
+    # Optimizer: "SGD", "Adam" or "AdamW" (decoupled weight decay).
     config.optimizer = placeholder(str)
-    # Momentum of SGD (ignored by Adam).
+    # Momentum of SGD (ignored by Adam and AdamW).
     config.optimizer_momentum = placeholder(float)
     # Learning rate at the start (after warm-up for linear_warmup_cosine).
     config.lr = placeholder(float)
-    # L2 penalty passed to the optimizer as weight_decay.
+    # Weight decay: an L2 penalty for SGD and Adam, decoupled (lr * weight_decay per step) for AdamW.
     config.weight_decay = placeholder(float)
     # Examples per optimizer step (per process under torchrun).
     config.batch_size = placeholder(int)

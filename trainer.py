@@ -78,7 +78,11 @@ class TrainState:
 
 
 def build_optimizer(model: nn.Module, config: config_dict.ConfigDict) -> torch.optim.Optimizer:
-    """SGD (with ``optimizer_momentum``) or Adam, with ``weight_decay``.
+    """SGD (with ``optimizer_momentum``), Adam or AdamW, with ``weight_decay``.
+
+    SGD and Adam add ``weight_decay`` times the parameters to the gradient (an L2 penalty, which
+    Adam then divides by its running scale); AdamW shrinks the parameters by ``lr * weight_decay``
+    per step apart from the gradient's update (decoupled weight decay).
 
     Where torch has a fused implementation for the parameters' device (CPU and CUDA among them) it
     is used: the same update in one kernel over all parameters instead of a few small operations per
@@ -91,7 +95,8 @@ def build_optimizer(model: nn.Module, config: config_dict.ConfigDict) -> torch.o
         return torch.optim.SGD(model.parameters(), lr=config.lr,
                                momentum=config.optimizer_momentum,
                                weight_decay=config.weight_decay, fused=fused)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    adam_class = torch.optim.AdamW if config.optimizer == "AdamW" else torch.optim.Adam
+    return adam_class(model.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def _fused_supported(model: nn.Module) -> bool:

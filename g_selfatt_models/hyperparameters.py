@@ -47,10 +47,10 @@ class TrainingHyperParameters(_Record):
     """How a model is trained; the fields every family shares.
 
     Attributes:
-        optimizer: ``"SGD"`` or ``"Adam"``.
-        optimizer_momentum: momentum of SGD (Adam ignores it).
+        optimizer: ``"SGD"``, ``"Adam"`` or ``"AdamW"``.
+        optimizer_momentum: momentum of SGD (Adam and AdamW ignore it).
         lr: learning rate at the start (after the warm-up for ``linear_warmup_cosine``).
-        weight_decay: L2 penalty passed to the optimizer.
+        weight_decay: an L2 penalty for SGD and Adam, decoupled for AdamW.
         batch_size: examples per optimizer step.
         epochs: passes over the training split.
         scheduler: ``"constant"``, ``"multistep"``, ``"linear_warmup_cosine"`` or ``"plateau"``.

@@ -45,7 +45,7 @@ FALLBACKS: Dict[str, Any] = {
 
 # The values each enumerated field accepts.
 # (the modules that use a field own its values).
-OPTIMIZERS = ("SGD", "Adam")  # trainer.build_optimizer
+OPTIMIZERS = ("SGD", "Adam", "AdamW")  # trainer.build_optimizer
 CHOICES: Dict[str, tuple] = {
     "optimizer": OPTIMIZERS,
     "scheduler": SCHEDULERS,

@@ -782,7 +782,7 @@ def test_flag_values_read_back_as_the_same_values():
         assert (text if isinstance(value, str) else ast.literal_eval(text)) == value
 
 
-@pytest.mark.parametrize("optimizer", ["Adam", "SGD"])
+@pytest.mark.parametrize("optimizer", ["Adam", "AdamW", "SGD"])
 def test_the_optimizer_is_fused_on_the_cpu_and_updates_as_the_per_tensor_one(optimizer):
     config = config_dict.ConfigDict({"optimizer": optimizer, "lr": 1e-2, "optimizer_momentum": 0.9,
                                      "weight_decay": 1e-4})
@@ -791,9 +791,10 @@ def test_the_optimizer_is_fused_on_the_cpu_and_updates_as_the_per_tensor_one(opt
     plain_model.load_state_dict(fused_model.state_dict())
     fused = trainer.build_optimizer(fused_model, config)
     assert all(group["fused"] for group in fused.param_groups)
-    plain_class = torch.optim.Adam if optimizer == "Adam" else torch.optim.SGD
+    plain_class = getattr(torch.optim, optimizer)
     plain = plain_class(plain_model.parameters(), **{key: value for key, value in fused.defaults.items()
-                                                      if key not in ("fused", "foreach")}, foreach=False)
+                                                      if key not in ("fused", "foreach", "decoupled_weight_decay")},
+                       foreach=False)  # decoupled_weight_decay: AdamW's own setting, not an argument of it
     for _ in range(5):
         gradients = [torch.randn_like(p) for p in fused_model.parameters()]
         for model in (fused_model, plain_model):
@@ -806,6 +807,31 @@ def test_the_optimizer_is_fused_on_the_cpu_and_updates_as_the_per_tensor_one(opt
         # eps of round-off per update (a wrong update would differ by about lr = 1e-2).
         bound = 5 * 20 * torch.finfo(torch.float32).eps * max(1.0, b.abs().max().item())
         assert (a - b).abs().max().item() <= bound
+
+
+def test_adamw_decays_the_weights_apart_from_the_gradient():
+    """With zero gradients Adam's L2 term is normalised into a step of about lr, while AdamW shrinks
+    each weight by the factor 1 - lr * weight_decay per step and nothing else."""
+    lr, decay, steps = 1e-2, 0.5, 3
+    torch.manual_seed(0)
+    start = Tiny()
+    updated = {}
+    for optimizer in ("Adam", "AdamW"):
+        model = Tiny()
+        model.load_state_dict(start.state_dict())
+        step = trainer.build_optimizer(model, config_dict.ConfigDict(
+            {"optimizer": optimizer, "lr": lr, "optimizer_momentum": 0.0, "weight_decay": decay}))
+        for _ in range(steps):
+            for p in model.parameters():
+                p.grad = torch.zeros_like(p)
+            step.step()
+        updated[optimizer] = model
+    for before, adam, adamw in zip(start.parameters(), updated["Adam"].parameters(), updated["AdamW"].parameters()):
+        expected = before.detach().double() * (1 - lr * decay) ** steps
+        bound = steps * 4 * torch.finfo(torch.float32).eps * before.abs().max().item()
+        assert (adamw.detach().double() - expected).abs().max().item() <= bound
+        moved = (adam - before).abs()[before.abs() > 0.1]  # L2 through Adam: a step of about lr each time
+        assert moved.numel() and (moved > 0.5 * lr * steps).all()
 
 
 def test_a_checkpoint_of_an_unfused_optimizer_resumes_unfused():
