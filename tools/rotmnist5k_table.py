@@ -84,10 +84,11 @@ class OtherRunError(Exception):
     """A file of the table (a row of ``runs.csv``, a finished run) holds another configuration's run."""
 
 
-def run_flags(model: str, seed: int, extra: Sequence[str]) -> List[str]:
-    """The ``--config`` flags of one run of the table (its path and start flag aside)."""
+def run_flags(model: str, seed: int) -> List[str]:
+    """The ``--config`` flags that make a run one of the table's (before its path, start flag and
+    the extra flags given to the tool)."""
     return [f"--config.dataset={DATASET}", f"--config.model={model}", f"--config.seed={seed}",
-            f"--config.rotation_angles={NUM_ANGLES}", *extra]
+            f"--config.rotation_angles={NUM_ANGLES}"]
 
 
 def resolved_config(flags: Sequence[str]):
@@ -118,17 +119,16 @@ def planned_identity(model: str, seed: int, extra: Sequence[str]) -> Dict[str, o
     under today's defaults and ``extra``."""
     from runner import paths
 
-    config, family = resolved_config(run_flags(model, seed, extra))
+    config, family = resolved_config([*run_flags(model, seed), *extra])
     return paths.run_identity(config, family)
 
 
-def saved_identity(checkpoint: pathlib.Path, model: str) -> Dict[str, object]:
-    """The run identity of the run saved in ``checkpoint``."""
+def saved_identity(saved: Mapping[str, object], model: str) -> Dict[str, object]:
+    """The run identity of a run of ``model`` from its checkpoint's contents, ``saved``."""
     import g_selfatt_models as models
-    from g_selfatt_models import checkpoints
     from runner import paths
 
-    return paths.run_identity(checkpoints.read(checkpoint)["config"], models.get_model_spec(model).family)
+    return paths.run_identity(saved["config"], models.get_model_spec(model).family)
 
 
 def check_reused_run(prefix: pathlib.Path, model: str, seed: int, extra: Sequence[str]) -> None:
@@ -137,9 +137,10 @@ def check_reused_run(prefix: pathlib.Path, model: str, seed: int, extra: Sequenc
     Raises:
         OtherRunError: it was trained under another configuration (say, a default changed since).
     """
+    from g_selfatt_models import checkpoints
     from runner import paths
 
-    differences = paths.identity_differences(saved_identity(prefix.with_suffix(".pt"), model),
+    differences = paths.identity_differences(saved_identity(checkpoints.read(prefix.with_suffix(".pt")), model),
                                              planned_identity(model, seed, extra))
     if differences:
         raise OtherRunError(
@@ -185,9 +186,8 @@ def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequenc
 
     checkpoint = prefix.with_suffix(".pt")
     start = "--config.overwrite=True" if overwrite else start_or_resume_flag(checkpoint)
-    flags = run_flags(model, seed, extra)
-    command = [sys.executable, str(REPO_ROOT / "main.py"), *flags[:4], f"--config.path={checkpoint}", start,
-               *flags[4:]]
+    command = [sys.executable, str(REPO_ROOT / "main.py"), *run_flags(model, seed), f"--config.path={checkpoint}",
+               start, *extra]
     print("[table]", " ".join(command[1:]), flush=True)
     run_to_completion(command, REPO_ROOT, f"[table] {model} seed {seed}")
     return prefix
@@ -222,7 +222,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "best_val_accuracy": float(best["best_val_accuracy"]),
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
                           if prefix.is_relative_to(REPO_ROOT) else prefix.with_suffix(".pt")),
-        "run": paths.identity_hash(saved_identity(prefix.with_suffix(".pt"), model)),
+        "run": paths.identity_hash(saved_identity(saved, model)),
     }
 
 
