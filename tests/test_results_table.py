@@ -453,6 +453,14 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     assert not list((tmp_path / "saved" / "p4_h4").glob("*.test.json"))
     history = list(csv.DictReader(open(tmp_path / "saved" / "p4_h4" / "model.metrics.csv")))
     assert float(rows[0]["best_val_accuracy"]) == max(float(row["val_accuracy"]) for row in history)
+    # The epoch logged is the one the run selected, not the first of equal accuracies: an earlier
+    # epoch of the same accuracy in the history changes nothing.
+    prefix = tmp_path / "saved" / "p4_h4" / "model"
+    with open(f"{prefix}.metrics.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows([{**history[-1], "epoch": "0"}, *history])
+    assert search.summarise("p4_h4", {}, prefix, 1)["best_epoch"] == int(rows[0]["best_epoch"]) == 1
     search.main(argv)
     assert "p4_h4: recorded" in capsys.readouterr().out
     assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 1
