@@ -586,7 +586,8 @@ def test_a_smaller_openmp_team_than_asked_for_still_runs_every_task():
     ("p4sa", {}, ["lanes", "lanes", "lanes"]),
     ("p8sa", {}, ["lanes", "lanes", "lanes"]),
     ("z2sa", {}, ["lanes", "lanes", "lanes"]),
-    # patch 13 (r = 6): 14 x 20 = 280 lanes for 196 queries (1.43 per query); 7 x 13 = 91 -> 96
+    # patch 13 (r = 6): 14 x 20 = 280 lanes for 196 queries (1.43 per query; 288 in 16-lane tiles,
+    # 1.47); 7 x 13 = 91 -> 96
     # for 49 (1.96), 24 channels per head
     ("p4sa", {"patch_size": 13}, ["lanes", "lanes", "pixel_major"]),
     ("p4sa", {"attention_type": "Global"}, ["channel_major"] * 3),  # global layers: one query at a time
