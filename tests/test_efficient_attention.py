@@ -505,10 +505,12 @@ def test_rows_whose_factored_exponentials_underflow_are_computed_directly(impl, 
         assert_close(actual_grads[name], grad, scales[name], 0.0, tolerance, f"float64 gradient of {name}")
 
 
-def _fused_call(group_name: str, lifting: bool):
+def _fused_call(group_name: str, lifting: bool, dtype: torch.dtype = torch.float32, border_gradients: bool = True):
     """One call of the fused kernel with attention dropout, on a layer of 6 head-batches: returns a
     function that runs it and returns the output and the gradients of every input, for comparing
-    runs bitwise (the kernel adds the same sums in the same order however its tasks are run)."""
+    runs bitwise (the kernel adds the same sums in the same order however its tasks are run).
+    Without ``border_gradients``, the output's gradient is zero at the query pixels whose patch
+    reaches past the image."""
     order = get_group(group_name).num_elements
     elements = 1 if lifting else order
     batch, channels, heads, side, patch = 2, 6, 3, 9, 5
@@ -516,11 +518,17 @@ def _fused_call(group_name: str, lifting: bool):
         heads_batch=batch * heads, height=side, width=side, num_query_elements=elements,
         num_key_elements=elements, num_out=order, channels=channels, pos_channels=4, local=True,
         patch_size=patch, radius=patch // 2, dropout=0.2, seed=11)
-    q, k, v = (torch.randn(batch, channels, heads, elements, side, side, requires_grad=True) for _ in range(3))
-    pos_table = torch.randn(order, patch * patch, 4, requires_grad=True)
-    group_table = None if lifting else torch.randn(order, elements, elements, channels - 4, requires_grad=True)
+    q, k, v = (torch.randn(batch, channels, heads, elements, side, side, dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    pos_table = torch.randn(order, patch * patch, 4, dtype=dtype, requires_grad=True)
+    group_table = (None if lifting else
+                   torch.randn(order, elements, elements, channels - 4, dtype=dtype, requires_grad=True))
     inputs = [t for t in (q, k, v, pos_table, group_table) if t is not None]
-    grad_out = torch.randn(batch, channels, heads, order, side, side)
+    grad_out = torch.randn(batch, channels, heads, order, side, side, dtype=dtype)
+    if not border_gradients:
+        border = torch.ones(side, side, dtype=torch.bool)
+        border[patch // 2:side - patch // 2, patch // 2:side - patch // 2] = False
+        grad_out[..., border] = 0
 
     def call():
         out = fused_attention.fused_attention(geometry, q, k, v, pos_table, group_table)
@@ -540,6 +548,29 @@ def test_lanes_gradients_do_not_depend_on_the_thread_count(group_name, lifting, 
         runs.append(call())
     for run in runs[1:]:
         assert all(torch.equal(a, b) for a, b in zip(run, runs[0]))
+
+
+@pytest.mark.parametrize("group_name,lifting", [("p4", True), ("p4", False), ("z2", False)])
+def test_every_layout_drops_the_same_entries_away_from_the_border(group_name, lifting, monkeypatch):
+    """Each layout keeps entry x of a row by the same hash of (seed, row, x), whatever its tiles (the
+    lanes layout hashes a tile's rows as one vector), where the query's patch lies inside the image:
+    there the float64 outputs agree, and so do the gradients when only those outputs have one. (At
+    the border the one-query layouts number only the keys inside the image.)"""
+    runs = {}
+    for layout in fused_attention.LAYOUTS:
+        _select(f"fused-{layout}", monkeypatch)
+        torch.manual_seed(0)
+        runs[layout] = _fused_call(group_name, lifting, torch.float64, border_gradients=False)()
+    radius = 2  # the patch of _fused_call is 5x5
+    scale = max(grad.abs().max() for grad in runs["lanes"][1:])
+    for layout, (out, *grads) in runs.items():
+        expected = runs["lanes"][0][..., radius:-radius, radius:-radius]
+        assert_close(out[..., radius:-radius, radius:-radius], expected, expected.abs().max(), 0.0, 1e-12,
+                     f"{layout}: output")
+        for name, actual, grad in zip(("q", "k", "v", "positions", "group"), grads, runs["lanes"][1:]):
+            assert_close(actual, grad, scale, 0.0, 1e-12, f"{layout}: gradient of {name}")
+    border = (runs["pixel_major"][0] - runs["lanes"][0]).abs().max()
+    assert border > 1e-3 * runs["lanes"][0].abs().max()  # dropout was on
 
 
 def runtimes_that_differ(threads: int = 3) -> List[str]:

@@ -74,7 +74,9 @@ inline uint64_t splitmix64(uint64_t x) {
   return x ^ (x >> 31);
 }
 
-inline uint32_t mix32(uint32_t x) {
+// For one uint32_t, or a vector of them lane by lane.
+template <typename U>
+inline U mix32(U x) {
   x ^= x >> 16;
   x *= 0x7FEB352Du;
   x ^= x >> 15;
@@ -85,10 +87,16 @@ inline uint32_t mix32(uint32_t x) {
 
 inline uint64_t row_key(uint64_t seed, uint64_t row) { return splitmix64(seed + splitmix64(row)); }
 
+// The hash of entry x of a softmax row behind kept(), the row's key given as its two 32-bit halves;
+// for one entry, or a vector of rows lane by lane.
+template <typename U>
+inline U dropout_hash(U key_lo, U key_hi, U x) {
+  return mix32(mix32(x * 0x9E3779B9u + key_lo) ^ key_hi);
+}
+
 // The kept flag of entry x of a softmax row: the same in the forward and backward pass.
 inline bool kept(uint64_t key, uint32_t x, uint32_t threshold) {
-  uint32_t h = mix32(x * 0x9E3779B9u + static_cast<uint32_t>(key));
-  h = mix32(h ^ static_cast<uint32_t>(key >> 32));
+  const uint32_t h = dropout_hash<uint32_t>(static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32), x);
   return (h >> 8) < threshold;
 }
 
@@ -810,7 +818,8 @@ void backward_impl(const Problem& p, const T* q, const T* kc, const T* vc, const
 // (U T instead of V T of each), the exponentials of layers with one key element then factor as
 // well, and the gradient of the base tables is gathered over v before it is contracted. Otherwise layers with one key element exponentiate their logits directly. Dropout
 // entry (t M + m) of a row is kept or dropped by the same hash of (seed, row, entry) as in the
-// other layouts, the row being that of the query's pixel.
+// other layouts, the row being that of the query's pixel (the same entries where the query's patch
+// lies inside the image; at the border the one-query layouts number only the keys inside it).
 
 // A tile: one vector register of float32. AVX-512's 16 lanes where the compiler targets it (its 32
 // registers hold a tile's block sums); otherwise AVX2's 8 (16 lanes in 16 AVX2 registers spill:
@@ -826,6 +835,12 @@ template <> struct VecOf<float> { typedef float type __attribute__((vector_size(
 template <> struct VecOf<double> { typedef double type __attribute__((vector_size(LANES * sizeof(double)))); };
 template <typename T>
 using Vec = typename VecOf<T>::type;  // LANES values of T, operated on as one
+
+// The dropout keys of a tile's softmax rows, one per lane, as the two halves that dropout_hash mixes in.
+typedef uint32_t Lanes32 __attribute__((vector_size(LANES * sizeof(uint32_t))));
+struct RowKeys {
+  Lanes32 lo, hi;
+};
 
 template <typename T>
 inline Vec<T> splat(T x) {
@@ -1048,9 +1063,9 @@ class LaneWorker {
       }
       store(lse + (v * G_ + g) * L_ + j0, base + log_lanes(total));
       V norm = T(1) / total;
-      uint64_t keys[LANES];
+      RowKeys keys{};
       if (p_.dropout) {
-        row_keys(b, j0, v, g, keys);
+        keys = row_keys(b, j0, v, g);
         norm = norm * static_cast<T>(p_.keep_scale);
       }
       // psum += the row's probabilities (after dropout), factored or as stored in e_.
@@ -1144,8 +1159,7 @@ class LaneWorker {
         if (!factored) direct_probabilities(b, j0, v, g, lse_row);
         const V* dp = dpre_.data();
         if (p_.dropout) {
-          uint64_t keys[LANES];
-          row_keys(b, j0, v, g, keys);
+          const RowKeys keys = row_keys(b, j0, v, g);
           const T keep = static_cast<T>(p_.keep_scale);
           for (int64_t x = 0; x < TM; ++x) {
             kept_[x] = mask(keys, x) * keep;
@@ -1482,18 +1496,23 @@ class LaneWorker {
   }
 
   // The dropout keys of row (v, g) for the tile's lanes (rows numbered by the query's pixel).
-  void row_keys(int64_t b, int64_t j0, int64_t v, int64_t g, uint64_t* keys) const {
+  RowKeys row_keys(int64_t b, int64_t j0, int64_t v, int64_t g) const {
     const int64_t hw = p_.height * p_.width;
+    RowKeys keys;
     for (int l = 0; l < LANES; ++l) {
       const int64_t j = j0 + l, y = j / p_.padded_width, x = j % p_.padded_width;
-      keys[l] = row_key(p_.seed, static_cast<uint64_t>(((b * hw + y * p_.width + x) * V_ + v) * G_ + g));
+      const uint64_t key = row_key(p_.seed, static_cast<uint64_t>(((b * hw + y * p_.width + x) * V_ + v) * G_ + g));
+      keys.lo[l] = static_cast<uint32_t>(key);
+      keys.hi[l] = static_cast<uint32_t>(key >> 32);
     }
+    return keys;
   }
 
-  // 1 where entry x of the lanes' rows is kept, else 0.
-  V mask(const uint64_t* keys, int64_t x) const {
+  // 1 where entry x of the lanes' rows is kept, else 0 (kept() of every lane, hashed as one vector).
+  V mask(const RowKeys& keys, int64_t x) const {
+    const Lanes32 h = dropout_hash(keys.lo, keys.hi, Lanes32{} + static_cast<uint32_t>(x)) >> 8;
     V out;
-    for (int l = 0; l < LANES; ++l) out[l] = kept(keys[l], uint32_t(x), p_.threshold) ? T(1) : T(0);
+    for (int l = 0; l < LANES; ++l) out[l] = h[l] < p_.threshold ? T(1) : T(0);
     return out;
   }
 
