@@ -467,8 +467,10 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     assert "--config.block_sizes=(0,1,2)" in search.command("k", {"block_sizes": (0, 1, 2)}, tmp_path, 2)
     # Every GSA-Net candidate spells out its layout, so that a key means one run after a default
     # changes (a CNN's layout is fixed by its model).
+    import g_selfatt_models as models
+
     assert [key for key, flags in search.CANDIDATES.items()
-            if not flags.get("model", search.SEARCH_BASE["model"]).endswith("cnn")
+            if models.get_model_spec(flags.get("model", search.SEARCH_BASE["model"])).family == "gsa"
             and not {"num_channels", "num_heads"} <= set(flags)] == []
     # The base (seed 0, and the protocol's epochs and batch when the search began) unless the
     # candidate names another value, each field given once.
