@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import pathlib
 import shlex
 import statistics
@@ -299,6 +300,60 @@ def test_ship_does_not_copy_a_run_shipped_already_even_when_its_checkpoint_is_go
     assert {path: path.stat().st_mtime_ns for path in shipped_dir.rglob("*") if path.is_file()} == files
 
 
+@on_the_table
+def test_comparisons_are_written_from_the_runs_beside_the_table(table_run):
+    table, _, tmp_path = table_run
+    rows = list(csv.DictReader(open(tmp_path / "out" / "runs.csv")))
+    text = (tmp_path / "out" / "comparisons.md").read_text()
+    assert text == table.markdown(table.comparison_rows(rows))
+    line = next(line for line in text.splitlines() if line.startswith("| attention on top of the P4CNN helps |"))
+    assert "| f_att_p4cnn " in line and "needs" not in line  # two seeds of both models
+    assert "needs 2 seeds of z2sa" in text  # not in this table
+
+
+def test_welch_t_is_the_difference_of_means_over_its_standard_error():
+    welch_t = _table_module().welch_t
+    # means 2 and 5, variances 1 and 1, three values each
+    assert welch_t([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(-3 / math.sqrt(2 / 3), rel=1e-12)
+    # means 1 and 0, variances 2 (two values) and 2/3 (four values)
+    assert welch_t([0.0, 2.0], [-1.0, 0.0, 1.0, 0.0]) == pytest.approx(1 / math.sqrt(2 / 2 + (2 / 3) / 4), rel=1e-12)
+    assert welch_t([0.5, 0.5], [0.5, 0.5]) == 0 and welch_t([0.6, 0.6], [0.5, 0.5]) == math.inf
+
+
+def test_an_ordering_counts_as_reproduced_only_two_standard_errors_apart():
+    verdict = _table_module().ordering_verdict
+    assert verdict(2.0) == verdict(9.6) == "reproduced"
+    assert verdict(1.9).startswith("same direction") and verdict(0.0).startswith("not reproduced")
+    assert verdict(-1.9).startswith("not reproduced") and verdict(-2.0) == "reversed"
+
+
+def _rows_of(accuracies):
+    return [{"model": model, "seed": str(seed), "test_accuracy": str(accuracy)}
+            for model, values in accuracies.items() for seed, accuracy in enumerate(values)]
+
+
+def test_comparisons_give_each_ordering_and_the_mark_with_their_numbers():
+    table = _table_module()
+    accuracies = {"z2cnn": [0.90, 0.91, 0.92], "p4cnn": [0.95, 0.96, 0.97], "p4sa": [0.950, 0.951],
+                  "p8sa": [0.93, 0.94, 0.95], "p12sa": [0.99]}
+    compared = {row["claim"]: row for row in table.comparison_rows(_rows_of(accuracies))}
+    cnns = compared["rotation equivariance helps CNNs"]
+    assert (cnns["expected above"], cnns["expected below"]) == ("p4cnn 96.00 ± 1.00 (3)", "z2cnn 91.00 ± 1.00 (3)")
+    assert cnns["difference, points"] == "+5.00" and cnns["verdict"] == "reproduced"
+    assert cnns["Welch's t"] == f"{0.05 / math.sqrt(2 * 0.0001 / 3):+.1f}"
+    assert compared["rotation equivariance helps self-attention"]["verdict"] == "needs 2 seeds of z2sa"
+    assert compared["attention on top of the P4CNN helps"]["verdict"] == "needs 2 seeds of f_att_p4cnn"
+    p8 = compared["p8 helps GSA-Nets more than p4"]  # p8sa 1.05 points below p4sa, t about -1.8
+    assert p8["difference, points"] == "-1.05" and p8["verdict"].startswith("not reproduced")
+    assert compared["p12 helps GSA-Nets more than p8"]["verdict"] == "needs 2 seeds of p12sa"
+    # The best GSA-Net with two seeds is p4sa (p12sa's one seed does not count); the mark is 96.00 - 1.00.
+    mark = next(row for claim, row in compared.items() if claim.startswith("GSA-Nets on a par"))
+    assert "(95.00%)" in mark["claim"] and mark["expected above"].startswith("p4sa 95.05") and mark["verdict"] == "met"
+    accuracies["p4sa"] = [0.930, 0.931]  # now p8sa is the best, below the mark
+    mark = table.comparison_rows(_rows_of(accuracies))[-1]
+    assert mark["expected above"].startswith("p8sa 94.00") and mark["verdict"] == "not met"
+
+
 def test_seconds_per_epoch_are_averaged_per_thread_count():
     seconds = _table_module()._seconds_per_epoch
     runs = [{"seconds_per_epoch": "180", "threads": "1"}, {"seconds_per_epoch": "70", "threads": "2"},
@@ -532,9 +587,11 @@ def test_blur_report_recalibrates_batchnorm_and_measures_drift_per_stage():
     assert set(drift) == {"input", "0.0", "0.1", "0.2"}
 
 
-def test_readme_shows_the_committed_results_table():
-    """README's results table is ``runs/rotMNIST5k/table.md`` as the script last wrote it, every row."""
-    table = (REPO_ROOT / "runs" / "rotMNIST5k" / "table.md").read_text().splitlines()
+@pytest.mark.parametrize("written", ["table.md", "comparisons.md"])
+def test_readme_shows_the_committed_results_table(written):
+    """README's results table and its comparisons are what the script last wrote to
+    ``runs/rotMNIST5k/``, every row."""
+    table = (REPO_ROOT / "runs" / "rotMNIST5k" / written).read_text().splitlines()
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## Results on real rotated digits", 1)[1].split("\n## ", 1)[0]
     assert len(table) >= 3 and all(f"\n{line}\n" in section for line in table)

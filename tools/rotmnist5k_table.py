@@ -35,6 +35,14 @@ Writes to ``--output-dir``:
   accuracy over all angles, the accuracy at the other 15-degree steps when the rotated test digit
   is rotated again (interpolated twice: blur), the parameter count and the seconds per epoch;
   printed too;
+* ``comparisons.md``: the papers' orderings the table can test (:data:`PAPER_ORDERINGS`: equivariance
+  helps CNNs and self-attention, attention helps the P4CNN, finer rotation groups help GSA-Nets),
+  each with both models' test accuracies, the difference of the means, Welch's t (the difference
+  over its standard error) and a verdict (``reproduced`` where the means are :data:`SEPARATED`
+  standard errors apart in the paper's direction, ``reversed`` where as far apart the other way,
+  otherwise within the noise of the seeds), and whether the best GSA-Net reaches p4cnn's mean
+  minus one standard deviation (the mark of GSA-Nets "on a par with G-CNNs"); a comparison needs
+  two seeds of each model, printed too;
 * ``rotation.png``: test accuracy against the rotation angle, mean over the seeds, per model
   (solid: rotated once; dashed: rotated twice).
 
@@ -57,6 +65,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import pathlib
 import shutil
 import statistics
@@ -73,6 +82,18 @@ EXACT_ANGLES = (90.0, 180.0, 270.0)
 NOT_MEASURED = "–"
 SHIPPED_KINDS = ("GSA-Net", "attentive G-CNN")  # the best model of each is shipped
 SHIPPED_FOLDER = "pretrained"  # under saved/
+# The papers' orderings the table can test: (claim, the model expected above, the model below).
+PAPER_ORDERINGS = (
+    ("rotation equivariance helps CNNs", "p4cnn", "z2cnn"),
+    ("rotation equivariance helps self-attention", "p4sa", "z2sa"),
+    ("attention on top of the P4CNN helps", "f_att_p4cnn", "p4cnn"),
+    ("p8 helps GSA-Nets more than p4", "p8sa", "p4sa"),
+    ("p12 helps GSA-Nets more than p8", "p12sa", "p8sa"),
+)
+# GSA-Nets "on a par with G-CNNs": the best GSA-Net's mean test accuracy at least this model's mean
+# minus one of its standard deviations (the mark).
+PAR_MODEL = "p4cnn"
+SEPARATED = 2.0  # standard errors of a difference of means that tell it from the seeds' noise
 
 
 def run_prefix(save_dir: pathlib.Path, model: str, seed: int) -> pathlib.Path:
@@ -294,6 +315,70 @@ def _seconds_per_epoch(runs: Sequence[Mapping[str, object]]) -> str:
                      for count, seconds in sorted(by_threads.items(), key=lambda item: int(item[0] or 0)))
 
 
+def welch_t(first: Sequence[float], second: Sequence[float]) -> float:
+    """Welch's t of ``mean(first) - mean(second)``: the difference over its standard error
+    ``sqrt(s1^2 / n1 + s2^2 / n2)`` (standard deviations over the seeds, n - 1); needs two values
+    of each. Equal values on both sides give 0, a difference without spread an infinite t."""
+    difference = statistics.mean(first) - statistics.mean(second)
+    error = math.sqrt(statistics.variance(first) / len(first) + statistics.variance(second) / len(second))
+    if error == 0:
+        return math.copysign(math.inf, difference) if difference else 0.0
+    return difference / error
+
+
+def ordering_verdict(t: float) -> str:
+    """Whether a paper's ordering (the first model above the second) holds, from Welch's t of their
+    difference: apart by :data:`SEPARATED` standard errors either way, or within them."""
+    if t >= SEPARATED:
+        return "reproduced"
+    if t > 0:
+        return f"same direction, within {SEPARATED:g} standard errors"
+    if t > -SEPARATED:
+        return f"not reproduced: within {SEPARATED:g} standard errors"
+    return "reversed"
+
+
+def _seed_cell(model: str, accuracies: Sequence[float]) -> str:
+    """``p4cnn 95.93 ± 0.21 (3)``: the model, its mean test accuracy ± std and its number of seeds."""
+    return f"{model} {_mean_std(accuracies)} ({len(accuracies)})"
+
+
+def _comparison(claim: str, above: str, below: str, accuracies: Mapping[str, List[float]], verdict) -> Dict[str, str]:
+    """One row of ``comparisons.md``: ``above`` against ``below``, judged by ``verdict(t)``."""
+    row = {"claim": claim, "expected above": above, "expected below": below,
+           "difference, points": NOT_MEASURED, "Welch's t": NOT_MEASURED}
+    missing = [model for model in (above, below) if len(accuracies.get(model, ())) < 2]
+    if missing:
+        row["verdict"] = "needs 2 seeds of " + " and ".join(missing)
+        return row
+    t = welch_t(accuracies[above], accuracies[below])
+    row.update({"expected above": _seed_cell(above, accuracies[above]),
+                "expected below": _seed_cell(below, accuracies[below]),
+                "difference, points": f"{100 * (statistics.mean(accuracies[above]) - statistics.mean(accuracies[below])):+.2f}",
+                "Welch's t": f"{t:+.1f}", "verdict": verdict(t)})
+    return row
+
+
+def comparison_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
+    """The papers' orderings (:data:`PAPER_ORDERINGS`) and the GSA-Nets' mark against
+    :data:`PAR_MODEL` (the GSA-Net with the highest mean test accuracy among those with two seeds
+    or more), each with its numbers, from the test accuracies of ``rows``."""
+    accuracies = {model: [float(run["test_accuracy"]) for run in runs] for model, runs in _runs_by_model(rows).items()}
+    compared = [_comparison(claim, above, below, accuracies, ordering_verdict) for claim, above, below in PAPER_ORDERINGS]
+    gsa_nets = [model for model in accuracies if kind_of(model) == "GSA-Net" and len(accuracies[model]) >= 2]
+    best = max(gsa_nets, key=lambda model: statistics.mean(accuracies[model]), default="the best GSA-Net")
+    reference = accuracies.get(PAR_MODEL, [])
+    mark = statistics.mean(reference) - statistics.stdev(reference) if len(reference) >= 2 else None
+
+    def against_mark(_: float) -> str:
+        return "met" if statistics.mean(accuracies[best]) >= mark else "not met"
+
+    claim = (f"GSA-Nets on a par with G-CNNs: the best GSA-Net at least {PAR_MODEL}'s mean minus one std"
+             + (f" ({100 * mark:.2f}%)" if mark is not None else ""))
+    compared.append(_comparison(claim, best, PAR_MODEL, accuracies, against_mark))
+    return compared
+
+
 def markdown(summary: Sequence[Mapping[str, str]]) -> str:
     """A Markdown table of ``summary``."""
     columns = list(summary[0])
@@ -472,17 +557,20 @@ def recorded_rows(path: pathlib.Path) -> List[Dict[str, str]]:
 
 
 def write_outputs(rows: Sequence[Mapping[str, object]], output_dir: pathlib.Path) -> str:
-    """Writes ``runs.csv``, ``table.md`` and ``rotation.png`` (each atomically); returns the table."""
+    """Writes ``runs.csv``, ``table.md``, ``comparisons.md`` and ``rotation.png`` (each atomically);
+    returns the table and the comparisons."""
     from runner import files, reporting  # rounded floats, written atomically
 
     output_dir.mkdir(parents=True, exist_ok=True)
     reporting.write_csv(rows, output_dir / "runs.csv")
     table = markdown(summary_rows(rows))
     files.atomic_write(output_dir / "table.md", lambda handle: handle.write(table), text=True)
+    comparisons = markdown(comparison_rows(rows))
+    files.atomic_write(output_dir / "comparisons.md", lambda handle: handle.write(comparisons), text=True)
     temporary = output_dir / ".rotation.tmp.png"
     plot_rotation(rows, temporary)
     temporary.replace(output_dir / "rotation.png")
-    return table
+    return table + "\n" + comparisons
 
 
 def main(argv: Sequence[str]) -> None:
