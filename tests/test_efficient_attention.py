@@ -657,8 +657,12 @@ def test_benchmark_builds_the_cases_people_train_and_compares_them_with_p4cnn(mo
     for record in records:
         assert record["over_p4cnn"] == round(record["time_s"] / cnn["time_s"], 2)
         (layer,) = record["layers"]  # the tiny case is one attention layer
-        assert layer["time_s"] > 0  # the share is of the unrounded times: compared to the printed ones' precision
-        assert layer["share_of_step"] == pytest.approx(layer["time_s"] / record["time_s"], abs=0.01)
+        assert layer["time_s"] > 0
+        # The share is of the unrounded times; the times are printed to 4 decimals, the share to 3.
+        half = 0.00005
+        low = (layer["time_s"] - half) / (record["time_s"] + half)
+        high = (layer["time_s"] + half) / (record["time_s"] - half)
+        assert low - 0.0005 <= layer["share_of_step"] <= high + 0.0005
 
 
 @pytest.mark.parametrize("group_name,bases", [("z2", None), ("p4", 1), ("mz2", 1), ("p4m", 1), ("p8", 2),

@@ -22,6 +22,7 @@ from g_selfatt.nn import (
     LiftSelfAttention,
     PointwiseConv2d,
     PointwiseConv3d,
+    PositionalMLP,
     TransformerBlock,
     get_activation,
     get_norm,
@@ -276,6 +277,38 @@ def test_pointwise_convolution_keeps_the_state_dict_of_the_convolution():
     with torch.no_grad():  # a bound from the sizes of the inputs, not a function of the parameters
         scale = x.abs().max() * conv.weight.abs().sum(1).max() + conv.bias.abs().max()
     torch.testing.assert_close(layer(x), conv(x), rtol=0, atol=float(scale) * 4 * torch.finfo(x.dtype).eps * 4)
+
+
+def _mlp_by_its_layers(mlp: PositionalMLP, coordinates: torch.Tensor) -> torch.Tensor:
+    """The embedding by the MLP's own modules (1x1 convolutions, GroupNorm), one coordinate per image."""
+    out = torch.nn.Sequential.forward(mlp, coordinates.reshape(-1, 1, 1, 1))  # (N, D, 1, 1)
+    return out.view(coordinates.shape + (-1,))
+
+
+def test_positional_mlp_embeds_as_its_convolutions_and_norm_would():
+    torch.manual_seed(0)
+    mlp = PositionalMLP(5).double()
+    for parameter in mlp.parameters():  # not the initial scale and shift of the norm
+        torch.nn.init.normal_(parameter)
+    coordinates = torch.tensor([[-1.0, -0.5, 0.0, 0.5, 1.0], [0.25, 0.5, 0.5, -1.0, 0.0]], dtype=torch.float64)
+    out, expected = mlp(coordinates), _mlp_by_its_layers(mlp, coordinates)
+    assert out.shape == (2, 5, 5)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-12)
+    grad = torch.randn_like(out)
+    for got, want in zip(torch.autograd.grad(out, list(mlp.parameters()), grad),
+                         torch.autograd.grad(expected, list(mlp.parameters()), grad)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+def test_positional_mlp_gives_equal_coordinates_the_same_embedding():
+    """Bitwise: the group permutes the offsets of a patch, and a permuted table must be the same table."""
+    torch.manual_seed(0)
+    mlp = PositionalMLP(3)
+    coordinates = torch.tensor([0.5, -1.0, 0.5, 0.7071067, -1.0, 0.5]).repeat(40)  # (240,)
+    out = mlp(coordinates)
+    for value in coordinates.unique():
+        rows = out[coordinates == value]
+        assert torch.equal(rows, rows[:1].expand_as(rows))
 
 
 def test_crop_and_block_shapes():

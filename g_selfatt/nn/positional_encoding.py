@@ -21,8 +21,9 @@ HIDDEN_CHANNELS = 16
 class PositionalMLP(nn.Sequential):
     """``1 -> 16 -> LayerNorm -> Swish -> out_channels``, applied to each coordinate.
 
-    Built from 1x1 convolutions so that its parameter names match the original
-    (``0.weight``, ``1.layer_norm.weight``, ``3.weight``, ...).
+    Holds its parameters as 1x1 convolutions so that their names match the original
+    (``0.weight``, ``1.layer_norm.weight``, ``3.weight``, ...); calling it embeds coordinates
+    (:meth:`embed`).
     """
 
     def __init__(self, out_channels: int):
@@ -33,10 +34,33 @@ class PositionalMLP(nn.Sequential):
             nn.Conv2d(HIDDEN_CHANNELS, out_channels, kernel_size=1),
         )
 
+    def forward(self, coordinates: Tensor) -> Tensor:
+        return self.embed(coordinates)
+
     def embed(self, coordinates: Tensor) -> Tensor:
-        """Maps coordinates of any shape ``S`` to embeddings of shape ``S + (out_channels,)``."""
-        out = self(coordinates.reshape(-1, 1, 1, 1))  # (N, D, 1, 1)
-        return out.view(coordinates.shape + (-1,))
+        """Maps coordinates of any shape ``S`` to embeddings of shape ``S + (out_channels,)``.
+
+        The MLP runs once per distinct coordinate value and every coordinate takes its value's
+        row, so equal coordinates get bitwise equal embeddings wherever they stand (the group
+        permutes the offsets of a patch, and the attention layers rely on it). Each operation
+        is an element-wise one or a reduction over a few values: none is large enough for torch
+        to split it across threads, which on busy cores would wait for a descheduled thread.
+        """
+        first, norm, activation, last = self
+        values, index = torch.unique(coordinates, return_inverse=True)  # (U,), S
+        hidden = values[:, None] * first.weight.view(1, -1) + first.bias  # (U, 16)
+        hidden = activation(_normalise_rows(hidden, norm.layer_norm))  # (U, 16)
+        out = (hidden[:, None, :] * last.weight.flatten(1)).sum(-1) + last.bias  # (U, D)
+        return out[index]  # S + (D,)
+
+
+def _normalise_rows(x: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """``norm`` (one group) applied to each row of ``x (U, C)``: each row minus its mean, over its
+    standard deviation (biased, ``eps`` added to the variance), then ``norm``'s per-channel scale
+    and shift."""
+    centred = x - x.mean(-1, keepdim=True)  # (U, C)
+    variance = centred.square().mean(-1, keepdim=True)  # (U, 1)
+    return centred * torch.rsqrt(variance + norm.eps) * norm.weight + norm.bias
 
 
 def acted_offset_table(group: Group, radius: int) -> Tensor:
