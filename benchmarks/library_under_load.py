@@ -83,8 +83,10 @@ def measure(repeats: int, batch: int, wait_policy: Optional[str],
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _spin(stop) -> None:
-    while not stop.is_set():
+def _spin() -> None:
+    """Keeps one core busy until terminated, sharing nothing with the other spinners (a stop event
+    looked at on every iteration is a lock that they would block and wake each other on)."""
+    while True:
         pass
 
 
@@ -104,15 +106,14 @@ def main(argv: Sequence[str]) -> None:
         return
     idle = measure(args.repeats, args.batch, args.wait_policy, args.spin_count)
     print(json.dumps({"load": "idle", **idle}), flush=True)
-    stop = multiprocessing.Event()
-    spinners = [multiprocessing.Process(target=_spin, args=(stop,), daemon=True) for _ in range(args.busy)]
+    spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
     for process in spinners:
         process.start()
     try:
         loaded = measure(args.repeats, args.batch, args.wait_policy, args.spin_count)
     finally:
-        stop.set()
         for process in spinners:
+            process.terminate()
             process.join()
     ratio = round(loaded["step_s"] / idle["step_s"], 2)
     print(json.dumps({"load": "busy", "busy_processes": args.busy, **loaded, "loaded_over_idle": ratio}), flush=True)
