@@ -70,7 +70,7 @@ import pathlib
 import shutil
 import statistics
 import sys
-from typing import Dict, List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Sequence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # att_p4cnn (full attention) is left out: about 160 s per epoch on 2 cores, 30x p4cnn.
@@ -343,7 +343,8 @@ def _seed_cell(model: str, accuracies: Sequence[float]) -> str:
     return f"{model} {_mean_std(accuracies)} ({len(accuracies)})"
 
 
-def _comparison(claim: str, above: str, below: str, accuracies: Mapping[str, List[float]], verdict) -> Dict[str, str]:
+def _comparison(claim: str, above: str, below: str, accuracies: Mapping[str, List[float]],
+                verdict: Callable[[float], str]) -> Dict[str, str]:
     """One row of ``comparisons.md``: ``above`` against ``below``, judged by ``verdict(t)``."""
     row = {"claim": claim, "expected above": above, "expected below": below,
            "difference, points": NOT_MEASURED, "Welch's t": NOT_MEASURED}
