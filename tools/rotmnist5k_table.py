@@ -94,6 +94,7 @@ PAPER_ORDERINGS = (
 # minus one of its standard deviations (the mark).
 PAR_MODEL = "p4cnn"
 SEPARATED = 2.0  # standard errors of a difference of means that tell it from the seeds' noise
+COMPARED_SEEDS = 2  # seeds a model needs for a comparison (a standard deviation)
 
 
 def run_prefix(save_dir: pathlib.Path, model: str, seed: int) -> pathlib.Path:
@@ -348,9 +349,9 @@ def _comparison(claim: str, above: str, below: str, accuracies: Mapping[str, Lis
     """One row of ``comparisons.md``: ``above`` against ``below``, judged by ``verdict(t)``."""
     row = {"claim": claim, "expected above": above, "expected below": below,
            "difference, points": NOT_MEASURED, "Welch's t": NOT_MEASURED}
-    missing = [model for model in (above, below) if len(accuracies.get(model, ())) < 2]
+    missing = [model for model in (above, below) if len(accuracies.get(model, ())) < COMPARED_SEEDS]
     if missing:
-        row["verdict"] = "needs 2 seeds of " + " and ".join(missing)
+        row["verdict"] = f"needs {COMPARED_SEEDS} seeds of " + " and ".join(missing)
         return row
     t = welch_t(accuracies[above], accuracies[below])
     row.update({"expected above": _seed_cell(above, accuracies[above]),
@@ -362,14 +363,14 @@ def _comparison(claim: str, above: str, below: str, accuracies: Mapping[str, Lis
 
 def comparison_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
     """The papers' orderings (:data:`PAPER_ORDERINGS`) and the GSA-Nets' mark against
-    :data:`PAR_MODEL` (the GSA-Net with the highest mean test accuracy among those with two seeds
-    or more), each with its numbers, from the test accuracies of ``rows``."""
+    :data:`PAR_MODEL` (the GSA-Net with the highest mean test accuracy among those with
+    :data:`COMPARED_SEEDS` seeds or more), each with its numbers, from the test accuracies of ``rows``."""
     accuracies = {model: [float(run["test_accuracy"]) for run in runs] for model, runs in _runs_by_model(rows).items()}
     compared = [_comparison(claim, above, below, accuracies, ordering_verdict) for claim, above, below in PAPER_ORDERINGS]
-    gsa_nets = [model for model in accuracies if kind_of(model) == "GSA-Net" and len(accuracies[model]) >= 2]
+    gsa_nets = [model for model in accuracies if kind_of(model) == "GSA-Net" and len(accuracies[model]) >= COMPARED_SEEDS]
     best = max(gsa_nets, key=lambda model: statistics.mean(accuracies[model]), default="the best GSA-Net")
     reference = accuracies.get(PAR_MODEL, [])
-    mark = statistics.mean(reference) - statistics.stdev(reference) if len(reference) >= 2 else None
+    mark = statistics.mean(reference) - statistics.stdev(reference) if len(reference) >= COMPARED_SEEDS else None
 
     def against_mark(_: float) -> str:
         return "met" if statistics.mean(accuracies[best]) >= mark else "not met"
