@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 import tester
 from g_selfatt_models import checkpoints
-from runner import distributed, files, paths, random_state
+from runner import distributed, files, machine, paths, random_state
 from runner.data import Loaders
 from runner.defaults import parse_checkpoint_every
 from runner.precision import AMP_DTYPES
@@ -62,6 +62,8 @@ class TrainState:
         nonfinite_streak: consecutive steps, up to now, whose loss or gradient was not finite.
         epoch_seconds: wall-clock seconds of the current epoch's steps so far, so that an epoch
             stopped and resumed reports the seconds of both of its parts.
+        machines: the machines (:func:`runner.machine.describe`) this process trained the run on,
+            in the order of their first part of it; seconds per epoch compare only on one.
     """
 
     epoch: int = 0
@@ -75,6 +77,7 @@ class TrainState:
     epoch_totals: List[float] = dataclasses.field(default_factory=lambda: [0.0, 0.0, 0.0])
     nonfinite_streak: int = 0
     epoch_seconds: float = 0.0
+    machines: List[str] = dataclasses.field(default_factory=list)
 
 
 def build_optimizer(model: nn.Module, config: config_dict.ConfigDict) -> torch.optim.Optimizer:
@@ -276,6 +279,7 @@ class Trainer:
             TrainingDiverged: the loss or gradients stayed non-finite.
         """
         train_model = distributed.wrap(self.model, self.context)
+        self._record_machine()
         with self.stop_request:
             while self.state.epoch < self.config.epochs and not self._step_limit_reached():
                 train_metrics = self._train_epoch(train_model)
@@ -296,6 +300,12 @@ class Trainer:
                                  "best_epoch": self.state.best_epoch,
                                  "skipped_steps": self.state.skipped_steps})
         return self.state
+
+    def _record_machine(self) -> None:
+        """Adds this machine to ``state.machines`` unless a part of the run trained on it already."""
+        this_machine = machine.describe(self.context.device)
+        if this_machine not in self.state.machines:
+            self.state.machines.append(this_machine)
 
     def _step_limit_reached(self) -> bool:
         return 0 < self.config.max_steps <= self.state.step

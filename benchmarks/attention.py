@@ -83,6 +83,7 @@ if str(REPO_ROOT) not in sys.path:
 
 import runner.threads  # noqa: E402  (before torch: the project's OpenMP wait policy)
 import runner.allocator  # noqa: E402
+import runner.machine  # noqa: E402
 
 IMPLS = ("reference", "efficient", "fused", "flex", "triton")
 DEFAULT_IMPLS = {"cpu": ("reference", "efficient", "fused"), "cuda": ("reference", "efficient", "flex", "triton")}
@@ -559,7 +560,7 @@ def main(argv=None) -> None:
               flush=True)
         return
     rates = machine_rates(args.threads)
-    print(json.dumps(dict(rates, machine=_machine(), freed_memory=freed_memory)), flush=True)
+    print(json.dumps(dict(rates, machine=runner.machine.cpu(), freed_memory=freed_memory)), flush=True)
     idle_a = {}
     compared: Dict[str, Dict[str, object]] = {}
     comparisons = sorted({COMPARED_TO[case] for case in cases if case in COMPARED_TO})
@@ -600,20 +601,6 @@ def main(argv=None) -> None:
                       for impl in impls if impl != "reference"}
         run_loaded("a", [impl for impl in impls if impl != "reference"], args.device, args.repeats, args.threads,
                    idle_a)
-
-
-def _machine() -> str:
-    import platform
-
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model}, {os.cpu_count()} logical CPUs"
 
 
 if __name__ == "__main__":

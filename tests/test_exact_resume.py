@@ -18,7 +18,7 @@ import fixture_data
 import main
 import trainer
 from g_selfatt_models import checkpoints
-from runner import paths
+from runner import machine, paths
 from g_selfatt_models.checkpoints import CheckpointError
 from test_main_e2e import make_config
 
@@ -147,3 +147,21 @@ def test_an_epoch_stopped_and_resumed_reports_the_seconds_of_both_parts(tmp_path
     _, second = last["train_state"]["history"]
     assert second["train_seconds"] >= saved["train_state"]["epoch_seconds"]
     assert last["train_state"]["epoch_seconds"] == 0.0
+
+
+def test_a_run_records_each_machine_it_trained_on_once(tmp_path, monkeypatch):
+    original = _crash_before_step(monkeypatch, 8)
+    config = _config(tmp_path, "gsa")
+    with pytest.raises(SimulatedCrash):
+        main.run(config)
+    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+    best_path = paths.best_checkpoint_path(config, "any")
+    this_machine = machine.describe(torch.device("cpu"))
+    assert checkpoints.read(paths.last_checkpoint_path(best_path))["train_state"]["machines"] == [this_machine]
+    # Resumed on another machine: both, in the order they trained; then on this one again: no repeat.
+    monkeypatch.setattr(machine, "describe", lambda device: "Another CPU (AVX2), 64 logical CPUs")
+    _, last = _files(main.run(_config(tmp_path, "gsa", resume=True, path=str(best_path), epochs=3)))
+    assert last["train_state"]["machines"] == [this_machine, "Another CPU (AVX2), 64 logical CPUs"]
+    monkeypatch.undo()
+    _, last = _files(main.run(_config(tmp_path, "gsa", resume=True, path=str(best_path), epochs=4)))
+    assert last["train_state"]["machines"] == [this_machine, "Another CPU (AVX2), 64 logical CPUs"]

@@ -13,6 +13,7 @@ import sys
 import pytest
 
 import fixture_data
+from runner import machine
 from tests.conftest import REPO_ROOT, load_script
 
 
@@ -71,7 +72,9 @@ def test_table_gives_the_mean_and_spread_over_seeds(table_run):
         line = next(line for line in text.splitlines() if line.startswith(f"| {model} |"))
         assert line.split(" | ")[2] == expected
         seconds = statistics.mean(float(row["seconds_per_epoch"]) for row in rows if row["model"] == model)
-        assert line.split(" | ")[-1] == f"{seconds:.1f} (1 thread) |"  # the runs' --config.num_threads
+        assert line.split(" | ")[-1] == f"{seconds:.1f} (1 thread, M1) |"  # the runs' --config.num_threads
+    assert {row["machine"] for row in rows} == {machine.cpu()}  # every run trained here
+    assert f"\nMachines of the seconds per epoch: M1: {machine.cpu()}.\n" in text
 
 
 @on_the_table
@@ -362,6 +365,19 @@ def test_seconds_per_epoch_are_averaged_per_thread_count():
     assert seconds(runs[:1] + [{"seconds_per_epoch": "90", "threads": ""}]) == "90.0; 180.0 (1 thread)"
 
 
+def test_seconds_per_epoch_are_kept_apart_per_machine():
+    table = _table_module()
+    runs = [{"model": "p4sa", "seconds_per_epoch": "20", "threads": "1", "machine": "Intel CPU"},
+            {"model": "p4sa", "seconds_per_epoch": "40", "threads": "1", "machine": "AMD CPU"},
+            {"model": "p4sa", "seconds_per_epoch": "30", "threads": "1", "machine": "AMD CPU"},
+            {"model": "p4sa", "seconds_per_epoch": "50", "threads": "1", "machine": ""}]  # not recorded
+    labels = table.machine_labels(runs)
+    assert labels == {"Intel CPU": "M1", "AMD CPU": "M2"}
+    assert table._seconds_per_epoch(runs, labels) == "50.0 (1 thread); 20.0 (1 thread, M1); 35.0 (1 thread, M2)"
+    assert table.machines_line(runs) == "\nMachines of the seconds per epoch: M1: Intel CPU; M2: AMD CPU.\n"
+    assert table.machines_line(runs[3:]) == ""  # no machine recorded: no line
+
+
 def test_one_seed_is_shown_without_a_spread():
     mean_std = _table_module()._mean_std
     assert mean_std([0.956]) == "95.60"  # one run: its spread is unknown, not 0
@@ -501,8 +517,8 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
             "--config.epochs=1", "--config.valid_size=4", "--config.device=cpu"]
     search.main(argv)
     rows = list(csv.DictReader(open(tmp_path / "log.csv")))
-    assert [(row["key"], row["flags"], row["parameters"], row["threads"]) for row in rows] == [
-        ("p4_h4", "num_channels=16 num_heads=4", "11670", "1")]
+    assert [(row["key"], row["flags"], row["parameters"], row["threads"], row["machine"]) for row in rows] == [
+        ("p4_h4", "num_channels=16 num_heads=4", "11670", "1", machine.cpu())]
     assert not any("test" in column for column in rows[0])
     # The runs never look at the test digits (--config.test=False): no test report is written.
     assert not list((tmp_path / "saved" / "p4_h4").glob("*.test.json"))

@@ -845,3 +845,22 @@ def test_a_checkpoint_of_an_unfused_optimizer_resumes_unfused():
     resumed = trainer.build_optimizer(model, config)
     resumed.load_state_dict(older.state_dict())
     assert not any(group["fused"] for group in resumed.param_groups)
+
+
+@pytest.mark.parametrize("cpuinfo, expected", [
+    ("processor\t: 0\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu sse2 avx avx2 fma\n\n"
+     "processor\t: 1\nmodel name\t: AMD EPYC 7B13\n", "AMD EPYC 7B13 (AVX2)"),
+    ("processor\t: 0\nmodel name\t: Intel(R) Xeon(R) Processor\nflags\t\t: avx2 avx512f avx512bw\n",
+     "Intel(R) Xeon(R) Processor (AVX-512)"),
+    ("processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd evtstrm\nModel\t\t: Some Board\n", "Some Board (NEON)"),
+])
+def test_the_machine_is_named_by_its_cpu_and_widest_vector_extension(tmp_path, monkeypatch, cpuinfo, expected):
+    from runner import machine
+
+    (tmp_path / "cpuinfo").write_text(cpuinfo)
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "cpuinfo")
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 2)
+    assert machine.cpu() == f"{expected}, 2 logical CPUs"
+    assert machine.describe(torch.device("cpu")) == machine.cpu()
+    monkeypatch.setattr(machine, "CPUINFO", tmp_path / "absent")  # no /proc: still a description
+    assert machine.cpu().endswith(", 2 logical CPUs")

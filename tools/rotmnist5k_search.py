@@ -146,7 +146,7 @@ CANDIDATES: Dict[str, Dict[str, object]] = {
     "q6_bs8": {"num_channels": 24, "num_heads": 3, "epochs": 6, "batch_size": 8},
 }
 COLUMNS = ("key", "flags", "parameters", "best_val_accuracy", "best_epoch", "last_train_accuracy",
-           "last_train_loss", "epochs", "seconds_per_epoch", "threads")
+           "last_train_loss", "epochs", "seconds_per_epoch", "threads", "machine")
 
 
 def command(key: str, flags: Mapping[str, object], save_dir: pathlib.Path, threads: int,
@@ -204,6 +204,7 @@ def summarise(key: str, flags: Mapping[str, object], prefix: pathlib.Path, threa
         "epochs": round(float(history[-1]["epoch"])),
         "seconds_per_epoch": round(min(float(row["train_seconds"]) for row in history), 1),
         "threads": threads,
+        "machine": "; ".join(saved["train_state"].get("machines") or []),  # absent in older versions' runs
     }
 
 

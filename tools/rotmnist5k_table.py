@@ -27,14 +27,15 @@ Writes to ``--output-dir``:
 * ``runs.csv``: one row per run (model, seed, test accuracy, accuracy at every angle
   (``accuracy_<a>deg``) and, off the 90-degree grid, with the test digits rotated a second time
   (``blur_<a>deg``), parameters, seconds of the fastest training epoch (the least disturbed by
-  other work) and the run's ``--config.num_threads``, best epoch, checkpoint, and ``run``: the hash
-  of the run's identity, which rows written before that column lack);
+  other work), the run's ``--config.num_threads`` and ``machine`` (the CPU, or the machines, it
+  trained on; empty for runs of versions that did not record it), best epoch, checkpoint, and
+  ``run``: the hash of the run's identity, which rows written before that column lack);
 * ``table.md``: per model, mean and standard deviation over the seeds of the test accuracy, the
   accuracy on the test set rotated by 90/180/270 degrees (exact rotations of the pixel grid) and
   by the other 15-degree steps (each digit interpolated once, from its source), the lowest
   accuracy over all angles, the accuracy at the other 15-degree steps when the rotated test digit
-  is rotated again (interpolated twice: blur), the parameter count and the seconds per epoch;
-  printed too;
+  is rotated again (interpolated twice: blur), the parameter count and the seconds per epoch
+  for each thread count and machine (machines numbered in a line below the table); printed too;
 * ``comparisons.md``: the papers' orderings the table can test (:data:`PAPER_ORDERINGS`: equivariance
   helps CNNs and self-attention, attention helps the P4CNN, finer rotation groups help GSA-Nets),
   each with both models' test accuracies, the difference of the means, Welch's t (the difference
@@ -70,7 +71,7 @@ import pathlib
 import shutil
 import statistics
 import sys
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # att_p4cnn (full attention) is left out: about 160 s per epoch on 2 cores, 30x p4cnn.
@@ -230,6 +231,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
     saved = checkpoints.read(prefix.with_suffix(".pt"))
     network = checkpoints.model_from(saved, prefix.with_suffix(".pt"))
     threads = saved["config"].get("num_threads")
+    machines = saved["train_state"].get("machines") or []  # absent in runs of older versions
     best = max(history, key=lambda row: float(row["best_val_accuracy"]))
     return {
         "model": model,
@@ -240,6 +242,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "parameters": sum(p.numel() for p in network.parameters()),
         "seconds_per_epoch": min(float(row["train_seconds"]) for row in history),
         "threads": threads or "",  # "": the runner's default, one per core
+        "machine": "; ".join(machines),
         "epochs": len(history),
         "best_val_accuracy": float(best["best_val_accuracy"]),
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
@@ -275,8 +278,20 @@ def _counted(count: int, noun: str) -> str:
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
+def machine_labels(rows: Sequence[Mapping[str, object]]) -> Dict[str, str]:
+    """A short label (``M1``, ``M2``, ...) for each machine that ``rows`` recorded, in order of first
+    appearance; runs that recorded none get none."""
+    labels: Dict[str, str] = {}
+    for row in rows:
+        machine = str(row.get("machine") or "")
+        if machine and machine not in labels:
+            labels[machine] = f"M{len(labels) + 1}"
+    return labels
+
+
 def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
     """Per model (in table order): the seed statistics of every column of ``table.md``."""
+    labels = machine_labels(rows)
     summary = []
     for model, runs in _runs_by_model(rows).items():
         angles = _angles(runs[0], "accuracy_")
@@ -296,24 +311,35 @@ def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
             "blur: other 15° steps, rotated twice %": _mean_std(per_run(_angles(runs[0], "blur_"), "blur_"))
             if _angles(runs[0], "blur_") else NOT_MEASURED,
             "parameters": f"{int(runs[0]['parameters']):,}",
-            "s / epoch": _seconds_per_epoch(runs),
+            "s / epoch": _seconds_per_epoch(runs, labels),
         })
     return summary
 
 
-def _seconds_per_epoch(runs: Sequence[Mapping[str, object]]) -> str:
-    """Mean seconds per epoch of ``runs`` for each thread count they recorded, e.g. ``178.4 (1
-    thread); 75.2 (2 threads)``; a run without a recorded count (the runner's default) is
-    averaged without a note."""
-    by_threads: Dict[str, List[float]] = {}
+def _seconds_per_epoch(runs: Sequence[Mapping[str, object]], labels: Optional[Mapping[str, str]] = None) -> str:
+    """Mean seconds per epoch of ``runs`` for each thread count and machine they recorded, e.g.
+    ``178.4 (1 thread, M1); 75.2 (2 threads)``, the machines named by ``labels`` (see
+    :func:`machine_labels`); what a run did not record (its thread count: the runner's default;
+    its machine) is left out of the note."""
+    groups: Dict[tuple, List[float]] = {}
     for run in runs:
-        by_threads.setdefault(str(run.get("threads") or ""), []).append(float(run["seconds_per_epoch"]))
+        key = (int(run.get("threads") or 0), (labels or {}).get(str(run.get("machine") or ""), ""))
+        groups.setdefault(key, []).append(float(run["seconds_per_epoch"]))
 
-    def note(count: str) -> str:
-        return f" ({_counted(int(count), 'thread')})" if count else ""
+    def note(count: int, label: str) -> str:
+        parts = ([_counted(count, "thread")] if count else []) + ([label] if label else [])
+        return f" ({', '.join(parts)})" if parts else ""
 
-    return "; ".join(f"{statistics.mean(seconds):.1f}{note(count)}"
-                     for count, seconds in sorted(by_threads.items(), key=lambda item: int(item[0] or 0)))
+    return "; ".join(f"{statistics.mean(seconds):.1f}{note(*key)}" for key, seconds in sorted(groups.items()))
+
+
+def machines_line(rows: Sequence[Mapping[str, object]]) -> str:
+    """The line below ``table.md`` that names the machines of its seconds per epoch (empty if none)."""
+    labels = machine_labels(rows)
+    if not labels:
+        return ""
+    return "\nMachines of the seconds per epoch: " + "; ".join(
+        f"{label}: {machine}" for machine, label in labels.items()) + ".\n"
 
 
 def welch_t(first: Sequence[float], second: Sequence[float]) -> float:
@@ -565,7 +591,7 @@ def write_outputs(rows: Sequence[Mapping[str, object]], output_dir: pathlib.Path
 
     output_dir.mkdir(parents=True, exist_ok=True)
     reporting.write_csv(rows, output_dir / "runs.csv")
-    table = markdown(summary_rows(rows))
+    table = markdown(summary_rows(rows)) + machines_line(rows)
     files.atomic_write(output_dir / "table.md", lambda handle: handle.write(table), text=True)
     comparisons = markdown(comparison_rows(rows))
     files.atomic_write(output_dir / "comparisons.md", lambda handle: handle.write(comparisons), text=True)
