@@ -56,6 +56,14 @@ def _crash_before_step(monkeypatch, step):
     return original
 
 
+def _run_until_crash(monkeypatch, config, step):
+    """Runs ``config`` until it crashes before ``step``; later runs in the test train normally."""
+    original = _crash_before_step(monkeypatch, step)
+    with pytest.raises(SimulatedCrash):
+        main.run(config)
+    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+
+
 def _without_timing(history):
     """The history without its wall-clock seconds, the one part that no resume can reproduce."""
     return [{key: value for key, value in row.items() if key != "train_seconds"} for row in history]
@@ -83,11 +91,8 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch
     straight_best, straight_last = _files(main.run(_config(tmp_path / "straight", case,
                                                            num_workers=num_workers)))
 
-    original = _crash_before_step(monkeypatch, crash_step)
     config = _config(tmp_path / "cut", case, num_workers=num_workers)
-    with pytest.raises(SimulatedCrash):
-        main.run(config)
-    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+    _run_until_crash(monkeypatch, config, crash_step)
     last_path = paths.last_checkpoint_path(paths.best_checkpoint_path(config, "any"))
     if crash_step <= 3:  # crashed before the first checkpoint: start again
         assert not last_path.exists()
@@ -105,11 +110,8 @@ def test_crash_and_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch
 
 
 def test_resuming_with_another_configuration_lists_the_differences(tmp_path, monkeypatch):
-    original = _crash_before_step(monkeypatch, 5)
     config = _config(tmp_path, "gsa")
-    with pytest.raises(SimulatedCrash):
-        main.run(config)
-    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+    _run_until_crash(monkeypatch, config, 5)
     path = paths.best_checkpoint_path(config, "gsa")
     other = _config(tmp_path, "gsa", resume=True, path=str(path), lr=0.5, dropout_att=0.2)
     with pytest.raises(CheckpointError, match=r"another configuration \(dropout_att: 0.1 -> 0.2; "
@@ -150,11 +152,8 @@ def test_an_epoch_stopped_and_resumed_reports_the_seconds_of_both_parts(tmp_path
 
 
 def test_a_run_records_each_machine_it_trained_on_once(tmp_path, monkeypatch):
-    original = _crash_before_step(monkeypatch, 8)
     config = _config(tmp_path, "gsa")
-    with pytest.raises(SimulatedCrash):
-        main.run(config)
-    monkeypatch.setattr(trainer.Trainer, "_train_step", original)
+    _run_until_crash(monkeypatch, config, 8)
     best_path = paths.best_checkpoint_path(config, "any")
     this_machine = machine.describe(torch.device("cpu"))
     assert checkpoints.read(paths.last_checkpoint_path(best_path))["train_state"]["machines"] == [this_machine]
