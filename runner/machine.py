@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import pathlib
 import platform
-from typing import Optional
+from typing import Any, Dict, Mapping
 
 import torch
 
@@ -19,24 +19,26 @@ CPUINFO = pathlib.Path("/proc/cpuinfo")
 VECTOR_EXTENSIONS = (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("sve", "SVE"), ("asimd", "NEON"))
 
 
-def _cpuinfo_field(names: tuple) -> Optional[str]:
-    """The value of the first line of ``/proc/cpuinfo`` whose field is one of ``names``."""
+def _cpuinfo() -> Dict[str, str]:
+    """The fields of ``/proc/cpuinfo``, each with the value of its first line (none without the file)."""
     try:
         text = CPUINFO.read_text()
     except OSError:
-        return None
+        return {}
+    fields: Dict[str, str] = {}
     for line in text.splitlines():
         field, _, value = line.partition(":")
-        if field.strip() in names:
-            return value.strip()
-    return None
+        fields.setdefault(field.strip(), value.strip())
+    return fields
 
 
 def cpu() -> str:
     """The CPU: model name, widest vector extension and logical CPUs, e.g. ``Intel(R) Xeon(R)
     Processor (AVX-512), 2 logical CPUs``."""
-    model = _cpuinfo_field(("model name", "Model", "Processor")) or platform.processor() or platform.machine()
-    flags = (_cpuinfo_field(("flags", "Features")) or "").split()
+    fields = _cpuinfo()
+    model = (fields.get("model name") or fields.get("Model") or fields.get("Processor") or platform.processor()
+             or platform.machine())
+    flags = (fields.get("flags") or fields.get("Features") or "").split()
     vector = next((name for flag, name in VECTOR_EXTENSIONS if flag in flags), None)
     return f"{model}{f' ({vector})' if vector else ''}, {os.cpu_count()} logical CPUs"
 
@@ -46,3 +48,9 @@ def describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}; {cpu()}"
     return cpu()
+
+
+def recorded(train_state: Mapping[str, Any]) -> str:
+    """The machines a checkpoint's training state records, joined by ``; `` (empty for runs of
+    versions that did not record them)."""
+    return "; ".join(train_state.get("machines") or [])

@@ -361,8 +361,8 @@ def test_seconds_per_epoch_are_averaged_per_thread_count():
     seconds = _table_module()._seconds_per_epoch
     runs = [{"seconds_per_epoch": "180", "threads": "1"}, {"seconds_per_epoch": "70", "threads": "2"},
             {"seconds_per_epoch": "170", "threads": "1"}, {"seconds_per_epoch": "80", "threads": "2"}]
-    assert seconds(runs) == "175.0 (1 thread); 75.0 (2 threads)"
-    assert seconds(runs[:1] + [{"seconds_per_epoch": "90", "threads": ""}]) == "90.0; 180.0 (1 thread)"
+    assert seconds(runs, {}) == "175.0 (1 thread); 75.0 (2 threads)"
+    assert seconds(runs[:1] + [{"seconds_per_epoch": "90", "threads": ""}], {}) == "90.0; 180.0 (1 thread)"
 
 
 def test_seconds_per_epoch_are_kept_apart_per_machine():

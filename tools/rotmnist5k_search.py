@@ -187,6 +187,7 @@ def summarise(key: str, flags: Mapping[str, object], prefix: pathlib.Path, threa
     """One log row from the files of a finished run (validation numbers only): the epoch is the one
     the run selected (of equal accuracies, the lowest validation loss), read from its checkpoint."""
     from g_selfatt_models import checkpoints
+    from runner import machine
     from runner.defaults import flag_value
 
     with open(f"{prefix}.metrics.csv", newline="") as handle:
@@ -204,7 +205,7 @@ def summarise(key: str, flags: Mapping[str, object], prefix: pathlib.Path, threa
         "epochs": round(float(history[-1]["epoch"])),
         "seconds_per_epoch": round(min(float(row["train_seconds"]) for row in history), 1),
         "threads": threads,
-        "machine": "; ".join(saved["train_state"].get("machines") or []),  # absent in older versions' runs
+        "machine": machine.recorded(saved["train_state"]),
     }
 
 

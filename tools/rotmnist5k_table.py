@@ -71,7 +71,7 @@ import pathlib
 import shutil
 import statistics
 import sys
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Sequence
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # att_p4cnn (full attention) is left out: about 160 s per epoch on 2 cores, 30x p4cnn.
@@ -219,7 +219,7 @@ def train_and_test(model: str, seed: int, save_dir: pathlib.Path, extra: Sequenc
 def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
     """One row of ``runs.csv`` from the files a run wrote."""
     from g_selfatt_models import checkpoints
-    from runner import paths
+    from runner import machine, paths
 
     report = json.loads(prefix.with_suffix(".test.json").read_text())
     with open(f"{prefix}.rotation.csv") as handle:
@@ -231,7 +231,6 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
     saved = checkpoints.read(prefix.with_suffix(".pt"))
     network = checkpoints.model_from(saved, prefix.with_suffix(".pt"))
     threads = saved["config"].get("num_threads")
-    machines = saved["train_state"].get("machines") or []  # absent in runs of older versions
     best = max(history, key=lambda row: float(row["best_val_accuracy"]))
     return {
         "model": model,
@@ -242,7 +241,7 @@ def read_run(model: str, seed: int, prefix: pathlib.Path) -> Dict[str, object]:
         "parameters": sum(p.numel() for p in network.parameters()),
         "seconds_per_epoch": min(float(row["train_seconds"]) for row in history),
         "threads": threads or "",  # "": the runner's default, one per core
-        "machine": "; ".join(machines),
+        "machine": machine.recorded(saved["train_state"]),
         "epochs": len(history),
         "best_val_accuracy": float(best["best_val_accuracy"]),
         "checkpoint": str(prefix.with_suffix(".pt").relative_to(REPO_ROOT)
@@ -316,14 +315,14 @@ def summary_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
     return summary
 
 
-def _seconds_per_epoch(runs: Sequence[Mapping[str, object]], labels: Optional[Mapping[str, str]] = None) -> str:
+def _seconds_per_epoch(runs: Sequence[Mapping[str, object]], labels: Mapping[str, str]) -> str:
     """Mean seconds per epoch of ``runs`` for each thread count and machine they recorded, e.g.
     ``178.4 (1 thread, M1); 75.2 (2 threads)``, the machines named by ``labels`` (see
     :func:`machine_labels`); what a run did not record (its thread count: the runner's default;
     its machine) is left out of the note."""
     groups: Dict[tuple, List[float]] = {}
     for run in runs:
-        key = (int(run.get("threads") or 0), (labels or {}).get(str(run.get("machine") or ""), ""))
+        key = (int(run.get("threads") or 0), labels.get(str(run.get("machine") or ""), ""))
         groups.setdefault(key, []).append(float(run["seconds_per_epoch"]))
 
     def note(count: int, label: str) -> str:
