@@ -75,7 +75,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
@@ -386,6 +386,16 @@ def layer_split(step: Callable[[], None], step_s: float, repeats: int, cuda: boo
     Returns one record per layer: its name, input shape, median ``time_s`` over ``repeats``
     calls after one warm-up call, and ``share_of_step``, that time over ``step_s``.
     """
+    split = []
+    for name, (module, x) in attention_inputs(step).items():
+        seconds = median_seconds(layer_step(module, x), repeats, cuda)
+        split.append({"layer": name, "input": list(x.shape), "time_s": round(seconds, 4),
+                      "share_of_step": round(seconds / step_s, 3)})
+    return split
+
+
+def attention_inputs(step: Callable[[], None]) -> Dict[str, Tuple[object, object]]:
+    """Each attention layer of ``step`` by name, with the input it sees in one call of the step."""
     from g_selfatt.nn.attention import SelfAttentionCore
 
     layers = {name: module for root in _closure_roots(step) for name, module in root.named_modules()
@@ -398,12 +408,7 @@ def layer_split(step: Callable[[], None], step_s: float, repeats: int, cuda: boo
     finally:
         for hook in hooks:
             hook.remove()
-    split = []
-    for name, module in layers.items():
-        seconds = median_seconds(layer_step(module, inputs[name]), repeats, cuda)
-        split.append({"layer": name, "input": list(inputs[name].shape), "time_s": round(seconds, 4),
-                      "share_of_step": round(seconds / step_s, 3)})
-    return split
+    return {name: (module, inputs[name]) for name, module in layers.items()}
 
 
 def _closure_roots(step: Callable[[], None]) -> List[object]:

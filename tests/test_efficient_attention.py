@@ -45,6 +45,7 @@ from tests.attention_checks import (
     check_against_float64,
     float32_bound,
     gradient_scales,
+    gradients,
     pair,
     run,
     score_entries,
@@ -413,6 +414,36 @@ def test_benchmark_prints_machine_rates_then_one_line_per_case_and_impl(monkeypa
     benchmark.main(["--worker", "--cases", "b", "--impls", "fused", "--repeats", "1"])
     (line,) = capsys.readouterr().out.splitlines()
     assert json.loads(line)["impl"] == "fused" and json.loads(line)["peak_memory_mb"] is None
+
+
+def test_the_timed_kernel_computes_the_same_and_times_every_phase(monkeypatch):
+    """benchmarks/kernel_phases.py runs the kernel compiled with -DFUSED_PHASES in place of the cached
+    one: float64 outputs and gradients within 1e-12 of the cached kernel's, time in every phase of
+    a group layer, one line per attention layer of a model, and the cached kernel back afterwards."""
+    phases = load_script("benchmarks/kernel_phases.py")
+    _select("fused-lanes", monkeypatch)
+    _, fused, x = pair("group_local", "p4", 7, 3, torch.float64, impl="fused")
+    grad_out = torch.randn_like(fused(x))
+    expected, expected_grads = gradients(fused, x, grad_out)
+    cached = fused_attention.library()
+    with phases.timed_kernel() as timed:
+        names = phases.phase_names()
+        phases.read_phases(timed, names)
+        actual, actual_grads = gradients(fused, x, grad_out)
+        spent = phases.read_phases(timed, names)
+        lines = phases.measure("z2sa", 1, timed)
+    assert fused_attention.library() is cached and timed is not cached
+    assert_close(actual, expected, expected.abs().max(), 0.0, 1e-12, "output")
+    scales = gradient_scales(expected_grads)
+    for name, grad in expected_grads.items():
+        assert_close(actual_grads[name], grad, scales[name], 0.0, 1e-12, f"gradient of {name}")
+    assert names[:3] == ["forward_content", "forward_rows", "forward_out"] and len(names) == 11
+    assert all(spent[name] > 0 for name in names), spent
+    assert [line["layer"] for line in lines] == ["lifting_self_attention", "transformer.1.attention.2",
+                                                 "transformer.5.attention.2"]
+    for line in lines:
+        assert list(line["phases_ms"]) == names and 0 < line["kernel_ms"]
+        assert sum(line["shares"].values()) == pytest.approx(1.0, abs=0.01)
 
 
 @pytest.mark.parametrize("limit_fits", [0, 1, 2, 3, 5, 64, 100, 4096])

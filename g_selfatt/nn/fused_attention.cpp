@@ -42,8 +42,35 @@
 #include <limits>
 #include <thread>
 #include <vector>
+#ifdef FUSED_PHASES
+#include <chrono>
+#endif
 
 namespace {
+
+// Where the lanes kernel spends its time: nanoseconds per phase, summed over tiles and threads,
+// for benchmarks/kernel_phases.py. Compiled in with -DFUSED_PHASES only; otherwise PHASE(...)
+// is nothing and the kernel is the same.
+#define FUSED_PHASE_LIST(X)                                                                              \
+  X(forward_content) X(forward_rows) X(forward_out) X(backward_content) X(backward_dp)                  \
+  X(backward_factors) X(backward_rows) X(backward_tables) X(backward_grad_v) X(backward_grad_q_content) \
+  X(backward_grad_k)
+#define FUSED_PHASE_ENUM(name) name,
+enum PhaseId { FUSED_PHASE_LIST(FUSED_PHASE_ENUM) kPhases };
+#ifdef FUSED_PHASES
+std::atomic<uint64_t> phase_ns[kPhases];
+struct PhaseTimer {
+  PhaseId id;
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  ~PhaseTimer() {
+    const auto ns = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+    phase_ns[id].fetch_add(static_cast<uint64_t>(ns.count()), std::memory_order_relaxed);
+  }
+};
+#define PHASE(name) const PhaseTimer phase_timer{name}
+#else
+#define PHASE(name)
+#endif
 
 struct Problem {
   int64_t bn, height, width, g, m, v, c, d2, dg;
@@ -1026,15 +1053,22 @@ class LaneWorker {
 
   // out (V, C, tile) and lse (V, G, tile) of the tile at lane j0 of head-batch b.
   void forward(int64_t b, int64_t j0, T* out, T* lse) {
-    content(b, j0);
+    {
+      PHASE(forward_content);
+      content(b, j0);
+    }
     for (int64_t v = 0; v < V_; ++v) {
       V* psum = acc_.data();  // (T, M): the probabilities of output element v summed over g (after dropout)
-      if (factored_ && !p_.dropout && factored_rows(b, j0, v, lse)) {
-        mix_rows(psum);
-      } else {
-        sum_rows(b, j0, v, lse, psum);
+      {
+        PHASE(forward_rows);
+        if (factored_ && !p_.dropout && factored_rows(b, j0, v, lse)) {
+          mix_rows(psum);
+        } else {
+          sum_rows(b, j0, v, lse, psum);
+        }
       }
       // out[v, c] = sum_{t, m} psum[t, m] val[m, c] (shifted by the offset of t).
+      PHASE(forward_out);
       in_blocks(C_, [&](auto nb, int64_t c0) {
         constexpr int NB = decltype(nb)::value;
         V o[NB] = {};
@@ -1130,7 +1164,10 @@ class LaneWorker {
   // of the tables, pos_acc (V, T, D2) and grp_acc (V, G, M, Dg).
   void backward(int64_t b, int64_t j0, const T* grad_out, const T* lse, T* grad_q, T* grad_k, T* grad_v,
                 V* pos_acc, V* grp_acc) {
-    content(b, j0);
+    {
+      PHASE(backward_content);
+      content(b, j0);
+    }
     const int64_t TM = T_ * M_;
     dc_.assign(G_ * TM, V{});
     gq_.assign(G_ * C_, V{});
@@ -1138,60 +1175,81 @@ class LaneWorker {
     for (int64_t v = 0; v < V_; ++v) {
       const T* gout = grad_out + v * C_ * L_ + j0;  // row c at gout + c L
       // dP before dropout: dpre[t, m] = sum_c grad_out[v, c] val[m, c] (shifted).
-      for (int64_t m = 0; m < M_; ++m)
-        in_blocks(T_, [&](auto nb, int64_t t0) {
-          constexpr int NB = decltype(nb)::value;
-          V d[NB] = {};
-          for (int64_t ch = 0; ch < C_; ++ch) {
-            const V go = load(gout + ch * L_);
-            const T* val = row(v_, b, m, ch) + j0;
-            for (int i = 0; i < NB; ++i) d[i] += go * load(val + offsets_[t0 + i]);
-          }
-          for (int i = 0; i < NB; ++i) dpre_[(t0 + i) * M_ + m] = d[i];
-        });
+      {
+        PHASE(backward_dp);
+        for (int64_t m = 0; m < M_; ++m)
+          in_blocks(T_, [&](auto nb, int64_t t0) {
+            constexpr int NB = decltype(nb)::value;
+            V d[NB] = {};
+            for (int64_t ch = 0; ch < C_; ++ch) {
+              const V go = load(gout + ch * L_);
+              const T* val = row(v_, b, m, ch) + j0;
+              for (int i = 0; i < NB; ++i) d[i] += go * load(val + offsets_[t0 + i]);
+            }
+            for (int i = 0; i < NB; ++i) dpre_[(t0 + i) * M_ + m] = d[i];
+          });
+      }
       V* dsum = dsum_.data() + v * TM;  // (T, M): the probabilities after dropout summed over g
       std::fill(dsum, dsum + TM, V{});
       for (int64_t g = 0; g < G_; ++g) {
         const V lse_row = load(lse + (v * G_ + g) * L_ + j0);
         // The forward pass's choice, recovered from the stored log-sum-exp: factored unless
         // its factored sum underflowed in a lane (it was exp(lse - base)).
-        const bool factored = factored_ && scaled_factors(b, j0, v, g, lse_row);
-        if (!factored) direct_probabilities(b, j0, v, g, lse_row);
-        const V* dp = dpre_.data();
-        if (p_.dropout) {
-          const RowKeys keys = row_keys(b, j0, v, g);
-          const T keep = static_cast<T>(p_.keep_scale);
-          for (int64_t x = 0; x < TM; ++x) {
-            kept_[x] = mask(keys, x) * keep;
-            dpm_[x] = kept_[x] * dpre_[x];
-          }
-          dp = dpm_.data();
+        bool factored;
+        {
+          PHASE(backward_factors);
+          factored = factored_ && scaled_factors(b, j0, v, g, lse_row);
+          if (!factored) direct_probabilities(b, j0, v, g, lse_row);
         }
-        V* dc = dc_.data() + g * TM;
-        with_dropout(p_.dropout, [&](auto dropout) {
-          if (factored) {
-            row_gradient(dropout, factored_entries(g), dp, dsum, dc);
-          } else {
-            row_gradient(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x]; }, dp, dsum, dc);
+        {
+          PHASE(backward_rows);
+          const V* dp = dpre_.data();
+          if (p_.dropout) {
+            const RowKeys keys = row_keys(b, j0, v, g);
+            const T keep = static_cast<T>(p_.keep_scale);
+            for (int64_t x = 0; x < TM; ++x) {
+              kept_[x] = mask(keys, x) * keep;
+              dpm_[x] = kept_[x] * dpre_[x];
+            }
+            dp = dpm_.data();
           }
-        });
+          V* dc = dc_.data() + g * TM;
+          with_dropout(p_.dropout, [&](auto dropout) {
+            if (factored) {
+              row_gradient(dropout, factored_entries(g), dp, dsum, dc);
+            } else {
+              row_gradient(dropout, [&](int64_t, int64_t, int64_t x) { return e_[x]; }, dp, dsum, dc);
+            }
+          });
+        }
+        PHASE(backward_tables);
         positional_gradient(b, j0, v, g, pos_acc);
         if (grp_ != nullptr) group_gradient(b, j0, v, g, grp_acc);
       }
     }
-    if (shared_) shared_positional_gradient(b, j0, pos_acc);
-    // grad_v[m, c] (shifted) += sum_v dsum[v, t, m] grad_out[v, c].
-    add_shifted(V_, dsum_.data(), grad_out + j0, grad_v, j0);
+    {
+      PHASE(backward_tables);
+      if (shared_) shared_positional_gradient(b, j0, pos_acc);
+    }
+    {
+      PHASE(backward_grad_v);
+      // grad_v[m, c] (shifted) += sum_v dsum[v, t, m] grad_out[v, c].
+      add_shifted(V_, dsum_.data(), grad_out + j0, grad_v, j0);
+    }
     // Content: grad_q[g, c] += sum_{t, m} dC[g, t, m] k[m, c] (shifted); grad_k[m, c] (shifted)
     // += sum_g dC[g, t, m] q[g, c].
-    for (int64_t g = 0; g < G_; ++g)
-      for (int64_t ch = 0; ch < C_; ++ch) {
-        const V* dc = dc_.data() + g * TM;
-        gq_[g * C_ + ch] += reduce<V>(M_, [&](int64_t m) {
-          const T* key = row(k_, b, m, ch) + j0;
-          return reduce<V>(T_, [&](int64_t t) { return dc[t * M_ + m] * load(key + offsets_[t]); });
-        });
-      }
+    {
+      PHASE(backward_grad_q_content);
+      for (int64_t g = 0; g < G_; ++g)
+        for (int64_t ch = 0; ch < C_; ++ch) {
+          const V* dc = dc_.data() + g * TM;
+          gq_[g * C_ + ch] += reduce<V>(M_, [&](int64_t m) {
+            const T* key = row(k_, b, m, ch) + j0;
+            return reduce<V>(T_, [&](int64_t t) { return dc[t * M_ + m] * load(key + offsets_[t]); });
+          });
+        }
+    }
+    PHASE(backward_grad_k);
     add_shifted(G_, dc_.data(), query_row(b, 0, 0) + j0, grad_k, j0);
     for (int64_t gc = 0; gc < G_ * C_; ++gc) store(grad_q + gc * L_ + j0, gq_[gc]);
   }
@@ -1662,6 +1720,17 @@ extern "C" int64_t fused_lanes_tile() { return LANES; }
 
 DEFINE_LANES_ENTRY_POINTS(float, f32)
 DEFINE_LANES_ENTRY_POINTS(double, f64)
+
+#ifdef FUSED_PHASES
+// The time per phase since the last call (nanoseconds, see PHASE), into out[kPhases]; then zero.
+extern "C" void fused_phases(uint64_t* out) {
+  for (int i = 0; i < kPhases; ++i) out[i] = phase_ns[i].exchange(0);
+}
+#endif
+
+// The names of the phases of fused_phases, separated by spaces (also without -DFUSED_PHASES).
+#define FUSED_PHASE_NAME(name) #name " "
+extern "C" const char* fused_phase_names() { return FUSED_PHASE_LIST(FUSED_PHASE_NAME); }
 
 // The kept flags of `rows` softmax rows of `length` entries (rows numbered from 0), as the
 // kernels draw them; for testing the mask's statistics.
