@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import ctypes
 import json
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,12 +62,10 @@ def timed_kernel() -> Iterator[ctypes.CDLL]:
         raise SystemExit("No C++ compiler found (set $CXX or install g++): the kernel cannot be compiled.")
     cached = fused_attention.library()  # loads the OpenMP runtime's entry the way a run does
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "fused_attention_phases.so"
-        result = subprocess.run([cxx, *fused_attention.FLAGS, "-DFUSED_PHASES", "-o", str(path),
-                                 str(fused_attention.SOURCE)], capture_output=True, text=True)
-        if result.returncode != 0:
-            raise SystemExit(f"Compiling the timed kernel failed:\n{result.stderr[-2000:]}")
-        timed = fused_attention._load(path)
+        report = fused_attention._compile(cxx, Path(folder) / "fused_attention_phases.so", ("-DFUSED_PHASES",))
+        if report.path is None:
+            raise SystemExit(f"Compiling the timed kernel failed: {report.error}")
+        timed = fused_attention._load(report.path)
         timed.fused_phases.argtypes = [ctypes.POINTER(ctypes.c_uint64)]
         timed.fused_phases.restype = None
         fused_attention._attach_openmp(timed, fused_attention.openmp_runtime())
@@ -79,11 +76,10 @@ def timed_kernel() -> Iterator[ctypes.CDLL]:
             fused_attention._library = cached
 
 
-def phase_names() -> List[str]:
-    """The phases in the order ``fused_phases`` reports them."""
-    names = fused_attention.library().fused_phase_names
-    names.restype = ctypes.c_char_p
-    return names().decode().split()
+def phase_names(lib: ctypes.CDLL) -> List[str]:
+    """The phases in the order ``fused_phases`` of ``lib`` reports them."""
+    lib.fused_phase_names.restype = ctypes.c_char_p
+    return lib.fused_phase_names().decode().split()
 
 
 def read_phases(lib: ctypes.CDLL, names: Sequence[str]) -> Dict[str, float]:
@@ -98,7 +94,7 @@ def measure(name: str, repeats: int, lib: ctypes.CDLL) -> List[dict]:
     model = models.create_model(name, dataset="rotMNIST5k").train()
     protocol = config_dict.ConfigDict(dict(ROTMNIST5K))
     step = training_step(model, protocol, ROTMNIST5K["batch_size"], 1, 10, 28, torch.device("cpu"))
-    names, lines = phase_names(), []
+    names, lines = phase_names(lib), []
     for layer_name, (layer, x) in attention_inputs(step).items():
         call = layer_step(layer, x)
         call()

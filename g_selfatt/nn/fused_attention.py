@@ -162,13 +162,15 @@ def _cache_dirs() -> Tuple[Path, ...]:
         return (private,)
 
 
-def _compile(cxx: str, path: Path) -> BuildReport:
-    """Compiles the kernel into ``path`` (through a temporary file); ``OSError`` if the folder is unusable."""
+def _compile(cxx: str, path: Path, extra_flags: Tuple[str, ...] = ()) -> BuildReport:
+    """Compiles the kernel into ``path`` (through a temporary file), with ``extra_flags`` after
+    :data:`FLAGS` (``-DFUSED_PHASES``: ``benchmarks/kernel_phases.py``); ``OSError`` if the folder is unusable."""
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(dir=path.parent) as scratch:
         target = Path(scratch) / path.name
-        result = subprocess.run([cxx, *FLAGS, "-o", str(target), str(SOURCE)], capture_output=True, text=True)
+        result = subprocess.run([cxx, *FLAGS, *extra_flags, "-o", str(target), str(SOURCE)], capture_output=True,
+                                text=True)
         if result.returncode != 0:
             return BuildReport(None, True, time.perf_counter() - start,
                                f"{Path(cxx).name} failed: {result.stderr.strip()[-2000:]}")
