@@ -189,7 +189,8 @@ def test_ship_copies_the_best_gsa_net_and_attentive_g_cnn_chosen_on_validation(t
     for name, record in manifest.items():
         runs = [row for row in rows if row["model"] == record["model"]]
         best = max(runs, key=lambda row: float(row["best_val_accuracy"]))
-        assert name.startswith(f"pretrained/rotMNIST5k_model_{record['model']}_") and f"seed_{best['seed']}_" in name
+        assert name.startswith("pretrained/rotMNIST5k_") and f"_model_{record['model']}_" in name
+        assert f"seed_{best['seed']}_" in name
         assert record["sha256"] == file_sha256(shipped_dir / name)
         assert record["test_accuracy"] == float(best["test_accuracy"])
         assert f"--config.seed={best['seed']}" in record["flags"]
@@ -298,7 +299,7 @@ def test_ship_does_not_copy_a_run_shipped_already_even_when_its_checkpoint_is_go
                                                                   for row in rows])
     table.main(gone + ["--ship", "--saved-dir", str(shipped_dir)])
     out = capsys.readouterr().out
-    assert out.count("is shipped already as pretrained/rotMNIST5k_model_") == 4
+    assert out.count("is shipped already as pretrained/rotMNIST5k_") == 4
     assert "shipped p4sa" not in out and "is gone" not in out
     assert {path: path.stat().st_mtime_ns for path in shipped_dir.rglob("*") if path.is_file()} == files
 
@@ -543,7 +544,7 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
     assert [key for key, flags in search.CANDIDATES.items()
             if models.get_model_spec(flags.get("model", search.SEARCH_BASE["model"])).family == "gsa"
             and not {"num_channels", "num_heads"} <= set(flags)] == []
-    # The base (seed 0, and the protocol's epochs and batch when the search began) unless the
+    # The base (seed 0, and the protocol's epochs, batch and augmentation when the search began) unless the
     # candidate names another value, each field given once.
 
     def given(flags, field):
@@ -551,6 +552,7 @@ def test_search_logs_validation_numbers_only_and_skips_recorded_candidates(tmp_p
 
     assert [given({}, "seed"), given({"seed": 1}, "seed")] == [["--config.seed=0"], ["--config.seed=1"]]
     assert given({}, "epochs") + given({}, "batch_size") == ["--config.epochs=20", "--config.batch_size=32"]
+    assert given({}, "augment") + given({"augment": True}, "augment") == ["--config.augment=False", "--config.augment=True"]
     assert given({"epochs": 40, "batch_size": 8}, "epochs") + given({"epochs": 40, "batch_size": 8}, "batch_size") == [
         "--config.epochs=40", "--config.batch_size=8"]
     # A run whose row is missing (the session ended before it was written) goes on from its checkpoint.
@@ -604,10 +606,52 @@ def test_blur_report_recalibrates_batchnorm_and_measures_drift_per_stage():
 
 
 @pytest.mark.parametrize("written", ["table.md", "comparisons.md"])
-def test_readme_shows_the_committed_results_table(written):
-    """README's results table and its comparisons are what the script last wrote to
-    ``runs/rotMNIST5k/``, every row."""
-    table = (REPO_ROOT / "runs" / "rotMNIST5k" / written).read_text().splitlines()
+@pytest.mark.parametrize("folder", ["default", "rotMNIST5k"])
+def test_readme_shows_the_committed_results_table(written, folder):
+    """README's results tables and their comparisons are what the script last wrote, every row:
+    to its default ``--output-dir`` (the protocol's table) and to ``runs/rotMNIST5k/`` (the
+    previous protocol's)."""
+    output_dir = _table_module().parse_args([]).output_dir if folder == "default" else REPO_ROOT / "runs" / folder
+    table = (output_dir / written).read_text().splitlines()
     readme = (REPO_ROOT / "README.md").read_text()
     section = readme.split("## Results on real rotated digits", 1)[1].split("\n## ", 1)[0]
     assert len(table) >= 3 and all(f"\n{line}\n" in section for line in table)
+
+
+def _rotmnist5k_section() -> str:
+    text = (REPO_ROOT / "runs" / "README.md").read_text()
+    return text.split("## rotMNIST5k: both families on real rotated digits", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_documented_commands_are_the_committed_tables_runs():
+    """Each ``main.py`` command of runs/README.md's rotMNIST5k section is, under today's defaults,
+    the run that the table's runs.csv records for its model (seed 0), and each documented table
+    command (and the tool without arguments) accepts every row of the runs.csv it writes to; one
+    such command without its protocol flags is refused."""
+    import re
+
+    from runner import paths
+
+    table_tool = _table_module()
+    section = _rotmnist5k_section()
+    default = table_tool.parse_args([])
+    rows = table_tool._keyed(table_tool.recorded_rows(default.output_dir / "runs.csv"))
+    commands = re.findall(r"^python main\.py .*$", section, flags=re.M)
+    assert len(commands) == len(table_tool.MODELS)
+    for line in commands:
+        config, family = table_tool.resolved_config([*shlex.split(line)[2:], "--config.rotation_angles=24"])
+        assert paths.identity_hash(paths.run_identity(config, family)) == rows[(config.model, 0)]["run"]
+
+    def checked(argv):
+        args = table_tool.parse_args(argv)
+        output_dir = REPO_ROOT / args.output_dir
+        recorded = table_tool.recorded_rows(output_dir / "runs.csv")
+        for row in recorded:
+            table_tool.check_recorded_row(row, output_dir, args.extra)
+        return recorded
+
+    tables = [shlex.split(line)[2:] for line in re.findall(r"^python tools/rotmnist5k_table\.py .*$", section, flags=re.M)]
+    assert len(tables) == 3 and all(checked(argv) for argv in [[], *tables])
+    wider = next(argv for argv in tables if "--config.num_heads=4" in argv)
+    with pytest.raises(table_tool.OtherRunError, match="another configuration"):
+        checked([flag for flag in wider if flag not in ("--config.epochs=40", "--config.augment=False")])

@@ -7,8 +7,8 @@ Usage::
                                       [--log runs/rotMNIST5k/search.csv]
 
 Every candidate of :data:`CANDIDATES` is one ``main.py`` run on rotMNIST5k with its flags on top
-of :data:`SEARCH_BASE` (seed 0, and the protocol's number of epochs and batch when the search
-began: the protocol changed since, and a candidate must run as it was recorded), the dataset's
+of :data:`SEARCH_BASE` (seed 0, and the protocol's number of epochs, batch and augmentation when the
+search began: the protocol changed since, and a candidate must run as it was recorded), the dataset's
 protocol and p4sa's defaults. Each GSA-Net candidate spells out its layout (a CNN's is fixed, so a
 CNN is a control under a candidate's protocol); one that names another seed
 repeats a candidate with fresh initial weights, batch order and augmentation. The epoch is
@@ -37,8 +37,9 @@ from typing import Dict, List, Mapping, Sequence
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 MAX_PARAMETERS = 45_000  # the paper's rotMNIST GSA-Net has 44,428
 # The fields of the rotMNIST5k protocol that changed while the search ran, as they were when it began
-# (g_selfatt_models/protocols.py has 40 epochs and batch 8 since): the base of every candidate.
-SEARCH_BASE: Dict[str, object] = {"model": "p4sa", "seed": 0, "epochs": 20, "batch_size": 32}
+# (g_selfatt_models/protocols.py has 80 epochs, batch 8 and rotated training digits since): the base
+# of every candidate.
+SEARCH_BASE: Dict[str, object] = {"model": "p4sa", "seed": 0, "epochs": 20, "batch_size": 32, "augment": False}
 
 # key -> flags on top of SEARCH_BASE and the rotMNIST5k protocol. In the order they are run; keys are
 # never reused.

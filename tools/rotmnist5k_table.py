@@ -4,12 +4,13 @@
 Usage::
 
     python tools/rotmnist5k_table.py [--models z2cnn p4cnn ...] [--seeds 0 1 2]
-                                     [--save-dir saved/rotMNIST5k_table] [--output-dir runs/rotMNIST5k]
+                                     [--save-dir saved/rotMNIST5k_table_ep80_rot]
+                                     [--output-dir runs/rotMNIST5k/ep80_rot]
 
 Every run is one ``main.py`` process (``--config.dataset=rotMNIST5k --config.model=M
 --config.seed=S``) under the one protocol of the dataset (:data:`g_selfatt_models.protocols.ROTMNIST5K`:
-the same optimiser, learning rate, batch, epochs and schedule for every model; the epoch is
-selected on the validation part), with the test accuracy measured at every 15 degrees of
+the same optimiser, learning rate, batch, epochs, schedule and augmentation for every model; the
+epoch is selected on the validation part), with the test accuracy measured at every 15 degrees of
 rotation (``--config.rotation_angles=24``): each test digit rotated once from its upright source,
 and, for the blur columns, the rotated test digit rotated again (see :mod:`tester`). A run that
 has a row in ``runs.csv`` or a test report is not trained again, and ``runs.csv``, the table and
@@ -564,8 +565,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
-    parser.add_argument("--save-dir", type=pathlib.Path, default=REPO_ROOT / "saved" / "rotMNIST5k_table")
-    parser.add_argument("--output-dir", type=pathlib.Path, default=REPO_ROOT / "runs" / "rotMNIST5k")
+    parser.add_argument("--save-dir", type=pathlib.Path, default=REPO_ROOT / "saved" / "rotMNIST5k_table_ep80_rot")
+    parser.add_argument("--output-dir", type=pathlib.Path, default=REPO_ROOT / "runs" / "rotMNIST5k" / "ep80_rot")
     parser.add_argument("--overwrite", action="store_true", help="train again runs that are done")
     parser.add_argument("--ship", action="store_true",
                         help="copy the best GSA-Net and attentive G-CNN into --saved-dir (see above)")
