@@ -396,11 +396,10 @@ def _resolved(flags):
     return _table_module().resolved_config(flags)
 
 
-def _readme_rotmnist5k_commands():
-    import shlex
-
-    section = (REPO_ROOT / "runs" / "README.md").read_text().split("## rotMNIST5k", 1)[1]
-    return [shlex.split(line)[2:] for line in section.splitlines() if line.startswith("python main.py ")]
+def _readme_rotmnist5k_commands(program: str = "main.py"):
+    """The arguments of each ``python <program>`` command of runs/README.md's rotMNIST5k section."""
+    return [shlex.split(line)[2:] for line in _rotmnist5k_section().splitlines()
+            if line.startswith(f"python {program} ")]
 
 
 def test_runs_readme_spells_out_the_defaults_the_table_trains_with():
@@ -628,18 +627,15 @@ def test_the_documented_commands_are_the_committed_tables_runs():
     the run that the table's runs.csv records for its model (seed 0), and each documented table
     command (and the tool without arguments) accepts every row of the runs.csv it writes to; one
     such command without its protocol flags is refused."""
-    import re
-
     from runner import paths
 
     table_tool = _table_module()
-    section = _rotmnist5k_section()
     default = table_tool.parse_args([])
     rows = table_tool._keyed(table_tool.recorded_rows(default.output_dir / "runs.csv"))
-    commands = re.findall(r"^python main\.py .*$", section, flags=re.M)
+    commands = _readme_rotmnist5k_commands()
     assert len(commands) == len(table_tool.MODELS)
-    for line in commands:
-        config, family = table_tool.resolved_config([*shlex.split(line)[2:], "--config.rotation_angles=24"])
+    for flags in commands:
+        config, family = table_tool.resolved_config([*flags, "--config.rotation_angles=24"])
         assert paths.identity_hash(paths.run_identity(config, family)) == rows[(config.model, 0)]["run"]
 
     def checked(argv):
@@ -650,7 +646,7 @@ def test_the_documented_commands_are_the_committed_tables_runs():
             table_tool.check_recorded_row(row, output_dir, args.extra)
         return recorded
 
-    tables = [shlex.split(line)[2:] for line in re.findall(r"^python tools/rotmnist5k_table\.py .*$", section, flags=re.M)]
+    tables = _readme_rotmnist5k_commands("tools/rotmnist5k_table.py")
     assert len(tables) == 3 and all(checked(argv) for argv in [[], *tables])
     wider = next(argv for argv in tables if "--config.num_heads=4" in argv)
     with pytest.raises(table_tool.OtherRunError, match="another configuration"):
