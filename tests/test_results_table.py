@@ -331,8 +331,12 @@ def test_an_ordering_counts_as_reproduced_only_two_standard_errors_apart():
     assert verdict(-1.9).startswith("not reproduced") and verdict(-2.0) == "reversed"
 
 
-def _rows_of(accuracies):
-    return [{"model": model, "seed": str(seed), "test_accuracy": str(accuracy)}
+def _rows_of(accuracies, validation=None):
+    """Rows of runs.csv with these test accuracies; the validation accuracies are the test ones
+    unless ``validation`` gives a model's."""
+    validation = {**accuracies, **(validation or {})}
+    return [{"model": model, "seed": str(seed), "test_accuracy": str(accuracy),
+             "best_val_accuracy": str(validation[model][seed])}
             for model, values in accuracies.items() for seed, accuracy in enumerate(values)]
 
 
@@ -356,6 +360,9 @@ def test_comparisons_give_each_ordering_and_the_mark_with_their_numbers():
     accuracies["p4sa"] = [0.930, 0.931]  # now p8sa is the best, below the mark
     mark = table.comparison_rows(_rows_of(accuracies))[-1]
     assert mark["expected above"].startswith("p8sa 94.00") and mark["verdict"] == "not met"
+    # The best GSA-Net is chosen on the validation digits, not on the test accuracies it is judged by.
+    mark = table.comparison_rows(_rows_of(accuracies, validation={"p4sa": [0.97, 0.98]}))[-1]
+    assert mark["expected above"].startswith("p4sa 93.05") and mark["verdict"] == "not met"
 
 
 def test_seconds_per_epoch_are_averaged_per_thread_count():

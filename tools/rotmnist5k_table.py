@@ -42,8 +42,9 @@ Writes to ``--output-dir``:
   each with both models' test accuracies, the difference of the means, Welch's t (the difference
   over its standard error) and a verdict (``reproduced`` where the means are :data:`SEPARATED`
   standard errors apart in the paper's direction, ``reversed`` where as far apart the other way,
-  otherwise within the noise of the seeds), and whether the best GSA-Net reaches p4cnn's mean
-  minus one standard deviation (the mark of GSA-Nets "on a par with G-CNNs"); a comparison needs
+  otherwise within the noise of the seeds), and whether the best GSA-Net (the highest mean
+  best-validation accuracy) reaches p4cnn's mean test accuracy minus one standard deviation (the
+  mark of GSA-Nets "on a par with G-CNNs"); a comparison needs
   two seeds of each model, printed too;
 * ``rotation.png``: test accuracy against the rotation angle, mean over the seeds, per model
   (solid: rotated once; dashed: rotated twice).
@@ -93,7 +94,8 @@ PAPER_ORDERINGS = (
     ("p12 helps GSA-Nets more than p8", "p12sa", "p8sa"),
 )
 # GSA-Nets "on a par with G-CNNs": the best GSA-Net's mean test accuracy at least this model's mean
-# minus one of its standard deviations (the mark).
+# minus one of its standard deviations (the mark). The best GSA-Net is chosen on the validation
+# digits (as the one shipped), never on the test accuracies it is judged by.
 PAR_MODEL = "p4cnn"
 SEPARATED = 2.0  # standard errors of a difference of means that tell it from the seeds' noise
 COMPARED_SEEDS = 2  # seeds a model needs for a comparison (a standard deviation)
@@ -389,19 +391,22 @@ def _comparison(claim: str, above: str, below: str, accuracies: Mapping[str, Lis
 
 def comparison_rows(rows: Sequence[Mapping[str, object]]) -> List[Dict[str, str]]:
     """The papers' orderings (:data:`PAPER_ORDERINGS`) and the GSA-Nets' mark against
-    :data:`PAR_MODEL` (the GSA-Net with the highest mean test accuracy among those with
-    :data:`COMPARED_SEEDS` seeds or more), each with its numbers, from the test accuracies of ``rows``."""
-    accuracies = {model: [float(run["test_accuracy"]) for run in runs] for model, runs in _runs_by_model(rows).items()}
+    :data:`PAR_MODEL`, each with its numbers, from the test accuracies of ``rows``. The GSA-Net held
+    against the mark is the one with the highest mean best-validation accuracy among those with
+    :data:`COMPARED_SEEDS` seeds or more."""
+    runs_by_model = _runs_by_model(rows)
+    accuracies = {model: [float(run["test_accuracy"]) for run in runs] for model, runs in runs_by_model.items()}
     compared = [_comparison(claim, above, below, accuracies, ordering_verdict) for claim, above, below in PAPER_ORDERINGS]
     gsa_nets = [model for model in accuracies if kind_of(model) == "GSA-Net" and len(accuracies[model]) >= COMPARED_SEEDS]
-    best = max(gsa_nets, key=lambda model: statistics.mean(accuracies[model]), default="the best GSA-Net")
+    best = max(gsa_nets, default="the best GSA-Net",
+               key=lambda model: statistics.mean(float(run["best_val_accuracy"]) for run in runs_by_model[model]))
     reference = accuracies.get(PAR_MODEL, [])
     mark = statistics.mean(reference) - statistics.stdev(reference) if len(reference) >= COMPARED_SEEDS else None
 
     def against_mark(_: float) -> str:
         return "met" if statistics.mean(accuracies[best]) >= mark else "not met"
 
-    claim = (f"GSA-Nets on a par with G-CNNs: the best GSA-Net at least {PAR_MODEL}'s mean minus one std"
+    claim = (f"GSA-Nets on a par with G-CNNs: the best GSA-Net on validation at least {PAR_MODEL}'s mean minus one std"
              + (f" ({100 * mark:.2f}%)" if mark is not None else ""))
     compared.append(_comparison(claim, best, PAR_MODEL, accuracies, against_mark))
     return compared
