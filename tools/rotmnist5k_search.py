@@ -20,7 +20,8 @@ run that was cut short goes on from its last checkpoint (``--config.resume=True`
 
 Columns of the log: key, the flags, parameters, best validation accuracy and its epoch, the
 training accuracy and loss of the last epoch (underfitting shows there), seconds of the fastest
-training epoch and the number of threads it ran on.
+training epoch, the number of threads it ran on and the machine it trained on (empty for the runs
+logged before runs recorded their machine).
 
 Extra ``--config.<field>=<value>`` arguments are passed to every run (e.g.
 ``--config.max_examples=64 --config.epochs=1`` for a smoke test, with another ``--log``).
